@@ -1,0 +1,51 @@
+"""Dispatch paths: (x [N, d], routing, experts) -> [N, d]. Same signature, same result.
+
+``grouped`` is the fast path; ``loop`` and ``dense`` are references for tests.
+
+Example:
+    >>> import torch
+    >>> from dynroute.routing import top_k
+    >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
+    >>> x, r = torch.randn(6, 8), top_k(torch.randn(6, 4), 2)
+    >>> torch.allclose(grouped(x, r, w), loop(x, r, w), atol=1e-5)
+    True
+"""
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from dynroute.dispatch.dense import dense
+from dynroute.dispatch.experts import ExpertWeights
+from dynroute.dispatch.grouped import grouped, grouped_linear, grouped_mm_supported
+from dynroute.dispatch.loop import loop
+from dynroute.routing import Routing
+
+DispatchFn = Callable[[Tensor, Routing, ExpertWeights], Tensor]
+
+DISPATCH: dict[str, DispatchFn] = {"grouped": grouped, "loop": loop, "dense": dense}
+
+
+def get_dispatch(name: str) -> DispatchFn:
+    """Look up a dispatch path by name ("grouped", "loop" or "dense").
+
+    Example:
+        >>> get_dispatch("loop").__name__
+        'loop'
+    """
+    if name not in DISPATCH:
+        raise ValueError(f"unknown dispatch {name!r}; choose one of {', '.join(DISPATCH)}")
+    return DISPATCH[name]
+
+
+__all__ = [
+    "DISPATCH",
+    "DispatchFn",
+    "ExpertWeights",
+    "dense",
+    "get_dispatch",
+    "grouped",
+    "grouped_linear",
+    "grouped_mm_supported",
+    "loop",
+]

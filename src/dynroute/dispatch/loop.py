@@ -1,0 +1,41 @@
+"""The readable oracle: a Python loop over experts, like transformers' Mixtral block."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dynroute.dispatch.experts import ExpertWeights, check_dispatch_inputs, empty_output
+from dynroute.routing import Routing
+
+
+def loop(x: Tensor, routing: Routing, experts: ExpertWeights) -> Tensor:
+    """Run each expert on the tokens assigned to it, one expert at a time.
+
+    Args:
+        x: [N, d_model] tokens.
+        routing: assignments sorted by expert.
+        experts: stacked weights for ``routing.num_experts`` experts.
+
+    Returns:
+        [N, d_model], Σ over a token's assignments of weight · expert(x).
+
+    Example:
+        >>> import torch
+        >>> from dynroute.routing import top_k
+        >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
+        >>> loop(torch.randn(5, 8), top_k(torch.randn(5, 4), 2), w).shape
+        torch.Size([5, 8])
+    """
+    check_dispatch_inputs(x, routing.num_experts, experts, "loop")
+    if routing.num_assignments == 0:
+        return empty_output(x, routing.weight, experts)
+    out = x.new_zeros(x.shape)
+    ends = routing.expert_counts().cumsum(0).tolist()
+    start = 0
+    for e, end in enumerate(ends):
+        if end > start:
+            token = routing.token[start:end]
+            y = experts.ffn(x[token], e) * routing.weight[start:end, None].to(x.dtype)
+            out = out.index_add(0, token, y)
+        start = end
+    return out

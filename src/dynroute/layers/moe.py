@@ -1,0 +1,116 @@
+"""The MoE block: router + experts + dispatch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from dynroute.dispatch import DispatchFn, get_dispatch
+from dynroute.layers.experts import SwiGLUExperts
+from dynroute.routing import RouterFn, Routing, extra_logits, get_router
+from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
+
+
+@dataclass
+class MoEAux:
+    """What an MoE forward pass reports besides its output.
+
+    Attributes:
+        routing: the Routing of this call (N = number of tokens).
+        logits: [N, E (+ nulls)] router logits, float32.
+        load_balance, dynamic, z: scalar auxiliary losses.
+        loss: their weighted sum, ready to add to the LM loss.
+    """
+
+    routing: Routing
+    logits: Tensor
+    load_balance: Tensor
+    dynamic: Tensor
+    z: Tensor
+    loss: Tensor
+
+    @property
+    def mean_experts(self) -> float:
+        """Mean real experts per token in this call."""
+        return self.routing.mean_experts()
+
+
+class MoE(nn.Module):
+    """A Mixture-of-Experts FFN with any router and any dispatch path.
+
+    Args:
+        d_model: model width; d_ff: width of each SwiGLU expert; num_experts: E.
+        router: a name from ``dynroute.routing.ROUTERS`` (with ``router_kwargs``)
+            or any callable ``logits [N, E] -> Routing``. For null experts the
+            gate emits E + num_null columns.
+        dispatch: "grouped" (default), "loop", "dense", or a callable.
+        load_balance_weight, dynamic_weight, z_loss_weight: weights of the
+            auxiliary losses summed into ``aux.loss`` (defaults: the paper's).
+        **router_kwargs: arguments of a named router, e.g. ``p=0.4``.
+
+    Shapes:
+        x [..., d_model] -> y [..., d_model], aux (MoEAux over N = x.numel() / d_model tokens).
+
+    Example:
+        >>> import torch
+        >>> moe = MoE(16, 32, num_experts=4, router="top_p", p=0.4)
+        >>> y, aux = moe(torch.randn(2, 3, 16))
+        >>> y.shape, aux.routing.num_tokens
+        (torch.Size([2, 3, 16]), 6)
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        router: str | RouterFn = "top_k",
+        dispatch: str | DispatchFn = "grouped",
+        load_balance_weight: float = LOAD_BALANCE_WEIGHT,
+        dynamic_weight: float = DYNAMIC_WEIGHT,
+        z_loss_weight: float = 0.0,
+        **router_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(router, str):
+            if router == "top_k" and not router_kwargs:
+                router_kwargs = {"k": min(2, num_experts)}
+            self.route: RouterFn = get_router(router, **router_kwargs)
+        elif router_kwargs:
+            raise TypeError("MoE: router keyword arguments need a router name, not a callable")
+        else:
+            self.route = router
+        self.dispatch: DispatchFn = (
+            get_dispatch(dispatch) if isinstance(dispatch, str) else dispatch
+        )
+        self.num_experts = num_experts
+        self.gate = nn.Linear(d_model, num_experts + extra_logits(self.route), bias=False)
+        self.experts = SwiGLUExperts(d_model, d_ff, num_experts)
+        self.load_balance_weight = load_balance_weight
+        self.dynamic_weight = dynamic_weight
+        self.z_loss_weight = z_loss_weight
+
+    def forward(self, x: Tensor) -> tuple[Tensor, MoEAux]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).to(self.experts.gate_up.dtype)
+        logits = self.gate(flat).float()
+        routing = self.route(logits)
+        if routing.num_experts != self.num_experts:
+            raise ValueError(
+                f"MoE: router returned a Routing over {routing.num_experts} experts, "
+                f"the layer has {self.num_experts}"
+            )
+        y = self.dispatch(flat, routing, self.experts.weights())
+        losses = router_loss(
+            routing, logits, self.load_balance_weight, self.dynamic_weight, self.z_loss_weight
+        )
+        aux = MoEAux(
+            routing, logits, losses["load_balance"], losses["dynamic"], losses["z"], losses["total"]
+        )
+        return y.to(x.dtype).reshape(shape), aux
+
+    def extra_repr(self) -> str:
+        fn = getattr(self.route, "func", self.route)
+        return f"route={getattr(fn, '__name__', type(fn).__name__)}"

@@ -1,0 +1,41 @@
+"""Fixed top-k routing: Switch (k=1), GShard/Mixtral (k=2, normalized), OLMoE (no normalization)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dynroute.routing.checks import as_router_logits, check_int
+from dynroute.routing.types import Routing
+
+
+def top_k(logits: Tensor, k: int, normalize: bool = True) -> Routing:
+    """Route every token to its k most probable experts.
+
+    Softmax in float32 over E experts, take the top k; with ``normalize`` the k
+    weights are divided by their sum (Mixtral), otherwise they are the raw
+    probabilities (OLMoE, Switch with k=1 and ``normalize=False``).
+
+    Args:
+        logits: [N, E] router logits, any float dtype.
+        k: experts per token, 1 <= k <= E.
+        normalize: renormalize the kept probabilities to sum to 1.
+
+    Returns:
+        Routing with N·k assignments.
+
+    Example:
+        >>> import torch
+        >>> r = top_k(torch.tensor([[3.0, 1.0, 2.0]]), k=2)
+        >>> r.expert.tolist(), [round(w, 3) for w in r.weight.tolist()]
+        ([0, 2], [0.731, 0.269])
+    """
+    logits = as_router_logits(logits, "top_k")
+    n, e = logits.shape
+    check_int(k, "k", "top_k", 1, e)
+    probs = torch.softmax(logits, dim=-1)
+    weight, expert = torch.topk(probs, k, dim=-1)
+    if normalize:
+        weight = weight / weight.sum(dim=-1, keepdim=True)
+    token = torch.arange(n, device=logits.device).repeat_interleave(k)
+    return Routing.from_assignments(token, expert.reshape(-1), weight.reshape(-1), probs, e)

@@ -1,0 +1,71 @@
+"""Dynamic top-p routing from "Harder Tasks Need More Experts" (Huang et al., ACL 2024)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dynroute.routing.checks import as_router_logits, check_int
+from dynroute.routing.types import Routing
+
+
+def top_p_mask(probs: Tensor, p: float, max_experts: int | None = None) -> Tensor:
+    """Boolean [N, E]: the shortest prefix of experts (by probability) whose mass exceeds p.
+
+    An expert is kept when the cumulative probability of the experts ranked above
+    it is still <= p, so the expert that crosses p is kept and every token keeps at
+    least one. When the total never exceeds p (p = 1) every expert is kept. This is
+    the rule of the paper's released code (``cumsum > p`` minus the first crossing).
+
+    Example:
+        >>> import torch
+        >>> top_p_mask(torch.tensor([[0.5, 0.3, 0.2]]), p=0.6).tolist()
+        [[True, True, False]]
+    """
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+    cum = torch.cumsum(sorted_p, dim=-1)
+    keep_sorted = torch.ones_like(cum, dtype=torch.bool)
+    if p < 1.0:  # at p = 1 rounding could push the cumsum past 1 and drop an expert
+        keep_sorted[:, 1:] = cum[:, :-1] <= p
+    if max_experts is not None:
+        keep_sorted[:, max_experts:] = False
+    return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+
+
+def top_p(
+    logits: Tensor, p: float, max_experts: int | None = None, normalize: bool = False
+) -> Routing:
+    """Give each token the fewest experts whose probabilities add up to more than p.
+
+    Softmax in float32, sort descending, keep experts until the cumulative
+    probability is strictly greater than ``p`` (the crossing expert is kept).
+    Weights are the raw probabilities (the paper's choice) unless ``normalize``.
+
+    Args:
+        logits: [N, E] router logits, any float dtype.
+        p: threshold in (0, 1]; the paper uses 0.4.
+        max_experts: optional cap on experts per token.
+        normalize: divide each token's kept weights by their sum.
+
+    Returns:
+        Routing with between N and N·E assignments.
+
+    Example:
+        >>> import torch
+        >>> peaked = top_p(torch.tensor([[4.0, 0.0, 0.0, 0.0]]), p=0.4)
+        >>> flat = top_p(torch.zeros(1, 4), p=0.4)
+        >>> peaked.experts_per_token().tolist(), flat.experts_per_token().tolist()
+        ([1], [2])
+    """
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < float(p) <= 1.0:
+        raise ValueError(f"top_p: p must be in (0, 1], got {p}")
+    logits = as_router_logits(logits, "top_p")
+    e = logits.shape[1]
+    if max_experts is not None:
+        check_int(max_experts, "max_experts", "top_p", 1, e)
+    probs = torch.softmax(logits, dim=-1)
+    mask = top_p_mask(probs.detach(), float(p), max_experts)
+    weights = probs
+    if normalize:
+        weights = probs * mask / (probs * mask).sum(dim=-1, keepdim=True)
+    return Routing.from_mask(mask, weights, probs)

@@ -1,0 +1,125 @@
+"""grouped, loop and dense agree in outputs and in every gradient, for every router."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynroute.dispatch import ExpertWeights, dense, grouped, grouped_linear, loop
+from dynroute.routing import Routing, expert_choice, null_experts, top_k, top_p
+
+E, D, F = 6, 8, 12
+
+ROUTERS = {
+    "top_k1": lambda x: top_k(x, 1),
+    "top_k2": lambda x: top_k(x, 2, normalize=False),
+    "top_p": lambda x: top_p(x, 0.5),
+    "top_p_norm_cap": lambda x: top_p(x, 0.7, max_experts=3, normalize=True),
+    # a bias towards the nulls so that some tokens pick no real expert at all
+    "null_experts": lambda x: null_experts(x + torch.tensor([0.0] * E + [4.0, 4.0]), 2, 2),
+    "expert_choice": lambda x: expert_choice(x, 0.75),
+}
+
+
+def make_case(n: int, router: str, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    extra = 2 if router == "null_experts" else 0
+    x = torch.randn(n, D, generator=g, dtype=dtype)
+    gate = torch.randn(D, E + extra, generator=g, dtype=dtype) * 0.7
+    gate_up = torch.randn(E, D, 2 * F, generator=g, dtype=dtype) * 0.3
+    down = torch.randn(E, F, D, generator=g, dtype=dtype) * 0.3
+    return [t.requires_grad_() for t in (x, gate, gate_up, down)]
+
+
+def run(dispatch, n, router, seed=0, dtype=torch.float32):
+    x, gate, gate_up, down = make_case(n, router, seed, dtype)
+    routing = ROUTERS[router](x @ gate)
+    y = dispatch(x, routing, ExpertWeights(gate_up, down))
+    g = torch.Generator().manual_seed(seed + 1)
+    (y * torch.randn(y.shape, generator=g, dtype=dtype)).sum().backward()
+    return y, routing, [t.grad for t in (x, gate, gate_up, down)]
+
+
+@pytest.mark.parametrize("router", list(ROUTERS))
+@pytest.mark.parametrize("n", [0, 1, 5, 37])
+def test_grouped_loop_dense_agree(router, n):
+    y_ref, _, grads_ref = run(loop, n, router)
+    for fn in (grouped, dense):
+        y, _, grads = run(fn, n, router)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads, grads_ref, strict=True):
+            if want is None:
+                assert got is None or torch.all(got == 0)
+            else:
+                assert got is not None
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cases_cover_empty_experts_and_tokens():
+    """The agreement test above includes tokens with 0 experts and experts with 0 tokens."""
+    _, r, _ = run(loop, 37, "null_experts")
+    assert int((r.experts_per_token() > 0).sum()) > 0
+    assert int((r.experts_per_token() == 0).sum()) > 0
+    _, r, _ = run(loop, 5, "top_k1")
+    assert int((r.expert_counts() == 0).sum()) > 0
+
+
+@given(st.integers(0, 40), st.sampled_from(list(ROUTERS)), st.integers(0, 10_000))
+def test_grouped_matches_loop_property(n, router, seed):
+    y_ref, _, _ = run(loop, n, router, seed)
+    y, _, _ = run(grouped, n, router, seed)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_hand_computed_output():
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    gate_up = torch.zeros(2, 8, 4)
+    gate_up[1, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # gate=[1,2], up=[3,4]
+    down = torch.zeros(2, 2, 8)
+    down[1] = 1.0
+    r = Routing(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]), torch.zeros(1, 2), 2)
+    silu = torch.nn.functional.silu
+    expected = 0.5 * (silu(torch.tensor(1.0)) * 3 + silu(torch.tensor(2.0)) * 4)
+    for fn in (grouped, loop, dense):
+        y = fn(x, r, ExpertWeights(gate_up, down))
+        torch.testing.assert_close(y, torch.full((1, 8), expected.item()))
+
+
+@pytest.mark.parametrize("fn", [grouped, loop, dense])
+def test_bf16_and_float64(fn):
+    for dtype in (torch.bfloat16, torch.float64):
+        y, _, grads = run(fn, 9, "top_p", dtype=dtype)
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    x, gate, gate_up, down = (t.detach() for t in make_case(9, "top_p"))
+    r = top_p(x @ gate, 0.5)
+    y16 = fn(x.bfloat16(), r, ExpertWeights(gate_up.bfloat16(), down.bfloat16()))
+    y32 = loop(x, r, ExpertWeights(gate_up, down))
+    torch.testing.assert_close(y16.float(), y32, atol=0.05, rtol=0.05)
+
+
+def test_grouped_linear_falls_back_for_unaligned_sizes():
+    x, w = torch.randn(7, 5), torch.randn(3, 5, 3)
+    offs = torch.tensor([2, 2, 7], dtype=torch.int32)
+    want = torch.cat([x[:2] @ w[0], x[2:7] @ w[2]])
+    torch.testing.assert_close(grouped_linear(x, w, offs), want)
+
+
+def test_transposed_weight_views_are_accepted():
+    """transformers stores [E, 2F, D]; a transposed view must work without a copy."""
+    x, gate, gate_up, down = make_case(11, "top_k2")
+    r = top_k(x @ gate, 2)
+    w_t = ExpertWeights(
+        gate_up.detach().transpose(1, 2).contiguous().transpose(1, 2),
+        down.detach().transpose(1, 2).contiguous().transpose(1, 2),
+    )
+    torch.testing.assert_close(grouped(x, r, w_t), loop(x, r, ExpertWeights(gate_up, down)))
+
+
+def test_mismatched_shapes_raise():
+    x, _, gate_up, down = make_case(4, "top_k2")
+    r = top_k(torch.randn(4, E + 1), 2)
+    with pytest.raises(ValueError, match="routing is over 7 experts"):
+        grouped(x, r, ExpertWeights(gate_up, down))
+    with pytest.raises(ValueError, match="d_model"):
+        loop(torch.randn(4, D + 1), top_k(torch.randn(4, E), 2), ExpertWeights(gate_up, down))
