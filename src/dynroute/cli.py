@@ -1,14 +1,19 @@
 """The `dynroute` command line: thin recipes over the library.
 
 Each subcommand lives in ``dynroute/commands/<name>.py`` and registers itself
-through a ``register(app)`` function, so adding a command touches one line here.
+through a ``register(app)`` function; adding a module there adds the command.
+Command modules import heavy dependencies inside their functions so that
+``dynroute --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import typer
+
+import dynroute.commands
 
 app = typer.Typer(
     name="dynroute",
@@ -18,13 +23,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-COMMANDS = [
-    "dynroute.commands.demo",
-    "dynroute.commands.bench",
-]
+ORDER = ["demo", "train", "eval", "analyze", "bench", "patch"]
 
-for _name in COMMANDS:
-    importlib.import_module(_name).register(app)
+
+def _command_modules() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(dynroute.commands.__path__)]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+for _name in _command_modules():
+    importlib.import_module(f"dynroute.commands.{_name}").register(app)
 
 
 def main() -> None:
