@@ -1,0 +1,16 @@
+"""Every python block in docs/routing.md runs."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("name", ["routing.md"])
+def test_doc_python_blocks_run(name):
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, name, "exec"), {})
