@@ -1,0 +1,277 @@
+"""A small decoder-only MoE language model, readable top to bottom (nanoGPT style).
+
+    tokens ─ embed ─┬─ [RMSNorm ─ causal attention (RoPE, SDPA)] ─ + ─ [RMSNorm ─ FFN] ─ + ─┐
+                    └──────────────── x n_layers, FFN = dynroute.layers.MoE ──────────────────┘
+    ─ RMSNorm ─ LM head ─ logits
+
+The FFN of every ``moe_every``-th layer is a :class:`dynroute.layers.MoE`, so any router
+(top-k, top-p, null experts, expert choice) drops in through the config. Forward hooks
+on those MoE modules see their ``(y, aux)`` output, which is how analysis code reads
+routing decisions without touching this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+
+from dynroute.layers import MoE
+from dynroute.layers.experts import SwiGLUExperts
+from dynroute.layers.moe import MoEAux
+from dynroute.models.config import DynMoEConfig
+
+__all__ = ["DynMoECausalLMOutput", "DynMoEForCausalLM"]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale: x / rms(x) · w, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * self.weight.float()).to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin tables [max_len, head_dim / 2] of rotary position embeddings.
+
+    Example:
+        >>> cos, sin = rope_tables(8, 16, 10000.0)
+        >>> cos.shape, float(cos[0, 0])
+        (torch.Size([16, 4]), 1.0)
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate half-pairs of x [B, H, T, h] by position; cos/sin are [T, h/2]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, RoPE on q and k, via ``scaled_dot_product_attention``."""
+
+    def __init__(self, config: DynMoEConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, h]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    """Dense SwiGLU FFN for the layers without MoE (``moe_every > 1``)."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, config: DynMoEConfig, index: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn: MoE | SwiGLU
+        if config.is_moe_layer(index):
+            self.ffn = MoE(
+                config.d_model,
+                config.d_ff,
+                config.num_experts,
+                router=config.router,
+                dispatch=config.dispatch,
+                load_balance_weight=config.load_balance_weight,
+                dynamic_weight=config.dynamic_weight,
+                z_loss_weight=config.z_loss_weight,
+                **config.router_kwargs(),
+            )
+        else:
+            self.ffn = SwiGLU(config.d_model, config.d_ff)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, MoEAux | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        h = self.ffn_norm(x)
+        if isinstance(self.ffn, MoE):
+            y, aux = self.ffn(h)
+            return x + y, aux
+        return x + self.ffn(h), None
+
+
+@dataclass
+class DynMoECausalLMOutput(ModelOutput):
+    """What :meth:`DynMoEForCausalLM.forward` returns.
+
+    Attributes:
+        loss: lm_loss + aux_loss (only with ``labels``).
+        logits: [B, T, V].
+        lm_loss: mean next-token cross-entropy (only with ``labels``).
+        aux_loss: sum over MoE layers of their weighted router losses.
+        experts_per_layer: float tensor [L_moe], mean real experts per token per MoE layer.
+        aux: one :class:`dynroute.layers.moe.MoEAux` per MoE layer (routing, router
+            logits, each loss), in layer order.
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    lm_loss: Tensor | None = None
+    aux_loss: Tensor | None = None
+    experts_per_layer: Tensor | None = None
+    aux: list[MoEAux] | None = None
+
+
+class DynMoEPreTrainedModel(PreTrainedModel):
+    """Weight init and transformers plumbing shared by DynMoE models."""
+
+    config_class = DynMoEConfig
+    config: DynMoEConfig
+    base_model_prefix = "dynmoe"
+    _no_split_modules: ClassVar[list[str]] = ["Block"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        # transformers' init functions skip weights already loaded by from_pretrained.
+        if isinstance(module, nn.Linear | nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, SwiGLUExperts):
+            init.normal_(module.gate_up, mean=0.0, std=std)
+            init.normal_(module.down, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+
+
+class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
+    """Decoder-only MoE language model; ``save_pretrained``/``from_pretrained``/``generate`` work.
+
+    Args:
+        config: a :class:`DynMoEConfig`.
+
+    Shapes:
+        input_ids [B, T] (T <= max_seq_len) -> logits [B, T, V]; labels [B, T] are the
+        *next* tokens (already shifted, as ``dynroute.data.get_batch`` returns them),
+        -100 is ignored.
+
+    Example:
+        >>> cfg = DynMoEConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=2, d_ff=32,
+        ...                    num_experts=4, router="top_p", p=0.4)
+        >>> model = DynMoEForCausalLM(cfg)
+        >>> ids = torch.randint(0, 50, (2, 8))
+        >>> out = model(ids, labels=ids)
+        >>> out.logits.shape, out.experts_per_layer.shape, bool(out.loss > 0)
+        (torch.Size([2, 8, 50]), torch.Size([2]), True)
+    """
+
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "embed.weight"}
+
+    def __init__(self, config: DynMoEConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def moe_layers(self) -> list[MoE]:
+        """The MoE modules in layer order (register forward hooks here to see routing).
+
+        Example:
+            >>> m = DynMoEForCausalLM(DynMoEConfig(vocab_size=16, d_model=16, n_layers=4,
+            ...                       n_heads=2, d_ff=16, num_experts=4, moe_every=2))
+            >>> len(m.moe_layers())
+            2
+        """
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, MoE)]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> DynMoECausalLMOutput:
+        # attention_mask, position_ids, use_cache, ... arrive from generate(); sequences
+        # are unpadded and causal, so they carry no information this model needs.
+        t = input_ids.shape[1]
+        if t > self.config.max_seq_len:
+            raise ValueError(
+                f"DynMoEForCausalLM: sequence length {t} exceeds max_seq_len "
+                f"{self.config.max_seq_len}; use shorter inputs or a larger max_seq_len"
+            )
+        # Recomputed per call ([T, h/2], negligible) rather than a buffer, so loading a
+        # checkpoint on the meta device never leaves it uninitialised.
+        cos, sin = rope_tables(
+            self.config.d_model // self.config.n_heads, t, self.config.rope_theta
+        )
+        cos, sin = cos.to(input_ids.device), sin.to(input_ids.device)
+        x = self.embed(input_ids)
+        auxes: list[MoEAux] = []
+        for block in self.blocks:
+            x, aux = block(x, cos, sin)
+            if aux is not None:
+                auxes.append(aux)
+        logits = self.lm_head(self.norm(x))
+
+        aux_loss = sum((a.loss for a in auxes), start=logits.new_zeros((), dtype=torch.float32))
+        experts = torch.tensor([a.mean_experts for a in auxes], dtype=torch.float32)
+        lm_loss = loss = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            )
+            loss = lm_loss + aux_loss
+        return DynMoECausalLMOutput(
+            loss=loss,
+            logits=logits,
+            lm_loss=lm_loss,
+            aux_loss=aux_loss,
+            experts_per_layer=experts,
+            aux=auxes,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs: Any) -> dict[str, Any]:
+        """No KV cache: every generation step re-reads the whole (short) sequence."""
+        return {"input_ids": input_ids[:, -self.config.max_seq_len :]}
