@@ -1,0 +1,64 @@
+"""Expert parallelism over torch.distributed (gloo on CPU, NCCL on GPU).
+
+Each rank of a process group holds E / W experts of every MoE layer and routes its
+own tokens; rows travel to their experts' ranks and back with variable-size
+``all_to_all_single``, in the forward and the backward pass.
+
+Example:
+    >>> import torch
+    >>> from dynroute.layers import MoE
+    >>> with local_group():  # one process; under torchrun use init_from_env()
+    ...     _ = torch.manual_seed(0)
+    ...     moe = MoE(8, 16, num_experts=4, router="top_p", p=0.5)
+    ...     ep = shard_experts(moe)
+    ...     x = torch.randn(5, 8)
+    ...     torch.allclose(ep(x)[0], moe(x)[0], atol=1e-6)
+    True
+
+See docs/scaling.md for torchrun, DDP and NCCL across nodes.
+"""
+
+from dynroute.parallel.comm import CommMeter, all_to_all, exchange_counts, measure_comm
+from dynroute.parallel.ddp import (
+    expert_parameter_names,
+    full_state_dict,
+    load_full_state_dict,
+    wrap_ddp,
+)
+from dynroute.parallel.moe import (
+    ExpertParallelMoE,
+    local_routing,
+    shard_experts,
+    shard_model_experts,
+)
+from dynroute.parallel.runtime import (
+    ParallelContext,
+    free_port,
+    init_from_env,
+    is_launched,
+    launch,
+    launch_command,
+    local_group,
+)
+
+__all__ = [
+    "CommMeter",
+    "ExpertParallelMoE",
+    "ParallelContext",
+    "all_to_all",
+    "exchange_counts",
+    "expert_parameter_names",
+    "free_port",
+    "full_state_dict",
+    "init_from_env",
+    "is_launched",
+    "launch",
+    "launch_command",
+    "load_full_state_dict",
+    "local_group",
+    "local_routing",
+    "measure_comm",
+    "shard_experts",
+    "shard_model_experts",
+    "wrap_ddp",
+]

@@ -1,0 +1,145 @@
+"""Data parallelism for the replicated parameters, and checkpoints of sharded models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dynroute.parallel.moe import ExpertParallelMoE, require_group
+
+_EXPERT_TENSORS = ("experts.gate_up", "experts.down")
+
+
+def expert_parameter_names(model: nn.Module) -> list[str]:
+    """Names (as in ``model.state_dict()``) of the sharded expert tensors.
+
+    Example:
+        >>> from dynroute.layers import MoE
+        >>> from dynroute.parallel import local_group, shard_model_experts
+        >>> with local_group():
+        ...     expert_parameter_names(shard_model_experts(nn.Sequential(MoE(8, 16, 2))))
+        ['0.experts.gate_up', '0.experts.down']
+    """
+    names = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, ExpertParallelMoE):
+            names += [f"{prefix}.{t}" if prefix else t for t in _EXPERT_TENSORS]
+    return names
+
+
+def wrap_ddp(
+    model: nn.Module, average_expert_grads: bool = True, **ddp_kwargs: Any
+) -> DistributedDataParallel:
+    """DistributedDataParallel over the replicated parameters only; experts stay sharded.
+
+    Expert tensors are excluded from DDP (no broadcast from rank 0 at start-up, no
+    all-reduce): each rank's shard already receives the gradient from every rank's
+    tokens through the all-to-all backward. DDP *averages* the other gradients over
+    ranks; with ``average_expert_grads`` the expert gradients are divided by the
+    world size too, so every parameter's gradient is that of the mean of the
+    ranks' losses (the single-process loss on all tokens when the ranks' batches
+    are equal in size). Assumes the expert-parallel group is the whole world.
+
+    Args:
+        model: a model after ``shard_model_experts``.
+        average_expert_grads: scale expert gradients by 1 / world size.
+        **ddp_kwargs: passed to DistributedDataParallel (e.g. ``device_ids``).
+
+    Example::
+
+        model = wrap_ddp(shard_model_experts(model))
+        loss = model(batch).loss; loss.backward(); opt.step()
+    """
+    require_group(None, "wrap_ddp")
+    names = expert_parameter_names(model)
+    if not names:
+        raise ValueError(
+            "wrap_ddp: the model has no ExpertParallelMoE; call shard_model_experts first "
+            "(or use DistributedDataParallel directly for a model without experts)"
+        )
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+    if average_expert_grads:
+        world = dist.get_world_size()
+        params = dict(model.named_parameters())
+        for name in names:
+            p = params[name]
+            if not getattr(p, "_dynroute_grad_averaged", False):
+                # A tensor hook scales each incoming gradient, so accumulation still adds up.
+                p.register_hook(lambda g, w=world: g / w)
+                p._dynroute_grad_averaged = True  # type: ignore[attr-defined]
+    return DistributedDataParallel(model, **ddp_kwargs)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict of the unsharded model, gathered from every rank (a collective).
+
+    Expert tensors are all-gathered along the expert dimension, so the result
+    loads into the plain model (``MoE`` layers, E experts each) on one process.
+    Every rank must call it; every rank gets the full dict (save it on rank 0).
+
+    Example:
+        >>> import torch
+        >>> from dynroute.layers import MoE
+        >>> from dynroute.parallel import local_group, shard_model_experts
+        >>> with local_group():
+        ...     sd = full_state_dict(shard_model_experts(nn.Sequential(MoE(8, 16, 2))))
+        >>> sd["0.experts.down"].shape
+        torch.Size([2, 16, 8])
+    """
+    model = _unwrap(model)
+    state = model.state_dict()
+    for prefix, module in model.named_modules():
+        if not isinstance(module, ExpertParallelMoE):
+            continue
+        for t in _EXPERT_TENSORS:
+            key = f"{prefix}.{t}" if prefix else t
+            shard = state[key].detach().contiguous()
+            parts = [torch.empty_like(shard) for _ in range(module.world_size)]
+            dist.all_gather(parts, shard, group=module.group)
+            state[key] = torch.cat(parts)
+    return state
+
+
+def load_full_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True
+) -> Any:
+    """Load an unsharded state dict (e.g. a checkpoint) into a sharded model: no collective.
+
+    Each ExpertParallelMoE takes its own slice of the experts.
+
+    Example:
+        >>> import torch
+        >>> from dynroute.layers import MoE
+        >>> from dynroute.parallel import local_group, shard_model_experts
+        >>> full = nn.Sequential(MoE(8, 16, 2))
+        >>> with local_group():
+        ...     ep = shard_model_experts(nn.Sequential(MoE(8, 16, 2)))
+        ...     _ = load_full_state_dict(ep, full.state_dict())
+        >>> torch.equal(ep[0].experts.down, full[0].experts.down)
+        True
+    """
+    model = _unwrap(model)
+    state = dict(state_dict)
+    for prefix, module in model.named_modules():
+        if not isinstance(module, ExpertParallelMoE):
+            continue
+        lo, hi = module.expert_offset, module.expert_offset + module.num_local_experts
+        for t in _EXPERT_TENSORS:
+            key = f"{prefix}.{t}" if prefix else t
+            if key in state:
+                if state[key].shape[0] != module.num_experts:
+                    raise ValueError(
+                        f"load_full_state_dict: {key} has {state[key].shape[0]} experts, "
+                        f"the model has {module.num_experts}; pass an unsharded state dict"
+                    )
+                state[key] = state[key][lo:hi]
+    return model.load_state_dict(state, strict=strict)

@@ -1,0 +1,81 @@
+"""Expert parallelism on 2 real processes (gloo over 127.0.0.1) against the one-process MoE."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynroute.parallel import launch
+from dynroute.parallel.selftest import CASES
+from dynroute.parallel.spawn import run_ranks
+
+sys.path.insert(0, str(Path(__file__).parent))  # so spawned ranks can import ep_workers
+import ep_workers
+
+TOL = 1e-5
+KEYS = ("output", "aux", "x_grad", "gate_grad", "expert_grad")
+
+
+@pytest.fixture(scope="module")
+def equivalence() -> list[dict]:
+    return run_ranks(ep_workers.equivalence, 2, timeout_s=90, collective_timeout_s=30)
+
+
+@pytest.mark.parametrize("split", list(ep_workers.TOKEN_SPLITS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_outputs_and_gradients_match_single_process(equivalence, case, split):
+    for rank, res in enumerate(equivalence):
+        r = res[f"{case}/{split}"]
+        assert r["rank"] == rank
+        for key in KEYS:
+            assert r[key] <= TOL, (case, split, rank, key, r[key])
+        if r["concat_output"] is not None:  # token-choice: same as MoE on all tokens at once
+            assert r["concat_output"] <= TOL
+
+
+def test_zero_token_cases_really_happened(equivalence):
+    r0, r1 = (res["skewed/uneven"] for res in equivalence)
+    assert sum(r1["received"]) == 0 and sum(r0["received"]) == 14  # rank 1's experts idle
+    assert r1["expert_grad_norm"] == 0.0 and r0["expert_grad_norm"] > 0
+    tiny = [res["top_k/tiny_rank"]["received"] for res in equivalence]
+    assert any(c == 0 for counts in tiny for c in counts), tiny  # some expert got no rows
+    empty = equivalence[1]["top_p/empty_rank"]
+    assert empty["tokens"] == 0 and sum(equivalence[0]["top_p/empty_rank"]["received"]) > 0
+
+
+def test_dynamic_routing_changes_the_per_rank_load(equivalence):
+    k = [res["top_k/uneven"]["mean_experts"] for res in equivalence]
+    p = [res["top_p/uneven"]["mean_experts"] for res in equivalence]
+    assert k == [2.0, 2.0] and all(1.0 <= v <= 4.0 for v in p)
+
+
+def test_ddp_on_replicated_parameters(equivalence):
+    for res in equivalence:
+        ddp = res["ddp"]
+        assert ddp["grads"] <= TOL, ddp  # DDP-averaged router + averaged expert grads
+        assert ddp["state"] == 0.0 and ddp["shard_kept"] == 0.0, ddp
+
+
+def test_bad_setups_fail_clearly_and_in_bounded_time():
+    results = run_ranks(ep_workers.bad_setups, 2, timeout_s=60, collective_timeout_s=20)
+    for res in results:
+        assert res["indivisible"].startswith("ValueError") and "evenly" in res["indivisible"]
+        assert "different MoE layer" in res["different_weights"]
+    assert "failed on rank 0 of 2" in results[0]["missing_rank"]
+    assert "every rank must run the same layers" in results[0]["missing_rank"]
+    assert 1.5 <= results[0]["seconds"] < 15, results[0]
+
+
+def test_launch_runs_the_selftest_under_torchrun(capfd):
+    rc = launch(2, ["--tokens", "8"], module="dynroute.parallel.selftest", timeout_s=90)
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    assert "selftest passed: world=2 backend=gloo" in out
+
+
+def test_launch_reports_a_bad_setup_as_a_failure(capfd):
+    rc = launch(2, ["--experts", "3"], module="dynroute.parallel.selftest", timeout_s=90)
+    err = capfd.readouterr().err
+    assert rc != 0 and "cannot be split evenly over 2 ranks" in err
