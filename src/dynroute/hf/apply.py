@@ -1,0 +1,243 @@
+"""Put a dynroute router into every sparse MoE block of a loaded transformers model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+from dynroute.hf.block import DynamicMoEBlock, expert_weights
+from dynroute.hf.families import (
+    UnsupportedModelError,
+    family_of,
+    supported_families_text,
+)
+from dynroute.hf.routers import RouterSpec, route
+from dynroute.routing import Routing
+
+__all__ = [
+    "CONFIG_KEY",
+    "adapted_blocks",
+    "apply_routing",
+    "remove_routing",
+    "reset_routing_stats",
+    "routing_config",
+    "routing_stats",
+]
+
+CONFIG_KEY = "dynroute_routing"
+CONFIG_VERSION = 1
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+
+
+def _layer_index(name: str) -> int | None:
+    match = _LAYER_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def adapted_blocks(model: nn.Module) -> list[DynamicMoEBlock]:
+    """The model's adapted blocks, in module order.
+
+    Example:
+        >>> import torch
+        >>> adapted_blocks(torch.nn.Linear(2, 2))
+        []
+    """
+    return [m for m in model.modules() if isinstance(m, DynamicMoEBlock)]
+
+
+def _unsupported_error(model: nn.Module) -> UnsupportedModelError:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    moe_like = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if hasattr(m, "experts") or "moe" in type(m).__name__.lower()
+        }
+    )
+    found = f"; it has MoE-looking modules {moe_like} of an unsupported family" if moe_like else ""
+    return UnsupportedModelError(
+        f"dynroute.hf: {type(model).__name__} (model_type={model_type!r}) has no sparse MoE "
+        f"block dynroute can adapt{found}. Supported families: {supported_families_text()}."
+    )
+
+
+def _select(layers: Iterable[int | str] | None, index: int | None, name: str) -> bool:
+    if layers is None:
+        return True
+    return any(index == item if isinstance(item, int) else name == item for item in layers)
+
+
+def apply_routing(
+    model: nn.Module,
+    router: str | Callable[[Tensor], Routing] = "top_k",
+    *,
+    layers: Iterable[int | str] | None = None,
+    dispatch: str = "grouped",
+    **router_kwargs: Any,
+) -> nn.Module:
+    """Replace the routing of every sparse MoE block of a transformers model, in place.
+
+    Each supported block (Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, OLMoE, DeepSeek-V3,
+    GLM-4-MoE) becomes a :class:`DynamicMoEBlock` that keeps the original gate, experts
+    and shared experts (same parameters, same state-dict names) and runs the experts
+    through ``dynroute.dispatch.grouped``.
+
+    Args:
+        model: a loaded transformers model (``*ForCausalLM`` or the base model).
+        router: ``"top_k"`` (the model's own routing, exactly, unless ``k`` is given),
+            ``"top_p"`` (``p``, optional ``max_experts``), ``"null_experts"`` (``null_logit``,
+            optional ``k``/``num_null``, default the model's k), ``"expert_choice"``
+            (``capacity_factor``; not causal), or a callable ``logits [N, E] -> Routing``
+            that gets the gate's raw logits and whose weights are used unchanged.
+        layers: decoder-layer indices (or block names) to change; None = every block.
+            Call again with other ``layers`` to give layers different settings.
+        dispatch: "grouped" (default), "loop" or "dense".
+        **router_kwargs: the router's arguments, plus ``normalize`` (renormalise kept
+            weights per token; default: as the model does).
+
+    Returns:
+        The same model object, adapted. ``model.config.dynroute_routing`` records the
+        settings when every router is named, so ``save_pretrained`` keeps them.
+
+    Raises:
+        UnsupportedModelError: the model has no supported sparse MoE block.
+
+    Example:
+        >>> import torch
+        >>> from transformers import OlmoeConfig, OlmoeForCausalLM
+        >>> cfg = OlmoeConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2,
+        ...     num_attention_heads=4, intermediate_size=16, num_experts=8, num_experts_per_tok=2)
+        >>> model = apply_routing(OlmoeForCausalLM(cfg), "top_p", p=0.4)
+        >>> logits = model(torch.randint(0, 128, (1, 5))).logits
+        >>> sorted(routing_stats(model)["per_layer"])
+        [0, 1]
+    """
+    spec = RouterSpec.build(router, **router_kwargs)
+    targets: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicMoEBlock) or family_of(module) is not None:
+            targets.append((name, module))
+    if not targets:
+        raise _unsupported_error(model)
+    chosen = [(n, m) for n, m in targets if _select(layers, _layer_index(n), n)]
+    if not chosen:
+        names = [(_layer_index(n), n) for n, _ in targets]
+        raise ValueError(f"apply_routing: layers={layers!r} matched no MoE block; blocks: {names}")
+    for name, module in chosen:
+        if isinstance(module, DynamicMoEBlock):
+            block = module
+        else:
+            family = family_of(module)
+            block = DynamicMoEBlock(module, family, spec, name, _layer_index(name), dispatch)
+        expert_weights(block.experts)  # unsupported expert layouts fail here, not mid-forward
+        # Dry run on two zero tokens: bad values (p=1.5, k > E) fail now with the router's message.
+        route(spec, block.family, block.gate, block.gate.weight.new_zeros(2, block.num_experts))
+        block.set_router(spec, dispatch)
+        if block is not module:
+            _set_module(model, name, block)
+    _sync_config(model)
+    return model
+
+
+def remove_routing(model: nn.Module) -> nn.Module:
+    """Put the original transformers blocks back (parameters are shared, nothing is copied).
+
+    Example:
+        >>> import torch
+        >>> remove_routing(torch.nn.Linear(2, 2)).out_features
+        2
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, DynamicMoEBlock):
+            original = module.original
+            original.train(module.training)
+            _set_module(model, name, original)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, CONFIG_KEY):
+        delattr(config, CONFIG_KEY)
+    return model
+
+
+def routing_config(model: nn.Module) -> dict[str, Any]:
+    """The JSON-able routing settings of an adapted model (what goes into config.json).
+
+    Keys of ``"layers"`` are decoder-layer indices as strings (or block names when a block
+    has no layer index).
+
+    Raises:
+        ValueError: a block uses a callable router, which cannot be saved.
+
+    Example:
+        >>> import torch
+        >>> routing_config(torch.nn.Linear(2, 2))
+        {'version': 1, 'dispatch': 'grouped', 'layers': {}}
+    """
+    blocks = adapted_blocks(model)
+    dispatch = blocks[0].dispatch_name if blocks else "grouped"
+    layers = {
+        str(b.layer_index if b.layer_index is not None else b.layer_name): b.spec.to_dict()
+        for b in blocks
+    }
+    return {"version": CONFIG_VERSION, "dispatch": dispatch, "layers": layers}
+
+
+def _sync_config(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if all(b.spec.serializable for b in adapted_blocks(model)):
+        setattr(config, CONFIG_KEY, routing_config(model))
+    elif hasattr(config, CONFIG_KEY):
+        delattr(config, CONFIG_KEY)
+
+
+def routing_stats(model: nn.Module) -> dict[str, Any]:
+    """Mean routed experts per token since the last reset, overall and per layer.
+
+    Returns:
+        ``{"mean_experts": float, "native_k": float, "expert_fraction": float,
+        "tokens": int, "per_layer": {layer: mean}}``; ``expert_fraction`` is mean experts
+        over the model's own k (the routed-expert compute relative to the original).
+        The overall mean averages the layers' assignments over their tokens.
+
+    Example:
+        >>> import torch
+        >>> routing_stats(torch.nn.Linear(2, 2))["per_layer"]
+        {}
+    """
+    blocks = adapted_blocks(model)
+    tokens = sum(b.tokens_seen for b in blocks)
+    assignments = sum(b.assignments_seen for b in blocks)
+    native = sum(b.native_k * b.tokens_seen for b in blocks)
+    mean = assignments / tokens if tokens else float("nan")
+    native_k = native / tokens if tokens else float("nan")
+    return {
+        "mean_experts": mean,
+        "native_k": native_k,
+        "expert_fraction": mean / native_k if tokens else float("nan"),
+        "tokens": blocks[0].tokens_seen if blocks else 0,
+        "per_layer": {
+            (b.layer_index if b.layer_index is not None else b.layer_name): b.mean_experts()
+            for b in blocks
+        },
+    }
+
+
+def reset_routing_stats(model: nn.Module) -> None:
+    """Zero every adapted block's experts-per-token counters.
+
+    Example:
+        >>> import torch
+        >>> reset_routing_stats(torch.nn.Linear(2, 2))
+    """
+    for block in adapted_blocks(model):
+        block.reset_stats()
