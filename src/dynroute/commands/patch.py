@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -37,7 +37,7 @@ def _router_kwargs(
 
 
 def patch(
-    model_dir: Path = typer.Argument(..., help="Local transformers checkpoint folder."),
+    model_dir: Annotated[Path, typer.Argument(help="Local transformers checkpoint folder.")],
     router: str = typer.Option("top_p", help="top_k | top_p | null_experts | expert_choice."),
     p: float = typer.Option(None, help="top_p threshold in (0, 1]."),
     target_experts: float = typer.Option(
@@ -52,13 +52,16 @@ def patch(
     normalize: bool = typer.Option(
         None, "--normalize/--no-normalize", help="Renormalise kept weights (default: as the model)."
     ),
-    text: Path = typer.Option(
-        None, help="Sample text file (default: a few Python stdlib source files)."
-    ),
+    text: Annotated[
+        Path | None,
+        typer.Option(help="Sample text file (default: a few Python stdlib source files)."),
+    ] = None,
     max_tokens: int = typer.Option(4096, help="Tokens of sample text to measure on."),
     seq_len: int = typer.Option(256, help="Window length for the measurement."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
-    out: Path = typer.Option(None, help="Save the patched checkpoint here (else report only)."),
+    out: Annotated[
+        Path | None, typer.Option(help="Save the patched checkpoint here (else report only).")
+    ] = None,
     force: bool = typer.Option(False, help="Overwrite --out if it exists."),
 ) -> None:
     """Apply a router to MODEL_DIR, report experts per token on sample text, save to --out.
