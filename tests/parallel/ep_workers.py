@@ -20,6 +20,11 @@ TOKEN_SPLITS = {
 }
 
 
+def all_checks(ctx: ParallelContext) -> dict[str, Any]:
+    """Everything in one launch (a process start costs seconds): equivalence, then bad setups."""
+    return {"equivalence": equivalence(ctx), "bad_setups": bad_setups(ctx)}
+
+
 def equivalence(ctx: ParallelContext) -> dict[str, Any]:
     """Every router x token split vs the single-process MoE, then DDP."""
     out: dict[str, Any] = {}
@@ -42,7 +47,8 @@ def _error(fn: Any) -> str:
 
 
 def bad_setups(ctx: ParallelContext) -> dict[str, Any]:
-    """Each rank reports the error it got for each misconfiguration."""
+    """Each rank reports the error it got for each misconfiguration (run this last: the
+    timed-out group stays broken)."""
     out: dict[str, Any] = {}
     out["indivisible"] = _error(lambda: shard_experts(MoE(8, 16, 3)))
     torch.manual_seed(ctx.rank)  # a different model on each rank

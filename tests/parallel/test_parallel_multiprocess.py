@@ -19,8 +19,13 @@ KEYS = ("output", "aux", "x_grad", "gate_grad", "expert_grad")
 
 
 @pytest.fixture(scope="module")
-def equivalence() -> list[dict]:
-    return run_ranks(ep_workers.equivalence, 2, timeout_s=90, collective_timeout_s=30)
+def launched() -> list[dict]:
+    return run_ranks(ep_workers.all_checks, 2, timeout_s=120, collective_timeout_s=30)
+
+
+@pytest.fixture(scope="module")
+def equivalence(launched) -> list[dict]:
+    return [res["equivalence"] for res in launched]
 
 
 @pytest.mark.parametrize("split", list(ep_workers.TOKEN_SPLITS))
@@ -56,10 +61,11 @@ def test_ddp_on_replicated_parameters(equivalence):
         ddp = res["ddp"]
         assert ddp["grads"] <= TOL, ddp  # DDP-averaged router + averaged expert grads
         assert ddp["state"] == 0.0 and ddp["shard_kept"] == 0.0, ddp
+        assert ddp["clip_active"] and ddp["norm"] <= TOL and ddp["clipped_grads"] <= TOL, ddp
 
 
-def test_bad_setups_fail_clearly_and_in_bounded_time():
-    results = run_ranks(ep_workers.bad_setups, 2, timeout_s=60, collective_timeout_s=20)
+def test_bad_setups_fail_clearly_and_in_bounded_time(launched):
+    results = [res["bad_setups"] for res in launched]
     for res in results:
         assert res["indivisible"].startswith("ValueError") and "evenly" in res["indivisible"]
         assert "different MoE layer" in res["different_weights"]
@@ -75,6 +81,7 @@ def test_launch_runs_the_selftest_under_torchrun(capfd):
     assert "selftest passed: world=2 backend=gloo" in out
 
 
+@pytest.mark.slow
 def test_launch_reports_a_bad_setup_as_a_failure(capfd):
     rc = launch(2, ["--experts", "3"], module="dynroute.parallel.selftest", timeout_s=90)
     err = capfd.readouterr().err

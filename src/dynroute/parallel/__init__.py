@@ -20,6 +20,7 @@ See docs/scaling.md for torchrun, DDP and NCCL across nodes.
 
 from dynroute.parallel.comm import CommMeter, all_to_all, exchange_counts, measure_comm
 from dynroute.parallel.ddp import (
+    clip_grad_norm_,
     expert_parameter_names,
     full_state_dict,
     load_full_state_dict,
@@ -46,6 +47,7 @@ __all__ = [
     "ExpertParallelMoE",
     "ParallelContext",
     "all_to_all",
+    "clip_grad_norm_",
     "exchange_counts",
     "expert_parameter_names",
     "free_port",

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,8 @@ class CommMeter:
     bytes_received: int = 0
     seconds: float = 0.0
     rows_sent: int = 0
+    exchanges: list[tuple[list[int], list[int], int]] = field(default_factory=list, repr=False)
+    """(out_splits, in_splits, bytes per row) of every row exchange, to replay them."""
 
     def add(self, sent: int, received: int, seconds: float, rows: int = 0) -> None:
         """Record one call."""
@@ -91,6 +93,8 @@ def _exchange(
         sent, received = sum(in_splits) - in_splits[me], sum(out_splits) - out_splits[me]
         for meter in _METERS:  # 1-D tensors are the count exchanges, not activation rows
             meter.add(sent * row_bytes, received * row_bytes, seconds, sent if x.dim() > 1 else 0)
+            if x.dim() > 1:
+                meter.exchanges.append((list(out_splits), list(in_splits), row_bytes))
     return out
 
 

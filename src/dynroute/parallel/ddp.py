@@ -75,6 +75,54 @@ def wrap_ddp(
     return DistributedDataParallel(model, **ddp_kwargs)
 
 
+def clip_grad_norm_(model: nn.Module, max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for a sharded model: one global norm over all ranks.
+
+    Replicated gradients (identical on every rank after DDP) count once; the
+    expert shards' squared norms are summed over the expert-parallel group, so
+    every rank computes the norm of the whole model's gradient and scales by the
+    same factor. A collective: call it on every rank, after ``backward``.
+
+    Returns:
+        The total norm before clipping (float32 scalar, same on every rank).
+
+    Example:
+        >>> import torch
+        >>> from dynroute.layers import MoE
+        >>> from dynroute.parallel import local_group, shard_model_experts
+        >>> with local_group():
+        ...     net = shard_model_experts(nn.Sequential(MoE(8, 16, 2)))
+        ...     net(torch.randn(4, 8))[0][0].sum().backward()
+        ...     norm = clip_grad_norm_(net, 1.0)
+        ...     full = torch.cat([p.grad.flatten() for p in net.parameters()]).norm()
+        >>> torch.allclose(norm, full) and float(full) > 0
+        True
+    """
+    model = _unwrap(model)
+    sharded: dict[int, dist.ProcessGroup | None] = {}
+    for module in model.modules():
+        if isinstance(module, ExpertParallelMoE):
+            for p in module.experts.parameters():
+                sharded[id(p)] = module.group
+    params = [p for p in model.parameters() if p.grad is not None]
+    replicated = [p.grad for p in params if id(p) not in sharded]
+    device = params[0].grad.device if params else torch.device("cpu")
+    sq = torch.zeros((), dtype=torch.float64, device=device)
+    if replicated:
+        sq += torch.nn.utils.get_total_norm(replicated, 2.0).double() ** 2
+    groups = {id(g): g for g in sharded.values()}
+    for key, group in groups.items():
+        shard = [p.grad for p in params if id(p) in sharded and id(sharded[id(p)]) == key]
+        part = torch.zeros((), dtype=torch.float64, device=device)
+        if shard:
+            part += torch.nn.utils.get_total_norm(shard, 2.0).double() ** 2
+        dist.all_reduce(part, group=group)
+        sq += part
+    total = sq.sqrt().float()
+    torch.nn.utils.clip_grads_with_norm_([p for p in params], max_norm, total)
+    return total
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 

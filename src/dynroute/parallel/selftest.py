@@ -25,7 +25,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dynroute.layers import MoE
-from dynroute.parallel.ddp import full_state_dict, load_full_state_dict, wrap_ddp
+from dynroute.parallel.ddp import (
+    clip_grad_norm_,
+    full_state_dict,
+    load_full_state_dict,
+    wrap_ddp,
+)
 from dynroute.parallel.moe import shard_experts, shard_model_experts
 from dynroute.parallel.runtime import ParallelContext, init_from_env
 from dynroute.routing import Routing, top_k
@@ -176,7 +181,8 @@ def compare_ddp(ctx: ParallelContext, tokens: int = 6, d: int = 16, num_experts:
     and that ``full_state_dict`` / ``load_full_state_dict`` round-trip.
 
     Returns:
-        dict of max abs differences: ``grads`` (all parameters), ``state`` (gathered
+        dict of max abs differences: ``grads`` (all parameters), ``norm`` and
+        ``clipped_grads`` (``clip_grad_norm_`` vs torch's on one process), ``state`` (gathered
         state dict vs the full model), ``shard_kept`` (expert shard before/after DDP).
     """
     world, rank = ctx.world_size, ctx.rank
@@ -202,10 +208,25 @@ def compare_ddp(ctx: ParallelContext, tokens: int = 6, d: int = 16, num_experts:
         if name.startswith("moe.experts."):
             want = want[lo:hi]
         worst = max(worst, _max_diff(p.grad, want))
+    # Global gradient norm and clipping, as one process would compute them.
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+    norm = clip_grad_norm_(ddp, 0.05)
+    clipped = 0.0
+    for name, p in model.named_parameters():
+        want = ref_grads[name].grad
+        want = want[lo:hi] if name.startswith("moe.experts.") else want
+        clipped = max(clipped, _max_diff(p.grad, want))  # type: ignore[arg-type]
     state = full_state_dict(ddp)
     state_diff = max(_max_diff(v, ref.state_dict()[k]) for k, v in state.items())
     load_full_state_dict(ddp, ref.state_dict())
-    return {"grads": worst, "state": state_diff, "shard_kept": shard_kept}
+    return {
+        "grads": worst,
+        "norm": abs(float(norm) - float(ref_norm)),
+        "clipped_grads": clipped,
+        "clip_active": float(ref_norm) > 0.05,
+        "state": state_diff,
+        "shard_kept": shard_kept,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
