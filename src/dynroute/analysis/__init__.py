@@ -1,0 +1,94 @@
+"""Routing analysis: where a model spends its experts, and whether the papers' claims hold.
+
+Record every MoE layer's routing while a model reads held-out text, reduce it to
+``stats.json`` and render an HTML report with figures::
+
+    from dynroute.analysis import analyze_checkpoint, render_report
+    stats = analyze_checkpoint("runs/top_p", "analysis/top_p")
+    render_report({"top_p": stats}, "analysis/top_p")
+
+    from dynroute.analysis import compare_report
+    compare_report("runs/top_k", "runs/top_p", "analysis/compare")   # side by side
+
+Example:
+    >>> import torch
+    >>> from dynroute.routing import top_k
+    >>> rec = RoutingRecorder()
+    >>> rec.begin_batch(torch.arange(8).view(1, 8))
+    >>> rec.record(0, top_k(torch.randn(8, 4), k=2))
+    >>> rec.end_batch(torch.rand(1, 8))
+    >>> summarize(rec)["experts_per_layer"]
+    [2.0]
+"""
+
+from dynroute.analysis.consistency import (
+    cache_hit_rate,
+    segment_accumulators,
+    segment_routing_performance,
+    window_counts,
+)
+from dynroute.analysis.recorder import (
+    LayerCounts,
+    RecorderConfig,
+    RoutingRecorder,
+    find_routing,
+    publish_routing,
+)
+from dynroute.analysis.report import render_report
+from dynroute.analysis.run import (
+    analyze_checkpoint,
+    analyze_model,
+    load_checkpoint,
+    load_stats,
+    write_stats,
+)
+from dynroute.analysis.stats import (
+    binned_mean,
+    capacity_drops,
+    load_balance_stats,
+    rankdata,
+    router_entropy,
+    routing_mask,
+    spearman,
+    spearman_from_table,
+    token_id_consistency,
+    top_tokens_per_expert,
+)
+from dynroute.analysis.summary import summarize
+from dynroute.analysis.table import summary_rows, summary_table
+from dynroute.analysis.workflow import analyze, compare_report, load_runs, render_dir
+
+__all__ = [
+    "LayerCounts",
+    "RecorderConfig",
+    "RoutingRecorder",
+    "analyze",
+    "analyze_checkpoint",
+    "analyze_model",
+    "binned_mean",
+    "cache_hit_rate",
+    "capacity_drops",
+    "compare_report",
+    "find_routing",
+    "load_balance_stats",
+    "load_checkpoint",
+    "load_runs",
+    "load_stats",
+    "publish_routing",
+    "rankdata",
+    "render_dir",
+    "render_report",
+    "router_entropy",
+    "routing_mask",
+    "segment_accumulators",
+    "segment_routing_performance",
+    "spearman",
+    "spearman_from_table",
+    "summarize",
+    "summary_rows",
+    "summary_table",
+    "token_id_consistency",
+    "top_tokens_per_expert",
+    "window_counts",
+    "write_stats",
+]

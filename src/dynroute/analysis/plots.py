@@ -1,0 +1,276 @@
+"""Figures of ``stats.json`` (matplotlib, no pyplot state: each function returns a Figure).
+
+Every function takes ``runs``: a mapping label -> stats dict, so one run and a
+side-by-side comparison share the same code. Save with ``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+__all__ = [
+    "FIGURES",
+    "plot_cache",
+    "plot_difficulty",
+    "plot_experts_hist",
+    "plot_experts_per_layer",
+    "plot_load",
+    "plot_position",
+    "plot_token_id",
+]
+
+Runs = Mapping[str, dict[str, Any]]
+STYLES = ("-", "--", ":", "-.")
+
+
+def _arr(xs: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
+
+
+def _fig(ncols: int = 1, nrows: int = 1, w: float = 6.0, h: float = 3.6) -> Figure:
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    fig.subplots(nrows, ncols, squeeze=False)
+    return fig
+
+
+def plot_experts_hist(runs: Runs) -> Figure:
+    """Share of (token, layer) pairs by number of experts run, overall and per layer.
+
+    Example:
+        >>> plot_experts_hist({"a": {"experts_hist": [0, 3, 1],
+        ...     "layers": [{"experts_hist": [0, 3, 1]}]}}).axes[0].get_xlabel()
+        'experts per token'
+    """
+    fig = _fig(1 + len(runs), w=5.0)
+    ax = fig.axes[0]
+    width = 0.8 / len(runs)
+    for i, (label, s) in enumerate(runs.items()):
+        h = np.asarray(s["experts_hist"], dtype=np.float64)
+        ax.bar(
+            np.arange(h.size) + i * width - 0.4 + width / 2, h / max(h.sum(), 1), width, label=label
+        )
+    ax.set(xlabel="experts per token", ylabel="share of tokens", title="all layers")
+    ax.legend()
+    for ax, (label, s) in zip(fig.axes[1:], runs.items(), strict=True):
+        rows = [np.asarray(lay["experts_hist"], dtype=np.float64) for lay in s["layers"]]
+        width_k = max(r.size for r in rows)
+        grid = np.zeros((len(rows), width_k))
+        for j, r in enumerate(rows):
+            grid[j, : r.size] = r / max(r.sum(), 1)
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
+        ax.set(xlabel="experts per token", ylabel="layer", title=f"{label}: per layer")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(im, ax=ax, label="share of tokens")
+    return fig
+
+
+def plot_experts_per_layer(runs: Runs) -> Figure:
+    """Mean experts per token in each layer ("lower layers need more experts").
+
+    Example:
+        >>> plot_experts_per_layer({"a": {"experts_per_layer": [2.0, 1.5]}}).axes[0].get_ylabel()
+        'mean experts / token'
+    """
+    fig = _fig()
+    ax = fig.axes[0]
+    width = 0.8 / len(runs)
+    for i, (label, s) in enumerate(runs.items()):
+        y = _arr(s["experts_per_layer"])
+        ax.bar(np.arange(y.size) + i * width - 0.4 + width / 2, y, width, label=label)
+    ax.set(xlabel="layer", ylabel="mean experts / token", title="experts per token by layer")
+    ax.legend()
+    return fig
+
+
+def plot_difficulty(runs: Runs) -> Figure:
+    """Mean experts per token vs token loss and vs router entropy (quantile bins).
+
+    Example:
+        >>> d = {"bin_upper": [1.0, 2.0], "mean_experts": [1.2, 1.8], "spearman": 0.3}
+        >>> s = {"difficulty": d, "entropy": d, "meta": {"num_layers": 1}}
+        >>> len(plot_difficulty({"a": s}).axes)
+        2
+    """
+    fig = _fig(2)
+    left, right = fig.axes
+    for i, (label, s) in enumerate(runs.items()):
+        style = STYLES[i % len(STYLES)]
+        d, layers = s["difficulty"], max(s["meta"]["num_layers"], 1)
+        rho = d.get("spearman")
+        left.plot(
+            d["bin_upper"],
+            _arr(d["mean_experts"]) / layers,
+            style,
+            marker="o",
+            label=f"{label} (Spearman {rho:.3f})" if rho is not None else label,
+        )
+        e = s["entropy"]
+        rho = e.get("spearman")
+        right.plot(
+            e["bin_upper"],
+            e["mean_experts"],
+            style,
+            marker="o",
+            label=f"{label} (Spearman {rho:.3f})" if rho is not None else label,
+        )
+    left.set(
+        xlabel="token loss (nats, upper edge of decile)",
+        ylabel="mean experts / token / layer",
+        title="harder tokens, more experts?",
+    )
+    right.set(
+        xlabel="router entropy / log(#experts) (upper edge of decile)",
+        ylabel="mean experts / token",
+        title="uncertain router, more experts?",
+    )
+    left.legend()
+    right.legend()
+    return fig
+
+
+def plot_load(runs: Runs) -> Figure:
+    """Share of tokens per expert per layer (1/E = perfectly balanced), one panel per run.
+
+    Example:
+        >>> s = {"layers": [{"expert_tokens": [3, 1], "load_cv": 0.5}]}
+        >>> plot_load({"a": s}).axes[0].get_ylabel()
+        'layer'
+    """
+    fig = _fig(len(runs), w=5.5)
+    for ax, (label, s) in zip(fig.axes[: len(runs)], runs.items(), strict=True):
+        rows = [np.asarray(lay["expert_tokens"], dtype=np.float64) for lay in s["layers"]]
+        e = max(r.size for r in rows)
+        grid = np.full((len(rows), e), np.nan)
+        for j, r in enumerate(rows):
+            grid[j, : r.size] = r / max(r.sum(), 1) * r.size  # 1.0 = balanced
+        im = ax.imshow(grid, aspect="auto", cmap="coolwarm", vmin=0, vmax=2, origin="lower")
+        cv = _arr([lay["load_cv"] for lay in s["layers"]])
+        ax.set(
+            xlabel="expert", ylabel="layer", title=f"{label}: load (mean CV {np.nanmean(cv):.2f})"
+        )
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(im, ax=ax, label="tokens / balanced share")
+    return fig
+
+
+def plot_token_id(runs: Runs) -> Figure:
+    """Token-id consistency per layer vs the same statistic with token ids shuffled.
+
+    Example:
+        >>> s = {"token_id_consistency": [0.9], "token_id_baseline": [0.4]}
+        >>> [float(v) for v in plot_token_id({"a": s}).axes[0].get_ylim()]
+        [0.0, 1.05]
+    """
+    fig = _fig()
+    ax = fig.axes[0]
+    width = 0.8 / len(runs)
+    for i, (label, s) in enumerate(runs.items()):
+        y, b = _arr(s["token_id_consistency"]), _arr(s["token_id_baseline"])
+        x = np.arange(y.size) + i * width - 0.4 + width / 2
+        ax.bar(x, y, width, label=label)
+        ax.scatter(x, b, marker="_", s=200, color="black", zorder=3)
+    ax.scatter([], [], marker="_", s=200, color="black", label="token ids shuffled")
+    ax.set(
+        xlabel="layer",
+        ylabel="share to the token's top expert",
+        title="routing decided by token id? (OpenMoE)",
+        ylim=(0, 1.05),
+    )
+    ax.legend()
+    return fig
+
+
+def plot_cache(runs: Runs) -> Figure:
+    """Best expert-cache hit rate (SCH) vs cache size, one line per segment length.
+
+    Example:
+        >>> s = {"cache_hit_rate": {"4": {"1": 0.5, "2": 0.8}}}
+        >>> plot_cache({"a": s}).axes[0].get_xlabel()
+        'cache size C (experts)'
+    """
+    fig = _fig()
+    ax = fig.axes[0]
+    colors = ["C0", "C1", "C2", "C3", "C4", "C5"]
+    for i, (label, s) in enumerate(runs.items()):
+        for j, (seg, by_c) in enumerate(s["cache_hit_rate"].items()):
+            cs = sorted(by_c, key=int)
+            ax.plot(
+                [int(c) for c in cs],
+                _arr([by_c[c] for c in cs]),
+                STYLES[i % len(STYLES)],
+                marker="o",
+                color=colors[j % len(colors)],
+                label=f"{label}, S={seg}",
+            )
+    ax.set(
+        xlabel="cache size C (experts)",
+        ylabel="best hit rate",
+        title="local routing consistency (offloading)",
+        ylim=(0, 1.05),
+    )
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _bucket(y: np.ndarray, max_points: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Average a long per-position curve into at most ``max_points`` buckets."""
+    n = y.size
+    size = max(1, -(-n // max_points))
+    edges = np.arange(0, n, size)
+    means = np.array(
+        [
+            np.nanmean(y[e : e + size]) if np.isfinite(y[e : e + size]).any() else np.nan
+            for e in edges
+        ]
+    )
+    return edges + (np.minimum(edges + size, n) - 1 - edges) / 2, means
+
+
+def plot_position(runs: Runs) -> Figure:
+    """Mean experts per token and capacity drop rate by position in the sequence.
+
+    Example:
+        >>> s = {"position_mean_experts": [2.0, 1.5], "position_drop_rate": [0.0, 0.1],
+        ...      "meta": {"capacity_factor": 1.25}}
+        >>> len(plot_position({"a": s}).axes)
+        2
+    """
+    fig = _fig(2)
+    left, right = fig.axes
+    for i, (label, s) in enumerate(runs.items()):
+        style = STYLES[i % len(STYLES)]
+        x, y = _bucket(_arr(s["position_mean_experts"]))
+        left.plot(x, y, style, label=label)
+        x, y = _bucket(_arr(s["position_drop_rate"]))
+        right.plot(x, y, style, label=label)
+    left.set(
+        xlabel="position in sequence", ylabel="mean experts / token", title="experts by position"
+    )
+    cf = next(iter(runs.values()))["meta"].get("capacity_factor")
+    right.set(
+        xlabel="position in sequence",
+        ylabel="share of assignments dropped",
+        title=f"drops under capacity factor {cf}" if cf else "drops (no capacity factor set)",
+    )
+    left.legend()
+    right.legend()
+    return fig
+
+
+FIGURES: dict[str, tuple[str, Callable[[Runs], Figure]]] = {
+    "experts_hist": ("Experts per token", plot_experts_hist),
+    "experts_per_layer": ("Experts per token by layer", plot_experts_per_layer),
+    "difficulty": ("Difficulty vs experts", plot_difficulty),
+    "load": ("Load per expert", plot_load),
+    "token_id": ("Specialization by token id", plot_token_id),
+    "cache": ("Local routing consistency", plot_cache),
+    "position": ("Position in the sequence", plot_position),
+}
+"""Figure name -> (section title, plotting function), in report order."""

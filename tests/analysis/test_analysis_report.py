@@ -1,0 +1,87 @@
+"""Report and figures are built from stats.json alone; comparisons share the code."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from analysis.helpers_analysis import TinyLM
+from dynroute.analysis import (
+    analyze_model,
+    compare_report,
+    load_runs,
+    load_stats,
+    render_dir,
+    render_report,
+    summary_rows,
+    write_stats,
+)
+from dynroute.analysis.plots import FIGURES
+
+
+@pytest.fixture(scope="module")
+def two_runs():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 32, (1 + 4 * 32,))
+    kw = {"seq_len": 32, "batch_size": 4, "progress": False}
+    a = analyze_model(TinyLM(), tokens, meta={"name": "top2"}, **kw)
+    b = analyze_model(TinyLM(router="top_p", p=0.5), tokens, meta={"name": "topp"}, **kw)
+    return a, b
+
+
+def _no_nan(text: str) -> None:
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in stats.json"))
+
+
+def test_stats_json_round_trips_and_is_strict_json(two_runs, tmp_path):
+    a, _ = two_runs
+    path = write_stats(a, tmp_path)
+    _no_nan(path.read_text())  # top-k: Spearman of a constant is undefined -> null, not NaN
+    assert load_stats(tmp_path) == a
+    assert a["difficulty_spearman"] is None
+    with pytest.raises(FileNotFoundError, match="dynroute analyze"):
+        load_stats(tmp_path / "missing")
+
+
+def test_report_is_self_contained(two_runs, tmp_path):
+    a, _ = two_runs
+    # Re-render from the JSON on disk, never from in-memory objects.
+    write_stats(a, tmp_path)
+    report = render_dir(tmp_path)
+    page = report.read_text()
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch
+    for name in FIGURES:
+        assert (tmp_path / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Spearman(experts, token loss)" in page and "top2" in page
+    assert "Top tokens per expert" in page
+
+
+def test_compare_report_from_two_analysis_folders(two_runs, tmp_path):
+    a, b = two_runs
+    write_stats(a, tmp_path / "a")
+    write_stats(b, tmp_path / "b")
+    report = compare_report(tmp_path / "a", tmp_path / "b", tmp_path / "cmp", labels=("k", "p"))
+    page = report.read_text()
+    assert "Routing analysis: k vs p" in page
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    runs = load_runs(tmp_path / "cmp")
+    assert list(runs) == ["k", "p"] and runs["p"] == b
+    assert render_dir(tmp_path / "cmp") == report  # a comparison re-renders too
+
+
+def test_summary_rows_compare_runs_at_one_cache_size(two_runs):
+    a, b = two_runs
+    rows = summary_rows({"a": a, "b": b})
+    assert all(len(r) == 3 for r in rows)
+    cache_rows = [r for r in rows if r[0].startswith("cache hit rate")]
+    assert len(cache_rows) == len(a["cache_hit_rate"])
+    assert all(", C=" in r[0] for r in cache_rows)
+    by_name = {r[0]: r for r in rows}
+    assert by_name["experts / token"][1] == "2.000"
+
+
+def test_render_report_needs_runs(tmp_path):
+    with pytest.raises(ValueError, match="no runs"):
+        render_report({}, tmp_path)
