@@ -1,0 +1,58 @@
+"""`dynroute eval`: validation loss, perplexity, experts per token and speed of a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_(
+        checkpoint: Annotated[
+            Path, typer.Argument(help="A `dynroute train` --out folder or its model/ folder.")
+        ],
+        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        data: Annotated[str | None, typer.Option(help="Evaluate on another corpus.")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Windows per batch.")] = None,
+        seq_len: Annotated[int | None, typer.Option(help="Window length.")] = None,
+        max_batches: Annotated[int | None, typer.Option(help="Stop after N batches.")] = None,
+    ) -> None:
+        """Evaluate CHECKPOINT on the validation split of its training corpus."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from dynroute.train.evaluate import evaluate_checkpoint
+
+        console = Console()
+        try:
+            result = evaluate_checkpoint(checkpoint, data, batch_size, seq_len, max_batches)
+        except (FileNotFoundError, ValueError) as err:
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
+        if json_out:
+            print(json.dumps(result))
+            return
+        table = Table(title=f"{checkpoint} ({result['router']})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        rows = [
+            ("validation loss", f"{result['val_loss']:.4f}"),
+            ("perplexity", f"{result['perplexity']:.2f}"),
+            ("mean experts / token", f"{result['mean_experts_per_token']:.3f}"),
+            (
+                "experts / token per layer",
+                " ".join(f"{v:.2f}" for v in result["experts_per_layer"]),
+            ),
+            ("activated params vs top-2", f"{result['activated_param_ratio']:.3f}"),
+            ("expert params vs top-2", f"{result['expert_param_ratio']:.3f}"),
+            ("tokens / s (forward)", f"{result['tokens_per_second']:,.0f}"),
+            ("evaluated tokens", f"{result['eval_tokens']:,}"),
+        ]
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)

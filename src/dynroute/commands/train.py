@@ -1,0 +1,59 @@
+"""`dynroute train`: train (or resume) a small MoE language model from a TOML config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        config: Annotated[
+            Path, typer.Option("--config", help="TOML run config, e.g. configs/tiny.toml.")
+        ],
+        out: Annotated[
+            Path, typer.Option("--out", help="Run folder; rerun the same command to resume.")
+        ],
+        data: Annotated[
+            str | None,
+            typer.Option(help="Corpus: text file, folder or saved datasets folder."),
+        ] = None,
+        router: Annotated[
+            str | None,
+            typer.Option(help="top_k | top_p | null_experts | expert_choice (default: config)."),
+        ] = None,
+        k: Annotated[int | None, typer.Option(help="Experts per token (top_k/null).")] = None,
+        p: Annotated[float | None, typer.Option(help="Threshold of top_p.")] = None,
+        steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed for init and data sampling.")] = None,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    ) -> None:
+        """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
+        from rich.console import Console
+
+        from dynroute.train import apply_overrides, load_config
+        from dynroute.train import train as run_training
+        from dynroute.train.loop import ConfigMismatchError
+
+        console = Console()
+        try:
+            cfg = load_config(config)
+            if data is not None and Path(data).exists():
+                data = str(Path(data).resolve())  # so eval finds it from any folder
+            cfg = apply_overrides(cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data)
+            result = run_training(cfg, out, progress=progress)
+        except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
+        if result.resumed_from:
+            console.print(f"resumed from step {result.resumed_from}")
+        if result.final is not None:
+            f = result.final
+            console.print(
+                f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
+                f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  "
+                f"{f['mean_experts_per_token']:.2f} experts/token"
+            )

@@ -1,0 +1,211 @@
+"""Run configuration: ``[model]``, ``[data]`` and ``[train]`` tables of a TOML file.
+
+A config file looks like ``configs/tiny.toml``::
+
+    [model]            # any DynMoEConfig field except vocab_size (taken from the tokenizer)
+    d_model = 64
+    router = "top_p"
+    p = 0.4
+    [data]             # DataConfig
+    source = "stdlib"
+    [train]            # TrainConfig
+    steps = 200
+
+Command-line flags override the file through :func:`apply_overrides`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from (passed to ``dynroute.data.prepare_data``).
+
+    Attributes:
+        source: ``"stdlib"`` (built-in corpus), a text file, a folder, or a saved
+            ``datasets`` folder.
+        vocab_size: requested BPE vocabulary size.
+        max_train_bytes: cap on the training text (None: all of it).
+        max_val_bytes: cap on the validation text (None: all of it).
+        text_column: text column of a saved ``datasets`` dataset.
+    """
+
+    source: str = "stdlib"
+    vocab_size: int = 4096
+    max_train_bytes: int | None = None
+    max_val_bytes: int | None = None
+    text_column: str = "text"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, logging and checkpointing.
+
+    Attributes:
+        steps: optimizer steps; batch_size, seq_len: tokens per step = batch_size · seq_len.
+        lr: peak learning rate; min_lr: final learning rate of the cosine decay.
+        warmup_steps: linear warmup from 0 to ``lr``.
+        weight_decay, beta1, beta2: AdamW settings (no decay on norms and biases).
+        grad_clip: max global gradient norm (0 = off).
+        seed: seeds model init and data sampling.
+        log_interval: steps between training-metric lines in ``metrics.jsonl``.
+        eval_interval: steps between validation evaluations (0 = only at the end).
+        eval_batches: validation batches per evaluation (None: the whole split).
+        checkpoint_interval: steps between atomic checkpoints.
+        threads: torch CPU threads (0 = leave torch's default).
+    """
+
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_interval: int = 10
+    eval_interval: int = 50
+    eval_batches: int | None = 20
+    checkpoint_interval: int = 50
+    threads: int = 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        """batch_size · seq_len."""
+        return self.batch_size * self.seq_len
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run (saved as ``run.json`` next to checkpoints).
+
+    Example:
+        >>> cfg = RunConfig.from_dict({"model": {"router": "top_p"}, "train": {"steps": 5}})
+        >>> cfg.train.steps, cfg.model["router"], cfg.data.source
+        (5, 'top_p', 'stdlib')
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> RunConfig:
+        """Build from ``{"model": ..., "data": ..., "train": ...}``; unknown keys raise."""
+        unknown = set(raw) - {"model", "data", "train"}
+        if unknown:
+            raise ValueError(
+                f"{origin}: unknown table(s) {sorted(unknown)}; use [model], [data], [train]"
+            )
+        model = dict(raw.get("model", {}))
+        _check_model_keys(model, origin)
+        return cls(
+            model=model,
+            data=_build(DataConfig, raw.get("data", {}), f"{origin} [data]"),
+            train=_build(TrainConfig, raw.get("train", {}), f"{origin} [train]"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (round-trips through :meth:`from_dict`)."""
+        return {
+            "model": dict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+        }
+
+
+def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{origin}: unknown key(s) {sorted(unknown)}; accepted: {sorted(names)}")
+    return cls(**values)
+
+
+def _check_model_keys(model: dict[str, Any], origin: str) -> None:
+    from dynroute.models import DynMoEConfig
+
+    accepted = {f.name for f in dataclasses.fields(DynMoEConfig)}
+    unknown = set(model) - accepted
+    if unknown:
+        raise ValueError(
+            f"{origin} [model]: unknown key(s) {sorted(unknown)}; see DynMoEConfig for the fields"
+        )
+    if "vocab_size" in model:
+        raise ValueError(
+            f"{origin} [model]: vocab_size comes from the tokenizer; set [data] vocab_size instead"
+        )
+
+
+def load_config(path: Path | str) -> RunConfig:
+    """Read a TOML run config.
+
+    Args:
+        path: a ``.toml`` file with optional ``[model]``, ``[data]``, ``[train]`` tables.
+
+    Returns:
+        RunConfig.
+
+    Example:
+        >>> load_config("configs/tiny.toml").train.steps > 0  # doctest: +SKIP
+        True
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config file {path} not found; "
+            "pass --config with a TOML file such as configs/tiny.toml"
+        )
+    with path.open("rb") as fh:
+        try:
+            raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: invalid TOML: {err}") from err
+    return RunConfig.from_dict(raw, origin=str(path))
+
+
+# Flags of `dynroute train` and where each lands in the config.
+_OVERRIDE_TARGETS = {
+    "router": ("model", "router"),
+    "k": ("model", "k"),
+    "p": ("model", "p"),
+    "data": ("data", "source"),
+    "steps": ("train", "steps"),
+    "seed": ("train", "seed"),
+}
+
+
+def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
+    """Return a copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed).
+
+    Example:
+        >>> cfg = apply_overrides(RunConfig(), router="top_p", p=0.3, steps=7, seed=None)
+        >>> cfg.model, cfg.train.steps
+        ({'router': 'top_p', 'p': 0.3}, 7)
+    """
+    raw = cfg.to_dict()
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in _OVERRIDE_TARGETS:
+            raise TypeError(f"apply_overrides: unknown flag {name!r}")
+        table, key = _OVERRIDE_TARGETS[name]
+        raw[table][key] = value
+    return RunConfig.from_dict(raw)

@@ -1,0 +1,279 @@
+"""The training recipe: AdamW, warmup + cosine, clipping, evals, atomic checkpoints, resume.
+
+Reads like a script on purpose (torchtune-style recipe). Resuming restores the model,
+the optimizer, the step, the data sampler's generator and torch's RNG, so a run killed
+at any moment and restarted with the same command produces the same loss curve as one
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from dynroute.data.cache import atomic_write_text
+from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+from dynroute.train.checkpoint import (
+    CHECKPOINT_NAME,
+    MODEL_DIR,
+    atomic_save,
+    export_model,
+    load_checkpoint,
+)
+from dynroute.train.config import RunConfig
+from dynroute.train.data import DATA_FILE, data_json, load_data
+from dynroute.train.evaluate import evaluate_model
+from dynroute.train.metrics import MetricsLog
+from dynroute.train.schedule import lr_at
+
+__all__ = ["RUN_FILE", "ConfigMismatchError", "TrainResult", "train"]
+
+RUN_FILE = "run.json"
+
+
+class ConfigMismatchError(ValueError):
+    """The output folder holds a run with a different configuration."""
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished (or stopped) run.
+
+    Attributes:
+        out_dir: the run folder; steps: steps completed; tokens: training tokens seen;
+        resumed_from: step the run resumed at (0 = fresh); final: last evaluation
+        metrics (None if stopped early); seconds: wall time of this invocation.
+    """
+
+    out_dir: Path
+    steps: int
+    tokens: int
+    resumed_from: int
+    final: dict[str, Any] | None
+    seconds: float
+
+
+def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+    # Decay matrices only; norms (1-D) are left alone, as in nanoGPT.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    t = cfg.train
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+    )
+
+
+def _check_run_folder(out_dir: Path, cfg: RunConfig) -> None:
+    """Write run.json, or check that an existing one describes the same run."""
+    run_file = out_dir / RUN_FILE
+    mine = cfg.to_dict()
+    if run_file.is_file():
+        theirs = json.loads(run_file.read_text(encoding="utf-8"))
+        if theirs != mine:
+            diff = [
+                f"{table}.{key}: {theirs.get(table, {}).get(key)!r} -> {value!r}"
+                for table, values in mine.items()
+                for key, value in values.items()
+                if theirs.get(table, {}).get(key) != value
+            ]
+            diff += [
+                f"{table}.{key}: {value!r} -> (unset)"
+                for table, values in theirs.items()
+                for key, value in values.items()
+                if key not in mine.get(table, {})
+            ]
+            raise ConfigMismatchError(
+                f"{out_dir} already holds a run with a different configuration "
+                f"({'; '.join(diff)}); use a new --out folder, or delete {out_dir} to start over"
+            )
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_file, json.dumps(mine, indent=2))
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, done: int, label: str) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with progress:
+        task = progress.add_task(label, total=total, completed=done, stats="")
+        yield lambda n, stats: progress.update(task, completed=n, stats=stats)
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: Path | str,
+    progress: bool = True,
+    label: str = "train",
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a DynMoE language model into ``out_dir``.
+
+    Args:
+        cfg: the run configuration.
+        out_dir: run folder; if it holds a checkpoint of the same config the run resumes.
+        progress: show a rich progress bar (loss, tokens/s, experts per token) on stderr.
+        label: text in front of the progress bar.
+        stop_after: stop (after checkpointing) once this many steps are done; for tests.
+
+    Returns:
+        TrainResult.
+
+    Example:
+        >>> train(load_config("configs/tiny.toml"), "runs/tiny")  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    t = cfg.train
+    out_dir = Path(out_dir)
+    _check_run_folder(out_dir, cfg)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+
+    data = load_data(cfg.data)
+    model_cfg = DynMoEConfig(
+        vocab_size=data.vocab_size, max_seq_len=max(t.seq_len, 16), **cfg.model
+    )
+    torch.manual_seed(t.seed)
+    model = DynMoEForCausalLM(model_cfg)
+    optimizer = _optimizer(model, cfg)
+    sampler = torch.Generator().manual_seed(t.seed + 1)
+
+    step, tokens_seen = 0, 0
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, tokens_seen = state["step"], state["tokens"]
+    resumed_from = step
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=step)
+    export_extra = {DATA_FILE: data_json(cfg.data)}
+
+    def checkpoint() -> None:
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "sampler_rng": sampler.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "tokens": tokens_seen,
+                "model_config": model_cfg.to_dict(),
+                "run_config": cfg.to_dict(),
+            },
+            ckpt_path,
+        )
+        export_model(model, out_dir / MODEL_DIR, export_extra)
+
+    def evaluate() -> dict[str, Any]:
+        result = evaluate_model(model, data.val_tokens, t.batch_size, t.seq_len, t.eval_batches)
+        row = {"kind": "eval", "step": step, "tokens": tokens_seen, **result}
+        log.write(row)
+        return row
+
+    if step == 0 and t.eval_interval:
+        evaluate()
+
+    final: dict[str, Any] | None = None
+    model.train()
+    window_tokens, window_start = 0, time.perf_counter()
+    stats = ""
+    with _progress(progress, t.steps, step, label) as update:
+        while step < t.steps:
+            lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = data.train.batch(t.batch_size, t.seq_len, generator=sampler)
+            out = model(x, labels=y)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                if t.grad_clip > 0
+                else torch.tensor(0.0)
+            )
+            optimizer.step()
+            step += 1
+            tokens_seen += x.numel()
+            window_tokens += x.numel()
+
+            if step % t.log_interval == 0 or step == t.steps:
+                elapsed = time.perf_counter() - window_start
+                per_layer = out.experts_per_layer.tolist()
+                row = {
+                    "kind": "train",
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "loss": out.loss.item(),
+                    "lm_loss": out.lm_loss.item(),
+                    "aux_loss": out.aux_loss.item(),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "mean_experts_per_token": sum(per_layer) / max(len(per_layer), 1),
+                    "experts_per_layer": per_layer,
+                    "tokens_per_second": window_tokens / max(elapsed, 1e-9),
+                }
+                log.write(row)
+                stats = (
+                    f"loss {row['lm_loss']:.3f}  {row['tokens_per_second']:,.0f} tok/s  "
+                    f"{row['mean_experts_per_token']:.2f} experts/token"
+                )
+                window_tokens, window_start = 0, time.perf_counter()
+            if t.eval_interval and step % t.eval_interval == 0 and step < t.steps:
+                evaluate()
+            if step % t.checkpoint_interval == 0 and step < t.steps:
+                checkpoint()
+            if update is not None:
+                update(step, stats)
+            if stop_after is not None and step >= stop_after and step < t.steps:
+                checkpoint()
+                break
+
+    if step >= t.steps:
+        last = [
+            r for r in _read_rows(out_dir) if r.get("kind") == "eval" and r.get("step") == t.steps
+        ]
+        final = last[-1] if last else evaluate()
+        checkpoint()
+    return TrainResult(
+        out_dir, step, tokens_seen, resumed_from, final, time.perf_counter() - started
+    )
+
+
+def _read_rows(out_dir: Path) -> list[dict[str, Any]]:
+    from dynroute.train.metrics import read_metrics
+
+    return read_metrics(out_dir / "metrics.jsonl")

@@ -1,0 +1,97 @@
+"""End to end: `dynroute train` on a tiny config, rerun (resume), `dynroute eval --json`."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dynroute.cli import app
+
+CONFIG = """
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_ff = 32
+num_experts = 4
+
+[data]
+source = "{corpus}"
+vocab_size = 320
+
+[train]
+steps = 12
+batch_size = 4
+seq_len = 32
+warmup_steps = 2
+log_interval = 2
+eval_interval = 6
+eval_batches = 2
+checkpoint_interval = 6
+threads = 1
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DYNROUTE_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n".join((stdlib / n).read_text() for n in ("textwrap.py", "shlex.py", "glob.py"))
+    )
+    path = tmp_path / "tiny.toml"
+    path.write_text(CONFIG.format(corpus=corpus))
+    yield path
+    torch.set_num_threads(threads)
+
+
+def test_train_resume_eval(config: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["train", "--config", str(config), "--out", str(out), "--router", "top_p"]
+    args += ["--p", "0.3", "--steps", "8", "--seed", "1", "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "val loss" in first.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["router"] == "top_p" and run["model"]["p"] == 0.3
+    assert (run["train"]["steps"], run["train"]["seed"]) == (8, 1)
+    assert (out / "model" / "model.safetensors").is_file()
+
+    rerun = runner.invoke(app, args)  # same command: resumes a finished run, no new steps
+    assert rerun.exit_code == 0 and "resumed from step 8" in rerun.output
+
+    clash = runner.invoke(app, [*args[:-1], "--p", "0.5"])
+    assert clash.exit_code == 2 and "different configuration" in clash.output
+
+    result = runner.invoke(app, ["eval", str(out), "--json", "--max-batches", "2"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    for key in ("val_loss", "perplexity", "mean_experts_per_token", "tokens_per_second"):
+        assert isinstance(metrics[key], float)
+    assert len(metrics["experts_per_layer"]) == 2
+    assert 1.0 <= metrics["mean_experts_per_token"] <= 4.0
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["val_loss"])
+    assert metrics["router"] == "top_p(p=0.3)"
+
+    table = runner.invoke(app, ["eval", str(out / "model"), "--max-batches", "1"])
+    assert table.exit_code == 0 and "perplexity" in table.output
+
+
+def test_eval_of_a_non_checkpoint_says_what_to_pass(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--out folder" in result.output
+
+
+def test_train_with_missing_config_fails_cleanly(tmp_path: Path) -> None:
+    args = ["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "not found" in result.output

@@ -1,0 +1,181 @@
+"""Training recipe: config parsing, schedule, atomic checkpoints, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynroute.train import (
+    RunConfig,
+    apply_overrides,
+    atomic_save,
+    load_checkpoint,
+    load_config,
+    lr_at,
+    read_metrics,
+    train,
+)
+from dynroute.train.loop import ConfigMismatchError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_corpus(folder: Path) -> Path:
+    """~120 KB of real Python source in one file (split head/tail into train/validation)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    names = ["textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py"]
+    text = "\n".join((stdlib / n).read_text(encoding="utf-8") for n in names)
+    path = folder / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_config(folder: Path, steps: int = 30, **train: object) -> Path:
+    corpus = small_corpus(folder)
+    settings = {
+        "steps": steps,
+        "batch_size": 4,
+        "seq_len": 32,
+        "warmup_steps": 3,
+        "log_interval": 1,
+        "eval_interval": 10,
+        "eval_batches": 2,
+        "checkpoint_interval": 5,
+        "threads": 1,
+        **train,
+    }
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    text = f"""
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_ff = 32
+num_experts = 4
+router = "top_p"
+p = 0.4
+
+[data]
+source = "{corpus}"
+vocab_size = 320
+
+[train]
+{body}
+"""
+    path = folder / "test.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One shared tokenizer/token cache for the module keeps these tests fast.
+    monkeypatch.setenv("DYNROUTE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def _restore_threads() -> object:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shipped_configs_parse() -> None:
+    for name in ("tiny.toml", "demo.toml"):
+        cfg = load_config(ROOT / "configs" / name)
+        assert cfg.train.steps > 0 and cfg.data.source == "stdlib"
+
+
+def test_config_errors_say_what_to_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstepz = 3\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\]"):
+        load_config(bad)
+    bad.write_text("[model]\nvocab_size = 3\n")
+    with pytest.raises(ValueError, match=r"\[data\] vocab_size"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="--config"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_overrides_and_round_trip() -> None:
+    cfg = apply_overrides(RunConfig(), router="top_p", p=0.25, steps=9, seed=3, k=None)
+    assert cfg.model == {"router": "top_p", "p": 0.25}
+    assert (cfg.train.steps, cfg.train.seed) == (9, 3)
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    lrs = [lr_at(s, 1.0, 0.1, 10, 100) for s in range(101)]
+    assert lrs[9] == 1.0 and lrs[0] == pytest.approx(0.1)
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[100] == pytest.approx(0.1)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"step": 1}, path)
+
+    class Boom:
+        def __reduce__(self) -> tuple:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"step": 2, "bad": Boom()}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp files left
+
+
+def _curve(run: Path) -> list[tuple]:
+    keys = ("kind", "step", "tokens", "loss", "lm_loss", "aux_loss", "val_loss", "lr")
+    return [tuple(r.get(k) for k in keys) for r in read_metrics(run / "metrics.jsonl")]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(
+    tmp_path: Path, _restore_threads: object
+) -> None:
+    config = write_config(tmp_path, steps=60)
+    cfg = load_config(config)
+    reference = train(cfg, tmp_path / "reference", progress=False)
+    assert reference.steps == 60
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
+    cmd += ["--out", str(run), "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert killed_at < 60, "the run finished before the kill; the test needs more steps"
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resumed from step {killed_at}" in done.stdout
+    assert _curve(run) == _curve(tmp_path / "reference")  # bit-for-bit
+
+
+def test_rerun_with_other_config_is_refused(tmp_path: Path, _restore_threads: object) -> None:
+    config = write_config(tmp_path, steps=4)
+    cfg = load_config(config)
+    train(cfg, tmp_path / "run", progress=False)
+    again = train(cfg, tmp_path / "run", progress=False)  # finished run: nothing to redo
+    assert again.resumed_from == 4 and again.final is not None
+    with pytest.raises(ConfigMismatchError, match=r"model.p: 0.4 -> 0.3"):
+        train(apply_overrides(cfg, p=0.3), tmp_path / "run", progress=False)
