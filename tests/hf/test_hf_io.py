@@ -93,11 +93,22 @@ def test_evaluate_text_on_a_checkpoint_folder(tiny_dir, text_file):
     assert out["mean_experts_per_layer"] == {"0": 2.0, "1": 2.0}
     assert 1.0 < out["perplexity"] < 1e4 and out["tokens_per_s"] > 0
     assert out["tokens"] == 640 - 10  # 640 characters, one unpredicted token per window
+    # the keys `dynroute eval` prints for its own checkpoints are there too
+    assert out["experts_per_layer"] == [2.0, 2.0] and out["eval_tokens"] == out["tokens"]
+    assert out["expert_param_ratio"] == out["activated_param_ratio"] == 1.0
+    assert out["router"] == "top_k()" and out["val_loss"] == out["loss"]
 
     model = apply_routing(load_patched(tiny_dir), "top_p", p=0.3)
     dyn = evaluate_text(model, text_file, seq_len=64, progress=False)
     assert dyn["mean_experts"] < 2.0 and dyn["routing"]["layers"]["0"]["p"] == 0.3
     assert dyn["perplexity"] != out["perplexity"]
+    assert dyn["expert_param_ratio"] == pytest.approx(dyn["mean_experts"] / 2)
+    assert dyn["expert_param_ratio"] < dyn["activated_param_ratio"] < 1.0
+
+
+def test_evaluate_text_defaults_to_stdlib_sample(tiny_dir):
+    out = evaluate_text(tiny_dir, None, seq_len=64, max_batches=2, batch_size=2, progress=False)
+    assert out["text"] == "stdlib sample" and out["eval_tokens"] == 4 * 63
 
 
 def test_evaluate_text_leaves_an_unpatched_model_unpatched(tiny_dir, text_file):
@@ -125,11 +136,12 @@ def test_patch_command_saves_a_patched_checkpoint(tiny_dir, text_file, tmp_path)
     assert routing_stats(model)["mean_experts"] < 2.0
 
 
-def test_patch_command_calibrates_to_a_target(tiny_dir, text_file):
-    args = ["patch", str(tiny_dir), "--target-experts", "1.5", "--text", str(text_file)]
-    result = CliRunner().invoke(app, [*args, "--seq-len", "64"])
+def test_patch_command_calibrates_to_a_target(tiny_dir):
+    args = ["patch", str(tiny_dir), "--target-experts", "1.5", "--max-tokens", "512"]
+    result = CliRunner().invoke(app, [*args, "--seq-len", "64"])  # default text: stdlib
     assert result.exit_code == 0, result.output
     assert "calibrated p =" in result.output and "not saved" in result.output
+    assert "Python stdlib" in result.output
 
 
 def test_patch_command_needs_a_tokenizer(tmp_path):

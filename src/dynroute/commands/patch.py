@@ -66,9 +66,8 @@ def patch(
 ) -> None:
     """Apply a router to MODEL_DIR, report experts per token on sample text, save to --out.
 
-    The routing settings go into OUT/config.json (`dynroute_routing`); load the result
-    with `dynroute.hf.load_patched(OUT)` — plain `from_pretrained` gives the original routing.
-    """
+    The settings go into OUT/config.json (dynroute_routing). Load the result with dynroute.hf.load_patched(OUT): plain from_pretrained gives the original routing.
+    """  # noqa: E501 (one line, so that --help does not break it mid-sentence)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -133,7 +132,7 @@ def patch(
         raise typer.Exit(2) from err
     after = evaluate_ids(model, ids, progress=True, **measure)
 
-    table = Table(title=f"{model_dir.name} on {before['tokens'] + 1} tokens of {source}")
+    table = Table(title=f"{model_dir.name} on {ids.numel()} tokens of {source}")
     for col in ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s"):
         table.add_column(col, justify="right" if col != "routing" else "left")
     for label, res in (("original (top_k)", before), (_describe(model), after)):

@@ -103,6 +103,7 @@ def evaluate_ids(
     seq_len: int = 512,
     batch_size: int = 4,
     max_tokens: int | None = None,
+    max_batches: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Perplexity and routing statistics of a causal LM on token ids [T].
@@ -113,7 +114,11 @@ def evaluate_ids(
     Returns:
         dict with ``perplexity``, ``loss`` (mean NLL, nats), ``tokens`` (predicted),
         ``mean_experts``, ``native_k``, ``expert_fraction``, ``mean_experts_per_layer``,
-        ``tokens_per_s`` (forward only), ``seconds``.
+        ``tokens_per_s`` (forward only), ``seconds``, ``routing`` (settings or None), and
+        the keys ``dynroute eval`` prints for its own models: ``val_loss``,
+        ``mean_experts_per_token``, ``experts_per_layer`` (list), ``tokens_per_second``,
+        ``eval_tokens``, ``router``, ``expert_param_ratio`` and ``activated_param_ratio``
+        (routed-expert / all parameters used per token, relative to the model's own k).
 
     Example:
         >>> from transformers import OlmoeConfig, OlmoeForCausalLM
@@ -130,7 +135,7 @@ def evaluate_ids(
     nll, predicted, seconds = 0.0, 0, 0.0
     with measured(model):
         reset_routing_stats(model)
-        batches = list(_batches(wins, batch_size))
+        batches = list(_batches(wins, batch_size))[:max_batches]
         for batch in _progress(batches, progress, "evaluating"):
             batch = batch.to(device)
             start = time.perf_counter()
@@ -144,9 +149,12 @@ def evaluate_ids(
         stats = routing_stats(model)
         named = all(b.spec.serializable for b in adapted_blocks(model))
         settings = routing_config(model) if named else None
+        routers = sorted({b.spec.describe() for b in adapted_blocks(model)})
+        expert_ratio, activated_ratio = _param_ratios(model)
     model.train(was_training)
-    tokens_in = sum(w.numel() for w in wins)
+    tokens_in = sum(b.numel() for b in batches)
     mean_nll = nll / predicted
+    per_layer = [v for _, v in sorted(stats["per_layer"].items(), key=lambda kv: str(kv[0]))]
     return {
         "perplexity": math.exp(mean_nll) if mean_nll < 700 else float("inf"),
         "loss": mean_nll,
@@ -158,7 +166,31 @@ def evaluate_ids(
         "tokens_per_s": tokens_in / seconds if seconds > 0 else float("nan"),
         "seconds": seconds,
         "routing": settings,
+        # the same names as dynroute.train.evaluate, so `dynroute eval` prints either
+        "val_loss": mean_nll,
+        "mean_experts_per_token": stats["mean_experts"],
+        "experts_per_layer": per_layer,
+        "tokens_per_second": tokens_in / seconds if seconds > 0 else float("nan"),
+        "eval_tokens": predicted,
+        "router": routers[0] if len(routers) == 1 else "; ".join(routers),
+        "expert_param_ratio": expert_ratio,
+        "activated_param_ratio": activated_ratio,
     }
+
+
+def _param_ratios(model: nn.Module) -> tuple[float, float]:
+    """Routed-expert and all parameters used per token, relative to the model's own k."""
+    total = sum(p.numel() for p in model.parameters())
+    routed_all = used = native = 0.0
+    for block in adapted_blocks(model):
+        per_expert = block.experts.gate_up_proj[0].numel() + block.experts.down_proj[0].numel()
+        routed_all += block.num_experts * per_expert
+        used += block.mean_experts() * per_expert
+        native += block.native_k * per_expert
+    if not native or used != used:  # no blocks, or no tokens seen (nan)
+        return float("nan"), float("nan")
+    rest = total - routed_all
+    return used / native, (rest + used) / (rest + native)
 
 
 def _progress(items: list[Tensor], enabled: bool, label: str) -> Iterator[Tensor]:
@@ -170,14 +202,31 @@ def _progress(items: list[Tensor], enabled: bool, label: str) -> Iterator[Tensor
     yield from track(items, description=label, transient=True)
 
 
+def _read_texts(text_path: str | Path | None) -> tuple[list[str], str]:
+    """A text file (whole), a folder or saved dataset (validation split), or None (stdlib)."""
+    if text_path is None:
+        from dynroute.hf.io import sample_texts
+
+        return sample_texts(), "stdlib sample"
+    path = Path(text_path)
+    if path.is_file():
+        return [path.read_text(encoding="utf-8", errors="replace")], str(path)
+    if path.is_dir():
+        from dynroute.data import load_corpus
+
+        return load_corpus(path, "validation"), f"{path} (validation split)"
+    raise FileNotFoundError(f"evaluate_text: no text file or folder at {path}")
+
+
 def evaluate_text(
     model_or_dir: nn.Module | str | Path,
-    text_path: str | Path,
+    text_path: str | Path | None = None,
     *,
     tokenizer: Any = None,
     seq_len: int = 512,
     batch_size: int = 4,
     max_tokens: int | None = None,
+    max_batches: int | None = None,
     progress: bool = True,
     **from_pretrained_kwargs: Any,
 ) -> dict[str, Any]:
@@ -187,20 +236,20 @@ def evaluate_text(
         model_or_dir: a (possibly adapted) transformers model, or a local checkpoint folder
             (loaded with :func:`load_patched`, so its saved routing is used; a checkpoint
             never patched is measured with its own top-k routing).
-        text_path: a UTF-8 text file.
+        text_path: a UTF-8 text file (all of it is evaluated), a folder or saved
+            ``datasets`` folder (its validation split, as ``dynroute.data.load_corpus``),
+            or None for a few Python stdlib source files.
         tokenizer: defaults to the tokenizer in the checkpoint folder (or in the model's
             ``name_or_path`` folder); an error says so when none is there.
         seq_len, batch_size: evaluation windows (non-overlapping) and batch size.
-        max_tokens: evaluate at most this many tokens of the file.
+        max_tokens, max_batches: evaluate at most this many tokens / batches.
         progress: show a progress bar.
         **from_pretrained_kwargs: for loading a folder (e.g. ``dtype=torch.bfloat16``).
 
     Returns:
-        The dict of :func:`evaluate_ids` plus ``model_type`` and ``text``.
+        The dict of :func:`evaluate_ids` plus ``model_type``, ``text`` and ``checkpoint``.
     """
-    text_path = Path(text_path)
-    if not text_path.is_file():
-        raise FileNotFoundError(f"evaluate_text: no text file at {text_path}")
+    texts, label = _read_texts(text_path)
     if isinstance(model_or_dir, nn.Module):
         model = model_or_dir
         source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
@@ -211,10 +260,17 @@ def evaluate_text(
         if not source or not Path(source).is_dir():
             raise ValueError("evaluate_text: pass tokenizer= (the model has no local folder)")
         tokenizer = load_tokenizer(source)
-    ids = as_token_ids(text_path.read_text(encoding="utf-8", errors="replace"), tokenizer)
+    ids = as_token_ids(texts, tokenizer)
     out = evaluate_ids(
-        model, ids, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+        model,
+        ids,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        max_batches=max_batches,
+        progress=progress,
     )
     out["model_type"] = getattr(model.config, "model_type", None)
-    out["text"] = str(text_path)
+    out["text"] = label
+    out["checkpoint"] = source
     return out
