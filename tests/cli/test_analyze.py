@@ -64,7 +64,7 @@ def test_analyze_compare_and_rerender(checkpoints, tmp_path):
     cmp = tmp_path / "cmp"
     result = _analyze("--compare", single, ckpts["topp"], "--out", cmp, *common)
     assert "topk" in result.output and "topp" in result.output
-    assert (cmp / "topp" / "stats.json").is_file() and (cmp / "topp" / "report.html").is_file()
+    assert (cmp / "topp" / "stats.json").is_file()
     (cmp / "report.html").unlink()
     _analyze("--render", cmp)  # from the stats files alone
     page = (cmp / "report.html").read_text()

@@ -40,6 +40,7 @@ from dynroute.analysis.run import (
     analyze_model,
     load_checkpoint,
     load_stats,
+    token_losses,
     write_stats,
 )
 from dynroute.analysis.stats import (
@@ -88,6 +89,7 @@ __all__ = [
     "summary_rows",
     "summary_table",
     "token_id_consistency",
+    "token_losses",
     "top_tokens_per_expert",
     "window_counts",
     "write_stats",

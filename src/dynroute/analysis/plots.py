@@ -32,6 +32,20 @@ def _arr(xs: list[float | None]) -> np.ndarray:
     return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
 
 
+def _layer_ticks(ax: Any, s: dict[str, Any], axis: str = "x") -> None:
+    """Label layer positions 0..L-1 with the model's real layer numbers."""
+    idx = s.get("meta", {}).get("layer_indices")
+    if not idx:
+        return
+    step = max(1, len(idx) // 16)
+    pos = list(range(0, len(idx), step))
+    labels = [str(idx[i]) for i in pos]
+    if axis == "x":
+        ax.set_xticks(pos, labels)
+    else:
+        ax.set_yticks(pos, labels)
+
+
 def _fig(ncols: int = 1, nrows: int = 1, w: float = 6.0, h: float = 3.6) -> Figure:
     fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
     fig.subplots(nrows, ncols, squeeze=False)
@@ -65,6 +79,7 @@ def plot_experts_hist(runs: Runs) -> Figure:
         im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
         ax.set(xlabel="experts per token", ylabel="layer", title=f"{label}: per layer")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _layer_ticks(ax, s, "y")
         fig.colorbar(im, ax=ax, label="share of tokens")
     return fig
 
@@ -83,6 +98,7 @@ def plot_experts_per_layer(runs: Runs) -> Figure:
         y = _arr(s["experts_per_layer"])
         ax.bar(np.arange(y.size) + i * width - 0.4 + width / 2, y, width, label=label)
     ax.set(xlabel="layer", ylabel="mean experts / token", title="experts per token by layer")
+    _layer_ticks(ax, next(iter(runs.values())))
     ax.legend()
     return fig
 
@@ -154,6 +170,7 @@ def plot_load(runs: Runs) -> Figure:
             xlabel="expert", ylabel="layer", title=f"{label}: load (mean CV {np.nanmean(cv):.2f})"
         )
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _layer_ticks(ax, s, "y")
         fig.colorbar(im, ax=ax, label="tokens / balanced share")
     return fig
 
@@ -181,7 +198,8 @@ def plot_token_id(runs: Runs) -> Figure:
         title="routing decided by token id? (OpenMoE)",
         ylim=(0, 1.05),
     )
-    ax.legend()
+    _layer_ticks(ax, next(iter(runs.values())))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     return fig
 
 
@@ -215,7 +233,7 @@ def plot_cache(runs: Runs) -> Figure:
     )
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.legend(fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     return fig
 
 

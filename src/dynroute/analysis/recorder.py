@@ -24,6 +24,7 @@ layer's experts-per-token of the current batch are held until then.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -172,6 +173,23 @@ class LayerCounts:
         return int(self.experts_hist.sum())
 
 
+_BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|blocks|layer|h)\.(\d+)(?:\.|$)")
+
+
+def _layer_indices(names: list[str]) -> list[int]:
+    """Block numbers parsed from module names, or 0..n-1 when they are missing or repeat.
+
+    Example:
+        >>> _layer_indices(["model.layers.1.mlp", "model.layers.3.mlp"]), _layer_indices(["a", "b"])
+        ([1, 3], [0, 1])
+    """
+    matches = [_BLOCK_RE.search(n) for n in names]
+    indices = [int(m.group(1)) for m in matches if m is not None]
+    if len(indices) == len(names) and len(set(indices)) == len(indices):
+        return indices
+    return list(range(len(names)))
+
+
 def find_routing(output: Any) -> Routing | None:
     """The first Routing in a module output: itself, ``.routing``, or inside a tuple/list.
 
@@ -272,7 +290,10 @@ class RoutingRecorder:
             self._handles.append(_ResetCallback(module))
 
     def attach_model(self, model: nn.Module) -> int:
-        """Attach every routing module of ``model``, numbering layers in module order.
+        """Attach every routing module of ``model``.
+
+        A module is numbered by its transformer block (``layers.3.mlp`` -> 3, so models
+        with dense layers in between keep their real layer numbers), else in module order.
 
         Routing modules are ``dynroute.layers.MoE`` and adapted transformers blocks
         (``dynroute.hf``: anything with a ``routing_callback`` attribute).
@@ -285,17 +306,22 @@ class RoutingRecorder:
         """
         from dynroute.layers import MoE
 
-        moes = [m for m in model.modules() if isinstance(m, MoE) or hasattr(m, "routing_callback")]
-        if not moes:
+        found = [
+            (name, m)
+            for name, m in model.named_modules()
+            if isinstance(m, MoE) or hasattr(m, "routing_callback")
+        ]
+        if not found:
             raise ValueError(
                 f"RoutingRecorder: {type(model).__name__} has no dynroute.layers.MoE module "
                 "nor a dynroute.hf adapted block; for a transformers MoE model call "
                 "dynroute.hf.apply_routing(model, 'top_k') first, or attach routing modules "
                 "yourself with recorder.attach(module, layer_index)"
             )
-        for i, m in enumerate(moes):
+        indices = _layer_indices([name for name, _ in found])
+        for i, (_, m) in zip(indices, found, strict=True):
             self.attach(m, i)
-        return len(moes)
+        return len(found)
 
     def detach(self) -> None:
         """Remove all hooks and subscriptions of this recorder."""

@@ -63,7 +63,8 @@ def compare_report(
 
     Each of ``run_a`` / ``run_b`` is either an analysis folder (has ``stats.json``: used
     as is) or a checkpoint / training run folder (analysed into ``out_dir/<label>/``
-    first, with ``kwargs`` passed to :func:`dynroute.analysis.analyze_checkpoint`).
+    first, with ``kwargs`` passed to :func:`dynroute.analysis.analyze_checkpoint`; only
+    its ``stats.json`` is written there).
     ``out_dir/stats.json`` records which folders were compared, so
     ``dynroute analyze --render out_dir`` re-renders the comparison.
 
@@ -88,9 +89,9 @@ def compare_report(
             runs[name] = load_stats(src)
             subdirs[name] = str(src.resolve())
         else:
-            sub = out / _safe(name)
-            runs[name] = analyze_checkpoint(src, sub, **kwargs)
-            render_report({name: runs[name]}, sub)
+            # Only stats.json here: the comparison shows everything of both runs, and
+            # `dynroute analyze --render out_dir/<label>` makes a single-run report.
+            runs[name] = analyze_checkpoint(src, out / _safe(name), **kwargs)
             subdirs[name] = _safe(name)
     write_stats({"runs": subdirs}, out)
     return render_report(runs, out)

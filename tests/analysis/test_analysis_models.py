@@ -1,0 +1,71 @@
+"""The recorder on real model classes: DynMoE (every router) and an adapted transformers MoE."""
+
+import pytest
+import torch
+
+from dynroute.analysis import RoutingRecorder, analyze_model
+from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+
+ROUTER_SETTINGS = [
+    {"router": "top_k", "k": 2},
+    {"router": "top_p", "p": 0.4},
+    {"router": "null_experts", "k": 2, "num_null": 2},
+    {"router": "expert_choice", "capacity_factor": 1.0},
+]
+
+
+def tiny_dynmoe(**kw) -> DynMoEForCausalLM:
+    cfg = dict(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=16, num_experts=4)
+    return DynMoEForCausalLM(DynMoEConfig(**{**cfg, **kw}))
+
+
+@pytest.mark.parametrize("router", ROUTER_SETTINGS, ids=lambda r: r["router"])
+def test_every_router_analyses(router):
+    torch.manual_seed(0)
+    model = tiny_dynmoe(**router)
+    stats = analyze_model(model, torch.randint(0, 64, (1 + 4 * 16,)), seq_len=16, progress=False)
+    assert len(stats["experts_per_layer"]) == 2
+    assert stats["meta"]["num_tokens"] == 64
+    total = sum(stats["experts_hist"])
+    assert total == 2 * 64  # every (token, layer) pair counted once, zero-expert tokens too
+    for lay in stats["layers"]:
+        k_mean = sum(k * c for k, c in enumerate(lay["experts_hist"])) / 64
+        assert lay["mean_experts"] == pytest.approx(k_mean, abs=1e-6)
+        assert sum(lay["expert_tokens"]) == sum(k * c for k, c in enumerate(lay["experts_hist"]))
+
+
+def test_dense_layers_keep_their_numbers():
+    model = tiny_dynmoe(n_layers=4, moe_every=2)
+    rec = RoutingRecorder()
+    assert rec.attach_model(model) == 2
+    x = torch.randint(0, 64, (1, 8))
+    rec.begin_batch(x)
+    model(x)
+    rec.end_batch(None)
+    moe_blocks = [i for i, b in enumerate(model.blocks) if b.ffn in model.moe_layers()]
+    assert sorted(rec.layers) == moe_blocks
+
+
+def test_adapted_transformers_model_is_recorded():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from dynroute.hf import adapted_blocks, apply_routing
+
+    cfg = MixtralConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    torch.manual_seed(0)
+    model = apply_routing(MixtralForCausalLM(cfg), "top_p", p=0.6)
+    stats = analyze_model(model, torch.randint(0, 64, (1 + 2 * 16,)), seq_len=16, progress=False)
+    assert stats["meta"]["layer_indices"] == [0, 1]
+    assert all(1.0 <= k <= 4.0 for k in stats["experts_per_layer"])
+    assert stats["mean_loss"] is not None
+    # The callback analyze_model installed is gone afterwards.
+    assert all(b.routing_callback is None for b in adapted_blocks(model))
