@@ -14,11 +14,8 @@ from dynroute.layers import MoE
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.parallel import (
     ParallelContext,
-    clip_grad_norm_,
-    full_state_dict,
+    TrainingRanks,
     shard_experts,
-    shard_model_experts,
-    wrap_ddp,
 )
 from dynroute.parallel.selftest import CASES, compare_ddp, compare_with_single_process
 
@@ -52,7 +49,8 @@ def equivalence(ctx: ParallelContext) -> dict[str, Any]:
 
 
 def train_lm(ctx: ParallelContext, steps: int = 3) -> dict[str, Any]:
-    """A few SGD steps of DynMoEForCausalLM, sharded + DDP, vs one process on all batches."""
+    """SGD-momentum steps of DynMoEForCausalLM through TrainingRanks (sharded + DDP), with a
+    checkpoint/resume in the middle, vs one process on all ranks' batches."""
     cfg = DynMoEConfig(
         vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=32, num_experts=4,
         router="top_p", p=0.4, max_seq_len=16,
@@ -66,32 +64,59 @@ def train_lm(ctx: ParallelContext, steps: int = 3) -> dict[str, Any]:
         [torch.randint(0, 64, (2, 8), generator=gen) for _ in range(ctx.world_size)]
         for _ in range(steps)
     ]
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5)
-    ref_losses = []
-    for xs in batches:
+
+    def sgd(params: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=0.5, momentum=0.9)
+
+    ref_opt = sgd(ref.parameters())
+    ref_losses, ref_opt_state = [], None
+    for step, xs in enumerate(batches):
         losses = [ref(x, labels=x).loss for x in xs]
         ref_losses.append([v.item() for v in losses])
         (sum(losses) / len(losses)).backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
         ref_opt.step()
         ref_opt.zero_grad()
+        if step == 1:
+            ref_opt_state = copy.deepcopy(ref_opt.state_dict())
 
-    shard_model_experts(model)
-    ddp = wrap_ddp(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss_diff = 0.0
+    ranks = TrainingRanks.from_env(ctx.world_size)
+    run = ranks.wrap(model)
+    opt = sgd(model.parameters())
+    loss_diff, opt_diff = 0.0, 0.0
     for step, xs in enumerate(batches):
-        loss = ddp(xs[ctx.rank], labels=xs[ctx.rank]).loss
-        loss_diff = max(loss_diff, abs(float(loss) - ref_losses[step][ctx.rank]))
+        if step == 2:  # checkpoint, then resume into a freshly built (different) model
+            saved = (ranks.model_state(model), ranks.optimizer_state(opt, model))
+            assert ref_opt_state is not None
+            for index, entry in ref_opt_state["state"].items():
+                got = saved[1]["state"][index]["momentum_buffer"]
+                opt_diff = max(opt_diff, float((got - entry["momentum_buffer"]).abs().max()))
+            torch.manual_seed(123)
+            model = DynMoEForCausalLM(cfg)
+            run = ranks.wrap(model)
+            opt = sgd(model.parameters())
+            ranks.load_model_state(model, saved[0])
+            ranks.load_optimizer_state(opt, model, saved[1])
+        loss = run(xs[ctx.rank], labels=xs[ctx.rank]).loss
+        loss_diff = max(loss_diff, abs(loss.item() - ref_losses[step][ctx.rank]))
+        mean_loss = ranks.mean([loss.item()])[0]
         loss.backward()
-        clip_grad_norm_(model, 1.0)
+        ranks.clip_grad_norm_(model, 1.0)
         opt.step()
         opt.zero_grad()
-    state = full_state_dict(model)
+    state = ranks.model_state(model)
     ref_state = ref.state_dict()
     weight_diff = max(float((v - ref_state[k]).abs().max()) for k, v in state.items())
     moved = max(float((v - init[k]).abs().max()) for k, v in state.items())
-    return {"loss": loss_diff, "weights": weight_diff, "moved": moved, "keys": sorted(state)}
+    return {
+        "loss": loss_diff,
+        "mean_loss": abs(mean_loss - sum(ref_losses[-1]) / len(ref_losses[-1])),
+        "optimizer": opt_diff,
+        "weights": weight_diff,
+        "moved": moved,
+        "keys": sorted(state),
+        "ranks": ranks.gather(ctx.rank),
+    }
 
 
 def _error(fn: Any) -> str:

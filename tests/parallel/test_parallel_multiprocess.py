@@ -64,11 +64,13 @@ def test_ddp_on_replicated_parameters(equivalence):
         assert ddp["clip_active"] and ddp["norm"] <= TOL and ddp["clipped_grads"] <= TOL, ddp
 
 
-def test_language_model_trains_the_same_sharded_with_ddp(launched):
+def test_language_model_trains_and_resumes_the_same_sharded_with_ddp(launched):
     for res in launched:
         lm = res["train_lm"]
         assert lm["loss"] <= TOL and lm["weights"] <= TOL, lm  # same losses, same weights
+        assert lm["optimizer"] <= TOL and lm["mean_loss"] <= TOL, lm  # gathered momentum
         assert lm["moved"] > 1e-3  # and training did change them
+        assert lm["ranks"] == [0, 1]
     assert launched[0]["train_lm"]["keys"] == launched[1]["train_lm"]["keys"]
 
 

@@ -41,21 +41,29 @@ from dynroute.parallel.runtime import (
     launch_command,
     local_group,
 )
+from dynroute.parallel.training import (
+    TrainingRanks,
+    full_optimizer_state_dict,
+    load_full_optimizer_state_dict,
+)
 
 __all__ = [
     "CommMeter",
     "ExpertParallelMoE",
     "ParallelContext",
+    "TrainingRanks",
     "all_to_all",
     "clip_grad_norm_",
     "exchange_counts",
     "expert_parameter_names",
     "free_port",
+    "full_optimizer_state_dict",
     "full_state_dict",
     "init_from_env",
     "is_launched",
     "launch",
     "launch_command",
+    "load_full_optimizer_state_dict",
     "load_full_state_dict",
     "local_group",
     "local_routing",

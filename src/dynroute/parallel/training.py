@@ -1,0 +1,225 @@
+"""What a training loop needs to run on N expert-parallel ranks — and nothing on one.
+
+``TrainingRanks`` bundles the calls a single-process loop makes differently under
+expert parallelism (wrap the model, clip, checkpoint, log on rank 0). With one
+process every method is the plain single-process operation, so a loop can call
+them unconditionally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from dynroute.parallel.ddp import (
+    clip_grad_norm_,
+    full_state_dict,
+    load_full_state_dict,
+    wrap_ddp,
+)
+from dynroute.parallel.moe import ExpertParallelMoE, shard_model_experts
+from dynroute.parallel.runtime import ParallelContext, init_from_env
+
+
+def _expert_params(model: nn.Module) -> dict[int, ExpertParallelMoE]:
+    out: dict[int, ExpertParallelMoE] = {}
+    for module in model.modules():
+        if isinstance(module, ExpertParallelMoE):
+            for p in module.experts.parameters():
+                out[id(p)] = module
+    return out
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    # optimizer.state_dict() numbers parameters in param_groups order.
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_optimizer_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with expert states gathered: the unsharded run's format.
+
+    Per-parameter state tensors shaped like an expert shard (Adam's ``exp_avg``,
+    ``exp_avg_sq``, SGD's ``momentum_buffer``) are all-gathered along the expert
+    dimension; scalars (``step``) are kept. A collective: call it on every rank.
+    The result loads into the same optimizer of a one-process model, or back into
+    a sharded one with :func:`load_full_optimizer_state_dict`.
+
+    Example:
+        >>> from dynroute.layers import MoE
+        >>> from dynroute.parallel import local_group, shard_model_experts
+        >>> with local_group():
+        ...     net = shard_model_experts(nn.Sequential(MoE(8, 16, 2)))
+        ...     opt = torch.optim.Adam(net.parameters())
+        ...     net(torch.randn(3, 8))[0][0].sum().backward()
+        ...     opt.step()
+        ...     sd = full_optimizer_state_dict(opt, net)
+        >>> sd["state"][1]["exp_avg"].shape  # experts.gate_up of 2 experts
+        torch.Size([2, 8, 32])
+    """
+    state = optimizer.state_dict()
+    experts = _expert_params(model)
+    for index, param in enumerate(_optimizer_params(optimizer)):
+        module = experts.get(id(param))
+        if module is None or index not in state["state"]:
+            continue
+        entry = dict(state["state"][index])
+        for key, value in entry.items():
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                shard = value.detach().contiguous()
+                parts = [torch.empty_like(shard) for _ in range(module.world_size)]
+                dist.all_gather(parts, shard, group=module.group)
+                entry[key] = torch.cat(parts)
+        state["state"][index] = entry
+    return state
+
+
+def load_full_optimizer_state_dict(
+    optimizer: torch.optim.Optimizer, model: nn.Module, state_dict: dict[str, Any]
+) -> None:
+    """Load an unsharded optimizer state into the optimizer of a sharded model (no collective).
+
+    Example:
+        >>> from dynroute.layers import MoE
+        >>> from dynroute.parallel import local_group, shard_model_experts
+        >>> with local_group():
+        ...     net = shard_model_experts(nn.Sequential(MoE(8, 16, 2)))
+        ...     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        ...     net(torch.randn(3, 8))[0][0].sum().backward()
+        ...     opt.step()
+        ...     load_full_optimizer_state_dict(opt, net, full_optimizer_state_dict(opt, net))
+    """
+    state = {**state_dict, "state": dict(state_dict["state"])}
+    experts = _expert_params(model)
+    for index, param in enumerate(_optimizer_params(optimizer)):
+        module = experts.get(id(param))
+        if module is None or index not in state["state"]:
+            continue
+        lo, hi = module.expert_offset, module.expert_offset + module.num_local_experts
+        entry = dict(state["state"][index])
+        for key, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() and value.shape[1:] == param.shape[1:]:
+                if value.shape[0] != module.num_experts:
+                    raise ValueError(
+                        f"load_full_optimizer_state_dict: state {key!r} of parameter {index} has "
+                        f"{value.shape[0]} experts, the model has {module.num_experts}"
+                    )
+                entry[key] = value[lo:hi]
+        state["state"][index] = entry
+    optimizer.load_state_dict(state)
+
+
+@dataclass
+class TrainingRanks:
+    """The ranks of an expert-parallel training run (or a single process).
+
+    Build it with :meth:`from_env`. Attributes: ``ctx`` (None on one process),
+    ``rank``, ``world_size``, ``is_main`` (rank 0: logs, progress bars, files).
+
+    Example:
+        >>> ranks = TrainingRanks.from_env(1)  # one process: every method is a no-op
+        >>> ranks.world_size, ranks.is_main, ranks.mean([2.0, 4.0])
+        (1, True, [2.0, 4.0])
+    """
+
+    ctx: ParallelContext | None = None
+
+    @classmethod
+    def from_env(cls, expert_parallel: int = 1) -> TrainingRanks:
+        """One process when ``expert_parallel`` is 1; else join torchrun's job of that size.
+
+        Raises:
+            RuntimeError: not started by torchrun, or its world size is not ``expert_parallel``.
+        """
+        if expert_parallel <= 1:
+            return cls(None)
+        ctx = init_from_env()
+        if ctx.world_size != expert_parallel:
+            raise RuntimeError(
+                f"--expert-parallel {expert_parallel} but torchrun started "
+                f"{ctx.world_size} processes; use the same number"
+            )
+        return cls(ctx)
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank if self.ctx else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.ctx.world_size if self.ctx else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Shard the experts in place and return the module to call for training (DDP).
+
+        Build the optimizer from ``model.parameters()`` *after* this call; evaluate
+        with ``model`` itself (every rank, same batches).
+        """
+        if self.ctx is None:
+            return model
+        shard_model_experts(model)
+        return wrap_ddp(model)
+
+    def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> Tensor:
+        """Clip by the global gradient norm (all ranks' experts included)."""
+        if self.ctx is None:
+            return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return clip_grad_norm_(model, max_norm)
+
+    def model_state(self, model: nn.Module) -> dict[str, Tensor]:
+        """The unsharded state dict (a collective under expert parallelism)."""
+        return full_state_dict(model) if self.ctx else model.state_dict()
+
+    def load_model_state(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        """Load an unsharded state dict; each rank keeps its experts."""
+        if self.ctx is None:
+            model.load_state_dict(state)
+        else:
+            load_full_state_dict(model, state)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+        """The unsharded optimizer state (a collective under expert parallelism)."""
+        return full_optimizer_state_dict(optimizer, model) if self.ctx else optimizer.state_dict()
+
+    def load_optimizer_state(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module, state: dict[str, Any]
+    ) -> None:
+        """Load an unsharded optimizer state; each rank keeps its experts' part."""
+        if self.ctx is None:
+            optimizer.load_state_dict(state)
+        else:
+            load_full_optimizer_state_dict(optimizer, model, state)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if self.ctx is None:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def mean(self, values: Sequence[float]) -> list[float]:
+        """Element-wise mean over ranks (for logging losses and statistics)."""
+        if self.ctx is None:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t)
+        return (t / self.world_size).tolist()
+
+    def barrier(self) -> None:
+        """Wait for every rank (bounded by the process group's timeout)."""
+        if self.ctx is not None:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (at the end of the run)."""
+        if self.ctx is not None and dist.is_initialized():
+            dist.destroy_process_group()
