@@ -401,6 +401,17 @@ def load_stats(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def _router_text(model: nn.Module) -> str | None:
+    """``top_p(p=0.4)``-style description of a model's routing (None if unknown)."""
+    cfg = getattr(model, "config", None)
+    router = getattr(cfg, "router", None)
+    if router is not None and hasattr(cfg, "router_kwargs"):
+        return f"{router}(" + ", ".join(f"{k}={v}" for k, v in cfg.router_kwargs().items()) + ")"
+    # dynroute.hf blocks carry a RouterSpec with describe(); layers may differ.
+    specs = {m.spec.describe() for m in model.modules() if hasattr(m, "routing_callback")}
+    return ", ".join(sorted(specs)) or None
+
+
 def analyze_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -444,9 +455,7 @@ def analyze_checkpoint(
             "tokenizer.json next to config.json"
         )
     folder = loaded.folder
-    router = getattr(cfg, "router", None)
-    if router is not None and hasattr(cfg, "router_kwargs"):
-        router += "(" + ", ".join(f"{k}={v}" for k, v in cfg.router_kwargs().items()) + ")"
+    router = _router_text(loaded.model)
     name = folder.parent.name if folder.name in CHECKPOINT_NAMES else folder.name
     meta = {
         "name": name,

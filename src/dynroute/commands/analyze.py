@@ -20,6 +20,12 @@ def _segments(text: str) -> tuple[int, ...]:
     return values
 
 
+def _run_name(path: Path) -> str:
+    """``runs/topp`` and ``runs/topp/model`` both give ``topp``."""
+    path = path.resolve()
+    return path.parent.name if path.name == "model" else path.name
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def analyze(
@@ -97,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 report = compare_report(compare[0], compare[1], out, **kwargs)
                 runs = load_runs(out)
             else:
-                out = out or Path("analysis") / Path(checkpoint).resolve().name
+                out = out or Path("analysis") / _run_name(Path(checkpoint))
                 run_analysis(checkpoint, out, **kwargs)
                 report = out / "report.html"
                 runs = load_runs(out)
