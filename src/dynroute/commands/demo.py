@@ -1,14 +1,46 @@
-"""`dynroute demo`: the main job (for now: how top-k and top-p spend experts on one batch)."""
+"""`dynroute demo`: the main job — train top-2 and top-p MoE LMs of the same size, compare.
+
+Both models see the same corpus (the Python standard library by default), seed and
+token budget. The result is a table (validation loss, perplexity, experts per token,
+activated-parameter ratio, tokens/s), a plot, ``report.md`` and ``results.json``.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+DEFAULT_CONFIG = "configs/demo.toml"
+
+# --fast: a few-second version of the same comparison (tests, first try on a slow box).
+FAST_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "num_experts": 4}
+FAST_TRAIN = {
+    "steps": 24,
+    "batch_size": 4,
+    "seq_len": 32,
+    "warmup_steps": 4,
+    "log_interval": 2,
+    "eval_interval": 8,
+    "eval_batches": 2,
+    "checkpoint_interval": 8,
+    "threads": 1,  # a model this small gains nothing from more
+}
+FAST_EVAL_BATCHES = 4
+FINAL_EVAL_BATCHES = 64  # 64 x 16 x 128 = 131k validation tokens, identical for both runs
+
 
 def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
-    """Route one random batch with each router and tabulate experts per token and losses."""
+    """Route one random batch with each router and tabulate experts per token and losses.
+
+    Example:
+        >>> routing_demo(tokens=16, experts=4).row_count
+        5
+    """
     import torch
 
     from dynroute.layers import MoE
@@ -43,12 +75,135 @@ def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
     return table
 
 
+def find_config(path: Path | None) -> Path:
+    """The demo config: ``path``, else ./configs/demo.toml, else the repository's copy."""
+    if path is not None:
+        return path
+    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).parents[3] / DEFAULT_CONFIG):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{DEFAULT_CONFIG} not found; run from the repository root or pass --config FILE"
+    )
+
+
+def run_demo(
+    out: Path,
+    config: Path | None = None,
+    data: str | None = None,
+    p: float | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    fast: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train top-2 and top-p, evaluate both, write ``report.md``, ``results.json``, a PNG.
+
+    Args:
+        out: output folder (``runs/demo``); rerunning resumes unfinished runs.
+        config: TOML config (default ``configs/demo.toml``).
+        data: another corpus; p: top-p threshold (default: config's);
+        steps, seed, threads: override the config; fast: tiny model and budget (seconds).
+
+    Returns:
+        dict: the contents of ``results.json``.
+    """
+    from dynroute.train import apply_overrides, load_config
+    from dynroute.train.compare import (
+        SHORT_HEADER,
+        Variant,
+        compare_routers,
+        format_report,
+        plot_curves,
+        summary_row,
+    )
+
+    console = console or Console()
+    raw = load_config(find_config(config)).to_dict()
+    if fast:
+        raw["model"].update(FAST_MODEL)
+        raw["train"].update(FAST_TRAIN)
+        raw["data"]["vocab_size"] = min(raw["data"]["vocab_size"], 512)
+    from dynroute.train import RunConfig
+
+    if data is not None and Path(data).exists():
+        data = str(Path(data).resolve())
+    base = apply_overrides(
+        RunConfig.from_dict(raw), data=data, steps=steps, seed=seed, threads=threads
+    )
+    top_p = p if p is not None else float(base.model.get("p", 0.4))
+    variants = [
+        Variant("top2", {"router": "top_k", "k": 2}),
+        Variant("top_p", {"router": "top_p", "p": top_p}),
+    ]
+    tokens = base.train.steps * base.train.tokens_per_step
+    console.print(
+        f"Training {len(variants)} MoE language models ({tokens:,} tokens each, seed "
+        f"{base.train.seed}) on [bold]{base.data.source}[/bold] -> {out}"
+    )
+    final_batches = FAST_EVAL_BATCHES if fast else FINAL_EVAL_BATCHES
+    results = compare_routers(base, variants, out, final_batches, progress=progress)
+
+    plot = plot_curves(
+        {f"{v.name}: {v.label()}": out / v.name for v in variants},
+        out / "curves.png",
+        title=f"top-2 vs top-p, {tokens:,} tokens each",
+    )
+    report = format_report(results, base, plot.name, "dynroute demo: top-2 vs top-p")
+    (out / "report.md").write_text(report, encoding="utf-8")
+    payload = {"config": base.to_dict(), "runs": results, "plot": str(plot)}
+    (out / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+    table = Table(
+        title="top-2 vs top-p (same data, seed and tokens)",
+        caption="act./expert params: activated (non-embedding) / expert parameters vs top-2",
+    )
+    for col in SHORT_HEADER:
+        table.add_column(col, justify="left" if col in ("run", "router") else "right")
+    for name, r in results.items():
+        table.add_row(*summary_row(name, r))
+    console.print(table)
+    verdict = report.split("## Verdict\n\n", 1)[-1].split("\n", 1)[0]
+    console.print(verdict)
+    console.print(f"report: {out / 'report.md'}  plot: {plot}  data: {out / 'results.json'}")
+    return payload
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        tokens: int = typer.Option(2048, help="Tokens in the random batch."),
-        experts: int = typer.Option(16, help="Number of experts."),
-        seed: int = typer.Option(0, help="Random seed."),
+        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+        config: Annotated[
+            Path | None, typer.Option(help="Run config (default configs/demo.toml).")
+        ] = None,
+        data: Annotated[str | None, typer.Option(help="Corpus (default: stdlib).")] = None,
+        p: Annotated[float | None, typer.Option(help="top-p threshold (default 0.4).")] = None,
+        steps: Annotated[int | None, typer.Option(help="Training steps per model.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed for both models.")] = None,
+        fast: Annotated[bool, typer.Option("--fast", help="Tiny model, seconds.")] = False,
+        threads: Annotated[
+            int | None, typer.Option(help="CPU threads (1 is fastest on a busy shared machine).")
+        ] = None,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+        routing_only: Annotated[
+            bool, typer.Option("--routing-only", help="Only route one random batch.")
+        ] = False,
+        tokens: Annotated[
+            int | None, typer.Option(help="Routing table: tokens (implies --routing-only).")
+        ] = None,
+        experts: Annotated[
+            int | None, typer.Option(help="Routing table: experts (implies --routing-only).")
+        ] = None,
     ) -> None:
-        """Show how each router spends experts on one batch."""
-        Console().print(routing_demo(tokens, experts, seed))
+        """Train top-2 and top-p MoE LMs on the same data and compare quality per compute."""
+        console = Console()
+        if routing_only or tokens is not None or experts is not None:
+            console.print(routing_demo(tokens or 2048, experts or 16, seed or 0))
+            return
+        try:
+            run_demo(out, config, data, p, steps, seed, fast, progress, console, threads)
+        except (FileNotFoundError, ValueError) as err:
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err

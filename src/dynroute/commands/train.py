@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
         p: Annotated[float | None, typer.Option(help="Threshold of top_p.")] = None,
         steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed for init and data sampling.")] = None,
+        threads: Annotated[
+            int | None, typer.Option(help="CPU threads (1 is fastest on a busy shared machine).")
+        ] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     ) -> None:
         """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
@@ -43,7 +46,9 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(config)
             if data is not None and Path(data).exists():
                 data = str(Path(data).resolve())  # so eval finds it from any folder
-            cfg = apply_overrides(cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data)
+            cfg = apply_overrides(
+                cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads
+            )
             result = run_training(cfg, out, progress=progress)
         except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")

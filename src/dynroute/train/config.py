@@ -189,11 +189,12 @@ _OVERRIDE_TARGETS = {
     "data": ("data", "source"),
     "steps": ("train", "steps"),
     "seed": ("train", "seed"),
+    "threads": ("train", "threads"),
 }
 
 
 def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
-    """Return a copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed).
+    """Copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed, threads).
 
     Example:
         >>> cfg = apply_overrides(RunConfig(), router="top_p", p=0.3, steps=7, seed=None)

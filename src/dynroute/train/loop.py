@@ -90,6 +90,9 @@ def _check_run_folder(out_dir: Path, cfg: RunConfig) -> None:
     mine = cfg.to_dict()
     if run_file.is_file():
         theirs = json.loads(run_file.read_text(encoding="utf-8"))
+        # Thread count is a resource setting, not part of what the run is.
+        for raw in (mine, theirs):
+            raw.get("train", {}).pop("threads", None)
         if theirs != mine:
             diff = [
                 f"{table}.{key}: {theirs.get(table, {}).get(key)!r} -> {value!r}"
