@@ -170,3 +170,19 @@ def test_training_step_with_top_p_updates_router_and_experts(tiny):
     block = adapted_blocks(model)[0]
     assert block.gate.weight.grad.abs().sum() > 0
     assert block.experts.gate_up_proj.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("family", "overrides", "sparse_layers"),
+    [
+        ("qwen2_moe", {"decoder_sparse_step": 2}, [1]),
+        ("qwen3_moe", {"mlp_only_layers": [1]}, [0]),
+        ("glm4_moe", {}, [1]),  # first_k_dense_replace=1
+    ],
+)
+def test_dense_layers_are_left_alone(tiny, family, overrides, sparse_layers):
+    model = apply_routing(tiny(family, **overrides), "top_p", p=0.5)
+    assert [b.layer_index for b in adapted_blocks(model)] == sparse_layers
+    with torch.no_grad():
+        assert torch.isfinite(model(IDS).logits).all()
+    assert list(routing_stats(model)["per_layer"]) == sparse_layers

@@ -23,7 +23,7 @@ from dynroute.hf import (
 from hf.tiny_models import build_tiny
 
 IDS = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
-CALIB = torch.randint(0, 128, (512,), generator=torch.Generator().manual_seed(4))
+CALIB = torch.randint(0, 128, (256,), generator=torch.Generator().manual_seed(4))
 
 
 def test_calibrate_p_hits_the_target_for_the_model(tiny):

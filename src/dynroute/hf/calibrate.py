@@ -59,6 +59,7 @@ def calibrate_p(
     max_tokens: int | None = 4096,
     iters: int = 20,
     tol: float = 0.02,
+    p_resolution: float = 1e-3,
     progress: bool = False,
     **router_kwargs: Any,
 ) -> Calibration:
@@ -79,6 +80,7 @@ def calibrate_p(
         seq_len, batch_size, max_tokens: how the texts are cut and how much is used.
         iters: bisection steps (each one forward over the texts).
         tol: stop once the mean is within ``tol`` of the target.
+        p_resolution: stop once every bracket on p is narrower than this.
         **router_kwargs: more top-p arguments (``normalize``).
 
     Example:
@@ -136,6 +138,8 @@ def calibrate_p(
                 hi[k] = mids[k]
         if all(abs(means[k] - target_experts) <= tol for k in keys):
             break
+        if all(hi[k] - lo[k] < p_resolution for k in keys):
+            break  # the mean is a step function of p: a finer p changes nothing useful
     chosen = {k: best[k][1] for k in keys}
     set_p(chosen)
     final = _measure(model, batches)
