@@ -84,3 +84,22 @@ def test_summary_rows_compare_runs_at_one_cache_size(two_runs):
 def test_render_report_needs_runs(tmp_path):
     with pytest.raises(ValueError, match="no runs"):
         render_report({}, tmp_path)
+
+
+def test_findings_put_the_numbers_in_words(two_runs, tmp_path):
+    from dynroute.analysis import findings
+
+    a, _ = two_runs
+    lines = findings(a)
+    assert lines[0] == "Every layer runs 2.00 experts per token on average."
+    assert "cannot matter" in lines[1]  # fixed top-k: no Spearman
+    drops = dict(a)
+    drops["position_drop_rate"] = [0.0] * 4 + [0.5] * 4
+    drops["difficulty_spearman"] = -0.6
+    lines = findings(drops)
+    assert "fewer experts, a strong effect" in lines[1]
+    drops["difficulty_spearman"] = 0.05
+    assert findings(drops)[1].startswith("No meaningful link")
+    assert lines[-1].endswith(
+        "0.0% of assignments are dropped in the first quarter of a sequence and 50.0% in the last."
+    )

@@ -56,7 +56,7 @@ from dynroute.analysis.stats import (
     top_tokens_per_expert,
 )
 from dynroute.analysis.summary import summarize
-from dynroute.analysis.table import summary_rows, summary_table
+from dynroute.analysis.table import findings, summary_rows, summary_table
 from dynroute.analysis.workflow import analyze, compare_report, load_runs, render_dir
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "capacity_drops",
     "compare_report",
     "find_routing",
+    "findings",
     "load_balance_stats",
     "load_checkpoint",
     "load_runs",

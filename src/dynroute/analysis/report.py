@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dynroute.analysis.plots import FIGURES
-from dynroute.analysis.table import summary_rows
+from dynroute.analysis.table import findings, summary_rows
 
 __all__ = ["REPORT_FILE", "render_report"]
 
@@ -33,17 +33,17 @@ details{margin:.3em 0}summary{cursor:pointer}
 NOTES = {
     "experts_hist": "How many experts each token runs (top-k: always k; top-p and null "
     "experts: varies). Left: all layers pooled; right: one row per layer.",
-    "experts_per_layer": "Mean experts per token in each layer. Dynamic routers "
-    '("Harder Tasks Need More Experts") spend more experts in lower layers.',
+    "experts_per_layer": "Mean experts per token in each layer. The top-p models of "
+    '"Harder Tasks Need More Experts" spend more experts in lower layers.',
     "difficulty": "Tokens binned into deciles of their next-token loss (left; y = experts "
     "summed over layers / number of layers) and of their router entropy (right). Spearman: "
     "rank correlation over all tokens (ties averaged; loss quantized to the bin width).",
     "load": "Tokens per expert relative to a perfectly balanced share (1.0 = balanced). "
     "CV = std / mean of tokens per expert.",
-    "token_id": "For tokens seen at least N times: the share of their occurrences routed to "
-    "their most common expert (1.0 = routing decided by token id alone). Black ticks: the "
-    "same statistic with token ids shuffled within each batch (what a token-blind router "
-    "scores).",
+    "token_id": "For tokens seen at least {min_count} times: the share of their "
+    "occurrences routed to their most common expert (1.0 = routing decided by token id "
+    "alone). Black ticks: the same statistic with token ids shuffled within each batch "
+    "(what a token-blind router scores).",
     "cache": "SCH: for every window of S consecutive tokens, a cache holding the window's C "
     "most-used experts serves this share of its expert uses (best possible hit rate of a "
     "C-expert cache that knows S tokens ahead). High at small C = suits expert offloading.",
@@ -59,12 +59,14 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], numeric: bool = True) -> str:
+    """An HTML table; columns after the first are right-aligned numbers if ``numeric``."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="{"num" if i else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(r)
+            f'<td class="{"num" if i and numeric else ""}">{html.escape(str(c))}</td>'
+            for i, c in enumerate(r)
         )
         + "</tr>"
         for r in rows
@@ -119,7 +121,11 @@ def _top_tokens(s: dict[str, Any]) -> str:
         ]
         parts.append(
             f"<details><summary>layer {idx}</summary>"
-            + _table(["expert", "most frequent tokens (share of the token's occurrences)"], rows)
+            + _table(
+                ["expert", "most frequent tokens (share of the token's occurrences)"],
+                rows,
+                numeric=False,
+            )
             + "</details>"
         )
     return "".join(parts)
@@ -170,16 +176,20 @@ def render_report(
             f"<p><b>Interrupted:</b> {html.escape(', '.join(incomplete))} did not see all "
             "the text; statistics cover the part that ran.</p>"
         )
+    for label, s in runs.items():
+        items = "".join(f"<li>{html.escape(f)}</li>" for f in findings(s))
+        sections.append(f"<h2>What the numbers say: {html.escape(label)}</h2><ul>{items}</ul>")
     sections.append("<h2>Summary</h2>" + _table(["statistic", *labels], summary_rows(runs)))
     if meta_rows:
-        sections.append(_table(["run", *labels], meta_rows))
+        sections.append(_table(["run", *labels], meta_rows, numeric=False))
+    min_count = next(iter(runs.values()))["meta"].get("min_token_count", 1)
     for name, (heading, plot) in FIGURES.items():
         png = _png(plot(runs))
         _atomic_write(figdir / f"{name}.png", png)
         b64 = base64.b64encode(png).decode("ascii")
         sections.append(
             f'<h2 id="{name}">{html.escape(heading)}</h2>'
-            f'<p class="note">{html.escape(NOTES[name])}</p>'
+            f'<p class="note">{html.escape(NOTES[name].format(min_count=min_count))}</p>'
             f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{b64}">'
         )
     for label, s in runs.items():

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-__all__ = ["headline_cache_size", "summary_rows", "summary_table"]
+__all__ = ["findings", "headline_cache_size", "strength", "summary_rows", "summary_table"]
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -130,3 +130,93 @@ def summary_table(runs: Mapping[str, dict[str, Any]], title: str = "Routing anal
     for r in summary_rows(runs):
         table.add_row(*r)
     return table
+
+
+def strength(rho: float) -> str:
+    """Words for the size of a correlation (|rho| < 0.1 none, < 0.3 weak, < 0.5 moderate).
+
+    Example:
+        >>> strength(0.05), strength(-0.4), strength(0.8)
+        ('no meaningful', 'moderate', 'strong')
+    """
+    r = abs(rho)
+    return (
+        "no meaningful" if r < 0.1 else "weak" if r < 0.3 else "moderate" if r < 0.5 else "strong"
+    )
+
+
+def _quarter_means(xs: list[float | None]) -> tuple[float | None, float | None]:
+    n = len(xs)
+    q = max(n // 4, 1)
+    return _mean(xs[:q]), _mean(xs[n - q :])
+
+
+def findings(stats: dict[str, Any]) -> list[str]:
+    """Plain-language sentences on what one run's statistics say about each claim.
+
+    Example:
+        >>> s = {"experts_per_layer": [1.5, 1.0], "meta": {"layer_indices": [0, 1],
+        ...      "cache_sizes": [1, 2], "num_experts": [4], "capacity_factor": None},
+        ...      "experts_per_token": 1.25, "difficulty_spearman": 0.2,
+        ...      "token_id_consistency": [0.9], "token_id_baseline": [0.5],
+        ...      "cache_hit_rate": {"8": {"2": 0.75}}, "position_drop_rate": []}
+        >>> lines = findings(s)
+        >>> print(lines[0])
+        Experts per token vary by layer: most in layer 0 (1.50), fewest in layer 1 (1.00).
+        >>> lines[1].startswith("Harder tokens get more experts, a weak effect: Spearman 0.200")
+        True
+        >>> lines[2].endswith("routing is largely decided by the token id.")
+        True
+    """
+    out = []
+    per_layer = [x for x in stats["experts_per_layer"] if x is not None]
+    idx = stats["meta"].get("layer_indices") or list(range(len(per_layer)))
+    if per_layer and max(per_layer) - min(per_layer) < 1e-6:
+        out.append(f"Every layer runs {per_layer[0]:.2f} experts per token on average.")
+    elif per_layer:
+        hi = max(range(len(per_layer)), key=per_layer.__getitem__)
+        lo = min(range(len(per_layer)), key=per_layer.__getitem__)
+        out.append(
+            f"Experts per token vary by layer: most in layer {idx[hi]} ({per_layer[hi]:.2f}), "
+            f"fewest in layer {idx[lo]} ({per_layer[lo]:.2f})."
+        )
+    rho = stats.get("difficulty_spearman")
+    if rho is None:
+        out.append("Every token runs the same number of experts, so difficulty cannot matter.")
+    else:
+        effect = strength(rho)
+        if effect == "no meaningful":
+            out.append(
+                f"No meaningful link between a token's loss and the experts it runs "
+                f"(Spearman {rho:.3f})."
+            )
+        else:
+            direction = "more" if rho >= 0 else "fewer"
+            out.append(
+                f"Harder tokens get {direction} experts, a {effect} effect: Spearman "
+                f"{rho:.3f} between a token's loss and the experts it runs."
+            )
+    c, b = _mean(stats["token_id_consistency"]), _mean(stats["token_id_baseline"])
+    if c is not None and b is not None:
+        out.append(
+            f"{c:.0%} of a frequent token's occurrences go to its most common expert "
+            f"({b:.0%} with token ids shuffled): routing is "
+            + ("largely decided by the token id." if c - b > 0.1 else "not just the token id.")
+        )
+    size = headline_cache_size([stats])
+    if stats["cache_hit_rate"] and size is not None:
+        seg = max(stats["cache_hit_rate"], key=int)
+        hit = stats["cache_hit_rate"][seg].get(str(size))
+        if hit is not None:
+            out.append(
+                f"A cache of {size} experts per layer that knows the next {seg} tokens serves "
+                f"{hit:.0%} of expert uses (the offloading upper bound)."
+            )
+    cf = stats["meta"].get("capacity_factor")
+    first, last = _quarter_means(stats.get("position_drop_rate") or [])
+    if cf and first is not None and last is not None:
+        out.append(
+            f"Under capacity factor {cf}, {first:.1%} of assignments are dropped in the first "
+            f"quarter of a sequence and {last:.1%} in the last."
+        )
+    return out

@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         from dynroute.analysis import (
             RecorderConfig,
             compare_report,
+            findings,
             load_runs,
             render_dir,
             summary_table,
@@ -111,4 +112,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from err
         console.print(summary_table(runs))
+        for label, stats in runs.items():
+            console.print(f"[bold]{label}[/bold]")
+            for line in findings(stats):
+                console.print(f"  • {line}")
         console.print(f"report: [bold]{report}[/bold]  (stats: {report.parent / 'stats.json'})")
