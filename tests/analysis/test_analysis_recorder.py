@@ -221,3 +221,25 @@ def test_analyze_model_on_a_tiny_lm():
     assert s["meta"]["completed"] is True
     with pytest.raises(ValueError, match="seq_len"):
         analyze_model(model, tokens[:10], seq_len=32, progress=False)
+
+
+def test_ctrl_c_stops_after_the_current_batch():
+    import signal
+
+    class Interrupting(TinyLM):
+        calls = 0
+
+        def forward(self, x):
+            Interrupting.calls += 1
+            if Interrupting.calls == 2:
+                signal.raise_signal(signal.SIGINT)  # mid-batch, before the MoE layers run
+            return super().forward(x)
+
+    before = signal.getsignal(signal.SIGINT)
+    tokens = torch.randint(0, 32, (1 + 8 * 16,))
+    s = analyze_model(Interrupting(), tokens, seq_len=16, batch_size=2, progress=False)
+    assert s["meta"]["completed"] is False
+    # Batch 2 was finished in every layer, then the run stopped: 2 of 4 batches.
+    assert s["meta"]["num_tokens"] == 2 * 2 * 16
+    assert [lay["tokens"] for lay in s["layers"]] == [64, 64]
+    assert signal.getsignal(signal.SIGINT) is before

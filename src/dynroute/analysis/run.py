@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,32 @@ def _logits(output: Any) -> Tensor:
     )
 
 
+class _StopAfterBatch:
+    """First Ctrl-C: finish the current batch, then stop; a second one interrupts at once.
+
+    Stopping between batches keeps every layer's counts consistent (a batch is either
+    recorded in all layers or in none). Only the main thread can catch signals; elsewhere
+    this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C is a real interrupt
+
+    def __enter__(self) -> _StopAfterBatch:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 @torch.no_grad()
 def run_model(
     model: nn.Module,
@@ -83,10 +111,10 @@ def run_model(
     """Feed ``(x, y)`` batches [B, T] through ``model``, recording routing and token loss.
 
     The recorder must already be attached to the model's routing modules. Ctrl-C stops
-    early and keeps what was recorded.
+    after the current batch and keeps what was recorded (a second Ctrl-C aborts).
 
     Returns:
-        bool: True if every batch ran, False if interrupted.
+        bool: True if every batch ran, False if stopped early.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -94,9 +122,8 @@ def run_model(
     model.eval()
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
     bar = Progress(*columns, TimeRemainingColumn(), disable=not progress, transient=True)
-    completed = True
     try:
-        with bar:
+        with bar, _StopAfterBatch() as stop:
             task = bar.add_task("routing", total=total)
             for x, y in batches:
                 if device is not None:
@@ -105,11 +132,11 @@ def run_model(
                 logits = _logits(model(x))
                 recorder.end_batch(token_losses(logits, y))
                 bar.advance(task)
-    except KeyboardInterrupt:
-        completed = False
+                if stop.requested:
+                    return False
     finally:
         model.train(was_training)
-    return completed
+    return True
 
 
 def analyze_model(
@@ -310,13 +337,17 @@ def load_checkpoint(
     train_eval = _train_loader(root)
     if train_eval is not None:
         loaded = train_eval.load_any_checkpoint(root)
-        data_cfg = loaded.data
-        if data is not None:
-            data_cfg = type(data_cfg)(**{**vars(data_cfg), "source": str(data)})
-        prepared = train_eval.load_data(data_cfg)
-        tokens = prepared.val_tokens if split == "validation" else prepared.train_tokens
+        # The run's own corpus settings give its tokenizer (cached by dynroute.data);
+        # other text is encoded with that tokenizer, never with one trained on it.
+        prepared = train_eval.load_data(loaded.data)
+        if data is None:
+            tokens = prepared.val_tokens if split == "validation" else prepared.train_tokens
+            source = str(loaded.data.source)
+        else:
+            tokens = _text_tokens(prepared.tokenizer, data, split, max_tokens)
+            source = str(data)
         folder = root / "model" if (root / "model" / "config.json").is_file() else root
-        info = {"data": str(data_cfg.source), "kind": loaded.kind}
+        info = {"data": source, "kind": loaded.kind}
         return Loaded(
             loaded.model.eval(),
             folder,
