@@ -186,3 +186,15 @@ def test_dense_layers_are_left_alone(tiny, family, overrides, sparse_layers):
     with torch.no_grad():
         assert torch.isfinite(model(IDS).logits).all()
     assert list(routing_stats(model)["per_layer"]) == sparse_layers
+
+
+def test_layers_subset_gives_the_other_layers_their_own_routing(tiny):
+    model = apply_routing(tiny("olmoe"), "top_p", p=0.2, layers=[1])
+    assert routing_config(model)["layers"] == {
+        "0": {"router": "top_k"},
+        "1": {"router": "top_p", "p": 0.2},
+    }
+    with torch.no_grad():
+        model(IDS)
+    stats = routing_stats(model)["per_layer"]
+    assert stats[0] == 2.0 and stats[1] < 2.0

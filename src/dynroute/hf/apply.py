@@ -99,7 +99,8 @@ def apply_routing(
             (``capacity_factor``; not causal), or a callable ``logits [N, E] -> Routing``
             that gets the gate's raw logits and whose weights are used unchanged.
         layers: decoder-layer indices (or block names) to change; None = every block.
-            Call again with other ``layers`` to give layers different settings.
+            Call again with other ``layers`` to give layers different settings. Blocks
+            not yet adapted and not in ``layers`` get ``"top_k"`` (their own routing).
         dispatch: "grouped" (default), "loop" or "dense".
         **router_kwargs: the router's arguments, plus ``normalize`` (renormalise kept
             weights per token; default: as the model does).
@@ -132,16 +133,24 @@ def apply_routing(
     if not chosen:
         names = [(_layer_index(n), n) for n, _ in targets]
         raise ValueError(f"apply_routing: layers={layers!r} matched no MoE block; blocks: {names}")
-    for name, module in chosen:
+    chosen_names = {n for n, _ in chosen}
+    own = RouterSpec.build("top_k")
+    for name, module in targets:
+        if name not in chosen_names and isinstance(module, DynamicMoEBlock):
+            continue
+        # Blocks outside ``layers`` get the model's own routing (identical outputs), so
+        # every MoE layer is counted in the statistics and recorded in the saved config.
+        block_spec = spec if name in chosen_names else own
         if isinstance(module, DynamicMoEBlock):
             block = module
         else:
             family = family_of(module)
-            block = DynamicMoEBlock(module, family, spec, name, _layer_index(name), dispatch)
+            block = DynamicMoEBlock(module, family, block_spec, name, _layer_index(name), dispatch)
         expert_weights(block.experts)  # unsupported expert layouts fail here, not mid-forward
         # Dry run on two zero tokens: bad values (p=1.5, k > E) fail now with the router's message.
-        route(spec, block.family, block.gate, block.gate.weight.new_zeros(2, block.num_experts))
-        block.set_router(spec, dispatch)
+        zeros = block.gate.weight.new_zeros(2, block.num_experts)
+        route(block_spec, block.family, block.gate, zeros)
+        block.set_router(block_spec, dispatch)
         if block is not module:
             _set_module(model, name, block)
     _sync_config(model)
