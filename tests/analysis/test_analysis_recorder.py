@@ -138,6 +138,7 @@ def test_state_does_not_grow_with_more_batches():
 
     def size() -> int:
         lc = rec.layers[0]
+        lc.pairs.pairs()  # merge buffered pairs into the table
         tensors = [v for v in vars(lc).values() if isinstance(v, torch.Tensor)]
         tensors += [*lc.seg_sorted.values(), *lc.seg_hist.values(), lc.pairs.keys]
         return sum(t.numel() for t in tensors) + rec.total_loss_experts.numel()
@@ -243,3 +244,21 @@ def test_ctrl_c_stops_after_the_current_batch():
     assert s["meta"]["num_tokens"] == 2 * 2 * 16
     assert [lay["tokens"] for lay in s["layers"]] == [64, 64]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_pair_counts_buffer_and_merge(monkeypatch):
+    from collections import Counter
+
+    from dynroute.analysis.recorder import PairCounts
+
+    monkeypatch.setattr(PairCounts, "MIN_BUFFER", 5)
+    g = torch.Generator().manual_seed(0)
+    pc, expected = PairCounts(num_experts=3), Counter()
+    for _ in range(7):
+        tok, ex = torch.randint(0, 6, (4,), generator=g), torch.randint(0, 3, (4,), generator=g)
+        pc.add(tok, ex)
+        expected.update(zip(tok.tolist(), ex.tolist(), strict=True))
+    assert pc.keys.numel() > 0  # merged at least once along the way
+    t, e, c = pc.pairs()
+    got = dict(zip(zip(t.tolist(), e.tolist(), strict=True), c.tolist(), strict=True))
+    assert got == dict(expected)

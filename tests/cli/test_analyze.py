@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dynroute.cli import app
@@ -83,3 +84,5 @@ def test_analyze_errors_are_one_clear_line(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert "model_type 'bert'" in fails(str(tmp_path))
     assert "comma-separated" in fails(str(tmp_path), "--segments", "4,x")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in fails(str(tmp_path), "--device", "cuda")

@@ -95,6 +95,10 @@ def _grow2(t: Tensor, cols: int) -> Tensor:
 class PairCounts:
     """Sparse counts of (token id, expert) pairs, merged batch by batch.
 
+    New batches are buffered and merged into the sorted table once the buffer is as big
+    as the table (or 64k pairs), so a long run sorts O(log) times per pair, not once per
+    batch.
+
     Example:
         >>> import torch
         >>> pc = PairCounts(num_experts=2)
@@ -103,22 +107,35 @@ class PairCounts:
         [[5, 7], [1, 0], [2, 1]]
     """
 
+    MIN_BUFFER = 65_536
+
     def __init__(self, num_experts: int) -> None:
         self.num_experts = num_experts
         self.keys = torch.zeros(0, dtype=torch.long)
         self.counts = torch.zeros(0, dtype=torch.long)
+        self._buffer: list[Tensor] = []
+        self._buffered = 0
 
     def add(self, token: Tensor, expert: Tensor) -> None:
         """Count the pairs ``(token[i], expert[i])`` (LongTensors [A])."""
-        new_keys, new_counts = torch.unique(token * self.num_experts + expert, return_counts=True)
+        self._buffer.append(token * self.num_experts + expert)
+        self._buffered += token.numel()
+        if self._buffered >= max(self.keys.numel(), self.MIN_BUFFER):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._buffer:
+            return
+        new_keys, new_counts = torch.unique(torch.cat(self._buffer), return_counts=True)
+        self._buffer, self._buffered = [], 0
         keys, inverse = torch.unique(torch.cat([self.keys, new_keys]), return_inverse=True)
-        counts = torch.zeros_like(keys).scatter_add_(
-            0, inverse, torch.cat([self.counts, new_counts])
-        )
+        counts = torch.zeros_like(keys)
+        counts.scatter_add_(0, inverse, torch.cat([self.counts, new_counts]))
         self.keys, self.counts = keys, counts
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
         """LongTensors [P]: token id, expert and count of every observed pair."""
+        self._merge()
         return self.keys // self.num_experts, self.keys % self.num_experts, self.counts
 
 

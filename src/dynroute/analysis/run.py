@@ -454,6 +454,7 @@ def analyze_checkpoint(
     max_tokens: int | None = 65_536,
     config: RecorderConfig | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Analyse one checkpoint on held-out text and write ``out_dir/stats.json``.
 
@@ -465,6 +466,7 @@ def analyze_checkpoint(
             split: its part to read.
         seq_len: window length (default: the run's, else min(256, the model's limit)).
         batch_size, max_tokens, config: see :func:`analyze_model`.
+        device: run the model there (e.g. ``"cuda"``); default: where it loads (CPU).
 
     Returns:
         dict: the statistics written.
@@ -476,7 +478,11 @@ def analyze_checkpoint(
     """
     if split not in ("validation", "train"):
         raise ValueError(f"analyze: split must be 'validation' or 'train', got {split!r}")
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"analyze: device {device!r} asked for, but CUDA is not available here")
     loaded = load_checkpoint(checkpoint, data, split, max_tokens)
+    if device is not None:
+        loaded.model.to(device)
     cfg = loaded.model.config
     vocab = int(getattr(cfg, "vocab_size", 0)) or None
     if vocab is not None and loaded.tokens.size and int(loaded.tokens.max()) >= vocab:

@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
         segments: Annotated[
             str, typer.Option(help="Segment lengths S for the expert-cache hit rates.")
         ] = "4,16,64",
+        device: Annotated[
+            str | None, typer.Option(help="Run the model on this device, e.g. cuda.")
+        ] = None,
     ) -> None:
         """Routing report: experts per token/layer, difficulty vs experts, load,
         token-id specialization, expert-cache hit rates, drops by position."""
@@ -94,6 +97,7 @@ def register(app: typer.Typer) -> None:
             "seq_len": seq_len,
             "batch_size": batch_size,
             "config": config,
+            "device": device,
         }
         try:
             if render is not None:
