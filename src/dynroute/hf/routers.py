@@ -70,7 +70,8 @@ class RouterSpec:
                 f"apply_routing: unknown router {router!r}; choose one of "
                 f"{', '.join(ROUTERS)} or pass a callable logits [N, E] -> Routing"
             )
-        kwargs = dict(kwargs)
+        # None means "the default" for every router argument: drop it (keeps configs clean).
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         normalize = kwargs.pop("normalize", None)
         if normalize is not None and not isinstance(normalize, bool):
             raise TypeError(f"{router}: normalize must be True, False or None, got {normalize!r}")
