@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[
             str | None,
             typer.Argument(
-                help="Checkpoint folder (config.json + weights) or `dynroute train` run folder."
+                help="`dynroute train` run folder, DynMoE save_pretrained folder, or transformers "
+                "MoE checkpoint."
             ),
         ] = None,
         data: Annotated[
@@ -66,8 +67,11 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Run the model on this device, e.g. cuda.")
         ] = None,
     ) -> None:
-        """Routing report: experts per token/layer, difficulty vs experts, load,
-        token-id specialization, expert-cache hit rates, drops by position."""
+        """Where a checkpoint spends its experts: report.html, stats.json, figures.
+
+        Experts per token and per layer, difficulty vs experts, load, token-id
+        specialization, expert-cache hit rates (offloading) and drops by position.
+        """
         from rich.console import Console
 
         from dynroute.analysis import (
