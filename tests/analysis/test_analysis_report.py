@@ -103,3 +103,23 @@ def test_findings_put_the_numbers_in_words(two_runs, tmp_path):
     assert lines[-1].endswith(
         "0.0% of assignments are dropped in the first quarter of a sequence and 50.0% in the last."
     )
+
+
+def test_figures_cope_with_missing_losses_and_short_sequences():
+    import warnings
+
+    from dynroute.analysis import RecorderConfig, RoutingRecorder, summarize
+    from dynroute.routing import top_p
+
+    rec = RoutingRecorder(RecorderConfig(segment_lengths=(64,)))  # longer than T = 8
+    rec.begin_batch(torch.randint(0, 50, (2, 8)))
+    rec.record(0, top_p(torch.randn(16, 4), p=0.5))
+    rec.end_batch(None)  # no loss known
+    s = summarize(rec)
+    assert s["difficulty_spearman"] is None and s["mean_loss"] is None
+    assert s["cache_hit_rate"] == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _, plot in FIGURES.values():
+            plot({"x": s})
+    assert [r[0] for r in summary_rows({"x": s})][-1] == "capacity drop rate"

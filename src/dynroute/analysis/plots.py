@@ -231,6 +231,9 @@ def plot_cache(runs: Runs) -> Figure:
         title="local routing consistency (offloading)",
         ylim=(0, 1.05),
     )
+    if not any(s["cache_hit_rate"] for s in runs.values()):
+        ax.text(0.5, 0.5, "no segment length fits the sequences", ha="center", va="center")
+        return fig
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
