@@ -5,7 +5,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynroute.dispatch import ExpertWeights, dense, grouped, grouped_linear, loop
+from dynroute.dispatch import (
+    ExpertWeights,
+    choose_path,
+    dense,
+    grouped,
+    grouped_linear,
+    grouped_outer,
+    loop,
+)
+from dynroute.dispatch.combine import Combiner
 from dynroute.routing import Routing, expert_choice, null_experts, top_k, top_p
 
 E, D, F = 6, 8, 12
@@ -123,3 +132,106 @@ def test_mismatched_shapes_raise():
         grouped(x, r, ExpertWeights(gate_up, down))
     with pytest.raises(ValueError, match="d_model"):
         loop(torch.randn(4, D + 1), top_k(torch.randn(4, E), 2), ExpertWeights(gate_up, down))
+
+
+# --- execution paths -------------------------------------------------------------------
+
+PATH_NAMES = ["grouped_mm", "slices", "autograd"]
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+@pytest.mark.parametrize("router", ["top_k2", "top_p", "null_experts", "expert_choice"])
+def test_every_path_agrees_with_loop(path, router):
+    y_ref, _, grads_ref = run(loop, 37, router)
+    y, _, grads = run(lambda x, r, w: grouped(x, r, w, path=path), 37, router)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_path_choice():
+    x, _, gate_up, down = (t.detach() for t in make_case(4, "top_k2"))
+    w = ExpertWeights(gate_up, down)
+    assert choose_path(x, w) == "grouped_mm"
+    # d_ff = 12 floats = 48 bytes is aligned; an odd width is not
+    odd = ExpertWeights(torch.randn(E, D, 2 * 5), torch.randn(E, 5, D))
+    assert choose_path(x, odd) == "slices"
+    assert choose_path(x.double(), ExpertWeights(gate_up.double(), down.double())) == "slices"
+    assert choose_path(x, ExpertWeights(gate_up, down, torch.nn.functional.gelu)) == "autograd"
+    assert choose_path(x, ExpertWeights(gate_up, down, torch.nn.SiLU())) == "grouped_mm"
+
+
+def test_other_activation_matches_loop():
+    x, gate, gate_up, down = make_case(20, "top_p")
+    r = top_p(x @ gate, 0.5)
+    w = ExpertWeights(gate_up, down, torch.nn.functional.gelu)
+    torch.testing.assert_close(grouped(x, r, w), loop(x, r, w), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_path_raises():
+    x, gate, gate_up, down = make_case(4, "top_k2")
+    r = top_k(x @ gate, 2)
+    with pytest.raises(ValueError, match="unknown path 'fast'"):
+        grouped(x, r, ExpertWeights(gate_up, down), path="fast")
+    with pytest.raises(ValueError, match="path='autograd'"):
+        grouped(x, r, ExpertWeights(gate_up, down, torch.tanh), path="slices")
+    with pytest.raises(ValueError, match="use path='slices'"):
+        grouped(x.double(), r, ExpertWeights(gate_up.double(), down.double()), path="grouped_mm")
+
+
+@pytest.mark.parametrize(
+    "needs",
+    [
+        (True, False, False, False),
+        (False, True, False, False),
+        (False, False, True, True),
+        (False, False, False, False),
+    ],
+)
+def test_fused_backward_computes_only_requested_grads(needs):
+    x, gate, gate_up, down = (t.detach() for t in make_case(23, "top_p"))
+    r = top_p(x @ gate, 0.5)
+    leaves = [x, r.weight, gate_up, down]
+    for t, need in zip(leaves, needs, strict=True):
+        t.requires_grad_(need)
+    r = Routing(r.token, r.expert, leaves[1], r.probs, r.num_experts)
+    y = grouped(x, r, ExpertWeights(gate_up, down), path="grouped_mm")
+    y_ref = loop(x, r, ExpertWeights(gate_up, down))
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    if not any(needs):
+        assert not y.requires_grad
+        return
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [t for t in leaves if t.requires_grad], g)
+    want = torch.autograd.grad(y_ref, [t for t in leaves if t.requires_grad], g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_non_contiguous_grad_output():
+    x, gate, gate_up, down = make_case(16, "top_k2")
+    r = top_k((x @ gate).detach(), 2)
+    y = grouped(x, r, ExpertWeights(gate_up, down))
+    g = torch.randn(D, 16).t()  # transposed: not contiguous
+    (gx,) = torch.autograd.grad(y, [x], g)
+    y_ref = loop(x, r, ExpertWeights(gate_up, down))
+    (gx_ref,) = torch.autograd.grad(y_ref, [x], g)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_outer_matches_per_expert_products():
+    a, b = torch.randn(9, 8), torch.randn(9, 4)
+    offs = torch.tensor([3, 3, 9], dtype=torch.int32)
+    want = torch.stack([a[:3].t() @ b[:3], torch.zeros(8, 4), a[3:].t() @ b[3:]])
+    for use in (True, False):
+        torch.testing.assert_close(grouped_outer(a, b, offs, use_grouped_mm=use), want)
+
+
+def test_combiner_sparse_and_index_put_agree():
+    token = torch.tensor([3, 0, 3, 1, 0])
+    rows, scale = torch.randn(5, 4), torch.rand(5)
+    want = torch.zeros(4, 4).index_add_(0, token, rows * scale[:, None])
+    torch.testing.assert_close(Combiner(token, 4)(rows, scale), want)  # sparse (float32)
+    got16 = Combiner(token, 4)(rows.bfloat16(), scale)  # index_put_ path
+    torch.testing.assert_close(got16.float(), want, atol=0.05, rtol=0.05)
+    assert Combiner(token, 5)(rows)[2].abs().sum() == 0  # token 2 and 4 get nothing

@@ -17,7 +17,9 @@ from torch import Tensor
 
 from dynroute.dispatch.dense import dense
 from dynroute.dispatch.experts import ExpertWeights
-from dynroute.dispatch.grouped import grouped, grouped_linear, grouped_mm_supported
+from dynroute.dispatch.fused import FusedSwiGLUDispatch
+from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
+from dynroute.dispatch.grouped import PATHS, choose_path, grouped
 from dynroute.dispatch.loop import loop
 from dynroute.routing import Routing
 
@@ -40,12 +42,16 @@ def get_dispatch(name: str) -> DispatchFn:
 
 __all__ = [
     "DISPATCH",
+    "PATHS",
     "DispatchFn",
     "ExpertWeights",
+    "FusedSwiGLUDispatch",
+    "choose_path",
     "dense",
     "get_dispatch",
     "grouped",
     "grouped_linear",
     "grouped_mm_supported",
+    "grouped_outer",
     "loop",
 ]

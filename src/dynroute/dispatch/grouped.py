@@ -1,76 +1,72 @@
-"""Dropless grouped dispatch: gather by expert, one grouped GEMM per projection, scatter-add."""
+"""Dropless grouped dispatch: gather by expert, grouped GEMMs, weight, scatter-add.
+
+Execution paths (all exact, all agree with ``loop``; ``grouped`` picks one per call):
+
+- ``"grouped_mm"``: :class:`FusedSwiGLUDispatch` on ``torch.nn.functional.grouped_mm``;
+  the default for SwiGLU with SiLU when ``grouped_mm`` takes the operands;
+- ``"slices"``: the same fused op, one ``torch.mm`` per contiguous expert slice; taken
+  when ``grouped_mm`` cannot take the operands (float64, unaligned strides, old torch);
+- ``"autograd"``: plain torch ops under autograd; taken for any other activation.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dynroute.dispatch.experts import ExpertWeights, check_dispatch_inputs, empty_output
+from dynroute.dispatch.fused import FusedSwiGLUDispatch
+from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported
 from dynroute.routing import Routing
 
-_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PATHS = ("auto", "grouped_mm", "slices", "autograd")
 
 
-def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
-    """Whether ``torch.nn.functional.grouped_mm`` accepts these operands.
+def is_silu(activation: object) -> bool:
+    """Whether ``activation`` is SiLU (the function or the module), which the fused op implements.
 
-    It needs float32/bf16/fp16 and 16-byte aligned strides on every operand.
+    Example:
+        >>> import torch.nn.functional as F
+        >>> is_silu(F.silu), is_silu(F.gelu)
+        (True, False)
+    """
+    return activation is F.silu or isinstance(activation, nn.SiLU)
+
+
+def choose_path(x: Tensor, experts: ExpertWeights) -> str:
+    """The execution path ``grouped(..., path="auto")`` takes for these operands.
 
     Example:
         >>> import torch
-        >>> grouped_mm_supported(torch.zeros(2, 8), torch.zeros(3, 8, 8))
-        True
-        >>> grouped_mm_supported(torch.zeros(2, 6), torch.zeros(3, 6, 6))
-        False
+        >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
+        >>> choose_path(torch.randn(5, 8), w), choose_path(torch.randn(5, 8).double(), w)
+        ('grouped_mm', 'slices')
     """
-    for t in (x, *weights):
-        if t.dtype not in _GROUPED_MM_DTYPES or t.dtype != x.dtype:
-            return False
-        if any((s * t.element_size()) % 16 for s in t.stride()[:-1] if s != 1):
-            return False
-        if t.stride()[-1] != 1 and t.stride()[-2] != 1:
-            return False
-    return True
+    if not is_silu(experts.activation):
+        return "autograd"
+    gu_t, down_t = experts.gate_up.transpose(1, 2), experts.down.transpose(1, 2)
+    # the [A, d] and [A, f] activations are operands too: their row strides must align
+    row_bytes = (experts.d_model * x.element_size(), experts.d_ff * x.element_size())
+    aligned = all(b % 16 == 0 for b in row_bytes)
+    if aligned and grouped_mm_supported(x, experts.gate_up, experts.down, gu_t, down_t):
+        return "grouped_mm"
+    return "slices"
 
 
-def grouped_linear(x: Tensor, w: Tensor, offs: Tensor, counts: list[int] | None = None) -> Tensor:
-    """Rows x[offs[e-1]:offs[e]] @ w[e] for every expert e, as one grouped GEMM.
-
-    Falls back to a loop over contiguous slices when grouped_mm cannot take the
-    operands (e.g. float64 or unaligned sizes).
-
-    Args:
-        x: [A, k] rows sorted by expert; w: [E, k, n]; offs: int32 [E] cumulative counts.
-
-    Returns:
-        [A, n].
-
-    Example:
-        >>> import torch
-        >>> x, w = torch.ones(3, 8), torch.ones(2, 8, 4)
-        >>> grouped_linear(x, w, torch.tensor([1, 3], dtype=torch.int32)).shape
-        torch.Size([3, 4])
-    """
-    if grouped_mm_supported(x, w):
-        return F.grouped_mm(x, w, offs=offs)
-    sizes = counts if counts is not None else torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
-    parts = [chunk @ w[e] for e, chunk in enumerate(x.split(sizes)) if chunk.shape[0]]
-    return torch.cat(parts) if parts else x.new_zeros(0, w.shape[-1])
-
-
-def grouped(x: Tensor, routing: Routing, experts: ExpertWeights) -> Tensor:
+def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = "auto") -> Tensor:
     """Dropless MoE dispatch with grouped GEMMs: no padding, no [N, E, C] buffers.
 
-    Gathers the A = N·k̄ assigned rows (already sorted by expert), runs the
-    gate/up and down projections as grouped GEMMs over the per-expert groups,
-    scales by the combine weights and scatter-adds back to tokens. Memory is
-    O(A · d_ff).
+    Gathers the A = N·k̄ assigned rows (already sorted by expert), runs the gate/up
+    and down projections as grouped GEMMs over the per-expert groups, scales by the
+    combine weights and scatter-adds back to tokens. Activation memory is O(A · d_ff)
+    and the backward re-gathers rows instead of storing them.
 
     Args:
         x: [N, d_model] tokens.
         routing: assignments sorted by expert (any router).
         experts: stacked weights for ``routing.num_experts`` experts.
+        path: "auto" (default) or one of "grouped_mm", "slices", "autograd" (see module doc).
 
     Returns:
         [N, d_model]; tokens with no assignment get zeros.
@@ -83,12 +79,32 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights) -> Tensor:
         torch.Size([5, 8])
     """
     check_dispatch_inputs(x, routing.num_experts, experts, "grouped")
+    if path not in PATHS:
+        raise ValueError(f"grouped: unknown path {path!r}; choose one of {', '.join(PATHS)}")
     if routing.num_assignments == 0:
         return empty_output(x, routing.weight, experts)
-    out = x.new_zeros(x.shape)
+    if path == "auto":
+        path = choose_path(x, experts)
+    elif path != "autograd" and not is_silu(experts.activation):
+        raise ValueError(f"grouped: path {path!r} is fused SwiGLU with SiLU; use path='autograd'")
+    elif path == "grouped_mm" and choose_path(x, experts) != "grouped_mm":
+        raise ValueError(
+            "grouped: grouped_mm cannot take these operands (needs float32/bf16/fp16 and "
+            "16-byte aligned strides); use path='slices' or 'auto'"
+        )
     offs = routing.expert_counts().cumsum(0).to(torch.int32)
-    rows = x[routing.token]
+    if path == "autograd":
+        return _composed(x, routing, experts, offs)
+    use_gmm = path == "grouped_mm"
+    return FusedSwiGLUDispatch.apply(
+        x, routing.weight, experts.gate_up, experts.down, routing.token, offs, None, use_gmm
+    )
+
+
+def _composed(x: Tensor, routing: Routing, experts: ExpertWeights, offs: Tensor) -> Tensor:
+    """Plain torch ops under autograd: any activation, any dtype."""
+    rows = x.index_select(0, routing.token)
     h = experts.glu(grouped_linear(rows, experts.gate_up, offs))
     y = grouped_linear(h.contiguous(), experts.down, offs)
     y = y * routing.weight[:, None].to(y.dtype)
-    return out.index_add(0, routing.token, y)
+    return x.new_zeros(x.shape).index_add_(0, routing.token, y)

@@ -1,0 +1,71 @@
+"""Scatter-add of per-assignment rows back to tokens, the last step of every dispatch.
+
+``Tensor.index_add_`` is the obvious op, but on CPU it adds one row at a time and
+costs more than the GEMMs it follows at small d (20× slower than the alternatives at
+N=512, d=1024). A sparse [N, A] CSR combine matrix times the rows runs one MKL call and
+folds the combine weights in for free; it is used for float32/float64 on CPU, and
+``index_put_(accumulate=True)`` elsewhere (bf16 has no CPU sparse kernel).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+
+class Combiner:
+    """Scatter-adds [A, d] rows (in assignment order) into [N, d] by token.
+
+    Built once per dispatch call and reused in backward (the token sort is done once).
+
+    Args:
+        token: LongTensor [A], token of each assignment.
+        num_tokens: N.
+
+    Example:
+        >>> import torch
+        >>> c = Combiner(torch.tensor([1, 0, 1]), 2)
+        >>> c(torch.ones(3, 4), torch.tensor([1.0, 2.0, 3.0]))[:, 0].tolist()
+        [2.0, 4.0]
+    """
+
+    def __init__(self, token: Tensor, num_tokens: int) -> None:
+        self.token, self.num_tokens = token, num_tokens
+        self._order: Tensor | None = None
+        self._crow: Tensor | None = None
+
+    def _use_sparse(self, rows: Tensor) -> bool:
+        return rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64)
+
+    def _csr(self, values: Tensor) -> Tensor:
+        if self._order is None:
+            self._order = torch.argsort(self.token, stable=True)
+            crow = self.token.new_zeros(self.num_tokens + 1)
+            crow[1:] = torch.bincount(self.token, minlength=self.num_tokens).cumsum(0)
+            self._crow = crow
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(
+                self._crow,
+                self._order,
+                values[self._order],
+                size=(self.num_tokens, self.token.shape[0]),
+                check_invariants=False,
+            )
+
+    def __call__(self, rows: Tensor, scale: Tensor | None = None, inplace: bool = False) -> Tensor:
+        """Σ over a token's assignments of scale[a] · rows[a] -> [N, d] (scale defaults to 1).
+
+        With ``inplace=True`` ``rows`` may be overwritten (scaled in place where that saves a
+        copy).
+        """
+        if self._use_sparse(rows):
+            values = rows.new_ones(rows.shape[0]) if scale is None else scale.to(rows.dtype)
+            return self._csr(values) @ rows
+        if scale is not None:
+            w = scale.to(rows.dtype)[:, None]
+            rows = rows.mul_(w) if inplace else rows * w
+        out = rows.new_zeros(self.num_tokens, rows.shape[1])
+        return out.index_put_((self.token,), rows, accumulate=True)
