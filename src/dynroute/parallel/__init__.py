@@ -28,6 +28,7 @@ from dynroute.parallel.ddp import (
 )
 from dynroute.parallel.moe import (
     ExpertParallelMoE,
+    check_expert_parallel,
     local_routing,
     shard_experts,
     shard_model_experts,
@@ -53,6 +54,7 @@ __all__ = [
     "ParallelContext",
     "TrainingRanks",
     "all_to_all",
+    "check_expert_parallel",
     "clip_grad_norm_",
     "exchange_counts",
     "expert_parameter_names",

@@ -37,6 +37,26 @@ def require_group(group: Group, fn: str) -> tuple[int, int]:
     return rank, dist.get_world_size(group)
 
 
+def check_expert_parallel(num_experts: int, world_size: int, fn: str = "expert parallel") -> None:
+    """Raise a clear error unless ``num_experts`` splits evenly over ``world_size`` ranks.
+
+    Call it before starting processes (e.g. in a CLI) to fail early.
+
+    Example:
+        >>> check_expert_parallel(8, 4)
+        >>> check_expert_parallel(4, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: expert parallel: 4 experts cannot be split evenly over 3 ranks; use a world size that divides 4 (e.g. 1, 2, 4)
+    """  # noqa: E501
+    if num_experts % world_size:
+        divisors = ", ".join(str(w) for w in range(1, num_experts + 1) if num_experts % w == 0)
+        raise ValueError(
+            f"{fn}: {num_experts} experts cannot be split evenly over {world_size} ranks; "
+            f"use a world size that divides {num_experts} (e.g. {divisors})"
+        )
+
+
 def _comm_device(group: Group, fallback: torch.device) -> torch.device:
     if "nccl" in str(dist.get_backend(group)) and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
@@ -105,12 +125,7 @@ class ExpertParallelMoE(MoE):
         if not isinstance(moe, MoE):
             raise TypeError(f"ExpertParallelMoE: expected dynroute.layers.MoE, got {type(moe)}")
         e = moe.num_experts
-        if e % world:
-            raise ValueError(
-                f"ExpertParallelMoE: {e} experts cannot be split evenly over {world} ranks; "
-                f"use a world size that divides {e} (e.g. "
-                f"{', '.join(str(w) for w in range(1, e + 1) if e % w == 0)})"
-            )
+        check_expert_parallel(e, world, "ExpertParallelMoE")
         nn.Module.__init__(self)
         # Copy the router, dispatch and loss settings (and whatever else MoE keeps), share
         # the gate and any other submodule; only the experts are replaced by a shard.
