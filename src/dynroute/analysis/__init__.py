@@ -27,6 +27,7 @@ from dynroute.analysis.consistency import (
     segment_routing_performance,
     window_counts,
 )
+from dynroute.analysis.loading import Loaded, load_checkpoint, resolve_checkpoint
 from dynroute.analysis.recorder import (
     LayerCounts,
     RecorderConfig,
@@ -38,7 +39,6 @@ from dynroute.analysis.report import render_report
 from dynroute.analysis.run import (
     analyze_checkpoint,
     analyze_model,
-    load_checkpoint,
     load_stats,
     token_losses,
     write_stats,
@@ -61,6 +61,7 @@ from dynroute.analysis.workflow import analyze, compare_report, load_runs, rende
 
 __all__ = [
     "LayerCounts",
+    "Loaded",
     "RecorderConfig",
     "RoutingRecorder",
     "analyze",
@@ -80,6 +81,7 @@ __all__ = [
     "rankdata",
     "render_dir",
     "render_report",
+    "resolve_checkpoint",
     "router_entropy",
     "routing_mask",
     "segment_accumulators",
