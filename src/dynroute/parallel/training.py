@@ -23,7 +23,7 @@ from dynroute.parallel.ddp import (
     wrap_ddp,
 )
 from dynroute.parallel.moe import ExpertParallelMoE, shard_model_experts
-from dynroute.parallel.runtime import ParallelContext, init_from_env
+from dynroute.parallel.runtime import ParallelContext, init_from_env, timeout_from_env
 
 
 def _expert_params(model: nn.Module) -> dict[int, ExpertParallelMoE]:
@@ -165,7 +165,9 @@ class TrainingRanks:
         """
         if self.ctx is None:
             return model
-        shard_model_experts(model)
+        # The all-to-alls get their own group (same ranks), so they never queue behind
+        # DDP's asynchronous gradient all-reduces on the default group.
+        shard_model_experts(model, dist.new_group(timeout=timeout_from_env()))
         return wrap_ddp(model)
 
     def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> Tensor:
