@@ -262,3 +262,28 @@ def test_pair_counts_buffer_and_merge(monkeypatch):
     t, e, c = pc.pairs()
     got = dict(zip(zip(t.tolist(), e.tolist(), strict=True), c.tolist(), strict=True))
     assert got == dict(expected)
+
+
+def test_routing_callback_blocks_are_chained_not_replaced():
+    seen = []
+
+    class Block(nn.Module):
+        """Like a dynroute.hf block: calls routing_callback(self, routing) every forward."""
+
+        def __init__(self):
+            super().__init__()
+            self.routing_callback = lambda block, routing: seen.append(routing.num_tokens)
+
+        def forward(self, h):
+            self.routing_callback(self, top_k(h.reshape(-1, 4), k=1))
+            return h
+
+    model = nn.Sequential(Block())
+    original = model[0].routing_callback
+    rec = RoutingRecorder()
+    with rec.attached_model(model):
+        rec.begin_batch(torch.zeros(1, 3, dtype=torch.long))
+        model(torch.randn(1, 3, 4))
+        rec.end_batch(None)
+    assert seen == [3] and rec.layers[0].num_tokens == 3  # both got the routing
+    assert model[0].routing_callback is original  # and the old callback is back

@@ -301,9 +301,10 @@ class RoutingRecorder:
         self._handles.append(module.register_forward_hook(hook))
         _SUBSCRIBERS.setdefault(module, []).append((self, layer_index))
         self._handles.append(_Unsubscribe(module, self))
-        # dynroute.hf blocks call ``routing_callback(block, routing)`` on every forward.
-        if hasattr(module, "routing_callback") and module.routing_callback is None:
-            module.routing_callback = publish_routing
+        # dynroute.hf blocks call ``routing_callback(block, routing)`` on every forward;
+        # chain onto a callback someone else installed instead of replacing it.
+        if hasattr(module, "routing_callback") and not _publishes(module.routing_callback):
+            module.routing_callback = _Chained(module.routing_callback)
             self._handles.append(_ResetCallback(module))
 
     def attach_model(self, model: nn.Module) -> int:
@@ -488,16 +489,35 @@ def _cpu(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().cpu()
 
 
+class _Chained:
+    """A ``routing_callback`` that calls the previous one, then :func:`publish_routing`."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, module: nn.Module, routing: Routing) -> None:
+        if self.previous is not None:
+            self.previous(module, routing)
+        publish_routing(module, routing)
+
+
+def _publishes(callback: Any) -> bool:
+    return callback is publish_routing or isinstance(callback, _Chained)
+
+
 class _ResetCallback:
-    """A removable handle that unsets the ``routing_callback`` attach() installed."""
+    """A removable handle that puts back the ``routing_callback`` attach() replaced."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = weakref.ref(module)
 
     def remove(self) -> None:
         module = self.module()
-        if module is not None and module.routing_callback is publish_routing:
-            module.routing_callback = None
+        if module is None:
+            return
+        callback = module.routing_callback
+        if isinstance(callback, _Chained) and module not in _SUBSCRIBERS:
+            module.routing_callback = callback.previous
 
 
 class _Unsubscribe:
