@@ -43,11 +43,14 @@ def main() -> None:
         "--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy box"
     )
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per slow impl per cell")
+    ap.add_argument("--skip", nargs="+", default=(), help="implementations not to run")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "layer.json")
     ap.add_argument("--chart", type=Path, default=RESULTS / "layer.png")
     args = ap.parse_args()
+    if {"bound", "floor"} & set(args.skip):
+        ap.error("bound and floor are the references every ratio needs; they cannot be skipped")
     if args.threads:
         torch.set_num_threads(args.threads)
     base = FULL if args.full else QUICK
@@ -65,6 +68,7 @@ def main() -> None:
         repeats=args.repeats,
         budget_s=args.budget,
         memory=not args.no_memory,
+        skip=tuple(args.skip),
     )
     run_suite(cells, setup, out=args.out, chart=args.chart, resume=not args.no_resume)
 

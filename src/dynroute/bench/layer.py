@@ -6,6 +6,9 @@ repeats (``timing.time_interleaved``). Two references frame the numbers:
 
 - ``bound``: one dense SwiGLU GEMM chain over the A = N·k̄ assigned rows with one
   expert's weights: the arithmetic an MoE layer cannot avoid (the issue's speed limit);
+- ``grad_zeros`` (fwd+bwd only): allocating and zeroing one gradient the size of all E
+  experts' weights, which every layer with stacked [E, ...] weights (dynroute, and
+  transformers' ``eager``/``batched_mm``/``grouped_mm``) must produce in backward;
 - ``floor``: the per-expert GEMM chains on rows already gathered and sorted, each
   expert's weights a separate tensor: what any exact dropless MoE must run on this
   machine (it reads every active expert's weights and writes every expert's weight
@@ -44,7 +47,7 @@ ROUTERS = ("top2", "top8", "top_p")
 MODES = ("fwd", "fwd+bwd")
 HF_IMPLS = ("hf_eager", "hf_batched_mm", "hf_grouped_mm", "mixtral_loop")
 DYNROUTE_IMPLS = ("grouped", "loop", "dense")
-REFERENCES = ("bound", "floor")
+REFERENCES = ("bound", "floor", "grad_zeros")
 TARGET_MEAN_EXPERTS = 1.5
 
 
@@ -81,6 +84,9 @@ class Setup:
     # weight copies, eager loops' full-size per-expert gradients)
     max_bytes: float = 6e9
     seed: int = 0
+    # written before every timed call so that weights are not timed from cache
+    flush_bytes: int = 256 * 2**20
+    skip: tuple[str, ...] = ()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -252,6 +258,15 @@ class _CellRun:
 
         self._add("floor", floor, [rows, *gl, *dl], grad_rows)
 
+        if self.backward:
+            # what any layer with stacked [E, ...] weights pays in backward however few
+            # experts ran: allocating and zeroing a gradient the size of all E experts
+            gu_, dn_ = self.gate_up, self.down
+            self.benches["grad_zeros"] = Bench(
+                lambda: (gu_.new_zeros(gu_.shape), dn_.new_zeros(dn_.shape))
+            )
+            self.params["grad_zeros"] = []
+
         self._add("grouped", lambda: grouped(x, r, w), dyn_leaves, self.grad_out)
         waste = active * e * self._expert_bytes()  # full-size gradient per indexed expert
         if self.backward and waste > self.setup.max_bytes:
@@ -302,13 +317,22 @@ class _CellRun:
 
     # -- running -------------------------------------------------------------------------
     def run(self, on_step: Callable[[], object] | None = None) -> list[Record]:
+        for name in self.setup.skip:
+            if name in self.benches:
+                del self.benches[name]
+                self.skipped[name] = "skipped: excluded from this run (--skip)"
         samples = time_interleaved(
-            self.benches, self.setup.repeats, self.setup.budget_s, self.setup.device, on_step
+            self.benches,
+            self.setup.repeats,
+            self.setup.budget_s,
+            self.setup.device,
+            on_step,
+            self.setup.flush_bytes,
         )
         peaks: dict[str, tuple[int, int]] = {}
         if self.setup.memory and self.backward:
             for name, bench in self.benches.items():
-                if samples[name].median * 2 < self.setup.budget_s:
+                if name != "grad_zeros" and samples[name].median * 2 < self.setup.budget_s:
                     bench.reset()
                     m = peak_memory(bench.run, self.params[name])
                     peaks[name] = (m.total, m.activations)

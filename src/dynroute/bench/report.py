@@ -22,6 +22,7 @@ IMPL_ORDER = (
     "hf_eager",
     "mixtral_loop",
     "floor",
+    "grad_zeros",
     "bound",
 )
 
@@ -136,6 +137,8 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
         row["x_bound"] = r["seconds"] / r["bound_seconds"]
         row["x_floor"] = r["seconds"] / r["floor_seconds"]
         row["floor_x_bound"] = r["floor_seconds"] / r["bound_seconds"]
+        zeros = cell.get("grad_zeros", {}).get("seconds")
+        row["grad_zeros_x_bound"] = zeros / r["bound_seconds"] if zeros else None
         row["x_best_hf"] = r["seconds"] / hf["seconds"] if hf else None
         row["best_hf"] = hf["impl"] if hf else None
         mem, bmem = r.get("activation_bytes"), r.get("bound_activation_bytes")
@@ -160,19 +163,22 @@ def markdown_summary(records: list[Record]) -> str:
         f"transformers {first['transformers']}, {first['dtype']} on {first['device']}, "
         f"d_model={first['d_model']}, d_ff={first['d_ff']}.",
         "",
-        "| router | E | N | mode | k̄ | grouped × bound | floor × bound | grouped × floor "
-        "| grouped × best hf (which) | act. mem × bound | top-p/top-2 (expected) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| router | E | N | mode | k̄ | grouped × bound | floor × bound | grad zeros × bound "
+        "| grouped × floor | grouped × best hf (which) | act. mem × bound "
+        "| top-p/top-2 (expected) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ok = "✅" if r["x_bound"] <= bound_limit(r["tokens"]) else "❌"
         hf = f"{r['x_best_hf']:.2f} ({r['best_hf']})" if r["x_best_hf"] is not None else "—"
         mem = f"{r['x_bound_mem']:.2f}" if r["x_bound_mem"] is not None else "—"
+        zeros = r["grad_zeros_x_bound"]
+        zeros_s = f"{zeros:.2f}" if zeros is not None else "—"
         tp = f"{r['topp_vs_top2']:.2f} ({r['topp_expected']:.2f})" if "topp_vs_top2" in r else ""
         lines.append(
             f"| {r['router']} | {r['num_experts']} | {r['tokens']} | {r['mode']} "
             f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {r['floor_x_bound']:.2f} "
-            f"| {r['x_floor']:.2f} | {hf} | {mem} | {tp} |"
+            f"| {zeros_s} | {r['x_floor']:.2f} | {hf} | {mem} | {tp} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -49,6 +49,7 @@ def time_interleaved(
     budget_s: float = 60.0,
     device: torch.device | str | None = None,
     on_step: Callable[[], object] | None = None,
+    flush_bytes: int = 0,
 ) -> dict[str, Samples]:
     """Median-ready timings of each bench, run in interleaved rounds after one warm-up call.
 
@@ -61,12 +62,16 @@ def time_interleaved(
         budget_s: seconds a slow bench may take over all its rounds.
         device: synchronised around each call when it is a CUDA device.
         on_step: called after each timed call (progress bars).
+        flush_bytes: before each call, write a buffer this large so that no call finds
+            the weights the previous one read still in cache (a real model's other
+            layers would have evicted them).
 
     Example:
         >>> s = time_interleaved({"a": Bench(lambda: None), "b": Bench(lambda: None)}, 3)
         >>> sorted(s), len(s["a"].wall)
         (['a', 'b'], 3)
     """
+    flush = torch.zeros(flush_bytes // 4, device=device) if flush_bytes else None
     rounds: dict[str, int] = {}
     for name, bench in benches.items():
         bench.reset()
@@ -82,6 +87,8 @@ def time_interleaved(
             if i >= rounds[name]:
                 continue
             bench.reset()
+            if flush is not None:
+                flush.add_(1.0)
             _sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
             bench.run()
