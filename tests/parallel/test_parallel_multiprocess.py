@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dynroute.parallel import launch
+from dynroute.parallel import launch, launch_command
 from dynroute.parallel.selftest import CASES
 from dynroute.parallel.spawn import run_ranks
 
@@ -96,3 +98,17 @@ def test_launch_reports_a_bad_setup_as_a_failure(capfd):
     rc = launch(2, ["--experts", "3"], module="dynroute.parallel.selftest", timeout_s=90)
     err = capfd.readouterr().err
     assert rc != 0 and "cannot be split evenly over 2 ranks" in err
+
+
+@pytest.mark.slow
+def test_docs_example_runs_under_torchrun(tmp_path):
+    doc = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
+    code = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)[0]
+    script = tmp_path / "ep_train.py"
+    script.write_text(code)
+    cmd = launch_command(2, [str(script)])
+    at = cmd.index("dynroute.cli")
+    del cmd[at - 1 : at + 1]  # run the script itself, not `-m dynroute.cli`
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 of 2: loss" in done.stdout
