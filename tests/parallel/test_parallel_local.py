@@ -98,3 +98,13 @@ def test_launch_command_is_a_loopback_torchrun():
     assert cmd[-5:] == ["-m", "dynroute.cli", "train", "--expert-parallel", "3"]
     with pytest.raises(ValueError, match="nproc"):
         launch_command(0, [])
+
+
+def test_deepcopy_shares_the_process_group():
+    with local_group():
+        group = torch.distributed.new_group()
+        ep = shard_experts(MoE(8, 16, 4), group)
+        twin = copy.deepcopy(ep)
+        assert twin.group is group and twin.experts.down is not ep.experts.down
+        x = torch.randn(3, 8)
+        torch.testing.assert_close(twin(x)[0], ep(x)[0])

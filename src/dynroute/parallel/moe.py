@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -151,6 +154,18 @@ class ExpertParallelMoE(MoE):
             local.down.copy_(full.down[lo:hi])
         self.experts = local
         self.train(moe.training)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExpertParallelMoE:
+        # A process group cannot be copied (or pickled): copies (EMA, references in
+        # tests) share it, everything else is copied as usual.
+        if self.group is not None:
+            memo[id(self.group)] = self.group
+        cls = type(self)
+        clone = cls.__new__(cls)
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            setattr(clone, name, copy.deepcopy(value, memo))
+        return clone
 
     def forward(self, x: Tensor) -> tuple[Tensor, MoEAux]:
         shape = x.shape
