@@ -23,7 +23,9 @@ class CommMeter:
         calls: number of all-to-all calls (count exchanges included).
         bytes_sent: bytes this rank sent to *other* ranks (its own share stays local).
         bytes_received: bytes this rank received from other ranks.
-        seconds: wall time spent inside the collectives (waiting for slower ranks included).
+        seconds: wall time spent inside the collectives (waiting for slower ranks included;
+            exact on gloo, which blocks; NCCL returns early, so time GPU runs with
+            torch.cuda.synchronize() or the profiler instead).
         rows_sent: activation rows sent to other ranks (count exchanges excluded).
 
     Example:
