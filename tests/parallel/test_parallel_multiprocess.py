@@ -112,3 +112,23 @@ def test_docs_example_runs_under_torchrun(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 of 2: loss" in done.stdout
+
+
+@pytest.mark.slow
+def test_dynroute_train_expert_parallel_once_wired(tmp_path):
+    """Activates once `dynroute.train.train` takes `expert_parallel` (see docs/scaling.md)."""
+    import inspect
+
+    from dynroute.train import load_checkpoint, train
+
+    if "expert_parallel" not in inspect.signature(train).parameters:
+        pytest.skip("dynroute train --expert-parallel is not wired yet")
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--out", str(out), "--steps", "4"]
+    rc = launch(2, [*argv, "--no-progress", "--expert-parallel", "2"], timeout_s=300)
+    assert rc == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 4 and len(state["sampler_rngs"]) == 2
+    experts = [v for k, v in state["model"].items() if k.endswith("experts.down")]
+    assert experts and all(v.shape[0] == 4 for v in experts)  # gathered: all 4 experts
