@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import statistics
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -357,6 +358,10 @@ class _CellRun:
         for name, s in samples.items():
             rec: Record = {"impl": name, **common, "seconds": s.median, "seconds_min": s.best}
             rec.update(cpu_seconds=s.cpu_median, repeats=len(s.wall))
+            # ratio within each round (both ran back to back, under the same load), then
+            # the median: steadier than a ratio of medians when the machine is shared
+            pairs = zip(s.wall, samples["bound"].wall, strict=False)
+            rec["paired_x_bound"] = statistics.median(a / b for a, b in pairs)
             if name in peaks:
                 rec.update(peak_bytes=peaks[name][0], activation_bytes=peaks[name][1])
             records.append(rec)

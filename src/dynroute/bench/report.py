@@ -135,6 +135,10 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
             k: r[k] for k in ("router", "num_experts", "tokens", "mode", "mean_experts")
         }
         row["x_bound"] = r["seconds"] / r["bound_seconds"]
+        row["paired_x_bound"] = r.get("paired_x_bound")
+        row["cpu_x_bound"] = (
+            r["cpu_seconds"] / r["bound_cpu_seconds"] if "cpu_seconds" in r else None
+        )
         row["x_floor"] = r["seconds"] / r["floor_seconds"]
         row["floor_x_bound"] = r["floor_seconds"] / r["bound_seconds"]
         zeros = cell.get("grad_zeros", {}).get("seconds")
@@ -163,10 +167,10 @@ def markdown_summary(records: list[Record]) -> str:
         f"transformers {first['transformers']}, {first['dtype']} on {first['device']}, "
         f"d_model={first['d_model']}, d_ff={first['d_ff']}.",
         "",
-        "| router | E | N | mode | k̄ | grouped × bound | floor × bound | grad zeros × bound "
-        "| grouped × floor | grouped × best hf (which) | act. mem × bound "
-        "| top-p/top-2 (expected) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| router | E | N | mode | k̄ | grouped × bound | paired / cpu | floor × bound "
+        "| grad zeros × bound | grouped × floor | grouped × best hf (which) "
+        "| act. mem × bound | top-p/top-2 (expected) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ok = "✅" if r["x_bound"] <= bound_limit(r["tokens"]) else "❌"
@@ -177,10 +181,15 @@ def markdown_summary(records: list[Record]) -> str:
         tp = f"{r['topp_vs_top2']:.2f} ({r['topp_expected']:.2f})" if "topp_vs_top2" in r else ""
         lines.append(
             f"| {r['router']} | {r['num_experts']} | {r['tokens']} | {r['mode']} "
-            f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {r['floor_x_bound']:.2f} "
+            f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {_fmt(r['paired_x_bound'])} / "
+            f"{_fmt(r['cpu_x_bound'])} | {r['floor_x_bound']:.2f} "
             f"| {zeros_s} | {r['x_floor']:.2f} | {hf} | {mem} | {tp} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float | None) -> str:
+    return f"{v:.2f}" if v is not None else "—"
 
 
 def plot_ratios(records: list[Record], path: Path) -> Path | None:

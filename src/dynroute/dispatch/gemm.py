@@ -25,8 +25,9 @@ HAS_GROUPED_MM = hasattr(F, "grouped_mm")
 def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
     """Whether ``torch.nn.functional.grouped_mm`` accepts these operands.
 
-    It needs float32/bf16/fp16 (all the same), one unit stride in the last two dims,
-    and every other stride and the data pointer at 16-byte multiples.
+    It needs float32/bf16/fp16 on CPU and bf16 on CUDA (all operands alike), one unit
+    stride in the last two dims, and every other stride and the data pointer at 16-byte
+    multiples.
 
     Example:
         >>> import torch
@@ -37,6 +38,8 @@ def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
     """
     if not HAS_GROUPED_MM:
         return False
+    if x.device.type == "cuda" and x.dtype != torch.bfloat16:
+        return False  # the CUDA kernels are bf16-only on most torch versions
     for t in (x, *weights):
         if t.dtype not in _GROUPED_MM_DTYPES or t.dtype != x.dtype or t.device != x.device:
             return False
