@@ -192,11 +192,19 @@ def _fmt(v: float | None) -> str:
     return f"{v:.2f}" if v is not None else "—"
 
 
-def plot_ratios(records: list[Record], path: Path) -> Path | None:
+def plot_ratios(records: list[Record], path: Path, clock: str = "wall") -> Path | None:
     """Chart time / bound vs N, one line per implementation, a panel per (router, E, mode).
+
+    Args:
+        clock: "wall" (median wall-clock seconds) or "cpu" (median process CPU seconds,
+            steadier on a shared machine).
 
     Returns the path written, or None when there is nothing to plot.
     """
+    metric, bound_metric = {
+        "wall": ("seconds", "bound_seconds"),
+        "cpu": ("cpu_seconds", "bound_cpu_seconds"),
+    }[clock]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,21 +223,23 @@ def plot_ratios(records: list[Record], path: Path) -> Path | None:
             if (key[0], key[1], key[3]) != (router, e, mode):
                 continue
             for name, r in cell.items():
-                lines[name].append((r["tokens"], r["seconds"] / r["bound_seconds"]))
+                if r.get(metric) is not None and r.get(bound_metric):
+                    lines[name].append((r["tokens"], r[metric] / r[bound_metric]))
         for name in sorted(lines, key=lambda n: IMPL_ORDER.index(n) if n in IMPL_ORDER else 99):
             pts = sorted(lines[name])
-            style = {"grouped": "-o", "bound": "k--", "floor": "k:"}.get(name, "-.")
+            style = {"grouped": "-", "bound": "k--", "floor": "k:"}.get(name, "-.")
             width = 2.5 if name == "grouped" else 1.2
-            ax.plot(*zip(*pts, strict=True), style, label=name, linewidth=width, markersize=4)
+            ax.plot(*zip(*pts, strict=True), style, marker="o", label=name, lw=width, markersize=3)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{router}, E={e}, {mode}")
         ax.set_xlabel("tokens N")
-        ax.set_ylabel("time / bound")
+        ax.set_ylabel(f"{clock} time / bound")
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    busiest = max(axes.flat, key=lambda a: len(a.get_lines()))
+    busiest.legend(fontsize=7)
     first = next(iter(records))
     fig.suptitle(f"MoE layer time / dense-GEMM bound — {first['machine']}, {first['dtype']}")
     fig.tight_layout()

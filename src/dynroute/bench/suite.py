@@ -68,7 +68,9 @@ def run_suite(
     everything = load_records(out) if out is not None else new
     if chart is not None and everything:
         plot_ratios(everything, chart)
-        console.print(f"wrote {chart}")
+        cpu_chart = chart.with_name(chart.stem + "_cpu" + chart.suffix)
+        plot_ratios(everything, cpu_chart, clock="cpu")
+        console.print(f"wrote {chart} and {cpu_chart}")
     if out is not None:
         console.print(f"wrote {out} ({len(everything)} records)")
     console.print(markdown_summary(new or everything), soft_wrap=True, markup=False)
