@@ -151,6 +151,8 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
             top2 = cells.get(("top2", *key[1:]), {}).get(impl)
             if top2 and top2.get("seconds"):
                 row["topp_vs_top2"] = r["seconds"] / top2["seconds"]
+                if r.get("cpu_seconds") and top2.get("cpu_seconds"):
+                    row["topp_vs_top2_cpu"] = r["cpu_seconds"] / top2["cpu_seconds"]
                 row["topp_expected"] = r["mean_experts"] / top2["mean_experts"]
         rows.append(row)
     return rows
@@ -169,7 +171,7 @@ def markdown_summary(records: list[Record]) -> str:
         "",
         "| router | E | N | mode | k̄ | grouped × bound | paired / cpu | floor × bound "
         "| grad zeros × bound | grouped × floor | grouped × best hf (which) "
-        "| act. mem × bound | top-p/top-2 (expected) |",
+        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -178,7 +180,10 @@ def markdown_summary(records: list[Record]) -> str:
         mem = f"{r['x_bound_mem']:.2f}" if r["x_bound_mem"] is not None else "—"
         zeros = r["grad_zeros_x_bound"]
         zeros_s = f"{zeros:.2f}" if zeros is not None else "—"
-        tp = f"{r['topp_vs_top2']:.2f} ({r['topp_expected']:.2f})" if "topp_vs_top2" in r else ""
+        tp = ""
+        if "topp_vs_top2" in r:
+            tp = f"{r['topp_vs_top2']:.2f} / {_fmt(r.get('topp_vs_top2_cpu'))} "
+            tp += f"({r['topp_expected']:.2f})"
         lines.append(
             f"| {r['router']} | {r['num_experts']} | {r['tokens']} | {r['mode']} "
             f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {_fmt(r['paired_x_bound'])} / "
