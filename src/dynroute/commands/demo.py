@@ -157,13 +157,15 @@ def run_demo(
     (out / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
     table = Table(
+        show_edge=False,
         title="top-2 vs top-p (same data, seed and tokens)",
-        caption="act./expert params: activated (non-embedding) / expert parameters vs top-2",
+        caption="experts: per token; act./expert: activated (non-embedding) / expert "
+        "parameters relative to top-2",
     )
-    for col in SHORT_HEADER:
-        table.add_column(col, justify="left" if col in ("run", "router") else "right")
+    for col in SHORT_HEADER[1:]:  # the router label names the run
+        table.add_column(col, justify="left" if col == "router" else "right", no_wrap=True)
     for name, r in results.items():
-        table.add_row(*summary_row(name, r))
+        table.add_row(*summary_row(name, r)[1:])
     console.print(table)
     verdict = report.split("## Verdict\n\n", 1)[-1].split("\n", 1)[0]
     console.print(verdict)

@@ -101,10 +101,12 @@ def compare_routers(
         run = out_dir / variant.name
         result_file = run / "final_eval.json"
         trained = train(cfg, run, progress=progress, label=f"{variant.name:>10}")
-        if result_file.is_file() and trained.resumed_from == cfg.train.steps:
-            metrics = json.loads(result_file.read_text())
-        else:
+        metrics = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        already_done = trained.resumed_from == cfg.train.steps  # nothing trained just now
+        same_eval = metrics.get("final_eval_batches", final_eval_batches) == final_eval_batches
+        if not (already_done and metrics and same_eval):
             metrics = evaluate_checkpoint(run, max_batches=final_eval_batches)
+            metrics["final_eval_batches"] = final_eval_batches
             atomic_write_text(result_file, json.dumps(metrics, indent=2))
         results[variant.name] = {
             **metrics,
@@ -157,13 +159,13 @@ SUMMARY_HEADER = [
 SHORT_HEADER = [
     "run",
     "router",
-    "val loss",
+    "val\nloss",
     "ppl",
-    "experts/tok",
-    "act. params",
-    "expert params",
-    "train tok/s",
-    "eval tok/s",
+    "experts\n/token",
+    "act.\nparams",
+    "expert\nparams",
+    "train\ntok/s",
+    "eval\ntok/s",
 ]
 """Column names for narrow terminals (the ratios are relative to top-2)."""
 
@@ -234,6 +236,14 @@ def format_report(
         f"{t.batch_size}x{t.seq_len} tokens = {t.steps * t.tokens_per_step:,} training tokens "
         f"per run, seed {t.seed}; α={m.get('load_balance_weight', 1e-2)}, "
         f"β={m.get('dynamic_weight', 1e-4)}.",
+    ]
+    if results:
+        n_eval = next(iter(results.values())).get("eval_tokens", 0)
+        lines.append(
+            f"Validation: the first {n_eval:,} tokens of the held-out split (same windows for "
+            "every run). Tokens/s are wall-clock medians and move with machine load."
+        )
+    lines += [
         "",
         "| " + " | ".join(SUMMARY_HEADER) + " |",
         "|" + "---|" * len(SUMMARY_HEADER),
