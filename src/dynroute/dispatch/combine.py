@@ -1,10 +1,10 @@
 """Scatter-add of per-assignment rows back to tokens, the last step of every dispatch.
 
-``Tensor.index_add_`` is the obvious op, but on CPU it adds one row at a time and
-costs more than the GEMMs it follows at small d (20× slower than the alternatives at
-N=512, d=1024). A sparse [N, A] CSR combine matrix times the rows runs one MKL call and
-folds the combine weights in for free; it is used for float32/float64 on CPU, and
-``index_put_(accumulate=True)`` elsewhere (bf16 has no CPU sparse kernel).
+``Tensor.index_add_`` is the obvious op, but on CPU it adds one row at a time and was
+the most expensive op after the GEMMs in our profiles. A sparse [N, A] CSR combine
+matrix times the rows runs one MKL call and folds the combine weights in for free;
+it is used for float32/float64 on CPU, and ``index_put_(accumulate=True)`` elsewhere
+(bf16 has no CPU sparse kernel).
 """
 
 from __future__ import annotations
