@@ -179,3 +179,18 @@ def test_rerun_with_other_config_is_refused(tmp_path: Path, _restore_threads: ob
     assert again.resumed_from == 4 and again.final is not None
     with pytest.raises(ConfigMismatchError, match=r"model.p: 0.4 -> 0.3"):
         train(apply_overrides(cfg, p=0.3), tmp_path / "run", progress=False)
+
+
+def test_export_model_replaces_folder_and_cleans_leftovers(tmp_path: Path) -> None:
+    from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+    from dynroute.train import export_model
+
+    model = DynMoEForCausalLM(
+        DynMoEConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, d_ff=8, num_experts=2)
+    )
+    (tmp_path / ".model.abc123").mkdir()  # what a SIGKILL mid-export leaves behind
+    export_model(model, tmp_path / "model", {"note.txt": "first"})
+    export_model(model, tmp_path / "model", {"note.txt": "second"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (tmp_path / "model" / "note.txt").read_text() == "second"
+    assert (tmp_path / "model" / "model.safetensors").is_file()

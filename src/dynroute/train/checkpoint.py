@@ -83,6 +83,8 @@ def export_model(model: Any, folder: Path | str, extra: dict[str, str] | None = 
     hf_logging.disable_progress_bar()  # our own progress bar is on screen
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         model.save_pretrained(tmp)
