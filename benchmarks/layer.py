@@ -15,14 +15,13 @@ process, interleaved; absolute times on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-import torch
-
-from dynroute.bench.layer import FULL, MODES, QUICK, ROUTERS, Setup, grid
-from dynroute.bench.suite import run_suite
-
 RESULTS = Path(__file__).parent / "results"
+# as in dynroute.bench.layer, repeated here so that --thp acts before torch is imported
+ROUTERS = ("top2", "top8", "top_p")
+MODES = ("fwd", "fwd+bwd")
 
 
 def main() -> None:
@@ -43,12 +42,25 @@ def main() -> None:
         "--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a busy box"
     )
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per slow impl per cell")
+    ap.add_argument(
+        "--thp",
+        action="store_true",
+        help="THP_MEM_ALLOC_ENABLE=1: torch's CPU allocations of 2 MB+ on transparent huge "
+        "pages (far fewer page faults for fresh weight gradients)",
+    )
     ap.add_argument("--skip", nargs="+", default=(), help="implementations not to run")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "layer.json")
     ap.add_argument("--chart", type=Path, default=RESULTS / "layer.png")
     args = ap.parse_args()
+    if args.thp:  # read by torch's CPU allocator, so set before torch is imported
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    import torch
+
+    from dynroute.bench.layer import FULL, QUICK, Setup, grid
+    from dynroute.bench.suite import run_suite
+
     if {"bound", "floor"} & set(args.skip):
         ap.error("bound and floor are the references every ratio needs; they cannot be skipped")
     if args.threads:

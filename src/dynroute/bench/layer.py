@@ -21,6 +21,7 @@ dispatch waste.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import statistics
 from collections.abc import Callable, Iterable, Iterator
@@ -397,6 +398,7 @@ def environment(setup: Setup) -> Record:
         "machine": machine_name(setup.device),
         "torch": torch.__version__,
         "transformers": tf_version,
+        "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
     }
 
 
@@ -418,8 +420,6 @@ def machine_name(device: str = "cpu") -> str:
                     break
     except OSError:
         pass
-    import os
-
     return f"{model}, {os.cpu_count()} cores"
 
 
