@@ -38,11 +38,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(
-    runs: dict[str, dict[str, Any]], ps: list[float], seeds: list[int]
+    runs: dict[str, dict[str, Any]], settings: list[str], seeds: list[int]
 ) -> list[dict[str, Any]]:
     """One row per router setting: mean ± std over seeds, and paired Δ loss vs top-2."""
     rows = []
-    for setting in ["top2", *[f"top_p{p}" for p in ps]]:
+    for setting in settings:
         per_seed = [runs[f"{setting}-s{s}"] for s in seeds]
         top2 = [runs[f"top2-s{s}"] for s in seeds]
         loss = mean_std([r["val_loss"] for r in per_seed])
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the config's")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--ps", default="0.2,0.3,0.4,0.5", help="top-p thresholds")
+    parser.add_argument(
+        "--normalized-ps",
+        default="",
+        help="also run top-p with weights renormalized to sum 1 at these p (diagnostic)",
+    )
     parser.add_argument("--final-eval-batches", type=int, default=64)
     parser.add_argument(
         "--results", default=str(ROOT / "benchmarks" / "results" / "replicate_topp.json")
@@ -135,17 +140,24 @@ def main(argv: list[str] | None = None) -> int:
 
     base = apply_overrides(load_config(args.config), steps=args.steps, threads=args.threads)
     ps = [float(p) for p in args.ps.split(",")]
+    normalized = [float(p) for p in args.normalized_ps.split(",") if p]
     seeds = list(range(args.seeds))
-    variants = []
-    for seed in seeds:
-        variants.append(Variant(f"top2-s{seed}", {"router": "top_k", "k": 2}, seed))
-        variants += [Variant(f"top_p{p}-s{seed}", {"router": "top_p", "p": p}, seed) for p in ps]
+    settings: dict[str, dict[str, Any]] = {"top2": {"router": "top_k", "k": 2}}
+    settings.update({f"top_p{p}": {"router": "top_p", "p": p} for p in ps})
+    settings.update(
+        {f"top_p{p}-norm": {"router": "top_p", "p": p, "normalize": True} for p in normalized}
+    )
+    variants = [
+        Variant(f"{name}-s{seed}", model, seed)
+        for seed in seeds
+        for name, model in settings.items()
+    ]
 
     started = time.perf_counter()
     runs = compare_routers(
         base, variants, args.out, args.final_eval_batches, progress=not args.no_progress
     )
-    rows = aggregate(runs, ps, seeds)
+    rows = aggregate(runs, list(settings), seeds)
     m, t = base.model, base.train
     first = next(iter(runs.values()))
     meta = {

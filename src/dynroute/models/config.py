@@ -28,6 +28,9 @@ class DynMoEConfig(PretrainedConfig):
         k: experts per token for ``top_k`` / ``null_experts``.
         p: threshold of ``top_p`` (the paper's 0.4).
         max_experts: optional cap on experts per token for ``top_p``.
+        normalize: renormalize each token's kept weights to sum to 1 (``top_k`` /
+            ``top_p``); None keeps the router's default (top-k: yes; top-p: no, the
+            paper's raw probabilities).
         num_null: null experts for ``null_experts``.
         capacity_factor: capacity of ``expert_choice``.
         load_balance_weight: α, weight of the load-balance loss (paper: 1e-2).
@@ -59,6 +62,7 @@ class DynMoEConfig(PretrainedConfig):
     k: int = 2
     p: float = 0.4
     max_experts: int | None = None
+    normalize: bool | None = None
     num_null: int = 4
     capacity_factor: float = 2.0
     load_balance_weight: float = 1e-2
@@ -120,11 +124,16 @@ class DynMoEConfig(PretrainedConfig):
         Example:
             >>> DynMoEConfig(router="null_experts", k=2, num_null=3).router_kwargs()
             {'k': 2, 'num_null': 3}
+            >>> DynMoEConfig(router="top_p", p=0.4, normalize=True).router_kwargs()
+            {'p': 0.4, 'normalize': True}
         """
+        out: dict[str, Any] = {}
+        if self.router in ("top_k", "top_p") and self.normalize is not None:
+            out["normalize"] = self.normalize
         if self.router == "top_k":
-            return {"k": self.k}
+            return {"k": self.k, **out}
         if self.router == "top_p":
-            out: dict[str, Any] = {"p": self.p}
+            out = {"p": self.p, **out}
             if self.max_experts is not None:
                 out["max_experts"] = self.max_experts
             return out
