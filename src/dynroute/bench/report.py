@@ -73,10 +73,10 @@ def _by_cell(records: Iterable[Record]) -> dict[tuple[Any, ...], dict[str, Recor
     return cells
 
 
-def best_hf(cell: dict[str, Record]) -> Record | None:
-    """The fastest transformers implementation measured in a cell."""
-    timed = [cell[n] for n in HF_IMPLS if n in cell and cell[n].get("seconds") is not None]
-    return min(timed, key=lambda r: r["seconds"]) if timed else None
+def best_hf(cell: dict[str, Record], metric: str = "seconds") -> Record | None:
+    """The fastest transformers implementation measured in a cell (by ``metric``)."""
+    timed = [cell[n] for n in HF_IMPLS if n in cell and cell[n].get(metric) is not None]
+    return min(timed, key=lambda r: r[metric]) if timed else None
 
 
 def cell_table(records: list[Record]) -> Table:
@@ -144,6 +144,8 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
         zeros = cell.get("grad_zeros", {}).get("seconds")
         row["grad_zeros_x_bound"] = zeros / r["bound_seconds"] if zeros else None
         row["x_best_hf"] = r["seconds"] / hf["seconds"] if hf else None
+        hf_cpu = best_hf(cell, "cpu_seconds")
+        row["x_best_hf_cpu"] = r["cpu_seconds"] / hf_cpu["cpu_seconds"] if hf_cpu else None
         row["best_hf"] = hf["impl"] if hf else None
         mem, bmem = r.get("activation_bytes"), r.get("bound_activation_bytes")
         row["x_bound_mem"] = mem / bmem if mem is not None and bmem else None
@@ -170,13 +172,15 @@ def markdown_summary(records: list[Record]) -> str:
         f"d_model={first['d_model']}, d_ff={first['d_ff']}.",
         "",
         "| router | E | N | mode | k̄ | grouped × bound | paired / cpu | floor × bound "
-        "| grad zeros × bound | grouped × floor | grouped × best hf (which) "
+        "| grad zeros × bound | grouped × floor | grouped × best hf wall / cpu (which) "
         "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ok = "✅" if r["x_bound"] <= bound_limit(r["tokens"]) else "❌"
-        hf = f"{r['x_best_hf']:.2f} ({r['best_hf']})" if r["x_best_hf"] is not None else "—"
+        hf = "—"
+        if r["x_best_hf"] is not None:
+            hf = f"{r['x_best_hf']:.2f} / {_fmt(r['x_best_hf_cpu'])} ({r['best_hf']})"
         mem = f"{r['x_bound_mem']:.2f}" if r["x_bound_mem"] is not None else "—"
         zeros = r["grad_zeros_x_bound"]
         zeros_s = f"{zeros:.2f}" if zeros is not None else "—"
