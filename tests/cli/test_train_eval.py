@@ -115,6 +115,9 @@ def test_demo_fast_writes_report_results_and_plot(config: Path, tmp_path: Path) 
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "## Verdict" in report and "curves.png" in report and "dynroute:analysis" in report
+    assert "(analysis/report.html)" in report
+    html = (out / "analysis" / "report.html").read_text()
+    assert "top2" in html and "top_p" in html
     for name in ("top2", "top_p"):
         assert f"| {name} |" in report
 

@@ -152,6 +152,7 @@ def run_demo(
         title=f"top-2 vs top-p, {tokens:,} tokens each",
     )
     report = format_report(results, base, plot.name, "dynroute demo: top-2 vs top-p")
+    report = report.replace(ANALYSIS_SLOT, _analysis_link(out, fast, progress, console))
     (out / "report.md").write_text(report, encoding="utf-8")
     payload = {"config": base.to_dict(), "runs": results, "plot": str(plot)}
     (out / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
@@ -171,6 +172,30 @@ def run_demo(
     console.print(verdict)
     console.print(f"report: {out / 'report.md'}  plot: {plot}  data: {out / 'results.json'}")
     return payload
+
+
+ANALYSIS_SLOT = "(`dynroute analyze` adds a link to its report here.)"
+
+
+def _analysis_link(out: Path, fast: bool, progress: bool, console: Console) -> str:
+    """Run ``dynroute analyze --compare`` on the two demo models; markdown linking its report."""
+    from dynroute.analysis import compare_report
+
+    console.print("Analysing where each model spends its experts ...")
+    html = compare_report(
+        out / "top2",
+        out / "top_p",
+        out / "analysis",
+        labels=("top2", "top_p"),
+        max_tokens=2_048 if fast else 16_384,
+        progress=progress,
+    )
+    rel = html.relative_to(out)
+    return (
+        f"Side-by-side routing report (experts per layer, difficulty vs experts, load, "
+        f"token-id specialization, expert-cache hit rates): [{rel}]({rel}). "
+        f"Re-render with `dynroute analyze --render {out / 'analysis'}`."
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -26,11 +26,22 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from dynroute.hf import evaluate_text, is_hf_moe_checkpoint
         from dynroute.train.evaluate import evaluate_checkpoint
 
         console = Console()
         try:
-            result = evaluate_checkpoint(checkpoint, data, batch_size, seq_len, max_batches)
+            if is_hf_moe_checkpoint(checkpoint):  # a transformers MoE, patched or not
+                result = evaluate_text(
+                    checkpoint,
+                    data,
+                    batch_size=batch_size or 4,
+                    seq_len=seq_len or 512,
+                    max_batches=max_batches,
+                    progress=not json_out,
+                )
+            else:
+                result = evaluate_checkpoint(checkpoint, data, batch_size, seq_len, max_batches)
         except (FileNotFoundError, ValueError) as err:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err

@@ -33,10 +33,22 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="CPU threads (1 is fastest on a busy shared machine).")
         ] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+        expert_parallel: Annotated[
+            int,
+            typer.Option(
+                "--expert-parallel",
+                min=1,
+                help="Run N CPU processes (torchrun, gloo) that each hold num_experts/N "
+                "experts of every MoE layer and train on their own batches.",
+            ),
+        ] = 1,
     ) -> None:
         """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
+        import os
+
         from rich.console import Console
 
+        from dynroute.parallel import check_expert_parallel, is_launched, launch
         from dynroute.train import apply_overrides, load_config
         from dynroute.train import train as run_training
         from dynroute.train.loop import ConfigMismatchError
@@ -49,10 +61,29 @@ def register(app: typer.Typer) -> None:
             cfg = apply_overrides(
                 cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads
             )
-            result = run_training(cfg, out, progress=progress)
+            if expert_parallel > 1 and not is_launched():
+                from dynroute.models import DynMoEConfig
+                from dynroute.train.data import load_data
+
+                num_experts = DynMoEConfig(**cfg.model).num_experts
+                check_expert_parallel(num_experts, expert_parallel, "--expert-parallel")
+                load_data(cfg.data)  # tokenize once here, not N times in parallel
+                argv = ["train", "--config", str(config), "--out", str(out)]
+                for flag, value in (
+                    ("--data", data), ("--router", router), ("--k", k), ("--p", p),
+                    ("--steps", steps), ("--seed", seed), ("--threads", threads),
+                ):  # fmt: skip
+                    if value is not None:
+                        argv += [flag, str(value)]
+                argv += ["--progress" if progress else "--no-progress"]
+                argv += ["--expert-parallel", str(expert_parallel)]
+                raise typer.Exit(launch(expert_parallel, argv))
+            result = run_training(cfg, out, progress=progress, expert_parallel=expert_parallel)
         except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # rank 0 reports for the whole job
         if result.resumed_from:
             console.print(f"resumed from step {result.resumed_from}")
         if result.final is not None:

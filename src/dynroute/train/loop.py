@@ -29,6 +29,7 @@ from rich.progress import (
 
 from dynroute.data.cache import atomic_write_text
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+from dynroute.parallel import TrainingRanks
 from dynroute.train.checkpoint import (
     CHECKPOINT_NAME,
     MODEL_DIR,
@@ -84,8 +85,8 @@ def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
     )
 
 
-def _check_run_folder(out_dir: Path, cfg: RunConfig) -> None:
-    """Write run.json, or check that an existing one describes the same run."""
+def _check_run_folder(out_dir: Path, cfg: RunConfig, write: bool = True) -> None:
+    """Write run.json (when ``write``), or check that an existing one describes the same run."""
     run_file = out_dir / RUN_FILE
     mine = cfg.to_dict()
     if run_file.is_file():
@@ -110,7 +111,7 @@ def _check_run_folder(out_dir: Path, cfg: RunConfig) -> None:
                 f"{out_dir} already holds a run with a different configuration "
                 f"({'; '.join(diff)}); use a new --out folder, or delete {out_dir} to start over"
             )
-    else:
+    elif write:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_file, json.dumps(mine, indent=2))
 
@@ -140,6 +141,7 @@ def train(
     progress: bool = True,
     label: str = "train",
     stop_after: int | None = None,
+    expert_parallel: int = 1,
 ) -> TrainResult:
     """Train (or resume) a DynMoE language model into ``out_dir``.
 
@@ -149,6 +151,10 @@ def train(
         progress: show a rich progress bar (loss, tokens/s, experts per token) on stderr.
         label: text in front of the progress bar.
         stop_after: stop (after checkpointing) once this many steps are done; for tests.
+        expert_parallel: N > 1 when this process is one of N torchrun ranks that each
+            hold num_experts / N experts (``dynroute train --expert-parallel N`` starts
+            them). Each rank trains on its own batches (``batch_size`` per rank); rank 0
+            logs and writes the (unsharded) checkpoint.
 
     Returns:
         TrainResult.
@@ -159,52 +165,76 @@ def train(
     started = time.perf_counter()
     t = cfg.train
     out_dir = Path(out_dir)
-    _check_run_folder(out_dir, cfg)
+    ranks = TrainingRanks.from_env(expert_parallel)
+    _check_run_folder(out_dir, cfg, write=ranks.is_main)
     if t.threads:
         torch.set_num_threads(t.threads)
 
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 fills the data cache first
     data = load_data(cfg.data)
+    if ranks.is_main:
+        ranks.barrier()
     model_cfg = DynMoEConfig(
         vocab_size=data.vocab_size, max_seq_len=max(t.seq_len, 16), **cfg.model
     )
     torch.manual_seed(t.seed)
-    model = DynMoEForCausalLM(model_cfg)
+    model = DynMoEForCausalLM(model_cfg)  # identical on every rank (same seed) ...
+    run_model = ranks.wrap(model)  # ... then experts sharded, DDP for the rest (N > 1)
     optimizer = _optimizer(model, cfg)
-    sampler = torch.Generator().manual_seed(t.seed + 1)
+    sampler = torch.Generator().manual_seed(t.seed + 1 + 7919 * ranks.rank)
 
     step, tokens_seen = 0, 0
     ckpt_path = out_dir / CHECKPOINT_NAME
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler_rng"])
+        samplers = state.get("sampler_rngs", [state["sampler_rng"]])
+        if len(samplers) != ranks.world_size:
+            raise ConfigMismatchError(
+                f"{ckpt_path} was written by {len(samplers)} process(es); resume it with "
+                f"--expert-parallel {len(samplers)}, or use a new --out folder"
+            )
+        ranks.load_model_state(model, state["model"])
+        ranks.load_optimizer_state(optimizer, model, state["optimizer"])
+        sampler.set_state(samplers[ranks.rank])
         torch.set_rng_state(state["torch_rng"])
         step, tokens_seen = state["step"], state["tokens"]
     resumed_from = step
-    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=step)
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=step) if ranks.is_main else None
     export_extra = {DATA_FILE: data_json(cfg.data)}
 
     def checkpoint() -> None:
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "sampler_rng": sampler.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "tokens": tokens_seen,
-                "model_config": model_cfg.to_dict(),
-                "run_config": cfg.to_dict(),
-            },
-            ckpt_path,
-        )
-        export_model(model, out_dir / MODEL_DIR, export_extra)
+        # Under expert parallelism these gather the shards (collectives on every rank), so
+        # the file is the same as a one-process run's and rank 0 alone writes it.
+        model_state = ranks.model_state(model)
+        optimizer_state = ranks.optimizer_state(optimizer, model)
+        samplers = ranks.gather(sampler.get_state())
+        if ranks.is_main:
+            atomic_save(
+                {
+                    "model": model_state,
+                    "optimizer": optimizer_state,
+                    "sampler_rng": samplers[0],
+                    "sampler_rngs": samplers,
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "model_config": model_cfg.to_dict(),
+                    "run_config": cfg.to_dict(),
+                },
+                ckpt_path,
+            )
+            export_model(
+                _unsharded(model, model_cfg, model_state), out_dir / MODEL_DIR, export_extra
+            )
+        ranks.barrier()
 
     def evaluate() -> dict[str, Any]:
+        # Every rank evaluates the same batches (its expert shard serves all of them).
         result = evaluate_model(model, data.val_tokens, t.batch_size, t.seq_len, t.eval_batches)
         row = {"kind": "eval", "step": step, "tokens": tokens_seen, **result}
-        log.write(row)
+        if log is not None:
+            log.write(row)
         return row
 
     if step == 0 and t.eval_interval:
@@ -214,42 +244,45 @@ def train(
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
     stats = ""
-    with _progress(progress, t.steps, step, label) as update:
+    with _progress(progress and ranks.is_main, t.steps, step, label) as update:
         while step < t.steps:
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = data.train.batch(t.batch_size, t.seq_len, generator=sampler)
-            out = model(x, labels=y)
+            out = run_model(x, labels=y)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                if t.grad_clip > 0
-                else torch.tensor(0.0)
+                ranks.clip_grad_norm_(model, t.grad_clip) if t.grad_clip > 0 else torch.tensor(0.0)
             )
             optimizer.step()
             step += 1
-            tokens_seen += x.numel()
-            window_tokens += x.numel()
+            tokens_seen += x.numel() * ranks.world_size
+            window_tokens += x.numel() * ranks.world_size
 
             if step % t.log_interval == 0 or step == t.steps:
                 elapsed = time.perf_counter() - window_start
-                per_layer = out.experts_per_layer.tolist()
+                # Means over ranks (each rank saw its own batch); a no-op on one process.
+                local = [out.loss.item(), out.lm_loss.item(), out.aux_loss.item()]
+                loss, lm_loss, aux_loss, *per_layer = ranks.mean(
+                    [*local, *out.experts_per_layer.tolist()]
+                )
                 row = {
                     "kind": "train",
                     "step": step,
                     "tokens": tokens_seen,
-                    "loss": out.loss.item(),
-                    "lm_loss": out.lm_loss.item(),
-                    "aux_loss": out.aux_loss.item(),
+                    "loss": loss,
+                    "lm_loss": lm_loss,
+                    "aux_loss": aux_loss,
                     "lr": lr,
                     "grad_norm": float(grad_norm),
                     "mean_experts_per_token": sum(per_layer) / max(len(per_layer), 1),
                     "experts_per_layer": per_layer,
                     "tokens_per_second": window_tokens / max(elapsed, 1e-9),
                 }
-                log.write(row)
+                if log is not None:
+                    log.write(row)
                 stats = (
                     f"loss {row['lm_loss']:.3f}  {row['tokens_per_second']:,.0f} tok/s  "
                     f"{row['mean_experts_per_token']:.2f} experts/token"
@@ -269,11 +302,24 @@ def train(
         last = [
             r for r in _read_rows(out_dir) if r.get("kind") == "eval" and r.get("step") == t.steps
         ]
-        final = last[-1] if last else evaluate()
+        # Rank 0's file decides, so every rank agrees on whether to evaluate (a collective).
+        evaluated = ranks.gather(bool(last))[0]
+        final = (last[-1] if last else None) if evaluated else evaluate()
         checkpoint()
     return TrainResult(
         out_dir, step, tokens_seen, resumed_from, final, time.perf_counter() - started
     )
+
+
+def _unsharded(
+    model: DynMoEForCausalLM, model_cfg: DynMoEConfig, state: dict[str, Any]
+) -> DynMoEForCausalLM:
+    """The model to export: itself on one process, a full copy of the gathered weights else."""
+    if all(model.state_dict()[k].shape == v.shape for k, v in state.items()):
+        return model
+    full = DynMoEForCausalLM(model_cfg)
+    full.load_state_dict(state)
+    return full
 
 
 def _read_rows(out_dir: Path) -> list[dict[str, Any]]:
