@@ -99,10 +99,10 @@ class MoE(nn.Module):
         routing = self.route(logits)
         if routing.num_experts != self.num_experts:
             raise ValueError(
-                f"MoE: router returned a Routing over {routing.num_experts} experts, "
-                f"the layer has {self.num_experts}"
+                f"{type(self).__name__}: router returned a Routing over "
+                f"{routing.num_experts} experts, the layer has {self.num_experts}"
             )
-        y = self.dispatch(flat, routing, self.experts.weights())
+        y = self.run_experts(flat, routing)
         losses = router_loss(
             routing, logits, self.load_balance_weight, self.dynamic_weight, self.z_loss_weight
         )
@@ -110,6 +110,10 @@ class MoE(nn.Module):
             routing, logits, losses["load_balance"], losses["dynamic"], losses["z"], losses["total"]
         )
         return y.to(x.dtype).reshape(shape), aux
+
+    def run_experts(self, flat: Tensor, routing: Routing) -> Tensor:
+        """Expert outputs combined per token, [N, d_model]; subclasses change where experts run."""
+        return self.dispatch(flat, routing, self.experts.weights())
 
     def extra_repr(self) -> str:
         fn = getattr(self.route, "func", self.route)

@@ -9,11 +9,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dynroute.layers import MoE, MoEAux
+from dynroute.layers import MoE
 from dynroute.layers.experts import SwiGLUExperts
 from dynroute.parallel.comm import Group, all_to_all, exchange_counts
 from dynroute.routing import Routing
-from dynroute.routing.losses import router_loss
 
 
 def require_group(group: Group, fn: str) -> tuple[int, int]:
@@ -167,24 +166,9 @@ class ExpertParallelMoE(MoE):
             setattr(clone, name, copy.deepcopy(value, memo))
         return clone
 
-    def forward(self, x: Tensor) -> tuple[Tensor, MoEAux]:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1]).to(self.experts.gate_up.dtype)
-        logits = self.gate(flat).float()
-        routing = self.route(logits)
-        if routing.num_experts != self.num_experts:
-            raise ValueError(
-                f"ExpertParallelMoE: router returned a Routing over {routing.num_experts} "
-                f"experts, the layer has {self.num_experts}"
-            )
-        y = self.exchange_and_run(flat, routing)
-        losses = router_loss(
-            routing, logits, self.load_balance_weight, self.dynamic_weight, self.z_loss_weight
-        )
-        aux = MoEAux(
-            routing, logits, losses["load_balance"], losses["dynamic"], losses["z"], losses["total"]
-        )
-        return y.to(x.dtype).reshape(shape), aux
+    def run_experts(self, flat: Tensor, routing: Routing) -> Tensor:
+        # MoE.forward routes and computes the losses locally; only the experts are remote.
+        return self.exchange_and_run(flat, routing)
 
     def exchange_and_run(self, flat: Tensor, routing: Routing) -> Tensor:
         """Send the assigned rows of ``flat`` [N, d] to their experts' ranks and combine.
