@@ -84,6 +84,18 @@ def test_train_resume_eval(config: Path, tmp_path: Path) -> None:
     table = runner.invoke(app, ["eval", str(out / "model"), "--max-batches", "1"])
     assert table.exit_code == 0 and "perplexity" in table.output
 
+    # --data OTHER is encoded with the run's tokenizer: no second tokenizer is trained
+    other = tmp_path / "other.txt"
+    other.write_text((Path(sysconfig.get_paths()["stdlib"]) / "fnmatch.py").read_text() * 4)
+    tokenizers_before = sorted((tmp_path / "cache").rglob("tokenizer-*"))
+    assert tokenizers_before, "the run's tokenizer is cached"
+    elsewhere = runner.invoke(
+        app, ["eval", str(out), "--json", "--max-batches", "1", "--data", str(other)]
+    )
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert sorted((tmp_path / "cache").rglob("tokenizer-*")) == tokenizers_before
+    assert json.loads(elsewhere.stdout)["val_loss"] != metrics["val_loss"]
+
 
 def test_eval_of_a_non_checkpoint_says_what_to_pass(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(tmp_path)])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynroute.data import iter_eval_batches
+from dynroute.data import encode_documents, iter_eval_batches, load_corpus
 from dynroute.train.config import DataConfig, RunConfig
 from dynroute.train.data import DATA_FILE, load_data
 
@@ -261,7 +261,9 @@ def evaluate_checkpoint(
 
     Args:
         path: a ``dynroute train`` output folder, or its ``model/`` folder.
-        data: evaluate on another corpus (same tokenizer settings as the run).
+        data: evaluate on the validation split of another corpus, encoded with the
+            run's own tokenizer (a tokenizer trained on that corpus would make the loss
+            meaningless for this model).
         batch_size, seq_len: override the run's shapes; max_batches: cap the windows.
 
     Returns:
@@ -272,11 +274,15 @@ def evaluate_checkpoint(
         5.1
     """
     loaded = load_any_checkpoint(path)
-    data_cfg = loaded.data if data is None else DataConfig(**{**vars(loaded.data), "source": data})
-    prepared = load_data(data_cfg)
+    prepared = load_data(loaded.data)
+    val_tokens = prepared.val_tokens
+    if data is not None:
+        source = None if data in ("", "stdlib") else data
+        docs = load_corpus(source, "validation", text_column=loaded.data.text_column)
+        val_tokens = encode_documents(prepared.tokenizer, docs)
     result = evaluate_model(
         loaded.model,
-        prepared.val_tokens,
+        val_tokens,
         batch_size or loaded.batch_size,
         seq_len or loaded.seq_len,
         max_batches,
