@@ -190,18 +190,7 @@ def cap_bytes_spread(
     if len(names) != len(documents):
         raise ValueError("keys and documents must have the same length")
     order = sorted(range(len(documents)), key=lambda i: (hash_score("sample:" + names[i]), i))
-    chosen: dict[int, str] = {}
-    budget = max_bytes
-    for i in order:
-        doc = documents[i]
-        if not doc:
-            continue
-        raw = doc.encode("utf-8")
-        if len(raw) >= budget:
-            head = raw[:budget].decode("utf-8", errors="ignore")
-            if head:
-                chosen[i] = head
-            break
-        chosen[i] = doc
-        budget -= len(raw)
+    visit = [i for i in order if documents[i]]
+    # cap_bytes keeps its input order and only stops early, so position j is visit[j].
+    chosen = dict(zip(visit, cap_bytes([documents[i] for i in visit], max_bytes), strict=False))
     return [chosen[i] for i in sorted(chosen)]
