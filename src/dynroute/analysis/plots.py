@@ -46,6 +46,25 @@ def _layer_ticks(ax: Any, s: dict[str, Any], axis: str = "x") -> None:
         ax.set_yticks(pos, labels)
 
 
+def _layer_heatmap(
+    fig: Figure,
+    ax: Any,
+    s: dict[str, Any],
+    grid: np.ndarray,
+    scale: tuple[str, float, float],
+    xlabel: str,
+    title: str,
+    bar_label: str,
+) -> None:
+    """A [layers, x] heatmap with integer layer ticks and a colour bar; scale = (cmap, lo, hi)."""
+    cmap, lo, hi = scale
+    im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=lo, vmax=hi, origin="lower")
+    ax.set(xlabel=xlabel, ylabel="layer", title=title)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _layer_ticks(ax, s, "y")
+    fig.colorbar(im, ax=ax, label=bar_label)
+
+
 def _fig(ncols: int = 1, nrows: int = 1, w: float = 6.0, h: float = 3.6) -> Figure:
     fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
     fig.subplots(nrows, ncols, squeeze=False)
@@ -76,11 +95,10 @@ def plot_experts_hist(runs: Runs) -> Figure:
         grid = np.zeros((len(rows), width_k))
         for j, r in enumerate(rows):
             grid[j, : r.size] = r / max(r.sum(), 1)
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower")
-        ax.set(xlabel="experts per token", ylabel="layer", title=f"{label}: per layer")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        _layer_ticks(ax, s, "y")
-        fig.colorbar(im, ax=ax, label="share of tokens")
+        _layer_heatmap(
+            fig, ax, s, grid, ("viridis", 0, 1), "experts per token", f"{label}: per layer",
+            "share of tokens",
+        )  # fmt: skip
     return fig
 
 
@@ -164,14 +182,11 @@ def plot_load(runs: Runs) -> Figure:
         grid = np.full((len(rows), e), np.nan)
         for j, r in enumerate(rows):
             grid[j, : r.size] = r / max(r.sum(), 1) * r.size  # 1.0 = balanced
-        im = ax.imshow(grid, aspect="auto", cmap="coolwarm", vmin=0, vmax=2, origin="lower")
         cv = _arr([lay["load_cv"] for lay in s["layers"]])
-        ax.set(
-            xlabel="expert", ylabel="layer", title=f"{label}: load (mean CV {np.nanmean(cv):.2f})"
-        )
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        _layer_ticks(ax, s, "y")
-        fig.colorbar(im, ax=ax, label="tokens / balanced share")
+        _layer_heatmap(
+            fig, ax, s, grid, ("coolwarm", 0, 2), "expert",
+            f"{label}: load (mean CV {np.nanmean(cv):.2f})", "tokens / balanced share",
+        )  # fmt: skip
     return fig
 
 
