@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatch_cases import ROUTERS, D, E, make_case
 from dynroute.dispatch import (
     ExpertWeights,
     choose_path,
@@ -15,29 +16,7 @@ from dynroute.dispatch import (
     loop,
 )
 from dynroute.dispatch.combine import Combiner
-from dynroute.routing import Routing, expert_choice, null_experts, top_k, top_p
-
-E, D, F = 6, 8, 12
-
-ROUTERS = {
-    "top_k1": lambda x: top_k(x, 1),
-    "top_k2": lambda x: top_k(x, 2, normalize=False),
-    "top_p": lambda x: top_p(x, 0.5),
-    "top_p_norm_cap": lambda x: top_p(x, 0.7, max_experts=3, normalize=True),
-    # a bias towards the nulls so that some tokens pick no real expert at all
-    "null_experts": lambda x: null_experts(x + torch.tensor([0.0] * E + [4.0, 4.0]), 2, 2),
-    "expert_choice": lambda x: expert_choice(x, 0.75),
-}
-
-
-def make_case(n: int, router: str, seed: int = 0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    extra = 2 if router == "null_experts" else 0
-    x = torch.randn(n, D, generator=g, dtype=dtype)
-    gate = torch.randn(D, E + extra, generator=g, dtype=dtype) * 0.7
-    gate_up = torch.randn(E, D, 2 * F, generator=g, dtype=dtype) * 0.3
-    down = torch.randn(E, F, D, generator=g, dtype=dtype) * 0.3
-    return [t.requires_grad_() for t in (x, gate, gate_up, down)]
+from dynroute.routing import Routing, top_k, top_p
 
 
 def run(dispatch, n, router, seed=0, dtype=torch.float32):

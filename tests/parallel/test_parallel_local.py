@@ -108,3 +108,8 @@ def test_deepcopy_shares_the_process_group():
         assert twin.group is group and twin.experts.down is not ep.experts.down
         x = torch.randn(3, 8)
         torch.testing.assert_close(twin(x)[0], ep(x)[0])
+
+
+def test_per_expert_layout_is_refused_with_a_clear_error():
+    with local_group(), pytest.raises(ValueError, match="expert_layout='stacked'"):
+        shard_experts(MoE(8, 16, 2, expert_layout="per_expert"))

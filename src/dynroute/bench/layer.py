@@ -48,7 +48,7 @@ Record = dict[str, Any]
 ROUTERS = ("top2", "top8", "top_p")
 MODES = ("fwd", "fwd+bwd")
 HF_IMPLS = ("hf_eager", "hf_batched_mm", "hf_grouped_mm", "mixtral_loop")
-DYNROUTE_IMPLS = ("grouped", "loop", "dense")
+DYNROUTE_IMPLS = ("grouped", "grouped_per_expert", "loop", "dense")
 REFERENCES = ("bound", "floor", "grad_zeros")
 TARGET_MEAN_EXPERTS = 1.5
 
@@ -270,6 +270,10 @@ class _CellRun:
             self.params["grad_zeros"] = []
 
         self._add("grouped", lambda: grouped(x, r, w), dyn_leaves, self.grad_out)
+        # the same dispatch on per-expert weight tensors (expert_layout="per_expert")
+        per = ExpertWeights(tuple(gl), tuple(dl))
+        leaves = [x, r.weight, *gl, *dl]
+        self._add("grouped_per_expert", lambda: grouped(x, r, per), leaves, self.grad_out)
         waste = active * e * self._expert_bytes()  # full-size gradient per indexed expert
         if self.backward and waste > self.setup.max_bytes:
             self.skipped["loop"] = _gb("backward materialises", waste, "of per-expert zeros")

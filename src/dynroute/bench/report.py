@@ -15,6 +15,7 @@ from dynroute.bench.layer import HF_IMPLS, Record, record_key
 
 IMPL_ORDER = (
     "grouped",
+    "grouped_per_expert",
     "loop",
     "dense",
     "hf_grouped_mm",
@@ -173,10 +174,23 @@ def markdown_summary(records: list[Record]) -> str:
         "",
         "| router | E | N | mode | k̄ | grouped × bound | paired / cpu | floor × bound "
         "| grad zeros × bound | grouped × floor | grouped × best hf wall / cpu (which) "
-        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) "
+        "| per-expert × bound wall / cpu | per-expert × best hf cpu | per-expert mem × bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    per_expert = {
+        (r["router"], r["num_experts"], r["tokens"], r["mode"]): r
+        for r in target_rows(records, impl="grouped_per_expert")
+    }
     for r in rows:
+        pe = per_expert.get((r["router"], r["num_experts"], r["tokens"], r["mode"]))
+        pe_s = "— | — | —"
+        if pe is not None:
+            pe_ok = "✅" if pe["x_bound"] <= bound_limit(pe["tokens"]) else "❌"
+            pe_s = (
+                f"{pe['x_bound']:.2f} {pe_ok} / {_fmt(pe['cpu_x_bound'])} "
+                f"| {_fmt(pe['x_best_hf_cpu'])} | {_fmt(pe['x_bound_mem'])}"
+            )
         ok = "✅" if r["x_bound"] <= bound_limit(r["tokens"]) else "❌"
         hf = "—"
         if r["x_best_hf"] is not None:
@@ -192,7 +206,7 @@ def markdown_summary(records: list[Record]) -> str:
             f"| {r['router']} | {r['num_experts']} | {r['tokens']} | {r['mode']} "
             f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {_fmt(r['paired_x_bound'])} / "
             f"{_fmt(r['cpu_x_bound'])} | {r['floor_x_bound']:.2f} "
-            f"| {zeros_s} | {r['x_floor']:.2f} | {hf} | {mem} | {tp} |"
+            f"| {zeros_s} | {r['x_floor']:.2f} | {hf} | {mem} | {tp} | {pe_s} |"
         )
     return "\n".join(lines) + "\n"
 

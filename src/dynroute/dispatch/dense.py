@@ -28,6 +28,7 @@ def dense(x: Tensor, routing: Routing, experts: ExpertWeights) -> Tensor:
         torch.Size([5, 8])
     """
     check_dispatch_inputs(x, routing.num_experts, experts, "dense")
+    experts = experts.stacked()  # a reference: copying per-expert weights is fine here
     h = experts.glu(torch.einsum("nd,edf->enf", x, experts.gate_up))
     y = torch.bmm(h, experts.down)  # [E, N, d]
     combine = routing.dense_weights().to(x.dtype)  # [N, E]

@@ -1,47 +1,86 @@
-"""The weights a dispatch path multiplies by: stacked SwiGLU experts."""
+"""The weights a dispatch path multiplies by: SwiGLU experts, stacked or one tensor each."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: One [E, ...] tensor, or one tensor per expert (the "per_expert" layout).
+ExpertTensors = Tensor | tuple[Tensor, ...]
+
 
 class ExpertWeights(NamedTuple):
-    """Stacked SwiGLU expert weights, laid out for ``x @ W``.
+    """SwiGLU expert weights, laid out for ``x @ W``: stacked, or one tensor per expert.
 
     Attributes:
-        gate_up: [E, d_model, 2·d_ff]; columns [:d_ff] are the gate, [d_ff:] the up projection.
-        down: [E, d_ff, d_model].
+        gate_up: [E, d_model, 2·d_ff] (or a tuple of E [d_model, 2·d_ff] tensors);
+            columns [:d_ff] are the gate, [d_ff:] the up projection.
+        down: [E, d_ff, d_model] (or a tuple of E [d_ff, d_model] tensors).
         activation: applied to the gate half (SiLU for SwiGLU).
 
     A transposed view of transformers' [E, 2·d_ff, d_model] / [E, d_model, d_ff]
     weights is accepted as is (``w.transpose(1, 2)``); nothing is copied.
 
+    Stacked weights feed grouped GEMMs; their gradient is one [E, ...] tensor however
+    few experts ran. Per-expert tensors (tuples) give gradients only to the experts
+    that received tokens: cheaper backward for small batches (see docs/performance.md).
+
     Example:
         >>> import torch
         >>> w = ExpertWeights(torch.zeros(4, 8, 32), torch.zeros(4, 16, 8))
-        >>> w.num_experts, w.d_model, w.d_ff
-        (4, 8, 16)
+        >>> w.num_experts, w.d_model, w.d_ff, w.per_expert
+        (4, 8, 16, False)
+        >>> ExpertWeights(tuple(w.gate_up), tuple(w.down)).per_expert
+        True
     """
 
-    gate_up: Tensor
-    down: Tensor
+    gate_up: ExpertTensors
+    down: ExpertTensors
     activation: Callable[[Tensor], Tensor] = F.silu
 
     @property
+    def per_expert(self) -> bool:
+        """Whether the weights are one tensor per expert (tuples) rather than stacked."""
+        return isinstance(self.gate_up, tuple | list)
+
+    @property
     def num_experts(self) -> int:
-        return self.gate_up.shape[0]
+        return len(self.gate_up)
 
     @property
     def d_model(self) -> int:
-        return self.gate_up.shape[1]
+        return self.gate_up[0].shape[0]
 
     @property
     def d_ff(self) -> int:
-        return self.down.shape[1]
+        return self.down[0].shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.gate_up[0].dtype
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """Every weight tensor: (gate_up, down) stacked, all per-expert tensors otherwise."""
+        if self.per_expert:
+            return (*self.gate_up, *self.down)
+        return (self.gate_up, self.down)  # type: ignore[return-value]
+
+    def stacked(self) -> ExpertWeights:
+        """The same weights as stacked [E, ...] tensors (a copy for per-expert weights).
+
+        Example:
+            >>> import torch
+            >>> w = ExpertWeights((torch.zeros(8, 32),) * 4, (torch.zeros(16, 8),) * 4)
+            >>> w.stacked().gate_up.shape
+            torch.Size([4, 8, 32])
+        """
+        if not self.per_expert:
+            return self
+        return ExpertWeights(torch.stack(self.gate_up), torch.stack(self.down), self.activation)
 
     def glu(self, gate_up_out: Tensor) -> Tensor:
         """activation(gate) * up for a [..., 2·d_ff] projection."""
@@ -70,5 +109,5 @@ def empty_output(x: Tensor, routing_weight: Tensor, weights: ExpertWeights) -> T
 
     Keeps ``loss.backward()`` working (with zero gradients) on a batch that ran no expert.
     """
-    tied = weights.gate_up.sum() + weights.down.sum() + routing_weight.sum()
+    tied = sum((t.sum() for t in weights.tensors()), routing_weight.sum())
     return x.new_zeros(x.shape) + 0.0 * (x.sum() + tied).to(x.dtype)

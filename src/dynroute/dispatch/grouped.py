@@ -6,7 +6,10 @@ Execution paths (all exact, all agree with ``loop``; ``grouped`` picks one per c
   the default for SwiGLU with SiLU when ``grouped_mm`` takes the operands;
 - ``"slices"``: the same fused op, one ``torch.mm`` per contiguous expert slice; taken
   when ``grouped_mm`` cannot take the operands (float64, unaligned strides, old torch);
-- ``"autograd"``: plain torch ops under autograd; taken for any other activation.
+- ``"autograd"``: plain torch ops under autograd; taken for any other activation;
+- ``"per_expert"``: weights given as one tensor per expert (``ExpertWeights`` of
+  tuples): one GEMM chain per expert that received tokens, under autograd, so only
+  those experts get a gradient. Taken whenever the weights are per-expert.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from torch import Tensor, nn
 
 from dynroute.dispatch.experts import ExpertWeights, check_dispatch_inputs, empty_output
 from dynroute.dispatch.fused import FusedSwiGLUDispatch
-from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported
+from dynroute.dispatch.gemm import group_sizes, grouped_linear, grouped_mm_supported
 from dynroute.routing import Routing
 
-PATHS = ("auto", "grouped_mm", "slices", "autograd")
+PATHS = ("auto", "grouped_mm", "slices", "autograd", "per_expert")
 
 
 def is_silu(activation: object) -> bool:
@@ -42,7 +45,11 @@ def choose_path(x: Tensor, experts: ExpertWeights) -> str:
         >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
         >>> choose_path(torch.randn(5, 8), w), choose_path(torch.randn(5, 8).double(), w)
         ('grouped_mm', 'slices')
+        >>> choose_path(torch.randn(5, 8), ExpertWeights(tuple(w.gate_up), tuple(w.down)))
+        'per_expert'
     """
+    if experts.per_expert:
+        return "per_expert"
     if not is_silu(experts.activation):
         return "autograd"
     gu_t, down_t = experts.gate_up.transpose(1, 2), experts.down.transpose(1, 2)
@@ -65,8 +72,9 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
     Args:
         x: [N, d_model] tokens.
         routing: assignments sorted by expert (any router).
-        experts: stacked weights for ``routing.num_experts`` experts.
-        path: "auto" (default) or one of "grouped_mm", "slices", "autograd" (see module doc).
+        experts: weights of ``routing.num_experts`` experts, stacked or per expert.
+        path: "auto" (default) or one of "grouped_mm", "slices", "autograd", "per_expert"
+            (see module doc).
 
     Returns:
         [N, d_model]; tokens with no assignment get zeros.
@@ -85,7 +93,13 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
         return empty_output(x, routing.weight, experts)
     if path == "auto":
         path = choose_path(x, experts)
-    elif path != "autograd" and not is_silu(experts.activation):
+    elif (path == "per_expert") != experts.per_expert:
+        raise ValueError(
+            f"grouped: path {path!r} does not fit "
+            f"{'per-expert' if experts.per_expert else 'stacked'} weights; "
+            "'per_expert' is the path for per-expert weights; use path='auto'"
+        )
+    elif path != "autograd" and path != "per_expert" and not is_silu(experts.activation):
         raise ValueError(f"grouped: path {path!r} is fused SwiGLU with SiLU; use path='autograd'")
     elif path == "grouped_mm" and choose_path(x, experts) != "grouped_mm":
         raise ValueError(
@@ -93,7 +107,7 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
             "16-byte aligned strides); use path='slices' or 'auto'"
         )
     offs = routing.expert_counts().cumsum(0).to(torch.int32)
-    if path == "autograd":
+    if path in ("autograd", "per_expert"):
         return _composed(x, routing, experts, offs)
     use_gmm = path == "grouped_mm"
     return FusedSwiGLUDispatch.apply(
@@ -102,9 +116,14 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
 
 
 def _composed(x: Tensor, routing: Routing, experts: ExpertWeights, offs: Tensor) -> Tensor:
-    """Plain torch ops under autograd: any activation, any dtype."""
+    """Plain torch ops under autograd: any activation, any dtype, either weight layout."""
     rows = x.index_select(0, routing.token)
-    h = experts.glu(grouped_linear(rows, experts.gate_up, offs))
-    y = grouped_linear(h.contiguous(), experts.down, offs)
+    if experts.per_expert:
+        # experts with no rows never touch their weights, so they get no gradient at all
+        chunks = rows.split(group_sizes(offs))
+        y = torch.cat([experts.ffn(c, e) for e, c in enumerate(chunks) if c.shape[0]])
+    else:
+        h = experts.glu(grouped_linear(rows, experts.gate_up, offs))
+        y = grouped_linear(h.contiguous(), experts.down, offs)
     y = y * routing.weight[:, None].to(y.dtype)
     return x.new_zeros(x.shape).index_add_(0, routing.token, y)

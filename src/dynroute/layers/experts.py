@@ -1,4 +1,4 @@
-"""SwiGLU experts stored as stacked [E, ...] parameters."""
+"""SwiGLU experts: stacked [E, ...] parameters, or one parameter pair per expert."""
 
 from __future__ import annotations
 
@@ -9,38 +9,73 @@ from torch import nn
 
 from dynroute.dispatch import ExpertWeights
 
+LAYOUTS = ("stacked", "per_expert")
+
 
 class SwiGLUExperts(nn.Module):
-    """E SwiGLU FFNs in two stacked parameters, ready for grouped GEMMs.
+    """E SwiGLU FFNs: two stacked parameters (grouped GEMMs) or a parameter pair per expert.
 
     Args:
         d_model: model width; d_ff: hidden width of each expert; num_experts: E.
+        layout: ``"stacked"`` (default): ``gate_up`` [E, d_model, 2·d_ff] and ``down``
+            [E, d_ff, d_model] parameters, the layout of grouped-GEMM kernels and of
+            transformers' MoE blocks; its weight gradient is one full [E, ...] tensor
+            every step. ``"per_expert"``: ``gate_up`` / ``down`` are ParameterLists of E
+            [d_model, 2·d_ff] / [d_ff, d_model] parameters; experts that received no
+            token get no gradient, which makes training steps with few tokens per
+            expert much cheaper on CPU (docs/performance.md).
 
     Attributes:
-        gate_up: Parameter [E, d_model, 2·d_ff] (gate half first).
-        down: Parameter [E, d_ff, d_model].
+        gate_up: Parameter [E, d_model, 2·d_ff] (gate half first), or a ParameterList.
+        down: Parameter [E, d_ff, d_model], or a ParameterList.
 
     Example:
         >>> experts = SwiGLUExperts(8, 16, 4)
         >>> experts.weights().gate_up.shape
         torch.Size([4, 8, 32])
+        >>> len(SwiGLUExperts(8, 16, 4, layout="per_expert").weights().gate_up)
+        4
     """
 
-    def __init__(self, d_model: int, d_ff: int, num_experts: int) -> None:
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, layout: str = "stacked") -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"SwiGLUExperts: unknown layout {layout!r}; choose one of {LAYOUTS}")
         self.d_model, self.d_ff, self.num_experts = d_model, d_ff, num_experts
-        self.gate_up = nn.Parameter(torch.empty(num_experts, d_model, 2 * d_ff))
-        self.down = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        self.layout = layout
+        self.gate_up: nn.Parameter | nn.ParameterList
+        self.down: nn.Parameter | nn.ParameterList
+        if layout == "stacked":
+            self.gate_up = nn.Parameter(torch.empty(num_experts, d_model, 2 * d_ff))
+            self.down = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        else:
+            self.gate_up = nn.ParameterList(
+                torch.empty(d_model, 2 * d_ff) for _ in range(num_experts)
+            )
+            self.down = nn.ParameterList(torch.empty(d_ff, d_model) for _ in range(num_experts))
         self.reset_parameters()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The experts' parameter dtype."""
+        return self.weights().dtype
 
     def reset_parameters(self) -> None:
         # Same scale as nn.Linear's default (uniform ±1/sqrt(fan_in)) for each expert.
-        nn.init.uniform_(self.gate_up, -1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model))
-        nn.init.uniform_(self.down, -1 / math.sqrt(self.d_ff), 1 / math.sqrt(self.d_ff))
+        w = self.weights()
+        for t in w.gate_up if w.per_expert else (w.gate_up,):
+            nn.init.uniform_(t, -1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model))
+        for t in w.down if w.per_expert else (w.down,):
+            nn.init.uniform_(t, -1 / math.sqrt(self.d_ff), 1 / math.sqrt(self.d_ff))
 
     def weights(self) -> ExpertWeights:
         """The parameters as the ExpertWeights every dispatch path takes."""
-        return ExpertWeights(self.gate_up, self.down)
+        if self.layout == "per_expert":
+            return ExpertWeights(tuple(self.gate_up), tuple(self.down))
+        return ExpertWeights(self.gate_up, self.down)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}"
+        return (
+            f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
+            f"layout={self.layout}"
+        )

@@ -48,6 +48,10 @@ class MoE(nn.Module):
         dispatch: "grouped" (default), "loop", "dense", or a callable.
         load_balance_weight, dynamic_weight, z_loss_weight: weights of the
             auxiliary losses summed into ``aux.loss`` (defaults: the paper's).
+        expert_layout: "stacked" (default; grouped GEMMs, transformers' layout) or
+            "per_expert" (a parameter pair per expert: only experts that got tokens get
+            gradients; faster training with few tokens per expert on CPU). See
+            :class:`~dynroute.layers.experts.SwiGLUExperts`.
         **router_kwargs: arguments of a named router, e.g. ``p=0.4``.
 
     Shapes:
@@ -71,6 +75,7 @@ class MoE(nn.Module):
         load_balance_weight: float = LOAD_BALANCE_WEIGHT,
         dynamic_weight: float = DYNAMIC_WEIGHT,
         z_loss_weight: float = 0.0,
+        expert_layout: str = "stacked",
         **router_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -87,14 +92,14 @@ class MoE(nn.Module):
         )
         self.num_experts = num_experts
         self.gate = nn.Linear(d_model, num_experts + extra_logits(self.route), bias=False)
-        self.experts = SwiGLUExperts(d_model, d_ff, num_experts)
+        self.experts = SwiGLUExperts(d_model, d_ff, num_experts, layout=expert_layout)
         self.load_balance_weight = load_balance_weight
         self.dynamic_weight = dynamic_weight
         self.z_loss_weight = z_loss_weight
 
     def forward(self, x: Tensor) -> tuple[Tensor, MoEAux]:
         shape = x.shape
-        flat = x.reshape(-1, shape[-1]).to(self.experts.gate_up.dtype)
+        flat = x.reshape(-1, shape[-1]).to(self.experts.dtype)
         logits = self.gate(flat).float()
         routing = self.route(logits)
         if routing.num_experts != self.num_experts:

@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from dynroute.layers.experts import LAYOUTS
 from dynroute.routing import ROUTERS
 
 __all__ = ["DynMoEConfig"]
@@ -37,6 +38,8 @@ class DynMoEConfig(PretrainedConfig):
         dynamic_weight: β, weight of the dynamic (entropy) loss (paper: 1e-4).
         z_loss_weight: weight of the router z-loss (0 = off).
         dispatch: ``"grouped"`` (default), ``"loop"`` or ``"dense"``.
+        expert_layout: ``"stacked"`` (default) or ``"per_expert"`` (see
+            :class:`~dynroute.layers.experts.SwiGLUExperts`).
         max_seq_len: longest sequence (sets the RoPE table size).
         rope_theta: RoPE base.
         norm_eps: RMSNorm epsilon.
@@ -69,6 +72,7 @@ class DynMoEConfig(PretrainedConfig):
     dynamic_weight: float = 1e-4
     z_loss_weight: float = 0.0
     dispatch: str = "grouped"
+    expert_layout: str = "stacked"
     max_seq_len: int = 1024
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
@@ -81,6 +85,11 @@ class DynMoEConfig(PretrainedConfig):
         if self.router not in ROUTERS:
             raise ValueError(
                 f"DynMoEConfig: unknown router {self.router!r}; choose one of {list(ROUTERS)}"
+            )
+        if self.expert_layout not in LAYOUTS:
+            raise ValueError(
+                f"DynMoEConfig: unknown expert_layout {self.expert_layout!r}; "
+                f"choose one of {list(LAYOUTS)}"
             )
         if self.d_model % self.n_heads:
             raise ValueError(

@@ -114,6 +114,7 @@ class Block(nn.Module):
                 load_balance_weight=config.load_balance_weight,
                 dynamic_weight=config.dynamic_weight,
                 z_loss_weight=config.z_loss_weight,
+                expert_layout=config.expert_layout,
                 **config.router_kwargs(),
             )
         else:
@@ -166,8 +167,8 @@ class DynMoEPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear | nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, SwiGLUExperts):
-            init.normal_(module.gate_up, mean=0.0, std=std)
-            init.normal_(module.down, mean=0.0, std=std)
+            for weight in module.weights().tensors():
+                init.normal_(weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
 

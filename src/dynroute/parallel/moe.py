@@ -126,6 +126,12 @@ class ExpertParallelMoE(MoE):
             raise TypeError("ExpertParallelMoE: this MoE is already expert-parallel")
         if not isinstance(moe, MoE):
             raise TypeError(f"ExpertParallelMoE: expected dynroute.layers.MoE, got {type(moe)}")
+        if moe.experts.layout != "stacked":
+            raise ValueError(
+                "ExpertParallelMoE: expert parallelism shards stacked [E, ...] expert weights; "
+                f"this MoE has expert_layout={moe.experts.layout!r}. Build it with "
+                "expert_layout='stacked' (the default)"
+            )
         e = moe.num_experts
         check_expert_parallel(e, world, "ExpertParallelMoE")
         nn.Module.__init__(self)

@@ -38,10 +38,13 @@ def null_experts(logits: Tensor, k: int, num_null: int) -> Routing:
     check_int(k, "k", "null_experts", 1, total)
     e = total - num_null
     probs = torch.softmax(logits, dim=-1)
-    top_w, top_i = torch.topk(probs, k, dim=-1)
+    _, top_i = torch.topk(probs, k, dim=-1)
     real = top_i < e
-    denom = (top_w * real).sum(dim=-1, keepdim=True)
-    weight = top_w / denom.clamp_min(torch.finfo(top_w.dtype).tiny)
+    # Renormalised over the real experts picked: a softmax of their logits, which stays
+    # exact where their probabilities underflow (probabilities / their sum would not).
+    picked = torch.where(real, logits.gather(-1, top_i), float("-inf"))
+    picked = torch.where(real.any(dim=-1, keepdim=True), picked, 0.0)
+    weight = torch.softmax(picked, dim=-1)
     token = torch.arange(n, device=logits.device)[:, None].expand(n, k)
     return Routing.from_assignments(
         token[real],
