@@ -214,3 +214,23 @@ def test_combiner_sparse_and_index_put_agree():
     got16 = Combiner(token, 4)(rows.bfloat16(), scale)  # index_put_ path
     torch.testing.assert_close(got16.float(), want, atol=0.05, rtol=0.05)
     assert Combiner(token, 5)(rows)[2].abs().sum() == 0  # token 2 and 4 get nothing
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_forward_only_small_calls_match_the_fused_path(n, monkeypatch):
+    """Decoding-size forward-only calls skip the fused op; the result must not change."""
+    import importlib
+
+    # the package re-exports the function `grouped`, which shadows the module's name
+    grouped_module = importlib.import_module("dynroute.dispatch.grouped")
+
+    x, gate, gate_up, down = (t.detach() for t in make_case(n, "top_p"))
+    r = top_p(x @ gate, 0.5)
+    w = ExpertWeights(gate_up, down)
+    taken = []
+    composed = grouped_module._composed
+    monkeypatch.setattr(grouped_module, "_composed", lambda *a: taken.append(True) or composed(*a))
+    with torch.no_grad():
+        y = grouped(x, r, w)
+    assert bool(taken) == (r.num_assignments <= grouped_module.SMALL_FORWARD)
+    torch.testing.assert_close(y, grouped(x, r, w, path="grouped_mm"), atol=1e-5, rtol=1e-5)

@@ -10,6 +10,10 @@ Execution paths (all exact, all agree with ``loop``; ``grouped`` picks one per c
 - ``"per_expert"``: weights given as one tensor per expert (``ExpertWeights`` of
   tuples): one GEMM chain per expert that received tokens, under autograd, so only
   those experts get a gradient. Taken whenever the weights are per-expert.
+
+``"auto"`` also sends forward-only calls (no gradient needed) with at most
+``SMALL_FORWARD`` assignments, i.e. decoding a few tokens, to ``"autograd"``: same
+GEMMs, less fixed cost per call.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dynroute.dispatch.gemm import group_sizes, grouped_linear, grouped_mm_suppo
 from dynroute.routing import Routing
 
 PATHS = ("auto", "grouped_mm", "slices", "autograd", "per_expert")
+#: Forward-only calls with at most this many assignments take the "autograd" path.
+SMALL_FORWARD = 64
 
 
 def is_silu(activation: object) -> bool:
@@ -87,12 +93,20 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
         torch.Size([5, 8])
     """
     check_dispatch_inputs(x, routing.num_experts, experts, "grouped")
+    weights_need_grad = routing.weight.requires_grad or any(
+        t.requires_grad for t in (experts.gate_up, experts.down) if isinstance(t, Tensor)
+    )
     if path not in PATHS:
         raise ValueError(f"grouped: unknown path {path!r}; choose one of {', '.join(PATHS)}")
     if routing.num_assignments == 0:
         return empty_output(x, routing.weight, experts)
     if path == "auto":
         path = choose_path(x, experts)
+        forward_only = not (torch.is_grad_enabled() and (x.requires_grad or weights_need_grad))
+        if path != "per_expert" and forward_only and routing.num_assignments <= SMALL_FORWARD:
+            # a decoding-size call: the fused op's fixed cost (sparse combine, autograd
+            # bookkeeping) is a visible share of a few rows' GEMMs; nothing to save for backward
+            path = "autograd"
     elif (path == "per_expert") != experts.per_expert:
         raise ValueError(
             f"grouped: path {path!r} does not fit "
