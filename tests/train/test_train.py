@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynroute.models import DynMoEForCausalLM
 from dynroute.train import (
     RunConfig,
     apply_overrides,
@@ -40,7 +41,7 @@ def small_corpus(folder: Path) -> Path:
     return path
 
 
-def write_config(folder: Path, steps: int = 30, **train: object) -> Path:
+def write_config(folder: Path, steps: int = 30, model_extra: str = "", **train: object) -> Path:
     corpus = small_corpus(folder)
     settings = {
         "steps": steps,
@@ -64,6 +65,7 @@ d_ff = 32
 num_experts = 4
 router = "top_p"
 p = 0.4
+{model_extra}
 
 [data]
 source = "{corpus}"
@@ -169,6 +171,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resumed from step {killed_at}" in done.stdout
     assert _curve(run) == _curve(tmp_path / "reference")  # bit-for-bit
+
+
+def test_per_expert_layout_trains_and_resumes_exactly(
+    tmp_path: Path, _restore_threads: object
+) -> None:
+    config = write_config(tmp_path, steps=8, model_extra='expert_layout = "per_expert"')
+    cfg = load_config(config)
+    assert cfg.model["expert_layout"] == "per_expert"
+    reference = train(cfg, tmp_path / "reference", progress=False)
+    run = tmp_path / "stopped"
+    assert train(cfg, run, progress=False, stop_after=3).steps == 3
+    assert train(cfg, run, progress=False).steps == 8
+    assert _curve(run) == _curve(reference.out_dir)  # idle experts' optimizer state too
+    model = DynMoEForCausalLM.from_pretrained(run / "model")
+    assert model.config.expert_layout == "per_expert"
+    assert len(model.blocks[0].ffn.experts.gate_up) == 4
 
 
 def test_rerun_with_other_config_is_refused(tmp_path: Path, _restore_threads: object) -> None:
