@@ -161,36 +161,28 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
     return rows
 
 
-def markdown_summary(records: list[Record]) -> str:
-    """Markdown tables of the targets (for docs/performance.md), from the records alone."""
-    rows = target_rows(records)
+def markdown_summary(records: list[Record], impl: str = "grouped") -> str:
+    """Markdown table of the targets for ``impl`` (for docs/performance.md), from the records.
+
+    Example:
+        >>> markdown_summary([])
+        '(no records)\\n'
+    """
+    rows = target_rows(records, impl)
     if not rows:
         return "(no records)\n"
-    first = next(r for r in records if r["impl"] == "grouped")
+    first = next(r for r in records if r["impl"] == impl)
     lines = [
         f"Machine: {first['machine']}, {first['threads']} threads, torch {first['torch']}, "
         f"transformers {first['transformers']}, {first['dtype']} on {first['device']}, "
         f"d_model={first['d_model']}, d_ff={first['d_ff']}.",
         "",
-        "| router | E | N | mode | k̄ | grouped × bound | paired / cpu | floor × bound "
-        "| grad zeros × bound | grouped × floor | grouped × best hf wall / cpu (which) "
-        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) "
-        "| per-expert × bound wall / cpu | per-expert × best hf cpu | per-expert mem × bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| router | E | N | mode | k̄ | {impl} × bound | paired / cpu | floor × bound "
+        f"| grad zeros × bound | {impl} × floor | {impl} × best hf wall / cpu (which) "
+        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    per_expert = {
-        (r["router"], r["num_experts"], r["tokens"], r["mode"]): r
-        for r in target_rows(records, impl="grouped_per_expert")
-    }
     for r in rows:
-        pe = per_expert.get((r["router"], r["num_experts"], r["tokens"], r["mode"]))
-        pe_s = "— | — | —"
-        if pe is not None:
-            pe_ok = "✅" if pe["x_bound"] <= bound_limit(pe["tokens"]) else "❌"
-            pe_s = (
-                f"{pe['x_bound']:.2f} {pe_ok} / {_fmt(pe['cpu_x_bound'])} "
-                f"| {_fmt(pe['x_best_hf_cpu'])} | {_fmt(pe['x_bound_mem'])}"
-            )
         ok = "✅" if r["x_bound"] <= bound_limit(r["tokens"]) else "❌"
         hf = "—"
         if r["x_best_hf"] is not None:
@@ -206,7 +198,7 @@ def markdown_summary(records: list[Record]) -> str:
             f"| {r['router']} | {r['num_experts']} | {r['tokens']} | {r['mode']} "
             f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {_fmt(r['paired_x_bound'])} / "
             f"{_fmt(r['cpu_x_bound'])} | {r['floor_x_bound']:.2f} "
-            f"| {zeros_s} | {r['x_floor']:.2f} | {hf} | {mem} | {tp} | {pe_s} |"
+            f"| {zeros_s} | {r['x_floor']:.2f} | {hf} | {mem} | {tp} |"
         )
     return "\n".join(lines) + "\n"
 

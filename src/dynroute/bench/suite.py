@@ -73,7 +73,11 @@ def run_suite(
         console.print(f"wrote {chart} and {cpu_chart}")
     if out is not None:
         console.print(f"wrote {out} ({len(everything)} records)")
-    console.print(markdown_summary(new or everything), soft_wrap=True, markup=False)
+    shown = new or everything
+    for impl in ("grouped", "grouped_per_expert"):
+        if any(r["impl"] == impl and r.get("seconds") is not None for r in shown):
+            console.print(f"\n{impl}:", markup=False)
+            console.print(markdown_summary(shown, impl), soft_wrap=True, markup=False)
     return new
 
 
