@@ -22,11 +22,16 @@ def test_grouped_fwd_bwd_speed_ratios(benchmark):
     gate_up = (torch.randn(e, d, 2 * f, generator=g) * d**-0.5).requires_grad_()
     down = (torch.randn(e, f, d, generator=g) * f**-0.5).requires_grad_()
     w = ExpertWeights(gate_up, down)
+    # the per-expert layout: separate leaves with the same values
+    per = ExpertWeights(
+        tuple(t.detach().clone().requires_grad_() for t in gate_up),
+        tuple(t.detach().clone().requires_grad_() for t in down),
+    )
     rows = x.detach()[r.token].requires_grad_()
     g0, d0 = gate_up.detach()[0].requires_grad_(), down.detach()[0].requires_grad_()
     index, weight = to_top_k_format(r)
     hf = hf_experts(gate_up, down, "grouped_mm")
-    leaves = [x, gate_up, down, rows, g0, d0, *hf.parameters()]
+    leaves = [x, gate_up, down, rows, g0, d0, *hf.parameters(), *per.tensors()]
 
     def reset():
         for t in leaves:
@@ -37,6 +42,7 @@ def test_grouped_fwd_bwd_speed_ratios(benchmark):
 
     benches = {
         "grouped": step(lambda: grouped(x, r, w)),
+        "per_expert": step(lambda: grouped(x, r, per)),
         "loop": step(lambda: loop(x, r, w)),
         "hf_grouped_mm": step(lambda: hf(x, index, weight)),
         "bound": step(lambda: swiglu(rows, g0, d0)),
@@ -55,3 +61,5 @@ def test_grouped_fwd_bwd_speed_ratios(benchmark):
     assert t["grouped"] < 2.5 * t["bound"], t
     assert t["grouped"] < 0.9 * t["loop"], t
     assert t["grouped"] < 1.4 * t["hf_grouped_mm"], t
+    assert t["per_expert"] < 2.5 * t["bound"], t
+    assert t["per_expert"] < 0.9 * t["loop"], t

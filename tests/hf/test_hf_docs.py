@@ -8,7 +8,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "hf.md"
 
 def test_hf_doc_python_blocks_run(capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict = {}
     for code in blocks:
         exec(compile(code, str(DOC), "exec"), namespace)

@@ -13,6 +13,7 @@ from dynroute.hf import (
     apply_routing,
     remove_routing,
     reset_routing_stats,
+    router_aux_loss,
     routing_config,
     routing_stats,
 )
@@ -198,3 +199,26 @@ def test_layers_subset_gives_the_other_layers_their_own_routing(tiny):
         model(IDS)
     stats = routing_stats(model)["per_layer"]
     assert stats[0] == 2.0 and stats[1] < 2.0
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe"])
+def test_router_aux_loss_follows_the_dynamic_routing(tiny, family):
+    model = apply_routing(tiny(family), "top_p", p=0.5).train()
+    out = model(IDS, labels=IDS)
+    aux = router_aux_loss(model, load_balance_weight=1.0, dynamic_weight=0.0)
+    blocks = adapted_blocks(model)
+    # load balance reads 1.0 at perfect balance: one such term per adapted block
+    assert torch.isfinite(aux) and 0.5 * len(blocks) < aux.item() < 8.0 * len(blocks)
+    (out.loss + aux).backward()
+    assert all(b.gate.weight.grad is not None for b in blocks)
+    only_gate = apply_routing(tiny(family), "top_p", p=0.5).train()
+    only_gate(IDS)
+    router_aux_loss(only_gate).backward()  # the router loss alone trains the gates
+    assert all(b.gate.weight.grad.abs().sum() > 0 for b in adapted_blocks(only_gate))
+
+
+def test_router_aux_loss_needs_a_training_forward(tiny):
+    model = apply_routing(tiny("olmoe"), "top_p", p=0.5).eval()
+    model(IDS)
+    with pytest.raises(ValueError, match="training"):
+        router_aux_loss(model)

@@ -24,6 +24,7 @@ from dynroute.hf.apply import (
     apply_routing,
     remove_routing,
     reset_routing_stats,
+    router_aux_loss,
     routing_config,
     routing_stats,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "reapply_routing",
     "remove_routing",
     "reset_routing_stats",
+    "router_aux_loss",
     "routing_config",
     "routing_stats",
     "sample_texts",

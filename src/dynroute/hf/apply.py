@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from dynroute.hf.block import DynamicMoEBlock, expert_weights
@@ -16,6 +17,7 @@ from dynroute.hf.families import (
 )
 from dynroute.hf.routers import RouterSpec, route
 from dynroute.routing import Routing
+from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
 
 __all__ = [
     "CONFIG_KEY",
@@ -250,3 +252,47 @@ def reset_routing_stats(model: nn.Module) -> None:
     """
     for block in adapted_blocks(model):
         block.reset_stats()
+
+
+def router_aux_loss(
+    model: nn.Module,
+    load_balance_weight: float = LOAD_BALANCE_WEIGHT,
+    dynamic_weight: float = DYNAMIC_WEIGHT,
+    z_loss_weight: float = 0.0,
+) -> Tensor:
+    """dynroute's router losses for the routing of the last training-mode forward.
+
+    transformers' own aux loss (``output_router_logits=True``) assumes the model's
+    fixed top-k. Under a dynamic router use this instead: the sum over adapted blocks of
+    ``load_balance_weight · load_balance + dynamic_weight · dynamic + z_loss_weight · z``
+    (:func:`dynroute.routing.losses.router_loss`; defaults: the paper's α = 1e-2,
+    β = 1e-4), computed from the assignments each block actually made. Add it to the LM
+    loss; leave ``output_router_logits`` off so the two are not both added.
+
+    Returns:
+        a scalar with gradient into every adapted gate.
+
+    Raises:
+        ValueError: no adapted block ran a forward in training mode with grad enabled.
+
+    Example:
+        >>> import torch
+        >>> from transformers import OlmoeConfig, OlmoeForCausalLM
+        >>> cfg = OlmoeConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+        ...     num_attention_heads=4, intermediate_size=16, num_experts=4, num_experts_per_tok=2)
+        >>> model = apply_routing(OlmoeForCausalLM(cfg), "top_p", p=0.5).train()
+        >>> ids = torch.randint(0, 64, (2, 8))
+        >>> loss = model(ids, labels=ids).loss + router_aux_loss(model)
+        >>> loss.backward()
+    """
+    pending = [b.last_for_loss for b in adapted_blocks(model) if b.last_for_loss is not None]
+    if not pending:
+        raise ValueError(
+            "router_aux_loss: no adapted block has routing from a training step; call "
+            "model.train() and run a forward pass with gradients enabled first"
+        )
+    losses = [
+        router_loss(routing, logits.float(), load_balance_weight, dynamic_weight, z_loss_weight)
+        for routing, logits in pending
+    ]
+    return torch.stack([loss["total"] for loss in losses]).sum()

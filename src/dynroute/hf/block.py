@@ -108,6 +108,7 @@ class DynamicMoEBlock(nn.Module):
         self.record_routing = False
         self.last_routing: Routing | None = None
         self.routing_callback: Callable[[DynamicMoEBlock, Routing], None] | None = None
+        self.last_for_loss: tuple[Routing, Tensor] | None = None
         self.tokens_seen = 0
         self.assignments_seen = 0
         self.training = original.training
@@ -145,8 +146,11 @@ class DynamicMoEBlock(nn.Module):
 
     def route(self, x: Tensor) -> Routing:
         """Call the model's gate on x [N, H] (so recording hooks fire) and route its logits."""
+        return self._route(x)[0]
+
+    def _route(self, x: Tensor) -> tuple[Routing, Tensor]:
         logits = self.gate(x)[0]
-        return route(self.spec, self.family, self.gate, logits)
+        return route(self.spec, self.family, self.gate, logits), logits
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         """[B, S, H] (or [N, H]) -> same shape: routed experts (+ shared experts)."""
@@ -158,7 +162,11 @@ class DynamicMoEBlock(nn.Module):
             )
             hidden_states = hidden_states * noise
         x = hidden_states.reshape(-1, shape[-1])
-        routing = self.route(x)
+        routing, logits = self._route(x)
+        # kept for dynroute.hf.router_aux_loss (a training step's graph, freed next forward)
+        self.last_for_loss = (
+            (routing, logits) if self.training and torch.is_grad_enabled() else None
+        )
         y = self._dispatch(x, routing, expert_weights(self.experts))
         shared = self.family.shared(self, x)
         if shared is not None:
