@@ -157,6 +157,10 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
                 if r.get("cpu_seconds") and top2.get("cpu_seconds"):
                     row["topp_vs_top2_cpu"] = r["cpu_seconds"] / top2["cpu_seconds"]
                 row["topp_expected"] = r["mean_experts"] / top2["mean_experts"]
+                floors = (cell.get("floor"), cells.get(("top2", *key[1:]), {}).get("floor"))
+                if all(f and f.get("seconds") for f in floors):
+                    # what the k̄-ratio target is up against: the floor's own ratio
+                    row["floor_topp_vs_top2"] = floors[0]["seconds"] / floors[1]["seconds"]
         rows.append(row)
     return rows
 
@@ -179,7 +183,7 @@ def markdown_summary(records: list[Record], impl: str = "grouped") -> str:
         "",
         f"| router | E | N | mode | k̄ | {impl} × bound | paired / cpu | floor × bound "
         f"| grad zeros × bound | {impl} × floor | {impl} × best hf wall / cpu (which) "
-        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio) |",
+        "| act. mem × bound | top-p/top-2 wall / cpu (expected k̄ ratio; floor's ratio) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -193,7 +197,7 @@ def markdown_summary(records: list[Record], impl: str = "grouped") -> str:
         tp = ""
         if "topp_vs_top2" in r:
             tp = f"{r['topp_vs_top2']:.2f} / {_fmt(r.get('topp_vs_top2_cpu'))} "
-            tp += f"({r['topp_expected']:.2f})"
+            tp += f"({r['topp_expected']:.2f}; floor {_fmt(r.get('floor_topp_vs_top2'))})"
         lines.append(
             f"| {r['router']} | {r['num_experts']} | {r['tokens']} | {r['mode']} "
             f"| {r['mean_experts']:.2f} | {r['x_bound']:.2f} {ok} | {_fmt(r['paired_x_bound'])} / "
