@@ -246,9 +246,17 @@ def plot_ratios(records: list[Record], path: Path, clock: str = "wall") -> Path 
                     lines[name].append((r["tokens"], r[metric] / r[bound_metric]))
         for name in sorted(lines, key=lambda n: IMPL_ORDER.index(n) if n in IMPL_ORDER else 99):
             pts = sorted(lines[name])
-            style = {"grouped": "-", "bound": "k--", "floor": "k:"}.get(name, "-.")
-            width = 2.5 if name == "grouped" else 1.2
-            ax.plot(*zip(*pts, strict=True), style, marker="o", label=name, lw=width, markersize=3)
+            style = {"grouped": "-", "grouped_per_expert": "-", "bound": "k--", "floor": "k:"}
+            width = 2.5 if name.startswith("grouped") else 1.2
+            ax.plot(
+                *zip(*pts, strict=True),
+                style.get(name, "-."),
+                marker="o",
+                label=name,
+                lw=width,
+                markersize=3,
+                zorder=3 if name.startswith("grouped") else 2,
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{router}, E={e}, {mode}")
