@@ -64,7 +64,14 @@ class ExpertWeights(NamedTuple):
         return self.gate_up[0].dtype
 
     def tensors(self) -> tuple[Tensor, ...]:
-        """Every weight tensor: (gate_up, down) stacked, all per-expert tensors otherwise."""
+        """Every weight tensor: (gate_up, down) stacked, all per-expert tensors otherwise.
+
+        Example:
+            >>> import torch
+            >>> w = ExpertWeights(torch.zeros(4, 8, 32), torch.zeros(4, 16, 8))
+            >>> len(w.tensors()), len(ExpertWeights(tuple(w.gate_up), tuple(w.down)).tensors())
+            (2, 8)
+        """
         if self.per_expert:
             return (*self.gate_up, *self.down)
         return (self.gate_up, self.down)  # type: ignore[return-value]
