@@ -93,16 +93,14 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
         torch.Size([5, 8])
     """
     check_dispatch_inputs(x, routing.num_experts, experts, "grouped")
-    weights_need_grad = routing.weight.requires_grad or any(
-        t.requires_grad for t in (experts.gate_up, experts.down) if isinstance(t, Tensor)
-    )
     if path not in PATHS:
         raise ValueError(f"grouped: unknown path {path!r}; choose one of {', '.join(PATHS)}")
     if routing.num_assignments == 0:
         return empty_output(x, routing.weight, experts)
     if path == "auto":
         path = choose_path(x, experts)
-        forward_only = not (torch.is_grad_enabled() and (x.requires_grad or weights_need_grad))
+        inputs = (x, routing.weight, *experts.tensors())
+        forward_only = not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs))
         if path != "per_expert" and forward_only and routing.num_assignments <= SMALL_FORWARD:
             # a decoding-size call: the fused op's fixed cost (sparse combine, autograd
             # bookkeeping) is a visible share of a few rows' GEMMs; nothing to save for backward
