@@ -57,7 +57,7 @@ def test_grouped_fwd_bwd_speed_ratios(benchmark):
     finally:
         torch.set_num_threads(threads)
     # measured on a busy 2-core box: grouped/bound 1.08-1.21, loop/bound 1.72-1.96,
-    # hf_grouped_mm/bound 1.09-1.13
+    # hf_grouped_mm/bound 1.09-1.13; on an idle one per_expert/bound 1.15-1.20 (loop 1.63-2.09)
     assert t["grouped"] < 2.5 * t["bound"], t
     assert t["grouped"] < 0.9 * t["loop"], t
     assert t["grouped"] < 1.4 * t["hf_grouped_mm"], t
