@@ -207,6 +207,13 @@ def markdown_summary(records: list[Record], impl: str = "grouped") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _impl_color(name: str) -> str:
+    if name in ("floor", "bound"):
+        return "black"
+    i = IMPL_ORDER.index(name) if name in IMPL_ORDER else len(IMPL_ORDER)
+    return f"C{i % 10}"
+
+
 def _fmt(v: float | None) -> str:
     return f"{v:.2f}" if v is not None else "—"
 
@@ -246,7 +253,7 @@ def plot_ratios(records: list[Record], path: Path, clock: str = "wall") -> Path 
                     lines[name].append((r["tokens"], r[metric] / r[bound_metric]))
         for name in sorted(lines, key=lambda n: IMPL_ORDER.index(n) if n in IMPL_ORDER else 99):
             pts = sorted(lines[name])
-            style = {"grouped": "-", "grouped_per_expert": "-", "bound": "k--", "floor": "k:"}
+            style = {"grouped": "-", "grouped_per_expert": "-", "bound": "--", "floor": ":"}
             width = 2.5 if name.startswith("grouped") else 1.2
             ax.plot(
                 *zip(*pts, strict=True),
@@ -256,6 +263,8 @@ def plot_ratios(records: list[Record], path: Path, clock: str = "wall") -> Path 
                 lw=width,
                 markersize=3,
                 zorder=3 if name.startswith("grouped") else 2,
+                # one colour per implementation in every panel, as in the shared legend
+                color=_impl_color(name),
             )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
