@@ -151,13 +151,14 @@ def target_rows(records: list[Record], impl: str = "grouped") -> list[dict[str, 
         mem, bmem = r.get("activation_bytes"), r.get("bound_activation_bytes")
         row["x_bound_mem"] = mem / bmem if mem is not None and bmem else None
         if r["router"] == "top_p":
-            top2 = cells.get(("top2", *key[1:]), {}).get(impl)
+            top2_cell = cells.get(("top2", *key[1:]), {})
+            top2 = top2_cell.get(impl)
             if top2 and top2.get("seconds"):
                 row["topp_vs_top2"] = r["seconds"] / top2["seconds"]
                 if r.get("cpu_seconds") and top2.get("cpu_seconds"):
                     row["topp_vs_top2_cpu"] = r["cpu_seconds"] / top2["cpu_seconds"]
                 row["topp_expected"] = r["mean_experts"] / top2["mean_experts"]
-                floors = (cell.get("floor"), cells.get(("top2", *key[1:]), {}).get("floor"))
+                floors = (cell.get("floor"), top2_cell.get("floor"))
                 if all(f and f.get("seconds") for f in floors):
                     # what the k̄-ratio target is up against: the floor's own ratio
                     row["floor_topp_vs_top2"] = floors[0]["seconds"] / floors[1]["seconds"]

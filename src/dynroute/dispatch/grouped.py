@@ -99,19 +99,19 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertWeights, *, path: str = 
         return empty_output(x, routing.weight, experts)
     if path == "auto":
         path = choose_path(x, experts)
-        inputs = (x, routing.weight, *experts.tensors())
-        forward_only = not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs))
-        if path != "per_expert" and forward_only and routing.num_assignments <= SMALL_FORWARD:
+        if path != "per_expert" and routing.num_assignments <= SMALL_FORWARD:
             # a decoding-size call: the fused op's fixed cost (sparse combine, autograd
             # bookkeeping) is a visible share of a few rows' GEMMs; nothing to save for backward
-            path = "autograd"
+            inputs = (x, routing.weight, experts.gate_up, experts.down)
+            if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+                path = "autograd"
     elif (path == "per_expert") != experts.per_expert:
         raise ValueError(
             f"grouped: path {path!r} does not fit "
             f"{'per-expert' if experts.per_expert else 'stacked'} weights; "
             "'per_expert' is the path for per-expert weights; use path='auto'"
         )
-    elif path != "autograd" and path != "per_expert" and not is_silu(experts.activation):
+    elif path not in ("autograd", "per_expert") and not is_silu(experts.activation):
         raise ValueError(f"grouped: path {path!r} is fused SwiGLU with SiLU; use path='autograd'")
     elif path == "grouped_mm" and choose_path(x, experts) != "grouped_mm":
         raise ValueError(

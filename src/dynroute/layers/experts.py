@@ -61,12 +61,11 @@ class SwiGLUExperts(nn.Module):
         return self.weights().dtype
 
     def reset_parameters(self) -> None:
-        # Same scale as nn.Linear's default (uniform ±1/sqrt(fan_in)) for each expert.
-        w = self.weights()
-        for t in w.gate_up if w.per_expert else (w.gate_up,):
-            nn.init.uniform_(t, -1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model))
-        for t in w.down if w.per_expert else (w.down,):
-            nn.init.uniform_(t, -1 / math.sqrt(self.d_ff), 1 / math.sqrt(self.d_ff))
+        # Same scale as nn.Linear's default (uniform ±1/sqrt(fan_in)) for each expert;
+        # weights are laid out for x @ W, so fan_in is the second-to-last dim in both layouts.
+        for t in self.weights().tensors():
+            bound = 1 / math.sqrt(t.shape[-2])
+            nn.init.uniform_(t, -bound, bound)
 
     def weights(self) -> ExpertWeights:
         """The parameters as the ExpertWeights every dispatch path takes."""
