@@ -91,7 +91,7 @@ def test_save_load_round_trip(tmp_path, layout: str) -> None:
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     loaded = DynMoEForCausalLM.from_pretrained(tmp_path).eval()
-    assert loaded.config.router == "top_p" and loaded.config.p == 0.3
+    assert loaded.config.router["name"] == "top_p" and loaded.config.router["p"] == 0.3
     assert loaded.config.load_balance_weight == 0.05
     assert loaded.config.expert_layout == layout
     for (name, a), (_, b) in zip(

@@ -238,8 +238,8 @@ def _router_text(model: nn.Module) -> str | None:
     """``top_p(p=0.4)``-style description of a model's routing (None if unknown)."""
     cfg = getattr(model, "config", None)
     router = getattr(cfg, "router", None)
-    if router is not None and hasattr(cfg, "router_kwargs"):
-        return f"{router}(" + ", ".join(f"{k}={v}" for k, v in cfg.router_kwargs().items()) + ")"
+    if router is not None and hasattr(cfg, "router_spec"):
+        return cfg.router_spec().describe()
     # dynroute.hf blocks carry a RouterSpec with describe(); layers may differ.
     specs = {m.spec.describe() for m in model.modules() if hasattr(m, "routing_callback")}
     return ", ".join(sorted(specs)) or None

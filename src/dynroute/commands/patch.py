@@ -14,31 +14,25 @@ def register(app: typer.Typer) -> None:
     app.command("patch")(patch)
 
 
-def _router_kwargs(
-    router: str,
-    p: float | None,
-    k: int | None,
-    max_experts: int | None,
-    null_logit: float | None,
-    num_null: int | None,
-    capacity_factor: float | None,
-    normalize: bool | None,
-) -> dict[str, Any]:
-    given = {
-        "p": p,
-        "k": k,
-        "max_experts": max_experts,
-        "null_logit": null_logit,
-        "num_null": num_null,
-        "capacity_factor": capacity_factor,
-        "normalize": normalize,
-    }
-    return {name: value for name, value in given.items() if value is not None}
+def _router_kwargs(router: str, **shorthands: Any) -> tuple[str, dict[str, Any]]:
+    """Split ``name:key=value,...`` and merge the shorthand flags that were given."""
+    from dynroute.routing import parse_router
+
+    try:
+        spec = parse_router(router)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--router") from None
+    name = spec.pop("name")
+    return name, {**spec, **{k: v for k, v in shorthands.items() if v is not None}}
 
 
 def patch(
     model_dir: Annotated[Path, typer.Argument(help="Local transformers checkpoint folder.")],
-    router: str = typer.Option("top_p", help="top_k | top_p | null_experts | expert_choice."),
+    router: str = typer.Option(
+        "top_p",
+        help="A registered router with its parameters, name:key=value,... (e.g. top_p:p=0.4, "
+        "null_experts:null_logit=0.5, your own); the flags below are shorthands.",
+    ),
     p: float = typer.Option(None, help="top_p threshold in (0, 1]."),
     target_experts: float = typer.Option(
         None, help="Instead of --p: calibrate p to this mean experts per token on the text."
@@ -74,6 +68,7 @@ def patch(
 
     from dynroute.hf import (
         CheckpointError,
+        RouterSpec,
         apply_routing,
         as_token_ids,
         calibrate_p,
@@ -86,6 +81,17 @@ def patch(
     )
 
     console = Console()
+    router, kwargs = _router_kwargs(
+        router,
+        p=p,
+        k=k,
+        max_experts=max_experts,
+        null_logit=null_logit,
+        num_null=num_null,
+        capacity_factor=capacity_factor,
+        normalize=normalize,
+    )
+    p = kwargs.get("p")
     if out is not None and out.exists() and any(out.iterdir()) and not force:
         raise typer.BadParameter(f"{out} exists and is not empty; pass --force to overwrite")
     if target_experts is not None and p is not None:
@@ -94,6 +100,12 @@ def patch(
         raise typer.BadParameter("--target-experts calibrates top_p; use --router top_p")
     if router == "top_p" and p is None and target_experts is None:
         raise typer.BadParameter("--router top_p needs --p or --target-experts")
+    if target_experts is None:
+        try:  # bad names and values fail now, before the model is loaded and measured
+            RouterSpec.build(router, **kwargs)
+        except (TypeError, ValueError) as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
     try:
         tokenizer = load_tokenizer(model_dir)
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -115,9 +127,6 @@ def patch(
 
     apply_routing(model, "top_k")
     before = evaluate_ids(model, ids, progress=True, **measure)
-    kwargs = _router_kwargs(
-        router, p, k, max_experts, null_logit, num_null, capacity_factor, normalize
-    )
     try:
         if target_experts is not None:
             kwargs.pop("p", None)

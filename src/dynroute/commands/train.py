@@ -23,10 +23,16 @@ def register(app: typer.Typer) -> None:
         ] = None,
         router: Annotated[
             str | None,
-            typer.Option(help="top_k | top_p | null_experts | expert_choice (default: config)."),
+            typer.Option(
+                help="A registered router, with parameters as name:key=value,... "
+                "(e.g. top_p:p=0.4, null_experts:k=2,num_null=4, or your own); "
+                "default: the config's."
+            ),
         ] = None,
-        k: Annotated[int | None, typer.Option(help="Experts per token (top_k/null).")] = None,
-        p: Annotated[float | None, typer.Option(help="Threshold of top_p.")] = None,
+        k: Annotated[
+            int | None, typer.Option(help="Shorthand: the router's k (top_k, null_experts).")
+        ] = None,
+        p: Annotated[float | None, typer.Option(help="Shorthand: top_p's threshold.")] = None,
         steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed for init and data sampling.")] = None,
         threads: Annotated[

@@ -16,7 +16,7 @@ from dynroute.hf.families import (
     supported_families_text,
 )
 from dynroute.hf.routers import RouterSpec, route
-from dynroute.routing import Routing
+from dynroute.routing import Router, Routing
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
 
 __all__ = [
@@ -80,7 +80,7 @@ def _select(layers: Iterable[int | str] | None, index: int | None, name: str) ->
 
 def apply_routing(
     model: nn.Module,
-    router: str | Callable[[Tensor], Routing] = "top_k",
+    router: str | Router | Callable[[Tensor], Routing] = "top_k",
     *,
     layers: Iterable[int | str] | None = None,
     dispatch: str = "grouped",
@@ -98,8 +98,11 @@ def apply_routing(
         router: ``"top_k"`` (the model's own routing, exactly, unless ``k`` is given),
             ``"top_p"`` (``p``, optional ``max_experts``), ``"null_experts"`` (``null_logit``,
             optional ``k``/``num_null``, default the model's k), ``"expert_choice"``
-            (``capacity_factor``; not causal), or a callable ``logits [N, E] -> Routing``
-            that gets the gate's raw logits and whose weights are used unchanged.
+            (``capacity_factor``; not causal), any other registered router by name
+            (``"my_router"`` or ``"my_router:k=1"``; a field ``k`` left out is the model's
+            k), a :class:`~dynroute.routing.Router`, or a callable
+            ``logits [N, E] -> Routing`` that gets the gate's raw logits and whose weights
+            are used unchanged.
         layers: decoder-layer indices (or block names) to change; None = every block.
             Call again with other ``layers`` to give layers different settings. Blocks
             not yet adapted and not in ``layers`` get ``"top_k"`` (their own routing).

@@ -1,6 +1,6 @@
 """What an adapted block routes with: a named dynroute router or any callable.
 
-A named router ("top_k", "top_p", "null_experts", "expert_choice") only *selects*
+A named router (any registered one: "top_k", "top_p", "null_experts", ...) only *selects*
 (token, expert) pairs, on the family's selection logits; the weights are then the
 model's own (softmax probability or sigmoid score, renormalised when the model
 renormalises, times its routed scaling). A callable gets the router's raw logits and
@@ -10,21 +10,20 @@ its ``Routing`` is used unchanged.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from dynroute.hf.families import Family
-from dynroute.routing import ROUTERS, Routing, get_router
+from dynroute.routing import Router, RouterFn, Routing, make_router, parse_router, router_class
 
 __all__ = ["RouterSpec", "family_weights", "route"]
 
 _DENOM_EPS = 1e-20  # DeepSeek-V3 adds this to its denominator; invisible for softmax families
-_SPEC_KEYS = ("normalize", "null_logit")
+#: Router fields an adapted block fills with the model's own k when the user leaves them out.
+_MODEL_K_FIELDS = ("k", "num_null")
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class RouterSpec:
     """A router choice for an adapted block, serialisable when it is named.
 
     Attributes:
-        name: a key of ``dynroute.routing.ROUTERS``, or None for a callable.
+        name: a registered router's name, or None for a callable.
         kwargs: the router's keyword arguments as the user gave them; ``k`` left out
             means the model's own k.
         fn: the callable ``logits [N, E] -> Routing`` when ``name`` is None.
@@ -49,58 +48,76 @@ class RouterSpec:
     normalize: bool | None = None
 
     @staticmethod
-    def build(router: str | Callable[[Tensor], Routing], **kwargs: Any) -> RouterSpec:
-        """Check a router name (or callable) and its arguments; raise before any forward.
+    def build(router: str | Router | Callable[[Tensor], Routing], **kwargs: Any) -> RouterSpec:
+        """Check a router (name, ``name:key=value``, Router or callable) and its arguments.
+
+        Raises before any forward pass.
 
         Example:
             >>> RouterSpec.build("top_p", q=0.5)
             Traceback (most recent call last):
             ...
             TypeError: top_p: unknown argument(s) ['q']; accepted: p, max_experts, normalize
+            >>> RouterSpec.build("top_p:p=0.5").kwargs
+            {'p': 0.5}
         """
-        if callable(router) and not isinstance(router, str):
+        if isinstance(router, Router):
+            router, kwargs = router.name, {**router.key_params(), **kwargs}
+        elif callable(router) and not isinstance(router, str):
             if kwargs:
                 raise TypeError(
                     f"apply_routing: keyword arguments {sorted(kwargs)} are only for named "
                     "routers; bind them into your callable instead (functools.partial)"
                 )
             return RouterSpec(None, {}, router)
-        if not isinstance(router, str) or router not in ROUTERS:
+        if isinstance(router, str) and ":" in router:
+            parsed = parse_router(router)
+            router, kwargs = parsed.pop("name"), {**parsed, **kwargs}
+        if not isinstance(router, str):
+            raise ValueError(f"apply_routing: a router is a name or a callable, got {router!r}")
+        try:
+            router_class(router)
+        except ValueError as err:
             raise ValueError(
-                f"apply_routing: unknown router {router!r}; choose one of "
-                f"{', '.join(ROUTERS)} or pass a callable logits [N, E] -> Routing"
-            )
+                f"apply_routing: {err}; or pass a callable logits -> Routing"
+            ) from None
         # None means "the default" for every router argument: drop it (keeps configs clean).
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         normalize = kwargs.pop("normalize", None)
         if normalize is not None and not isinstance(normalize, bool):
             raise TypeError(f"{router}: normalize must be True, False or None, got {normalize!r}")
-        rest = {k: v for k, v in kwargs.items() if k != "null_logit"}
-        if router == "null_experts":
-            if "null_logit" not in kwargs:
-                raise TypeError(
-                    "null_experts: pass null_logit=<float>, the logit every null expert gets; "
-                    "an expert is kept only when its router logit beats it (higher = fewer experts)"
+        spec = RouterSpec(router, kwargs, None, normalize)
+        extra = spec.bind(1).extra_logits  # checks the arguments now, with a stand-in k
+        if extra:
+            hint = ""
+            if "null_logit" in _field_names(router):
+                hint = (
+                    "; pass null_logit=<float>, the logit every null expert gets: an expert "
+                    "is kept only when its router logit beats it (higher = fewer experts)"
                 )
-            if not isinstance(kwargs["null_logit"], int | float):
-                got = kwargs["null_logit"]
-                raise TypeError(f"null_experts: null_logit must be a float, got {got!r}")
-        elif "null_logit" in kwargs:
-            raise TypeError(f"{router}: null_logit is only for router='null_experts'")
-        # k and num_null default to the model's own k at routing time: check the rest now.
-        params = inspect.signature(ROUTERS[router]).parameters
-        probe = {k: 1 for k in ("k", "num_null") if k in params and k not in rest}
-        if "normalize" in params:
-            probe["normalize"] = False
-        try:
-            get_router(router, **rest, **probe)
-        except TypeError as err:
-            accepted = [p for p in params if p not in ("logits",)]
-            if router == "null_experts":
-                accepted.append("null_logit")
-            problem = str(err).split("; accepted")[0]
-            raise TypeError(f"{problem}; accepted: {', '.join(accepted)}") from None
-        return RouterSpec(router, kwargs, None, normalize)
+            raise TypeError(
+                f"{router}: needs {extra} router column(s) beyond the model's experts, which a "
+                f"pretrained gate does not have{hint}"
+            )
+        return spec
+
+    def bind(self, native_k: int) -> RouterFn:
+        """The router for a block whose model routes each token to ``native_k`` experts.
+
+        Fields named ``k`` or ``num_null`` that the user left out take ``native_k``; a
+        ``normalize`` field is switched off, since the family reweights the kept pairs.
+
+        Example:
+            >>> RouterSpec.build("top_k").bind(4)
+            TopK(k=4, normalize=False)
+        """
+        if self.fn is not None:
+            return self.fn
+        fields = _field_names(self.name)  # type: ignore[arg-type]
+        own = {name: native_k for name in _MODEL_K_FIELDS if name in fields}
+        if "normalize" in fields:
+            own["normalize"] = False
+        return make_router({"name": self.name, **own, **self.kwargs})
 
     @property
     def serializable(self) -> bool:
@@ -112,7 +129,7 @@ class RouterSpec:
         if self.name is None:
             raise ValueError(
                 "a callable router cannot be saved into config.json; save with a named router "
-                f"({', '.join(ROUTERS)}) or re-apply your callable after loading"
+                "(dynroute.routing.ROUTERS) or re-apply your callable after loading"
             )
         out: dict[str, Any] = {"router": self.name, **self.kwargs}
         if self.normalize is not None:
@@ -183,15 +200,10 @@ def route(spec: RouterSpec, family: Family, gate: nn.Module, logits: Tensor) -> 
                 f"{logits.shape[-1]}"
             )
         return routing
-    kwargs = {k: v for k, v in spec.kwargs.items() if k not in _SPEC_KEYS}
-    sel = family.selection_logits(gate, logits)
-    if spec.name in ("top_k", "null_experts"):
-        kwargs.setdefault("k", family.native_k(gate))
-    if spec.name == "null_experts":
-        kwargs.setdefault("num_null", family.native_k(gate))
-        nulls = sel.new_full((sel.shape[0], kwargs["num_null"]), float(spec.kwargs["null_logit"]))
-        sel = torch.cat([sel, nulls], dim=-1)
-    if "normalize" in inspect.signature(ROUTERS[spec.name]).parameters:
-        kwargs["normalize"] = False  # the family reweights below
-    routing = ROUTERS[spec.name](sel, **kwargs)
+    router = spec.bind(family.native_k(gate))
+    routing = router(family.selection_logits(gate, logits))
     return family_weights(routing, family, gate, logits, spec.normalize)
+
+
+def _field_names(name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(router_class(name))}  # type: ignore[arg-type]

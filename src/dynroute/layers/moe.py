@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from dynroute.dispatch import DispatchFn, get_dispatch
 from dynroute.layers.experts import SwiGLUExperts
-from dynroute.routing import RouterFn, Routing, extra_logits, get_router
+from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, make_router
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
 
 
@@ -42,9 +43,10 @@ class MoE(nn.Module):
 
     Args:
         d_model: model width; d_ff: width of each SwiGLU expert; num_experts: E.
-        router: a name from ``dynroute.routing.ROUTERS`` (with ``router_kwargs``)
-            or any callable ``logits [N, E] -> Routing``. For null experts the
-            gate emits E + num_null columns.
+        router: a registered router: a name (``"top_p"``, ``"top_p:p=0.4"``, with
+            ``router_kwargs``), a dict ``{"name": ..., **params}`` or a
+            :class:`~dynroute.routing.Router`; or any callable ``logits [N, E] -> Routing``.
+            The gate emits E + ``router.extra_logits`` columns (null experts).
         dispatch: "grouped" (default), "loop", "dense", or a callable.
         load_balance_weight, dynamic_weight, z_loss_weight: weights of the
             auxiliary losses summed into ``aux.loss`` (defaults: the paper's).
@@ -70,7 +72,7 @@ class MoE(nn.Module):
         d_model: int,
         d_ff: int,
         num_experts: int,
-        router: str | RouterFn = "top_k",
+        router: str | Mapping[str, Any] | Router | RouterFn = "top_k",
         dispatch: str | DispatchFn = "grouped",
         load_balance_weight: float = LOAD_BALANCE_WEIGHT,
         dynamic_weight: float = DYNAMIC_WEIGHT,
@@ -79,14 +81,9 @@ class MoE(nn.Module):
         **router_kwargs: Any,
     ) -> None:
         super().__init__()
-        if isinstance(router, str):
-            if router == "top_k" and not router_kwargs:
-                router_kwargs = {"k": min(2, num_experts)}
-            self.route: RouterFn = get_router(router, **router_kwargs)
-        elif router_kwargs:
-            raise TypeError("MoE: router keyword arguments need a router name, not a callable")
-        else:
-            self.route = router
+        if router == "top_k" and not router_kwargs:
+            router_kwargs = {"k": min(2, num_experts)}
+        self.route: RouterFn = make_router(router, **router_kwargs)
         self.dispatch: DispatchFn = (
             get_dispatch(dispatch) if isinstance(dispatch, str) else dispatch
         )
@@ -121,5 +118,4 @@ class MoE(nn.Module):
         return self.dispatch(flat, routing, self.experts.weights())
 
     def extra_repr(self) -> str:
-        fn = getattr(self.route, "func", self.route)
-        return f"route={getattr(fn, '__name__', type(fn).__name__)}"
+        return f"router={describe_router(self.route)}"

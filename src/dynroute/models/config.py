@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import PretrainedConfig
 
 from dynroute.layers.experts import LAYOUTS
-from dynroute.routing import ROUTERS
+from dynroute.routing import Router, make_router, parse_router, router_class
 
 __all__ = ["DynMoEConfig"]
 
@@ -25,15 +27,14 @@ class DynMoEConfig(PretrainedConfig):
         num_experts: E, experts per MoE layer.
         moe_every: put an MoE FFN in every ``moe_every``-th layer (1 = every layer,
             as in "Harder Tasks Need More Experts"); other layers get a dense SwiGLU.
-        router: ``"top_k"``, ``"top_p"``, ``"null_experts"`` or ``"expert_choice"``.
-        k: experts per token for ``top_k`` / ``null_experts``.
-        p: threshold of ``top_p`` (the paper's 0.4).
-        max_experts: optional cap on experts per token for ``top_p``.
-        normalize: renormalize each token's kept weights to sum to 1 (``top_k`` /
-            ``top_p``); None keeps the router's default (top-k: yes; top-p: no, the
-            paper's raw probabilities).
-        num_null: null experts for ``null_experts``.
-        capacity_factor: capacity of ``expert_choice``.
+        router: the router of every MoE layer: ``{"name": "top_p", "p": 0.4}``, a name
+            with parameters (``"top_p:p=0.4"``) or a :class:`~dynroute.routing.Router`;
+            stored as ``{"name": ..., **params}`` so that any registered router, built-in
+            or added later, survives ``save_pretrained`` / ``from_pretrained``. The flat
+            keys of earlier versions (``router="top_p", p=0.4``; also ``k``,
+            ``max_experts``, ``normalize``, ``num_null``, ``capacity_factor``) are still
+            read: those that are fields of the named router go into it, with the old
+            defaults k=2, p=0.4, num_null=4, capacity_factor=2.0.
         load_balance_weight: α, weight of the load-balance loss (paper: 1e-2).
         dynamic_weight: β, weight of the dynamic (entropy) loss (paper: 1e-4).
         z_loss_weight: weight of the router z-loss (0 = off).
@@ -47,9 +48,11 @@ class DynMoEConfig(PretrainedConfig):
         tie_word_embeddings: share the input embedding and the LM head.
 
     Example:
-        >>> cfg = DynMoEConfig(vocab_size=64, d_model=32, n_layers=2, router="top_p", p=0.3)
-        >>> cfg.router_kwargs()
-        {'p': 0.3}
+        >>> cfg = DynMoEConfig(vocab_size=64, d_model=32, n_layers=2, router="top_p:p=0.3")
+        >>> cfg.router
+        {'name': 'top_p', 'p': 0.3, 'max_experts': None, 'normalize': False}
+        >>> DynMoEConfig(router="top_p", p=0.3).router == cfg.router  # the older flat form
+        True
     """
 
     model_type = "dynmoe"
@@ -61,13 +64,7 @@ class DynMoEConfig(PretrainedConfig):
     d_ff: int = 256
     num_experts: int = 8
     moe_every: int = 1
-    router: str = "top_k"
-    k: int = 2
-    p: float = 0.4
-    max_experts: int | None = None
-    normalize: bool | None = None
-    num_null: int = 4
-    capacity_factor: float = 2.0
+    router: Any = "top_k"
     load_balance_weight: float = 1e-2
     dynamic_weight: float = 1e-4
     z_loss_weight: float = 0.0
@@ -82,10 +79,10 @@ class DynMoEConfig(PretrainedConfig):
     use_cache: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
-        if self.router not in ROUTERS:
-            raise ValueError(
-                f"DynMoEConfig: unknown router {self.router!r}; choose one of {list(ROUTERS)}"
-            )
+        try:
+            self.router = router_config(self.router, kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"DynMoEConfig: {err}") from None
         if self.expert_layout not in LAYOUTS:
             raise ValueError(
                 f"DynMoEConfig: unknown expert_layout {self.expert_layout!r}; "
@@ -127,8 +124,17 @@ class DynMoEConfig(PretrainedConfig):
         """
         return (index + 1) % self.moe_every == 0
 
+    def router_spec(self) -> Router:
+        """The configured router, built.
+
+        Example:
+            >>> DynMoEConfig(router={"name": "top_k", "k": 1}).router_spec()
+            TopK(k=1, normalize=True)
+        """
+        return make_router(self.router)  # type: ignore[return-value]
+
     def router_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of the configured router (only those it accepts).
+        """The router's required parameters and those set off their defaults.
 
         Example:
             >>> DynMoEConfig(router="null_experts", k=2, num_null=3).router_kwargs()
@@ -136,16 +142,44 @@ class DynMoEConfig(PretrainedConfig):
             >>> DynMoEConfig(router="top_p", p=0.4, normalize=True).router_kwargs()
             {'p': 0.4, 'normalize': True}
         """
-        out: dict[str, Any] = {}
-        if self.router in ("top_k", "top_p") and self.normalize is not None:
-            out["normalize"] = self.normalize
-        if self.router == "top_k":
-            return {"k": self.k, **out}
-        if self.router == "top_p":
-            out = {"p": self.p, **out}
-            if self.max_experts is not None:
-                out["max_experts"] = self.max_experts
-            return out
-        if self.router == "null_experts":
-            return {"k": self.k, "num_null": self.num_null}
-        return {"capacity_factor": self.capacity_factor}
+        return self.router_spec().key_params()
+
+
+#: Flat router keys of earlier configs, and the defaults they had there.
+LEGACY_ROUTER_KEYS = {
+    "k": 2,
+    "p": 0.4,
+    "max_experts": None,
+    "normalize": None,
+    "num_null": 4,
+    "capacity_factor": 2.0,
+}
+
+
+def router_config(router: Any, flat: dict[str, Any]) -> dict[str, Any]:
+    """Normalise a router setting to ``{"name": ..., **params}``, folding in flat legacy keys.
+
+    ``flat`` holds the config's other keyword arguments; the legacy router keys are
+    removed from it. A flat key that is a field of the router sets that field; a bare
+    router name also gets the old defaults of its fields.
+
+    Example:
+        >>> router_config("top_p", {"p": 0.3, "k": 2})
+        {'name': 'top_p', 'p': 0.3, 'max_experts': None, 'normalize': False}
+        >>> router_config({"name": "top_k", "k": 1}, {})
+        {'name': 'top_k', 'k': 1, 'normalize': True}
+    """
+    given = {k: flat.pop(k) for k in list(flat) if k in LEGACY_ROUTER_KEYS}
+    if isinstance(router, Router):
+        router = router.to_dict()
+    if isinstance(router, str):
+        spec = parse_router(router)
+        if ":" not in router:  # the flat form: the old defaults apply
+            given = {**LEGACY_ROUTER_KEYS, **given}
+    elif isinstance(router, Mapping):
+        spec = dict(router)
+    else:
+        raise TypeError(f"router must be a name, a dict or a Router, got {router!r}")
+    fields = {f.name for f in dataclasses.fields(router_class(spec.get("name", "")))}
+    spec.update({k: v for k, v in given.items() if k in fields and v is not None})
+    return make_router(spec).to_dict()  # type: ignore[union-attr]

@@ -115,7 +115,6 @@ class Block(nn.Module):
                 dynamic_weight=config.dynamic_weight,
                 z_loss_weight=config.z_loss_weight,
                 expert_layout=config.expert_layout,
-                **config.router_kwargs(),
             )
         else:
             self.ffn = SwiGLU(config.d_model, config.d_ff)

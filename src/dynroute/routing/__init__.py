@@ -1,28 +1,57 @@
-"""Routing functions: logits [N, E] -> Routing. Pure functions, no modules.
+"""Routers: logits [N, E] -> Routing, as functions and as registered dataclasses.
+
+Every module in this folder is imported here, so a router class decorated with
+:func:`register_router` in a new module is found by name with no other edit.
 
 Example:
     >>> import torch
-    >>> from dynroute.routing import top_p
+    >>> from dynroute.routing import make_router, top_p
     >>> top_p(torch.randn(16, 8), p=0.4).num_experts
+    8
+    >>> make_router("top_p:p=0.4")(torch.randn(16, 8)).num_experts
     8
 """
 
-from dynroute.routing.expert_choice import expert_capacity, expert_choice
-from dynroute.routing.null_experts import null_experts
-from dynroute.routing.registry import ROUTERS, RouterFn, extra_logits, get_router
-from dynroute.routing.top_k import top_k
-from dynroute.routing.top_p import top_p, top_p_mask
+from dynroute.routing.expert_choice import ExpertChoice, expert_capacity, expert_choice
+from dynroute.routing.null_experts import NullExperts, null_experts
+from dynroute.routing.registry import (
+    ROUTERS,
+    Router,
+    RouterFn,
+    describe_router,
+    discover,
+    extra_logits,
+    get_router,
+    make_router,
+    parse_router,
+    register_router,
+    router_class,
+)
+from dynroute.routing.top_k import TopK, top_k
+from dynroute.routing.top_p import TopP, top_p, top_p_mask
 from dynroute.routing.types import Routing
+
+discover()
 
 __all__ = [
     "ROUTERS",
+    "ExpertChoice",
+    "NullExperts",
+    "Router",
     "RouterFn",
     "Routing",
+    "TopK",
+    "TopP",
+    "describe_router",
     "expert_capacity",
     "expert_choice",
     "extra_logits",
     "get_router",
+    "make_router",
     "null_experts",
+    "parse_router",
+    "register_router",
+    "router_class",
     "top_k",
     "top_p",
     "top_p_mask",

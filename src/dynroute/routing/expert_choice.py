@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits
+from dynroute.routing.registry import Router, register_router
 from dynroute.routing.types import Routing
 
 
@@ -19,6 +21,16 @@ def expert_capacity(num_tokens: int, num_experts: int, capacity_factor: float) -
         5
     """
     return min(num_tokens, math.ceil(capacity_factor * num_tokens / num_experts))
+
+
+def check_capacity_factor(capacity_factor: float) -> None:
+    """Raise unless capacity_factor is a finite number > 0."""
+    if (
+        isinstance(capacity_factor, bool)
+        or not isinstance(capacity_factor, int | float)
+        or (not capacity_factor > 0 or not math.isfinite(capacity_factor))
+    ):
+        raise ValueError(f"expert_choice: capacity_factor must be > 0, got {capacity_factor}")
 
 
 def expert_choice(logits: Tensor, capacity_factor: float = 1.0) -> Routing:
@@ -43,12 +55,7 @@ def expert_choice(logits: Tensor, capacity_factor: float = 1.0) -> Routing:
         >>> r.expert.tolist(), r.token.tolist()
         ([0, 1], [0, 1])
     """
-    if (
-        isinstance(capacity_factor, bool)
-        or not isinstance(capacity_factor, int | float)
-        or (not capacity_factor > 0 or not math.isfinite(capacity_factor))
-    ):
-        raise ValueError(f"expert_choice: capacity_factor must be > 0, got {capacity_factor}")
+    check_capacity_factor(capacity_factor)
     logits = as_router_logits(logits, "expert_choice")
     n, e = logits.shape
     probs = torch.softmax(logits, dim=-1)
@@ -56,3 +63,23 @@ def expert_choice(logits: Tensor, capacity_factor: float = 1.0) -> Routing:
     weight, token = torch.topk(probs.t(), c, dim=-1)  # [E, C]
     expert = torch.arange(e, device=logits.device).repeat_interleave(c)
     return Routing(token.reshape(-1), expert, weight.reshape(-1), probs, e)
+
+
+@register_router("expert_choice")
+@dataclass(frozen=True)
+class ExpertChoice(Router):
+    """:func:`expert_choice` as a router: ``ExpertChoice(capacity_factor=2.0)(logits)``.
+
+    Example:
+        >>> import torch
+        >>> ExpertChoice(1.0)(torch.zeros(4, 2)).num_assignments
+        4
+    """
+
+    capacity_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_capacity_factor(self.capacity_factor)
+
+    def __call__(self, logits: Tensor) -> Routing:
+        return expert_choice(logits, self.capacity_factor)

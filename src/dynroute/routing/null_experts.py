@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits, check_int
+from dynroute.routing.registry import Router, register_router
 from dynroute.routing.types import Routing
 
 
@@ -55,3 +58,44 @@ def null_experts(logits: Tensor, k: int, num_null: int) -> Routing:
         null_probs=probs[:, e:],
         null_selected=(~real).sum(dim=-1),
     )
+
+
+@register_router("null_experts")
+@dataclass(frozen=True)
+class NullExperts(Router):
+    """:func:`null_experts` as a router; the gate emits ``num_null`` extra columns.
+
+    With ``null_logit`` set, every null expert gets that constant logit instead of a
+    gate column (``extra_logits`` is then 0): the form for pretrained gates, where a
+    real expert is kept only when its logit beats ``null_logit``.
+
+    Example:
+        >>> import torch
+        >>> NullExperts(k=2, num_null=3).extra_logits, NullExperts(2, 3, 0.0).extra_logits
+        (3, 0)
+        >>> route = NullExperts(k=2, num_null=2, null_logit=0.0)
+        >>> route(torch.tensor([[5.0, -5.0]])).num_assignments
+        1
+    """
+
+    k: int
+    num_null: int
+    null_logit: float | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.k, "k", "null_experts", 1)
+        check_int(self.num_null, "num_null", "null_experts", 1)
+        if self.null_logit is not None and (
+            isinstance(self.null_logit, bool) or not isinstance(self.null_logit, int | float)
+        ):
+            raise TypeError(f"null_experts: null_logit must be a float, got {self.null_logit!r}")
+
+    @property
+    def extra_logits(self) -> int:
+        return self.num_null if self.null_logit is None else 0
+
+    def __call__(self, logits: Tensor) -> Routing:
+        if self.null_logit is not None:
+            nulls = logits.new_full((logits.shape[0], self.num_null), float(self.null_logit))
+            logits = torch.cat([logits, nulls], dim=-1)
+        return null_experts(logits, self.k, self.num_null)

@@ -1,58 +1,294 @@
-"""Routers by name, so configs and the CLI can say ``router = "top_p"``."""
+"""Routers as small frozen dataclasses, registered by name and found automatically.
+
+A router is a :class:`Router` subclass decorated with :func:`register_router`: its fields
+are its knobs, ``__call__(logits [N, E']) -> Routing`` its rule, ``extra_logits`` the gate
+columns it needs beyond the E real experts. Every module in ``dynroute/routing/`` is
+imported when the package is, so dropping a new module there is enough; routers that live
+elsewhere are found through the ``DYNROUTE_PLUGINS`` environment variable (comma-separated
+module names) or the ``dynroute.plugins`` entry-point group, imported the first time an
+unknown name is asked for.
+
+A router round-trips through ``{"name": ..., **params}`` (configs, ``config.json``) and
+through ``"name:key=value,key=value"`` (command lines).
+
+Example:
+    >>> import torch
+    >>> route = make_router("top_p:p=0.4")
+    >>> route
+    TopP(p=0.4, max_experts=None, normalize=False)
+    >>> route(torch.zeros(2, 4)).experts_per_token().tolist()
+    [2, 2]
+    >>> make_router(route.to_dict()) == route
+    True
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
-from collections.abc import Callable
-from typing import Any
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor
 
-from dynroute.routing.expert_choice import expert_choice
-from dynroute.routing.null_experts import null_experts
-from dynroute.routing.top_k import top_k
-from dynroute.routing.top_p import top_p
 from dynroute.routing.types import Routing
 
-RouterFn = Callable[[Tensor], Routing]
+__all__ = [
+    "ROUTERS",
+    "Router",
+    "RouterFn",
+    "describe_router",
+    "extra_logits",
+    "get_router",
+    "make_router",
+    "parse_router",
+    "register_router",
+    "router_class",
+]
 
-ROUTERS: dict[str, Callable[..., Routing]] = {
-    "top_k": top_k,
-    "top_p": top_p,
-    "null_experts": null_experts,
-    "expert_choice": expert_choice,
-}
+RouterFn = Callable[[Tensor], Routing]
+#: Registered router classes by name (filled by :func:`register_router`).
+ROUTERS: dict[str, type[Router]] = {}
+PLUGINS_ENV = "DYNROUTE_PLUGINS"
+_MISSING = dataclasses.MISSING
+
+
+class Router:
+    """Base of every router: a frozen dataclass whose fields are its parameters.
+
+    Subclasses implement ``__call__(logits [N, E + extra_logits]) -> Routing`` (over the
+    E real experts) and override ``extra_logits`` when the gate must emit more columns.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> from dynroute.routing import top_k
+        >>> @register_router("doc_top1")
+        ... @dataclass(frozen=True)
+        ... class DocTop1(Router):
+        ...     def __call__(self, logits): return top_k(logits, 1)
+        >>> make_router("doc_top1").to_dict()
+        {'name': 'doc_top1'}
+    """
+
+    name: ClassVar[str] = ""
+
+    def __call__(self, logits: Tensor) -> Routing:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")
+
+    @property
+    def extra_logits(self) -> int:
+        """Router columns beyond the E real experts that the gate must emit (0 for most)."""
+        return 0
+
+    def params(self) -> dict[str, Any]:
+        """The router's fields and their values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., **params}``; :func:`make_router` turns it back into the router."""
+        return {"name": self.name, **self.params()}
+
+    def key_params(self) -> dict[str, Any]:
+        """The required fields and those set off their defaults.
+
+        Example:
+            >>> make_router("top_p", p=0.3, normalize=True).key_params()
+            {'p': 0.3, 'normalize': True}
+        """
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if (f.default is _MISSING and f.default_factory is _MISSING)
+            or getattr(self, f.name) != f.default
+        }
+
+    def describe(self) -> str:
+        """Short text for tables and reports, e.g. ``top_p(p=0.3)``.
+
+        Example:
+            >>> make_router("top_p", p=0.3).describe(), make_router("top_k", k=2).describe()
+            ('top_p(p=0.3)', 'top_k(k=2)')
+        """
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.key_params().items())})"
+
+
+R = TypeVar("R", bound=type[Router])
+
+
+def register_router(name: str) -> Callable[[R], R]:
+    """Class decorator: register a frozen :class:`Router` dataclass under ``name``.
+
+    Re-registering the same class (its module imported again) replaces it; another class
+    under a taken name raises.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"register_router: {name!r} is not a valid name (letters, digits, _)")
+
+    def decorate(cls: R) -> R:
+        if not (isinstance(cls, type) and issubclass(cls, Router)):
+            raise TypeError(f"register_router({name!r}): {cls!r} must subclass Router")
+        params = getattr(cls, "__dataclass_params__", None)
+        if params is None or not params.frozen:
+            raise TypeError(
+                f"register_router({name!r}): decorate a frozen dataclass "
+                "(@register_router(...) above @dataclass(frozen=True))"
+            )
+        old = ROUTERS.get(name)
+        if old is not None and _origin(old) != _origin(cls):
+            raise ValueError(
+                f"register_router: {name!r} is taken by {old.__module__}.{old.__qualname__}"
+            )
+        cls.name = name
+        ROUTERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def _origin(cls: type) -> tuple[str | None, str]:
+    # the defining file, not the module name: one file imported under two names (a test
+    # module seen by pytest's doctest collection and by an import) is the same router
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__file__", cls.__module__), cls.__qualname__
+
+
+def discover() -> None:
+    """Import every module of ``dynroute.routing`` so their routers register themselves."""
+    package = importlib.import_module("dynroute.routing")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"dynroute.routing.{info.name}")
+
+
+def _load_plugins() -> None:
+    names = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(
+                f"{PLUGINS_ENV} names module {name!r}, which cannot be imported ({err}); "
+                "fix the name or put its folder on PYTHONPATH"
+            ) from err
+    for ep in entry_points(group="dynroute.plugins"):
+        ep.load()
+
+
+def router_class(name: str) -> type[Router]:
+    """The class registered as ``name``, loading plugins first if it is not known yet.
+
+    Example:
+        >>> router_class("top_p").__name__
+        'TopP'
+    """
+    if name not in ROUTERS:
+        _load_plugins()
+    if name not in ROUTERS:
+        raise ValueError(
+            f"unknown router {name!r}; choose one of {', '.join(sorted(ROUTERS))} "
+            f"(routers defined elsewhere: set {PLUGINS_ENV}=your.module)"
+        )
+    return ROUTERS[name]
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_router(text: str) -> dict[str, Any]:
+    """``"name:key=value,key=value"`` -> ``{"name": ..., key: value}`` (values: int, float,
+    bool, none or text).
+
+    Example:
+        >>> parse_router("top_p:p=0.4,max_experts=2")
+        {'name': 'top_p', 'p': 0.4, 'max_experts': 2}
+        >>> parse_router("top_k")
+        {'name': 'top_k'}
+    """
+    name, _, rest = text.partition(":")
+    out: dict[str, Any] = {"name": name.strip()}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(
+                f"router {text!r}: expected name:key=value,key=value (e.g. top_p:p=0.4), "
+                f"got {item!r}"
+            )
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _construct(cls: type[Router], params: Mapping[str, Any]) -> Router:
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise TypeError(
+            f"{cls.name}: unknown argument(s) {unknown}; accepted: {', '.join(names) or 'none'}"
+        )
+    missing = [
+        f.name
+        for f in fields
+        if f.default is _MISSING and f.default_factory is _MISSING and f.name not in params
+    ]
+    if missing:
+        raise TypeError(f"{cls.name}: missing required argument(s) {missing}")
+    return cls(**params)
+
+
+def make_router(spec: str | Mapping[str, Any] | Router | RouterFn, **kwargs: Any) -> RouterFn:
+    """A router from a name (``"top_p"``, ``"top_p:p=0.4"``), a dict, a Router or a callable.
+
+    Keyword arguments add to (and override) the spec's parameters. Unknown names and
+    unknown or missing arguments raise here, before any forward pass. A plain callable
+    ``logits -> Routing`` is returned as is.
+
+    Example:
+        >>> make_router({"name": "null_experts", "k": 2, "num_null": 3}).extra_logits
+        3
+        >>> make_router("top_k:k=1", normalize=False)
+        TopK(k=1, normalize=False)
+    """
+    if isinstance(spec, Router):
+        return dataclasses.replace(spec, **kwargs) if kwargs else spec  # type: ignore[type-var]
+    if isinstance(spec, str):
+        spec = parse_router(spec)
+    if isinstance(spec, Mapping):
+        params = dict(spec)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"router {dict(spec)} has no 'name' (e.g. {{'name': 'top_p'}})")
+        return _construct(router_class(name), {**params, **kwargs})
+    if callable(spec):
+        if kwargs:
+            raise TypeError("router keyword arguments need a router name, not a callable")
+        return spec
+    raise TypeError(f"a router is a name, a dict, a Router or a callable; got {spec!r}")
 
 
 def get_router(name: str, **kwargs: Any) -> RouterFn:
-    """Bind a routing function by name to its keyword arguments.
-
-    Unknown names and unknown or missing arguments raise at build time, not at
-    the first forward pass.
+    """Build a named router (same as :func:`make_router`; kept for the function-style API).
 
     Example:
         >>> import torch
-        >>> route = get_router("top_p", p=0.4)
-        >>> route(torch.zeros(2, 4)).experts_per_token().tolist()
+        >>> get_router("top_p", p=0.4)(torch.zeros(2, 4)).experts_per_token().tolist()
         [2, 2]
     """
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
-    fn = ROUTERS[name]
-    params = inspect.signature(fn).parameters
-    unknown = set(kwargs) - set(params)
-    if unknown:
-        accepted = ", ".join(p for p in params if p != "logits")
-        raise TypeError(f"{name}: unknown argument(s) {sorted(unknown)}; accepted: {accepted}")
-    missing = [
-        p.name
-        for p in params.values()
-        if p.name != "logits" and p.default is inspect.Parameter.empty and p.name not in kwargs
-    ]
-    if missing:
-        raise TypeError(f"{name}: missing required argument(s) {missing}")
-    return functools.partial(fn, **kwargs)
+    return make_router(name, **kwargs)
 
 
 def extra_logits(router: RouterFn) -> int:
@@ -62,6 +298,22 @@ def extra_logits(router: RouterFn) -> int:
         >>> extra_logits(get_router("null_experts", k=2, num_null=3))
         3
     """
-    if isinstance(router, functools.partial) and router.func is null_experts:
-        return int(router.keywords.get("num_null", 0))
+    if isinstance(router, functools.partial) and not router.args:
+        # functools.partial(null_experts, k=2, num_null=3): the registered router of that name
+        cls = ROUTERS.get(getattr(router.func, "__name__", ""))
+        if cls is not None:
+            return make_router({"name": cls.name, **router.keywords}).extra_logits  # type: ignore[union-attr]
     return int(getattr(router, "extra_logits", 0))
+
+
+def describe_router(router: RouterFn) -> str:
+    """``top_p(p=0.4)`` for a Router, the function's name for a plain callable.
+
+    Example:
+        >>> describe_router(make_router("top_p", p=0.4)), describe_router(len)
+        ('top_p(p=0.4)', 'len')
+    """
+    if isinstance(router, Router):
+        return router.describe()
+    fn = getattr(router, "func", router)
+    return getattr(fn, "__name__", type(fn).__name__)

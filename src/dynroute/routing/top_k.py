@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits, check_int
+from dynroute.routing.registry import Router, register_router
 from dynroute.routing.types import Routing
 
 
@@ -39,3 +42,24 @@ def top_k(logits: Tensor, k: int, normalize: bool = True) -> Routing:
         weight = weight / weight.sum(dim=-1, keepdim=True)
     token = torch.arange(n, device=logits.device).repeat_interleave(k)
     return Routing.from_assignments(token, expert.reshape(-1), weight.reshape(-1), probs, e)
+
+
+@register_router("top_k")
+@dataclass(frozen=True)
+class TopK(Router):
+    """:func:`top_k` as a router: ``TopK(k=2)(logits)``.
+
+    Example:
+        >>> import torch
+        >>> TopK(k=1)(torch.tensor([[0.0, 3.0]])).expert.tolist()
+        [1]
+    """
+
+    k: int
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self.k, "k", "top_k", 1)
+
+    def __call__(self, logits: Tensor) -> Routing:
+        return top_k(logits, self.k, self.normalize)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits, check_int
+from dynroute.routing.registry import Router, register_router
 from dynroute.routing.types import Routing
 
 
@@ -30,6 +33,12 @@ def top_p_mask(probs: Tensor, p: float, max_experts: int | None = None) -> Tenso
     if max_experts is not None:
         keep_sorted[:, max_experts:] = False
     return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+
+
+def check_p(p: float) -> None:
+    """Raise unless 0 < p <= 1."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < float(p) <= 1.0:
+        raise ValueError(f"top_p: p must be in (0, 1], got {p}")
 
 
 def top_p(
@@ -57,8 +66,7 @@ def top_p(
         >>> peaked.experts_per_token().tolist(), flat.experts_per_token().tolist()
         ([1], [2])
     """
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < float(p) <= 1.0:
-        raise ValueError(f"top_p: p must be in (0, 1], got {p}")
+    check_p(p)
     logits = as_router_logits(logits, "top_p")
     e = logits.shape[1]
     if max_experts is not None:
@@ -69,3 +77,27 @@ def top_p(
     if normalize:
         weights = probs * mask / (probs * mask).sum(dim=-1, keepdim=True)
     return Routing.from_mask(mask, weights, probs)
+
+
+@register_router("top_p")
+@dataclass(frozen=True)
+class TopP(Router):
+    """:func:`top_p` as a router: ``TopP(p=0.4)(logits)``.
+
+    Example:
+        >>> import torch
+        >>> TopP(p=0.4)(torch.zeros(1, 4)).num_assignments
+        2
+    """
+
+    p: float
+    max_experts: int | None = None
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        check_p(self.p)
+        if self.max_experts is not None:
+            check_int(self.max_experts, "max_experts", "top_p", 1)
+
+    def __call__(self, logits: Tensor) -> Routing:
+        return top_p(logits, self.p, self.max_experts, self.normalize)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dynroute.data.cache import atomic_write_text
+from dynroute.routing import parse_router
 from dynroute.train.config import RunConfig
 from dynroute.train.evaluate import evaluate_checkpoint
 from dynroute.train.loop import train
@@ -64,8 +65,11 @@ class Variant:
             'top_p(p=0.4)'
         """
         router = self.model.get("router", "top_k")
-        args = ", ".join(f"{k}={v}" for k, v in self.model.items() if k != "router")
-        return f"{router}({args})"
+        params = {k: v for k, v in self.model.items() if k != "router"}
+        if not isinstance(router, str) or ":" in router:  # {"name": ..., **params} forms
+            spec = parse_router(router) if isinstance(router, str) else dict(router)
+            router, params = spec.pop("name"), {**spec, **params}
+        return f"{router}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
 def _train_throughput(run: Path) -> float:

@@ -4,8 +4,7 @@ A config file looks like ``configs/tiny.toml``::
 
     [model]            # any DynMoEConfig field except vocab_size (taken from the tokenizer)
     d_model = 64
-    router = "top_p"
-    p = 0.4
+    router = {name = "top_p", p = 0.4}   # or: router = "top_p:p=0.4"; or router = "top_p", p = 0.4
     [data]             # DataConfig
     source = "stdlib"
     [train]            # TrainConfig
@@ -21,6 +20,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dynroute.routing import parse_router
 
 __all__ = [
     "DataConfig",
@@ -141,13 +142,20 @@ def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
 
 def _check_model_keys(model: dict[str, Any], origin: str) -> None:
     from dynroute.models import DynMoEConfig
+    from dynroute.models.config import LEGACY_ROUTER_KEYS, router_config
 
-    accepted = {f.name for f in dataclasses.fields(DynMoEConfig)}
+    accepted = {f.name for f in dataclasses.fields(DynMoEConfig)} | set(LEGACY_ROUTER_KEYS)
     unknown = set(model) - accepted
     if unknown:
         raise ValueError(
-            f"{origin} [model]: unknown key(s) {sorted(unknown)}; see DynMoEConfig for the fields"
+            f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
         )
+    try:  # a wrong router fails here, before a run folder is touched
+        router_config(
+            model.get("router", "top_k"), {k: model[k] for k in LEGACY_ROUTER_KEYS if k in model}
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{origin} [model]: {err}") from None
     if "vocab_size" in model:
         raise ValueError(
             f"{origin} [model]: vocab_size comes from the tokenizer; set [data] vocab_size instead"
@@ -196,10 +204,15 @@ _OVERRIDE_TARGETS = {
 def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
     """Copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed, threads).
 
+    ``router`` is a name or ``name:key=value,...`` (any registered router); ``k`` and ``p``
+    set those fields of the router when it has them.
+
     Example:
         >>> cfg = apply_overrides(RunConfig(), router="top_p", p=0.3, steps=7, seed=None)
         >>> cfg.model, cfg.train.steps
         ({'router': 'top_p', 'p': 0.3}, 7)
+        >>> apply_overrides(RunConfig(), router="top_k:k=1").model
+        {'router': {'name': 'top_k', 'k': 1}}
     """
     raw = cfg.to_dict()
     for name, value in overrides.items():
@@ -208,5 +221,7 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
         if name not in _OVERRIDE_TARGETS:
             raise TypeError(f"apply_overrides: unknown flag {name!r}")
         table, key = _OVERRIDE_TARGETS[name]
+        if name == "router" and ":" in value:
+            value = parse_router(value)
         raw[table][key] = value
     return RunConfig.from_dict(raw)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dynroute.data import encode_documents, iter_eval_batches, load_corpus
+from dynroute.routing import make_router
 from dynroute.train.config import DataConfig, RunConfig
 from dynroute.train.data import DATA_FILE, load_data
 
@@ -290,6 +291,5 @@ def evaluate_checkpoint(
     config = getattr(loaded.model, "config", None)
     router = getattr(config, "router", None)
     if router is not None:
-        kwargs = config.router_kwargs() if hasattr(config, "router_kwargs") else {}
-        router = router + "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
+        router = make_router(router).describe()  # type: ignore[union-attr]
     return {"checkpoint": str(path), "kind": loaded.kind, "router": router, **result}
