@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-# as in dynroute.bench.layer, repeated here so that --thp acts before torch is imported
+# as in dynbench.layer, repeated here so that --thp acts before torch is imported
 ROUTERS = ("top2", "top8", "top_p")
 MODES = ("fwd", "fwd+bwd")
 
@@ -57,9 +57,8 @@ def main() -> None:
     if args.thp:  # read by torch's CPU allocator, so set before torch is imported
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     import torch
-
-    from dynroute.bench.layer import FULL, QUICK, Setup, grid
-    from dynroute.bench.suite import run_suite
+    from dynbench.layer import FULL, QUICK, Setup, grid
+    from dynbench.suite import run_suite
 
     if {"bound", "floor"} & set(args.skip):
         ap.error("bound and floor are the references every ratio needs; they cannot be skipped")

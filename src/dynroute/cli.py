@@ -17,13 +17,13 @@ import dynroute.commands
 
 app = typer.Typer(
     name="dynroute",
-    help="Dynamic routing for Mixture-of-Experts: train, evaluate, analyze, benchmark, patch.",
+    help="Dynamic routing for Mixture-of-Experts: train, evaluate, analyze, patch.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
 
-ORDER = ["demo", "train", "eval", "analyze", "bench", "patch"]
+ORDER = ["demo", "train", "eval", "analyze", "patch"]
 
 
 def _command_modules() -> list[str]:

@@ -4,23 +4,23 @@ import json
 
 import pytest
 import torch
-
-from dynroute.bench.hf_experts import (
+from dynbench.hf_experts import (
     available_implementations,
     hf_experts,
     mixtral_loop,
     to_top_k_format,
 )
-from dynroute.bench.layer import Cell, Setup, grid, record_key, run_cells, tune_top_p
-from dynroute.bench.memory import peak_memory
-from dynroute.bench.report import (
+from dynbench.layer import Cell, Setup, grid, record_key, run_cells, tune_top_p
+from dynbench.memory import peak_memory
+from dynbench.report import (
     append_records,
     load_records,
     markdown_summary,
     plot_ratios,
     target_rows,
 )
-from dynroute.bench.suite import run_suite
+from dynbench.suite import run_suite
+
 from dynroute.dispatch import ExpertWeights, grouped, loop
 from dynroute.routing import top_k, top_p
 

@@ -22,7 +22,7 @@ KEYS = ("output", "aux", "x_grad", "gate_grad", "expert_grad")
 
 @pytest.fixture(scope="module")
 def launched() -> list[dict]:
-    return run_ranks(ep_workers.all_checks, 2, timeout_s=120, collective_timeout_s=30)
+    return run_ranks(ep_workers.all_checks, 2, timeout_s=120, collective_timeout_s=30, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -47,9 +47,9 @@ __all__ = [
     "publish_routing",
 ]
 
-_SUBSCRIBERS: weakref.WeakKeyDictionary[nn.Module, list[tuple[RoutingRecorder, int]]] = (
-    weakref.WeakKeyDictionary()
-)
+# The recorders a module publishes to live on the module itself (a plain attribute: not
+# a parameter, buffer or submodule, so state_dict and .to() never see it).
+_SUBSCRIBERS = "_routing_subscribers"
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ def publish_routing(module: nn.Module, routing: Routing) -> None:
         >>> rec.layers[0].num_tokens
         5
     """
-    for recorder, layer in _SUBSCRIBERS.get(module, ()):
+    for recorder, layer in getattr(module, _SUBSCRIBERS, ()):
         recorder.record(layer, routing)
 
 
@@ -299,13 +299,12 @@ class RoutingRecorder:
                 self.record(layer_index, routing)
 
         self._handles.append(module.register_forward_hook(hook))
-        _SUBSCRIBERS.setdefault(module, []).append((self, layer_index))
+        module.__dict__.setdefault(_SUBSCRIBERS, []).append((self, layer_index))
         self._handles.append(_Unsubscribe(module, self))
         # dynroute.hf blocks call ``routing_callback(block, routing)`` on every forward;
         # chain onto a callback someone else installed instead of replacing it.
         if hasattr(module, "routing_callback") and not _publishes(module.routing_callback):
             module.routing_callback = _Chained(module.routing_callback)
-            self._handles.append(_ResetCallback(module))
 
     def attach_model(self, model: nn.Module) -> int:
         """Attach every routing module of ``model``.
@@ -505,23 +504,11 @@ def _publishes(callback: Any) -> bool:
     return callback is publish_routing or isinstance(callback, _Chained)
 
 
-class _ResetCallback:
-    """A removable handle that puts back the ``routing_callback`` attach() replaced."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = weakref.ref(module)
-
-    def remove(self) -> None:
-        module = self.module()
-        if module is None:
-            return
-        callback = module.routing_callback
-        if isinstance(callback, _Chained) and module not in _SUBSCRIBERS:
-            module.routing_callback = callback.previous
-
-
 class _Unsubscribe:
-    """A removable handle that drops one recorder's subscriptions to a module."""
+    """A removable handle that drops one recorder's subscriptions to a module.
+
+    The last one to leave also puts back the ``routing_callback`` attach() replaced.
+    """
 
     def __init__(self, module: nn.Module, recorder: RoutingRecorder) -> None:
         self.module = weakref.ref(module)
@@ -529,10 +516,13 @@ class _Unsubscribe:
 
     def remove(self) -> None:
         module = self.module()
-        if module is None or module not in _SUBSCRIBERS:
+        if module is None or _SUBSCRIBERS not in module.__dict__:
             return
-        subs = [s for s in _SUBSCRIBERS[module] if s[0] is not self.recorder]
+        subs = [s for s in module.__dict__[_SUBSCRIBERS] if s[0] is not self.recorder]
         if subs:
-            _SUBSCRIBERS[module] = subs
-        else:
-            del _SUBSCRIBERS[module]
+            module.__dict__[_SUBSCRIBERS] = subs
+            return
+        del module.__dict__[_SUBSCRIBERS]
+        callback = getattr(module, "routing_callback", None)
+        if isinstance(callback, _Chained):
+            module.routing_callback = callback.previous

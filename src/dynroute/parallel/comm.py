@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -52,12 +53,20 @@ class CommMeter:
         self.rows_sent += rows
 
 
-_METERS: list[CommMeter] = []
+Meters = tuple[CommMeter, ...]
+
+# The meters of the enclosing ``measure_comm`` blocks: scoped like torch.no_grad (set on
+# entry, restored on exit, per thread and task), never a list that outlives its block.
+# A forward exchange hands its meters to its autograd node, so the backward is counted
+# even where autograd runs it on another thread (CUDA), which sees no context.
+_ACTIVE_METERS: ContextVar[Meters] = ContextVar("dynroute_comm_meters", default=())
 
 
 @contextmanager
 def measure_comm() -> Iterator[CommMeter]:
     """Count the bytes and time of every expert-parallel all-to-all inside the block.
+
+    An exchange whose forward ran inside the block is counted in its backward too.
 
     Example:
         >>> with measure_comm() as meter:
@@ -66,15 +75,15 @@ def measure_comm() -> Iterator[CommMeter]:
         0
     """
     meter = CommMeter()
-    _METERS.append(meter)
+    token = _ACTIVE_METERS.set((*_ACTIVE_METERS.get(), meter))
     try:
         yield meter
     finally:
-        _METERS.remove(meter)
+        _ACTIVE_METERS.reset(token)
 
 
 def _exchange(
-    x: Tensor, out_splits: Sequence[int], in_splits: Sequence[int], group: Group
+    x: Tensor, out_splits: Sequence[int], in_splits: Sequence[int], group: Group, meters: Meters
 ) -> Tensor:
     out = x.new_empty((sum(out_splits), *x.shape[1:]))
     start = time.perf_counter()
@@ -88,12 +97,12 @@ def _exchange(
             "the same number of times. The wait is bounded by init_process_group(timeout=...) "
             "(DYNROUTE_DIST_TIMEOUT for init_from_env)."
         ) from e
-    if _METERS:
+    if meters:
         seconds = time.perf_counter() - start
         me = dist.get_rank(group)
         row_bytes = math.prod(x.shape[1:]) * x.element_size()
         sent, received = sum(in_splits) - in_splits[me], sum(out_splits) - out_splits[me]
-        for meter in _METERS:  # 1-D tensors are the count exchanges, not activation rows
+        for meter in meters:  # 1-D tensors are the count exchanges, not activation rows
             meter.add(sent * row_bytes, received * row_bytes, seconds, sent if x.dim() > 1 else 0)
             if x.dim() > 1:
                 meter.exchanges.append((list(out_splits), list(in_splits), row_bytes))
@@ -101,7 +110,12 @@ def _exchange(
 
 
 class _AllToAll(torch.autograd.Function):
-    """all_to_all_single whose backward sends the gradients back along the reverse routes."""
+    """all_to_all_single whose backward sends the gradients back along the reverse routes.
+
+    Not ``torch.distributed.nn.functional.all_to_all_single``: it computes the same (uneven
+    splits, gloo included), but torch 2.13 deprecates it (a FutureWarning) in favour of a
+    private module, and its backward would skip the meters and the error message below.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -111,15 +125,18 @@ class _AllToAll(torch.autograd.Function):
         in_splits: list[int],
         group: Group,
     ) -> Tensor:
+        meters = _ACTIVE_METERS.get()
         ctx.out_splits, ctx.in_splits, ctx.group = out_splits, in_splits, group  # type: ignore[attr-defined]
-        return _exchange(x, out_splits, in_splits, group)
+        ctx.meters = meters  # type: ignore[attr-defined]
+        return _exchange(x, out_splits, in_splits, group, meters)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor, None, None, None]:
         c = ctx  # the splits swap roles: what was received is now sent back
-        return _exchange(grad, c.in_splits, c.out_splits, c.group), None, None, None  # type: ignore[attr-defined]
+        back = _exchange(grad, c.in_splits, c.out_splits, c.group, c.meters)  # type: ignore[attr-defined]
+        return back, None, None, None
 
 
 def all_to_all(
@@ -177,4 +194,4 @@ def exchange_counts(send_counts: Tensor, group: Group = None) -> Tensor:
             f"exchange_counts: {send_counts.numel()} counts do not split over {world} ranks"
         )
     chunk = [send_counts.numel() // world] * world
-    return _exchange(send_counts, chunk, chunk, group).view(world, -1)
+    return _exchange(send_counts, chunk, chunk, group, _ACTIVE_METERS.get()).view(world, -1)

@@ -24,7 +24,7 @@ def _worker(
     fn: Callable[..., Any],
     args: Sequence[Any],
     collective_timeout_s: float,
-    threads: int,
+    threads: int | None,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -33,7 +33,8 @@ def _worker(
         WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
     )
-    torch.set_num_threads(threads)
+    if threads is not None:  # the caller's choice for these fresh processes, never a default
+        torch.set_num_threads(threads)
     dist.init_process_group(
         "gloo", rank=rank, world_size=world_size, timeout=timeout_from_env(collective_timeout_s)
     )
@@ -50,7 +51,7 @@ def run_ranks(
     args: Sequence[Any] = (),
     timeout_s: float = 120.0,
     collective_timeout_s: float = 30.0,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> list[Any]:
     """Call ``fn(ctx, *args)`` on ``world_size`` fresh CPU processes (gloo, 127.0.0.1).
 
@@ -58,6 +59,8 @@ def run_ranks(
     (a module-level function); its return value travels back with ``torch.save``.
     Every collective fails after ``collective_timeout_s``, and the whole run is
     killed after ``timeout_s``, so a broken exchange ends in an error, not a hang.
+    ``threads`` sets torch's thread count in each rank (default: torch's own, which
+    counts every core in every rank; W ranks on a small machine want ``threads=1``).
 
     Returns:
         The per-rank return values, in rank order.

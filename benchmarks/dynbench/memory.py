@@ -13,14 +13,18 @@ dense bound), so comparing activation memory means leaving them out.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
+
+# Private, but torch has no public way to see every tensor an op allocates on any device
+# (torch.cuda.max_memory_allocated is CUDA-only; the profiler gives no storage identity to
+# leave the parameter gradients out). It is why this module lives in benchmarks/, not in
+# the installed package.
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,9 @@ class _Tracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         self.purge()
         # views and in-place results share an input's storage: not a new allocation
-        inputs = {_ptr(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor) and t.layout == torch.strided and not t.is_meta:
+        inputs = {_ptr(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            if t.layout == torch.strided and not t.is_meta:
                 storage = t.untyped_storage()
                 ptr = storage.data_ptr()
                 if ptr in self.live or ptr in inputs or storage.nbytes() == 0:
@@ -66,6 +70,23 @@ class _Tracker(TorchDispatchMode):
                 self.ptr_of[aid] = ptr
                 self.events.append((aid, storage.nbytes()))
         return out
+
+
+def _tensors(tree: object) -> Iterator[Tensor]:
+    """The tensors in an op's arguments or results (nested tuples, lists, dicts).
+
+    Example:
+        >>> len(list(_tensors(((torch.ones(1), 2), {"out": [torch.ones(2)]}))))
+        2
+    """
+    if isinstance(tree, Tensor):
+        yield tree
+    elif isinstance(tree, tuple | list):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
 
 
 def _ptr(t: Tensor) -> int | None:

@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynroute.bench.hf_experts import (
+from dynbench.hf_experts import (
     available_implementations,
     hf_experts,
     mixtral_loop,
     to_top_k_format,
 )
-from dynroute.bench.memory import peak_memory
-from dynroute.bench.timing import Bench, time_interleaved
+from dynbench.memory import peak_memory
+from dynbench.timing import Bench, time_interleaved
 from dynroute.dispatch import ExpertWeights, dense, grouped, loop
 from dynroute.routing import Routing, top_k, top_p
 

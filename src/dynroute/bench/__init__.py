@@ -1,1 +1,0 @@
-"""Benchmark helpers shared by `benchmarks/` scripts and `dynroute bench`."""
