@@ -57,6 +57,7 @@ def main() -> None:
     if args.thp:  # read by torch's CPU allocator, so set before torch is imported
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     import torch
+
     from dynbench.layer import FULL, QUICK, Setup, grid
     from dynbench.suite import run_suite
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from dynbench.hf_experts import (
     available_implementations,
     hf_experts,
@@ -20,7 +21,6 @@ from dynbench.report import (
     target_rows,
 )
 from dynbench.suite import run_suite
-
 from dynroute.dispatch import ExpertWeights, grouped, loop
 from dynroute.routing import top_k, top_p
 
