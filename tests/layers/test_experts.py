@@ -27,7 +27,8 @@ class ScaledIdentityExperts(Experts):
         self.scale = nn.Parameter(torch.linspace(0.5, 2.0, num_experts))
 
     def forward(self, rows, offsets):
-        expert = torch.searchsorted(offsets, torch.arange(rows.shape[0]), right=True)
+        row = torch.arange(rows.shape[0], device=rows.device)
+        expert = torch.searchsorted(offsets, row, right=True)
         return rows * self.scale[expert, None]
 
 

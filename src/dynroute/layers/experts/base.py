@@ -29,7 +29,8 @@ class Experts(nn.Module):
         ...         super().__init__(num_experts=2, d_model=3)
         ...         self.scale = nn.Parameter(torch.tensor([1.0, 2.0]))
         ...     def forward(self, rows, offsets):
-        ...         expert = torch.searchsorted(offsets, torch.arange(len(rows)), right=True)
+        ...         row = torch.arange(len(rows), device=rows.device)
+        ...         expert = torch.searchsorted(offsets, row, right=True)
         ...         return rows * self.scale[expert, None]
         >>> Scaled().run_expert(torch.ones(1, 3), 1)
         tensor([[2., 2., 2.]], grad_fn=<MulBackward0>)
