@@ -62,11 +62,6 @@ class SwiGLUExperts(Experts):
             self.down = nn.ParameterList(torch.empty(d_ff, d_model) for _ in range(num_experts))
         self.reset_parameters()
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The experts' parameter dtype."""
-        return self.weights().dtype
-
     def reset_parameters(self) -> None:
         # Same scale as nn.Linear's default (uniform ±1/sqrt(fan_in)) for each expert;
         # weights are laid out for x @ W, so fan_in is the second-to-last dim in both layouts.
