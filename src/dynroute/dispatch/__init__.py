@@ -1,6 +1,9 @@
 """Dispatch paths: (x [N, d], routing, experts) -> [N, d]. Same signature, same result.
 
-``grouped`` is the fast path; ``loop`` and ``dense`` are references for tests.
+``grouped`` is the fast path; ``loop`` and ``dense`` are references for tests. Dispatch
+permutes and combines; ``experts`` (anything ``ExpertsLike``: a
+``dynroute.layers.experts.Experts`` module, or SwiGLU ``ExpertWeights`` over plain
+tensors) owns the math.
 
 Example:
     >>> import torch
@@ -16,14 +19,14 @@ from collections.abc import Callable
 from torch import Tensor
 
 from dynroute.dispatch.dense import dense
-from dynroute.dispatch.experts import ExpertWeights
+from dynroute.dispatch.experts import ExpertsLike, ExpertWeights
 from dynroute.dispatch.fused import FusedSwiGLUDispatch
 from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
 from dynroute.dispatch.grouped import PATHS, choose_path, grouped
 from dynroute.dispatch.loop import loop
 from dynroute.routing import Routing
 
-DispatchFn = Callable[[Tensor, Routing, ExpertWeights], Tensor]
+DispatchFn = Callable[[Tensor, Routing, ExpertsLike], Tensor]
 
 DISPATCH: dict[str, DispatchFn] = {"grouped": grouped, "loop": loop, "dense": dense}
 
@@ -45,6 +48,7 @@ __all__ = [
     "PATHS",
     "DispatchFn",
     "ExpertWeights",
+    "ExpertsLike",
     "FusedSwiGLUDispatch",
     "choose_path",
     "dense",

@@ -23,6 +23,8 @@ class Combiner:
     Args:
         token: LongTensor [A], token of each assignment.
         num_tokens: N.
+        index: ``index_tensors()`` of a Combiner over the same ``token`` (an autograd op
+            saves them for backward instead of sorting again).
 
     Example:
         >>> import torch
@@ -31,10 +33,15 @@ class Combiner:
         [2.0, 4.0]
     """
 
-    def __init__(self, token: Tensor, num_tokens: int) -> None:
+    def __init__(
+        self, token: Tensor, num_tokens: int, index: tuple[Tensor | None, ...] = (None, None)
+    ) -> None:
         self.token, self.num_tokens = token, num_tokens
-        self._order: Tensor | None = None
-        self._crow: Tensor | None = None
+        self._order, self._crow = index
+
+    def index_tensors(self) -> tuple[Tensor | None, Tensor | None]:
+        """The token sort built so far (None before a sparse combine), for ``save_for_backward``."""
+        return self._order, self._crow
 
     def _use_sparse(self, rows: Tensor) -> bool:
         return rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64)
@@ -69,3 +76,19 @@ class Combiner:
             rows = rows.mul_(w) if inplace else rows * w
         out = rows.new_zeros(self.num_tokens, rows.shape[1])
         return out.index_put_((self.token,), rows, accumulate=True)
+
+
+def combine(rows: Tensor, token: Tensor, weight: Tensor, num_tokens: int) -> Tensor:
+    """Σ over a token's assignments of weight[a] · rows[a] -> [N, d], under autograd.
+
+    The combine step of every composed (non-fused) dispatch: gradients reach ``rows``
+    and ``weight`` (the router).
+
+    Example:
+        >>> import torch
+        >>> combine(torch.ones(3, 2), torch.tensor([1, 0, 1]), torch.tensor([1.0, 2.0, 3.0]), 2)
+        tensor([[2., 2.],
+                [4., 4.]])
+    """
+    y = rows * weight[:, None].to(rows.dtype)
+    return rows.new_zeros(num_tokens, rows.shape[1]).index_add(0, token, y)

@@ -1,13 +1,45 @@
-"""The weights a dispatch path multiplies by: SwiGLU experts, stacked or one tensor each."""
+"""What a dispatch path runs: the ``ExpertsLike`` protocol, and SwiGLU on plain tensors.
+
+Dispatch only permutes rows and combines outputs; the experts own their math. Anything
+with ``num_experts``, ``d_model``, ``__call__(rows [A, d], offsets int32 [E]) -> [A, d]``
+and ``run_expert(rows [n, d], e) -> [n, d]`` runs under every dispatch path:
+``dynroute.layers.experts.Experts`` modules, and ``ExpertWeights`` (SwiGLU over given
+tensors, e.g. views of a transformers checkpoint). An optional ``fused(x, routing, path)
+-> [N, d] | None`` hook lets a kind replace permute → experts → combine with its own op.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from dynroute.dispatch.gemm import group_sizes, grouped_linear
+
+if TYPE_CHECKING:
+    from dynroute.routing import Routing
+
+
+class ExpertsLike(Protocol):
+    """What ``grouped``, ``loop`` and ``dense`` need of experts (modules or plain tensors)."""
+
+    @property
+    def num_experts(self) -> int: ...
+
+    @property
+    def d_model(self) -> int: ...
+
+    def __call__(self, rows: Tensor, offsets: Tensor) -> Tensor:
+        """rows [A, d] sorted by expert, offsets int32 [E] cumulative counts -> [A, d]."""
+        ...
+
+    def run_expert(self, rows: Tensor, e: int) -> Tensor:
+        """Expert e alone on rows [n, d] -> [n, d] (the readable reference)."""
+        ...
+
 
 #: One [E, ...] tensor, or one tensor per expert (the "per_expert" layout).
 ExpertTensors = Tensor | tuple[Tensor, ...]
@@ -98,8 +130,40 @@ class ExpertWeights(NamedTuple):
         """Expert e on rows x [n, d_model] -> [n, d_model]."""
         return self.glu(x @ self.gate_up[e]) @ self.down[e]
 
+    run_expert = ffn
 
-def check_dispatch_inputs(x: Tensor, num_experts: int, weights: ExpertWeights, fn: str) -> None:
+    def __call__(self, rows: Tensor, offsets: Tensor) -> Tensor:  # type: ignore[override]
+        """SwiGLU under autograd on rows [A, d] sorted by expert -> [A, d].
+
+        Example:
+            >>> import torch
+            >>> w = ExpertWeights(torch.randn(2, 8, 32), torch.randn(2, 16, 8))
+            >>> w(torch.randn(3, 8), torch.tensor([1, 3], dtype=torch.int32)).shape
+            torch.Size([3, 8])
+        """
+        if self.per_expert:
+            # experts with no rows never touch their weights, so they get no gradient at all
+            chunks = rows.split(group_sizes(offsets))
+            parts = [self.ffn(c, e) for e, c in enumerate(chunks) if c.shape[0]]
+            return torch.cat(parts) if parts else rows.new_zeros(rows.shape)
+        h = self.glu(grouped_linear(rows, self.gate_up, offsets))  # type: ignore[arg-type]
+        return grouped_linear(h.contiguous(), self.down, offsets)  # type: ignore[arg-type]
+
+    def fused(self, x: Tensor, routing: Routing, path: str) -> Tensor | None:
+        """The fused SwiGLU dispatch for ``grouped``; None where the composed path is taken."""
+        from dynroute.dispatch.fused import fused_swiglu  # fused.py imports this module
+
+        return fused_swiglu(x, routing, self, path)
+
+
+def expert_tensors(experts: ExpertsLike) -> list[Tensor]:
+    """Every weight tensor of ``experts``: a module's parameters, or ``tensors()``."""
+    if isinstance(experts, nn.Module):
+        return list(experts.parameters())
+    return list(getattr(experts, "tensors", tuple)())
+
+
+def check_dispatch_inputs(x: Tensor, num_experts: int, weights: ExpertsLike, fn: str) -> None:
     """Raise a clear error when x, the routing and the weights do not fit together."""
     if x.dim() != 2:
         raise ValueError(f"{fn}: x must have shape [N, d_model], got {tuple(x.shape)}")
@@ -111,10 +175,10 @@ def check_dispatch_inputs(x: Tensor, num_experts: int, weights: ExpertWeights, f
         )
 
 
-def empty_output(x: Tensor, routing_weight: Tensor, weights: ExpertWeights) -> Tensor:
+def empty_output(x: Tensor, routing_weight: Tensor, weights: ExpertsLike) -> Tensor:
     """Zeros [N, d_model] for a call with no assignments, still attached to the graph.
 
     Keeps ``loss.backward()`` working (with zero gradients) on a batch that ran no expert.
     """
-    tied = sum((t.sum() for t in weights.tensors()), routing_weight.sum())
+    tied = sum((t.sum() for t in expert_tensors(weights)), routing_weight.sum())
     return x.new_zeros(x.shape) + 0.0 * (x.sum() + tied).to(x.dtype)

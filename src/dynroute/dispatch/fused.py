@@ -1,27 +1,134 @@
-"""Gather → SwiGLU expert GEMMs → weight → scatter as one autograd op with a hand-written backward.
+"""SwiGLU experts' own fast path: gather → GEMMs → weight → scatter as one autograd op.
 
-Why a custom ``autograd.Function`` instead of composing torch ops:
+``ExpertWeights.fused`` (and so ``SwiGLUExperts``) hands ``grouped`` this op instead of
+the generic permute → experts → combine. Why a custom ``autograd.Function``:
 
 - memory: autograd would keep the gathered rows [A, d], the gate/up projection [A, 2f],
-  silu(gate) [A, f] and the hidden [A, f]. Here only the projection [A, 2f] and the
-  unweighted expert outputs [A, d] are kept; rows are re-gathered from ``x`` and the
-  hidden recomputed (elementwise, cheap next to the GEMMs) in backward;
+  silu(gate) [A, f] and the hidden [A, f]. Here only the projection [A, 2f] (and the
+  unweighted expert outputs [A, d] when the router needs a gradient) are saved; rows are
+  re-gathered from ``x`` and the hidden recomputed (elementwise, cheap next to the GEMMs)
+  in backward;
 - copies: the combine weight is folded into the scatter (a sparse combine matrix, see
   ``combine.py``), and ``grouped_mm`` never sees a non-contiguous gradient;
 - work: gradients nobody asked for (frozen experts, a detached router) are skipped.
 
-Only SwiGLU with SiLU is fused; ``grouped`` composes plain torch ops for any other
-activation.
+Everything backward reads goes through ``save_for_backward``, so activation
+checkpointing, ``saved_tensors_hooks`` (CPU offload) and ``retain_graph=True`` work;
+backward therefore never writes into a saved tensor.
+
+Execution paths of ``grouped(..., path=...)`` for SwiGLU (all exact, all agree with ``loop``):
+
+- ``"grouped_mm"``: this op on ``torch.nn.functional.grouped_mm``; the default for
+  SwiGLU with SiLU when ``grouped_mm`` takes the operands;
+- ``"slices"``: the same op, one ``torch.mm`` per contiguous expert slice; taken when
+  ``grouped_mm`` cannot take the operands (float64, unaligned strides, old torch);
+- ``"autograd"``: the generic composed path (plain torch ops); any other activation;
+- ``"per_expert"``: weights given as one tensor per expert (``ExpertWeights`` of
+  tuples): the composed path, one GEMM chain per expert that received tokens, so only
+  those experts get a gradient. Taken whenever the weights are per-expert.
+
+``"auto"`` also sends forward-only calls (no gradient needed) with at most
+``SMALL_FORWARD`` assignments, i.e. decoding a few tokens, to ``"autograd"``: same
+GEMMs, less fixed cost per call.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dynroute.dispatch.combine import Combiner
-from dynroute.dispatch.gemm import grouped_linear, grouped_outer
+from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
+
+if TYPE_CHECKING:
+    from dynroute.dispatch.experts import ExpertWeights
+    from dynroute.routing import Routing
+
+PATHS = ("auto", "grouped_mm", "slices", "autograd", "per_expert")
+#: Forward-only calls with at most this many assignments take the "autograd" path.
+SMALL_FORWARD = 64
+
+
+def is_silu(activation: object) -> bool:
+    """Whether ``activation`` is SiLU (the function or the module), which the fused op implements.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> is_silu(F.silu), is_silu(F.gelu)
+        (True, False)
+    """
+    return activation is F.silu or isinstance(activation, nn.SiLU)
+
+
+def choose_path(x: Tensor, experts: ExpertWeights) -> str:
+    """The execution path ``grouped(..., path="auto")`` takes for these SwiGLU weights.
+
+    Example:
+        >>> import torch
+        >>> from dynroute.dispatch import ExpertWeights
+        >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
+        >>> choose_path(torch.randn(5, 8), w), choose_path(torch.randn(5, 8).double(), w)
+        ('grouped_mm', 'slices')
+        >>> choose_path(torch.randn(5, 8), ExpertWeights(tuple(w.gate_up), tuple(w.down)))
+        'per_expert'
+    """
+    if experts.per_expert:
+        return "per_expert"
+    if not is_silu(experts.activation):
+        return "autograd"
+    gate_up, down = experts.gate_up, experts.down
+    gu_t, down_t = gate_up.transpose(1, 2), down.transpose(1, 2)  # type: ignore[union-attr]
+    # the [A, d] and [A, f] activations are operands too: their row strides must align
+    row_bytes = (experts.d_model * x.element_size(), experts.d_ff * x.element_size())
+    aligned = all(b % 16 == 0 for b in row_bytes)
+    if aligned and grouped_mm_supported(x, gate_up, down, gu_t, down_t):  # type: ignore[arg-type]
+        return "grouped_mm"
+    return "slices"
+
+
+def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str) -> Tensor | None:
+    """Run :class:`FusedSwiGLUDispatch` for ``path`` (see module doc), or None for "autograd".
+
+    None tells ``grouped`` to take the generic composed path (per-expert weights, other
+    activations, small forward-only calls). Raises for a path that cannot take the weights.
+    """
+    if path == "auto":
+        path = choose_path(x, experts)
+        if path != "per_expert" and routing.num_assignments <= SMALL_FORWARD:
+            # a decoding-size call: the fused op's fixed cost (sparse combine, autograd
+            # bookkeeping) is a visible share of a few rows' GEMMs; nothing to save for backward
+            inputs = (x, routing.weight, experts.gate_up, experts.down)
+            if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):  # type: ignore[union-attr]
+                path = "autograd"
+    elif (path == "per_expert") != experts.per_expert:
+        raise ValueError(
+            f"grouped: path {path!r} does not fit "
+            f"{'per-expert' if experts.per_expert else 'stacked'} weights; "
+            "'per_expert' is the path for per-expert weights; use path='auto'"
+        )
+    elif path not in ("autograd", "per_expert") and not is_silu(experts.activation):
+        raise ValueError(f"grouped: path {path!r} is fused SwiGLU with SiLU; use path='autograd'")
+    elif path == "grouped_mm" and choose_path(x, experts) != "grouped_mm":
+        raise ValueError(
+            "grouped: grouped_mm cannot take these operands (needs float32/bf16/fp16 and "
+            "16-byte aligned strides); use path='slices' or 'auto'"
+        )
+    if path in ("autograd", "per_expert"):
+        return None
+    offs = routing.expert_counts().cumsum(0).to(torch.int32)
+    return FusedSwiGLUDispatch.apply(
+        x,
+        routing.weight,
+        experts.gate_up,
+        experts.down,
+        routing.token,
+        offs,
+        None,
+        path == "grouped_mm",
+    )
 
 
 class FusedSwiGLUDispatch(torch.autograd.Function):
@@ -55,25 +162,25 @@ class FusedSwiGLUDispatch(torch.autograd.Function):
         combine = Combiner(token, x.shape[0])
         # the router's gradient needs the unweighted y; otherwise it may be scaled in place
         out = combine(y, weight, inplace=not need_weight_grad)
-        ctx.save_for_backward(x, weight, gate_up, down, token, offs)
-        # held outside save_for_backward so that backward can drop and reuse them early
-        ctx.gu = gu  # type: ignore[attr-defined]
-        ctx.y = y if need_weight_grad else None  # type: ignore[attr-defined]
-        ctx.gmm, ctx.combine = gmm, combine  # type: ignore[attr-defined]
+        ctx.save_for_backward(
+            x,
+            weight,
+            gate_up,
+            down,
+            token,
+            offs,
+            gu,
+            y if need_weight_grad else None,
+            *combine.index_tensors(),  # the token sort, so backward does not sort again
+        )
+        ctx.gmm = gmm  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        x, weight, gate_up, down, token, offs = ctx.saved_tensors  # type: ignore[attr-defined]
-        gu, y = ctx.gu, ctx.y  # type: ignore[attr-defined]
-        if gu is None:
-            raise RuntimeError(
-                "grouped: backward ran twice through one dispatch call; its activations are "
-                "reused in place to save memory. Run the forward again (or use path='autograd')."
-            )
-        ctx.gu = ctx.y = None  # type: ignore[attr-defined]
+        x, weight, gate_up, down, token, offs, gu, y, *index = ctx.saved_tensors  # type: ignore[attr-defined]
         need_x, need_w, need_gu, need_down = ctx.needs_input_grad[:4]  # type: ignore[attr-defined]
         gmm = ctx.gmm  # type: ignore[attr-defined]
         go = grad_out.index_select(0, token)  # [A, d], contiguous whatever grad_out was
@@ -86,25 +193,25 @@ class FusedSwiGLUDispatch(torch.autograd.Function):
             return None, d_weight, None, None, None, None, None, None
         f = gu.shape[1] // 2
         gate, up = gu[:, :f], gu[:, f:]
-        act = F.silu(gate)  # [A, f], recomputed rather than stored
+        # gu is saved (a second backward or a checkpoint may read it again): the gradient
+        # goes to a new [A, 2f] buffer; silu(gate) is recomputed into its up half
+        d_gu = torch.empty_like(gu)
+        d_gate, d_up = d_gu[:, :f], d_gu[:, f:]
+        act = torch.ops.aten.silu.out(gate, out=d_up)  # [A, f]
         d_down = None
         if need_down:
             d_down = grouped_outer(act * up, go, offs, **gmm)  # [E, f, d]
         d_h = grouped_linear(go, down.transpose(1, 2), offs, **gmm)  # [A, f]
         del go
-        # the gate/up gradient overwrites gu in place: peak [A, 4f] instead of [A, 6f]
-        act.mul_(d_h)  # d_up
+        act.mul_(d_h)  # d_up, in place in d_gu
         d_h.mul_(up)  # gradient w.r.t. silu(gate)
-        up.copy_(act)
-        del act
-        torch.ops.aten.silu_backward.grad_input(d_h, gate, grad_input=gate)
-        del d_h, gate, up
-        d_gu = gu
+        torch.ops.aten.silu_backward.grad_input(d_h, gate, grad_input=d_gate)
+        del d_h, act, gate, up
         d_gate_up = d_x = None
         if need_gu:
             d_gate_up = grouped_outer(x.index_select(0, token), d_gu, offs, **gmm)  # [E, d, 2f]
         if need_x:
             d_rows = grouped_linear(d_gu, gate_up.transpose(1, 2), offs, **gmm)  # [A, d]
-            del d_gu, gu
-            d_x = ctx.combine(d_rows, inplace=True)  # type: ignore[attr-defined]
+            del d_gu
+            d_x = Combiner(token, x.shape[0], tuple(index))(d_rows, inplace=True)
         return d_x, d_weight, d_gate_up, d_down, None, None, None, None

@@ -93,9 +93,14 @@ def grouped_linear(
         use_grouped_mm = grouped_mm_supported(x, w)
     if use_grouped_mm:
         return F.grouped_mm(x, w, offs=offs)
+    sizes = counts if counts is not None else group_sizes(offs)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        # mm(out=...) has no autograd; experts composed under autograd need this form
+        parts = [c @ w[e] for e, c in enumerate(x.split(sizes)) if c.shape[0]]
+        return torch.cat(parts) if parts else x.new_zeros(0, w.shape[-1])
     out = x.new_empty(x.shape[0], w.shape[-1])
     start = 0
-    for e, size in enumerate(counts if counts is not None else group_sizes(offs)):
+    for e, size in enumerate(sizes):
         if size:
             torch.mm(x[start : start + size], w[e], out=out[start : start + size])
         start += size

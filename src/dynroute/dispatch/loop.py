@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dynroute.dispatch.experts import ExpertWeights, check_dispatch_inputs, empty_output
+from dynroute.dispatch.experts import ExpertsLike, check_dispatch_inputs, empty_output
 from dynroute.routing import Routing
 
 
-def loop(x: Tensor, routing: Routing, experts: ExpertWeights) -> Tensor:
-    """Run each expert on the tokens assigned to it, one expert at a time.
+def loop(x: Tensor, routing: Routing, experts: ExpertsLike) -> Tensor:
+    """Run each expert on the tokens assigned to it, one expert at a time (``run_expert``).
 
     Args:
         x: [N, d_model] tokens.
         routing: assignments sorted by expert.
-        experts: stacked weights for ``routing.num_experts`` experts.
+        experts: ``routing.num_experts`` experts (an ``Experts`` module or ``ExpertWeights``).
 
     Returns:
         [N, d_model], Σ over a token's assignments of weight · expert(x).
 
     Example:
         >>> import torch
+        >>> from dynroute.dispatch import ExpertWeights
         >>> from dynroute.routing import top_k
         >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
         >>> loop(torch.randn(5, 8), top_k(torch.randn(5, 4), 2), w).shape
@@ -35,7 +36,7 @@ def loop(x: Tensor, routing: Routing, experts: ExpertWeights) -> Tensor:
     for e, end in enumerate(ends):
         if end > start:
             token = routing.token[start:end]
-            y = experts.ffn(x[token], e) * routing.weight[start:end, None].to(x.dtype)
+            y = experts.run_expert(x[token], e) * routing.weight[start:end, None].to(x.dtype)
             out = out.index_add(0, token, y)
         start = end
     return out

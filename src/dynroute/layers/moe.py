@@ -1,4 +1,4 @@
-"""The MoE block: router + experts + dispatch."""
+"""The MoE block: router + experts (any ``Experts`` kind; SwiGLU by default) + dispatch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dynroute.dispatch import DispatchFn, get_dispatch
-from dynroute.layers.experts import SwiGLUExperts
+from dynroute.layers.experts import Experts, SwiGLUExperts
 from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, make_router
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
 
@@ -42,7 +42,8 @@ class MoE(nn.Module):
     """A Mixture-of-Experts FFN with any router and any dispatch path.
 
     Args:
-        d_model: model width; d_ff: width of each SwiGLU expert; num_experts: E.
+        d_model: model width; d_ff: width of each SwiGLU expert; num_experts: E
+            (both may be omitted when ``experts`` is given).
         router: a registered router: a name (``"top_p"``, ``"top_p:p=0.4"``, with
             ``router_kwargs``), a dict ``{"name": ..., **params}`` or a
             :class:`~dynroute.routing.Router`; or any callable ``logits [N, E] -> Routing``.
@@ -54,6 +55,8 @@ class MoE(nn.Module):
             "per_expert" (a parameter pair per expert: only experts that got tokens get
             gradients; faster training with few tokens per expert on CPU). See
             :class:`~dynroute.layers.experts.SwiGLUExperts`.
+        experts: any :class:`~dynroute.layers.experts.Experts` module (MLP, mixed widths,
+            your own kind) instead of the default ``SwiGLUExperts(d_model, d_ff, E)``.
         **router_kwargs: arguments of a named router, e.g. ``p=0.4``.
 
     Shapes:
@@ -65,22 +68,36 @@ class MoE(nn.Module):
         >>> y, aux = moe(torch.randn(2, 3, 16))
         >>> y.shape, aux.routing.num_tokens
         (torch.Size([2, 3, 16]), 6)
+        >>> from dynroute.layers.experts import MLPExperts
+        >>> MoE(16, experts=MLPExperts(16, 32, 4), router="top_k", k=1)(torch.randn(5, 16))[0].shape
+        torch.Size([5, 16])
     """
 
     def __init__(
         self,
         d_model: int,
-        d_ff: int,
-        num_experts: int,
+        d_ff: int | None = None,
+        num_experts: int | None = None,
         router: str | Mapping[str, Any] | Router | RouterFn = "top_k",
         dispatch: str | DispatchFn = "grouped",
         load_balance_weight: float = LOAD_BALANCE_WEIGHT,
         dynamic_weight: float = DYNAMIC_WEIGHT,
         z_loss_weight: float = 0.0,
         expert_layout: str = "stacked",
+        experts: Experts | None = None,
         **router_kwargs: Any,
     ) -> None:
         super().__init__()
+        if experts is None:
+            if d_ff is None or num_experts is None:
+                raise TypeError("MoE: give d_ff and num_experts, or an experts module")
+        elif num_experts not in (None, experts.num_experts) or experts.d_model != d_model:
+            raise ValueError(
+                f"MoE: experts hold {experts.num_experts} experts of width {experts.d_model}, "
+                f"the layer was given num_experts={num_experts}, d_model={d_model}"
+            )
+        else:
+            num_experts = experts.num_experts
         if router == "top_k" and not router_kwargs:
             router_kwargs = {"k": min(2, num_experts)}
         self.route: RouterFn = make_router(router, **router_kwargs)
@@ -89,7 +106,17 @@ class MoE(nn.Module):
         )
         self.num_experts = num_experts
         self.gate = nn.Linear(d_model, num_experts + extra_logits(self.route), bias=False)
-        self.experts = SwiGLUExperts(d_model, d_ff, num_experts, layout=expert_layout)
+        # built after the gate: seeded models keep their initial weights
+        self.experts: Experts = (
+            experts
+            if experts is not None
+            else SwiGLUExperts(
+                d_model,
+                d_ff,
+                num_experts,
+                layout=expert_layout,  # type: ignore[arg-type]
+            )
+        )
         self.load_balance_weight = load_balance_weight
         self.dynamic_weight = dynamic_weight
         self.z_loss_weight = z_loss_weight
@@ -115,7 +142,7 @@ class MoE(nn.Module):
 
     def run_experts(self, flat: Tensor, routing: Routing) -> Tensor:
         """Expert outputs combined per token, [N, d_model]; subclasses change where experts run."""
-        return self.dispatch(flat, routing, self.experts.weights())
+        return self.dispatch(flat, routing, self.experts)
 
     def extra_repr(self) -> str:
         return f"router={describe_router(self.route)}"

@@ -23,7 +23,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from dynroute.layers import MoE
-from dynroute.layers.experts import SwiGLUExperts
+from dynroute.layers.experts import Experts
 from dynroute.layers.moe import MoEAux
 from dynroute.models.config import DynMoEConfig
 
@@ -165,8 +165,8 @@ class DynMoEPreTrainedModel(PreTrainedModel):
         # transformers' init functions skip weights already loaded by from_pretrained.
         if isinstance(module, nn.Linear | nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, SwiGLUExperts):
-            for weight in module.weights().tensors():
+        elif isinstance(module, Experts):
+            for weight in module.parameters():
                 init.normal_(weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)

@@ -12,11 +12,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dynroute.parallel.moe import ExpertParallelMoE, require_group
 
-_EXPERT_TENSORS = ("experts.gate_up", "experts.down")
+
+def _expert_keys(model: nn.Module) -> list[tuple[ExpertParallelMoE, list[str]]]:
+    """Each ExpertParallelMoE with the state-dict keys of its experts (all of them sharded)."""
+    out = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, ExpertParallelMoE):
+            head = f"{prefix}.experts." if prefix else "experts."
+            out.append((module, [head + k for k in module.experts.state_dict()]))
+    return out
 
 
 def expert_parameter_names(model: nn.Module) -> list[str]:
-    """Names (as in ``model.state_dict()``) of the sharded expert tensors.
+    """Names (as in ``model.state_dict()``) of the sharded expert tensors: every tensor
+    of the ``experts`` module of each ExpertParallelMoE, whatever the expert kind.
 
     Example:
         >>> from dynroute.layers import MoE
@@ -25,11 +34,7 @@ def expert_parameter_names(model: nn.Module) -> list[str]:
         ...     expert_parameter_names(shard_model_experts(nn.Sequential(MoE(8, 16, 2))))
         ['0.experts.gate_up', '0.experts.down']
     """
-    names = []
-    for prefix, module in model.named_modules():
-        if isinstance(module, ExpertParallelMoE):
-            names += [f"{prefix}.{t}" if prefix else t for t in _EXPERT_TENSORS]
-    return names
+    return [key for _, keys in _expert_keys(model) for key in keys]
 
 
 def wrap_ddp(
@@ -66,8 +71,7 @@ def wrap_ddp(
     if average_expert_grads:
         world = dist.get_world_size()
         params = dict(model.named_parameters())
-        for name in names:
-            p = params[name]
+        for p in (params[n] for n in names if n in params):  # buffers have no gradient
             if not getattr(p, "_dynroute_grad_averaged", False):
                 # A tensor hook scales each incoming gradient, so accumulation still adds up.
                 p.register_hook(lambda g, w=world: g / w)
@@ -145,11 +149,8 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """
     model = _unwrap(model)
     state = model.state_dict()
-    for prefix, module in model.named_modules():
-        if not isinstance(module, ExpertParallelMoE):
-            continue
-        for t in _EXPERT_TENSORS:
-            key = f"{prefix}.{t}" if prefix else t
+    for module, keys in _expert_keys(model):
+        for key in keys:
             shard = state[key].detach().contiguous()
             parts = [torch.empty_like(shard) for _ in range(module.world_size)]
             dist.all_gather(parts, shard, group=module.group)
@@ -177,12 +178,9 @@ def load_full_state_dict(
     """
     model = _unwrap(model)
     state = dict(state_dict)
-    for prefix, module in model.named_modules():
-        if not isinstance(module, ExpertParallelMoE):
-            continue
+    for module, keys in _expert_keys(model):
         lo, hi = module.expert_offset, module.expert_offset + module.num_local_experts
-        for t in _EXPERT_TENSORS:
-            key = f"{prefix}.{t}" if prefix else t
+        for key in keys:
             if key in state:
                 if state[key].shape[0] != module.num_experts:
                     raise ValueError(

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dynroute.dispatch.combine import combine
 from dynroute.layers import MoE
-from dynroute.layers.experts import SwiGLUExperts
 from dynroute.parallel.comm import Group, all_to_all, exchange_counts
 from dynroute.routing import Routing
 
@@ -67,16 +67,15 @@ def _comm_device(group: Group, fallback: torch.device) -> torch.device:
 
 def _check_identical(moe: MoE, group: Group, fn: str) -> None:
     """Fail on every rank when the ranks were given different layers (e.g. other seeds)."""
-    g, e = moe.gate.weight, moe.experts
+    g, experts = moe.gate.weight, list(moe.experts.parameters())
     device = _comm_device(group, g.device)
     stats = [
         float(moe.num_experts),
         float(g.shape[0]),
         float(g.shape[1]),
-        float(e.d_ff),
+        float(sum(p.numel() for p in experts)),
         g.detach().double().sum().item(),
-        e.gate_up.detach().double().abs().sum().item(),
-        e.down.detach().double().abs().sum().item(),
+        *(p.detach().double().abs().sum().item() for p in experts),
     ]
     mine = torch.tensor(stats, dtype=torch.float64, device=device)
     every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
@@ -126,10 +125,11 @@ class ExpertParallelMoE(MoE):
             raise TypeError("ExpertParallelMoE: this MoE is already expert-parallel")
         if not isinstance(moe, MoE):
             raise TypeError(f"ExpertParallelMoE: expected dynroute.layers.MoE, got {type(moe)}")
-        if moe.experts.layout != "stacked":
+        if not moe.experts.stacked:
             raise ValueError(
                 "ExpertParallelMoE: expert parallelism shards stacked [E, ...] expert weights; "
-                f"this MoE has expert_layout={moe.experts.layout!r}. Build it with "
+                f"this MoE's {type(moe.experts).__name__} is not stacked "
+                f"(expert_layout={getattr(moe.experts, 'layout', None)!r}). Build it with "
                 "expert_layout='stacked' (the default)"
             )
         e = moe.num_experts
@@ -150,14 +150,9 @@ class ExpertParallelMoE(MoE):
         self.group, self.rank, self.world_size = group, rank, world
         self.num_local_experts = e // world
         self.expert_offset = rank * self.num_local_experts
-        full = moe.experts
-        local = SwiGLUExperts(full.d_model, full.d_ff, self.num_local_experts)
-        local = local.to(device=full.gate_up.device, dtype=full.gate_up.dtype)
         lo, hi = self.expert_offset, self.expert_offset + self.num_local_experts
-        with torch.no_grad():  # a copy, so the full [E, ...] tensors can be freed
-            local.gate_up.copy_(full.gate_up[lo:hi])
-            local.down.copy_(full.down[lo:hi])
-        self.experts = local
+        # a copy of this rank's experts (any kind), so the full [E, ...] tensors can be freed
+        self.experts = moe.experts.shard(lo, hi)
         self.train(moe.training)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ExpertParallelMoE:
@@ -196,12 +191,11 @@ class ExpertParallelMoE(MoE):
             # no gradient would skip it while its peers wait), so always record it.
             send = send.detach().requires_grad_(True)
         rows = all_to_all(send, out_splits, in_splits, self.group)
-        out = self.dispatch(rows, local_routing(recv_counts, rows), self.experts.weights())
+        out = self.dispatch(rows, local_routing(recv_counts, rows), self.experts)
         back = all_to_all(out, in_splits, out_splits, self.group)  # [A], routing's order
         # Combine weights are applied here, at the token's own rank, so the router's
         # gradient never crosses the network.
-        back = back * routing.weight[:, None].to(back.dtype)
-        return flat.new_zeros(flat.shape).index_add(0, routing.token, back)
+        return combine(back, routing.token, routing.weight, flat.shape[0])
 
     def extra_repr(self) -> str:
         lo = self.expert_offset
@@ -246,7 +240,8 @@ def shard_experts(moe: MoE, group: Group = None, check: bool = True) -> ExpertPa
     Rank r keeps experts r·E/W … (r+1)·E/W − 1 (copied) and shares the router.
     Call it on every rank of ``group``; then each rank calls the result on its
     own tokens. State-dict keys stay those of ``MoE`` (``gate.weight``,
-    ``experts.gate_up``, ``experts.down``), the expert tensors hold E/W rows.
+    ``experts.gate_up``, ``experts.down`` for SwiGLU), the expert tensors hold E/W rows.
+    Any ``stacked`` expert kind is sharded with its own ``experts.shard(lo, hi)``.
 
     Args:
         moe: the layer, built with the same config and seed on every rank.

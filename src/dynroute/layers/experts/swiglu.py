@@ -1,18 +1,25 @@
-"""SwiGLU experts: stacked [E, ...] parameters, or one parameter pair per expert."""
+"""SwiGLU experts: stacked [E, ...] parameters, or one parameter pair per expert.
+
+The math lives in ``dynroute.dispatch.ExpertWeights`` (SwiGLU over plain tensors, also
+used for transformers' checkpoints); this module holds the parameters and delegates,
+including the fused fast path (``dispatch/fused.py``).
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dynroute.dispatch import ExpertWeights
+from dynroute.layers.experts.base import Experts
+from dynroute.routing import Routing
 
 LAYOUTS = ("stacked", "per_expert")
 
 
-class SwiGLUExperts(nn.Module):
+class SwiGLUExperts(Experts):
     """E SwiGLU FFNs: two stacked parameters (grouped GEMMs) or a parameter pair per expert.
 
     Args:
@@ -38,11 +45,11 @@ class SwiGLUExperts(nn.Module):
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, layout: str = "stacked") -> None:
-        super().__init__()
+        super().__init__(num_experts, d_model)
         if layout not in LAYOUTS:
             raise ValueError(f"SwiGLUExperts: unknown layout {layout!r}; choose one of {LAYOUTS}")
-        self.d_model, self.d_ff, self.num_experts = d_model, d_ff, num_experts
-        self.layout = layout
+        self.d_ff, self.layout = d_ff, layout
+        self.stacked = layout == "stacked"
         self.gate_up: nn.Parameter | nn.ParameterList
         self.down: nn.Parameter | nn.ParameterList
         if layout == "stacked":
@@ -54,11 +61,6 @@ class SwiGLUExperts(nn.Module):
             )
             self.down = nn.ParameterList(torch.empty(d_ff, d_model) for _ in range(num_experts))
         self.reset_parameters()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The experts' parameter dtype."""
-        return self.weights().dtype
 
     def reset_parameters(self) -> None:
         # Same scale as nn.Linear's default (uniform ±1/sqrt(fan_in)) for each expert;
@@ -73,8 +75,25 @@ class SwiGLUExperts(nn.Module):
             return ExpertWeights(tuple(self.gate_up), tuple(self.down))
         return ExpertWeights(self.gate_up, self.down)  # type: ignore[arg-type]
 
+    def forward(self, rows: Tensor, offsets: Tensor) -> Tensor:
+        return self.weights()(rows, offsets)
+
+    def run_expert(self, rows: Tensor, e: int) -> Tensor:
+        return self.weights().ffn(rows, e)
+
+    def fused(self, x: Tensor, routing: Routing, path: str) -> Tensor | None:
+        """The fused SwiGLU dispatch (``dispatch/fused.py``); None for the composed path."""
+        return self.weights().fused(x, routing, path)
+
+    def shard(self, start: int, stop: int) -> SwiGLUExperts:
+        w = self.weights()
+        part = SwiGLUExperts(self.d_model, self.d_ff, stop - start, self.layout)
+        part = part.to(device=w.gate_up[0].device, dtype=w.dtype)
+        with torch.no_grad():  # tuples (per-expert) and stacked tensors slice alike
+            mine = ExpertWeights(w.gate_up[start:stop], w.down[start:stop]).tensors()
+            for dst, src in zip(part.weights().tensors(), mine, strict=True):
+                dst.copy_(src)
+        return part
+
     def extra_repr(self) -> str:
-        return (
-            f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
-            f"layout={self.layout}"
-        )
+        return f"{super().extra_repr()}, d_ff={self.d_ff}, layout={self.layout}"
