@@ -22,10 +22,19 @@ from torch import nn
 
 from dynroute.data import PreparedData, encode_documents, load_corpus, prepare_data
 
-__all__ = ["CHECKPOINT_NAMES", "LoadedModel", "load_model", "resolve_checkpoint"]
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "DATA_FILE",
+    "LoadedModel",
+    "load_model",
+    "prepare_run_data",
+    "resolve_checkpoint",
+    "router_text",
+]
 
 CHECKPOINT_NAMES = ("final", "best", "last", "latest", "checkpoint", "model")
-DATA_FILE = "dynroute_data.json"  # written by dynroute.train next to exported weights
+DATA_FILE = "dynroute_data.json"
+"""Written by ``dynroute.train`` next to exported weights: the corpus they were trained on."""
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -135,16 +144,14 @@ def _encode(tokenizer: Any, docs: list[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def _prepare(data: dict[str, Any]) -> PreparedData:
-    """``prepare_data`` for a run's ``[data]`` table (same cache entry as training used)."""
+def prepare_run_data(data: dict[str, Any]) -> PreparedData:
+    """``prepare_data`` for a run's ``[data]`` table (the cache entry its training used).
+
+    Example:
+        >>> prepare_run_data({"source": "stdlib", "vocab_size": 4096})  # doctest: +SKIP
+    """
     source = None if data.get("source") in ("", "stdlib", None) else data["source"]
     return prepare_data(source, **{k: v for k, v in data.items() if k != "source"})
-
-
-def _dynmoe(folder: Path) -> nn.Module:
-    from dynroute.models import DynMoEForCausalLM
-
-    return DynMoEForCausalLM.from_pretrained(folder)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -169,81 +176,49 @@ def load_model(path: str | Path) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # ours is the one on screen
-    root = Path(path)
-    run_file = root / "run.json"
-    if run_file.is_file() and (
-        (root / "model" / "config.json").is_file() or (root / "checkpoint.pt").is_file()
-    ):
-        run = json.loads(run_file.read_text())
-        if (root / "model" / "config.json").is_file():
-            folder, model = root / "model", _dynmoe(root / "model")
-        else:  # killed before the first export: use the training checkpoint itself
-            from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+    from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 
+    root = Path(path)
+    exported = root / "model" / "config.json"
+    if (root / "run.json").is_file() and (exported.is_file() or (root / "checkpoint.pt").is_file()):
+        run = json.loads((root / "run.json").read_text())
+        kind, data = "dynroute-run", run["data"]
+        seq_len, batch_size = int(run["train"]["seq_len"]), int(run["train"]["batch_size"])
+        if exported.is_file():
+            folder, model = root / "model", DynMoEForCausalLM.from_pretrained(root / "model")
+        else:  # killed before the first export: use the training checkpoint itself
             # Our own file (written by dynroute.train): RNG states and plain values too.
             state = torch.load(root / "checkpoint.pt", map_location="cpu", weights_only=False)
             folder, model = root, DynMoEForCausalLM(DynMoEConfig(**state["model_config"]))
             model.load_state_dict(state["model"])
-        prepared = _prepare(run["data"])
-        shapes = run["train"]["seq_len"], run["train"]["batch_size"]
-        return LoadedModel(
-            model.eval(), folder, prepared.tokenizer, "dynroute-run", run["data"], prepared, *shapes
-        )
-
-    folder = resolve_checkpoint(root)
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") == "dynmoe":
-        model = _dynmoe(folder)
-        vocab, limit = int(model.config.vocab_size), int(model.config.max_seq_len)
-        tok_file = next(
-            (
-                d / "tokenizer.json"
-                for d in (folder, folder.parent)
-                if (d / "tokenizer.json").is_file()
-            ),
-            None,
-        )
-        if (folder / DATA_FILE).is_file():  # exported by `dynroute train`
-            data = json.loads((folder / DATA_FILE).read_text())
-            prepared = _prepare(data)
-            return LoadedModel(
-                model.eval(),
-                folder,
-                prepared.tokenizer,
-                "dynmoe-model",
-                data,
-                prepared,
-                min(128, limit),
-                16,
-            )
-        if tok_file is not None:
+        tokenizer = None
+    else:
+        folder = resolve_checkpoint(root)
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("model_type") != "dynmoe":
+            return _load_hf(folder, config)
+        model, kind = DynMoEForCausalLM.from_pretrained(folder), "dynmoe-model"
+        limit, batch_size = int(model.config.max_seq_len), 16
+        # Where its text and tokenizer come from, best first: the data settings `dynroute
+        # train` exports with it, a tokenizer.json beside it, else the default corpus at
+        # the model's vocabulary size.
+        data, seq_len, tokenizer = {"source": "stdlib"}, min(256, limit), None
+        tok_files = [d / "tokenizer.json" for d in (folder, folder.parent)]
+        if (folder / DATA_FILE).is_file():
+            data, seq_len = json.loads((folder / DATA_FILE).read_text()), min(128, limit)
+        elif any(f.is_file() for f in tok_files):
             from tokenizers import Tokenizer
 
-            tok = Tokenizer.from_file(str(tok_file))
-            return LoadedModel(
-                model.eval(),
-                folder,
-                tok,
-                "dynmoe-model",
-                {"source": "stdlib"},
-                None,
-                min(256, limit),
-                16,
-            )
-        # No record of its data: assume the default corpus at the model's vocabulary size.
-        data = {"source": "stdlib", "vocab_size": vocab}
-        prepared = _prepare(data)
-        return LoadedModel(
-            model.eval(),
-            folder,
-            prepared.tokenizer,
-            "dynmoe-model",
-            data,
-            prepared,
-            min(256, limit),
-            16,
-        )
+            tokenizer = Tokenizer.from_file(str(next(f for f in tok_files if f.is_file())))
+        else:
+            data["vocab_size"] = int(model.config.vocab_size)
+    prepared = prepare_run_data(data) if tokenizer is None else None
+    tokenizer = prepared.tokenizer if prepared is not None else tokenizer
+    return LoadedModel(model.eval(), folder, tokenizer, kind, data, prepared, seq_len, batch_size)
 
+
+def _load_hf(folder: Path, config: dict[str, Any]) -> LoadedModel:
+    """A transformers MoE checkpoint with its saved dynroute routing and its own tokenizer."""
     from dynroute import hf
 
     if not hf.is_hf_moe_checkpoint(folder):
@@ -254,14 +229,26 @@ def load_model(path: str | Path) -> LoadedModel:
             f"supports ({hf.supported_families_text()})"
         )
     model = hf.load_patched(folder)
-    limit = int(getattr(model.config, "max_position_embeddings", 256))
+    seq_len = min(256, int(getattr(model.config, "max_position_embeddings", 256)))
+    tokenizer = hf.load_tokenizer(folder)
     return LoadedModel(
-        model.eval(),
-        folder,
-        hf.load_tokenizer(folder),
-        "hf-moe",
-        {"source": "stdlib"},
-        None,
-        min(256, limit),
-        4,
+        model.eval(), folder, tokenizer, "hf-moe", {"source": "stdlib"}, None, seq_len, 4
     )
+
+
+def router_text(model: nn.Module) -> str | None:
+    """``top_p(p=0.4)``-style description of a model's routing (None if unknown).
+
+    Example:
+        >>> from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+        >>> router_text(DynMoEForCausalLM(DynMoEConfig(vocab_size=16, d_model=16, n_layers=1,
+        ...     n_heads=2, d_ff=16, num_experts=4, router="top_p", p=0.3)))
+        'top_p(p=0.3)'
+    """
+    cfg = getattr(model, "config", None)
+    router = getattr(cfg, "router", None)
+    if router is not None and hasattr(cfg, "router_kwargs"):
+        return f"{router}(" + ", ".join(f"{k}={v}" for k, v in cfg.router_kwargs().items()) + ")"
+    # dynroute.hf blocks carry a RouterSpec with describe(); layers may differ.
+    specs = {m.spec.describe() for m in model.modules() if hasattr(m, "routing_callback")}
+    return ", ".join(sorted(specs)) or None

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dynroute.analysis.recorder import RecorderConfig, RoutingRecorder
 from dynroute.analysis.summary import summarize
-from dynroute.checkpoints import CHECKPOINT_NAMES, load_model
+from dynroute.checkpoints import CHECKPOINT_NAMES, load_model, router_text
 from dynroute.data import iter_eval_batches, num_eval_windows
 from dynroute.evaluation import evaluate_lm
 
@@ -127,17 +127,6 @@ def load_stats(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def _router_text(model: nn.Module) -> str | None:
-    """``top_p(p=0.4)``-style description of a model's routing (None if unknown)."""
-    cfg = getattr(model, "config", None)
-    router = getattr(cfg, "router", None)
-    if router is not None and hasattr(cfg, "router_kwargs"):
-        return f"{router}(" + ", ".join(f"{k}={v}" for k, v in cfg.router_kwargs().items()) + ")"
-    # dynroute.hf blocks carry a RouterSpec with describe(); layers may differ.
-    specs = {m.spec.describe() for m in model.modules() if hasattr(m, "routing_callback")}
-    return ", ".join(sorted(specs)) or None
-
-
 def analyze_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -189,7 +178,7 @@ def analyze_checkpoint(
             "tokenizer.json next to config.json"
         )
     folder = loaded.folder
-    router = _router_text(loaded.model)
+    router = router_text(loaded.model)
     name = folder.parent.name if folder.name in CHECKPOINT_NAMES else folder.name
     meta = {
         "name": name,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from dynroute.checkpoints import LoadedModel, load_model
+from dynroute.checkpoints import LoadedModel, load_model, router_text
 from dynroute.data import iter_eval_batches
 from dynroute.evaluation import evaluate_lm
 
@@ -160,7 +160,10 @@ def evaluate_checkpoint(
         seq_len or loaded.seq_len,
         max_batches,
     )
-    kwargs = config.router_kwargs()
-    router = config.router + "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
     name = loaded.folder if isinstance(path, LoadedModel) else path
-    return {"checkpoint": str(name), "kind": loaded.kind, "router": router, **result}
+    return {
+        "checkpoint": str(name),
+        "kind": loaded.kind,
+        "router": router_text(loaded.model),
+        **result,
+    }
