@@ -175,8 +175,9 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # ours is the one on screen
     from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+
+    hf_logging.disable_progress_bar()  # ours is the one on screen
 
     root = Path(path)
     exported = root / "model" / "config.json"
@@ -204,7 +205,7 @@ def load_model(path: str | Path) -> LoadedModel:
         # the model's vocabulary size.
         data, seq_len, tokenizer = {"source": "stdlib"}, min(256, limit), None
         tok_files = [d / "tokenizer.json" for d in (folder, folder.parent)]
-        if (folder / DATA_FILE).is_file():
+        if (folder / DATA_FILE).is_file():  # 128-token windows, as `dynroute eval` always used
             data, seq_len = json.loads((folder / DATA_FILE).read_text()), min(128, limit)
         elif any(f.is_file() for f in tok_files):
             from tokenizers import Tokenizer
