@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     base = apply_overrides(load_config(args.config), steps=args.steps, threads=args.threads)
+    if base.train.threads:  # the script sets threads; dynroute.train never does
+        torch.set_num_threads(base.train.threads)
     ps = [float(p) for p in args.ps.split(",")]
     normalized = [float(p) for p in args.normalized_ps.split(",") if p]
     seeds = list(range(args.seeds))

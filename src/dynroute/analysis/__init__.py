@@ -27,7 +27,6 @@ from dynroute.analysis.consistency import (
     segment_routing_performance,
     window_counts,
 )
-from dynroute.analysis.loading import Loaded, load_checkpoint, resolve_checkpoint
 from dynroute.analysis.recorder import (
     LayerCounts,
     RecorderConfig,
@@ -36,13 +35,7 @@ from dynroute.analysis.recorder import (
     publish_routing,
 )
 from dynroute.analysis.report import render_report
-from dynroute.analysis.run import (
-    analyze_checkpoint,
-    analyze_model,
-    load_stats,
-    token_losses,
-    write_stats,
-)
+from dynroute.analysis.run import analyze_checkpoint, analyze_model, load_stats, write_stats
 from dynroute.analysis.stats import (
     binned_mean,
     capacity_drops,
@@ -58,10 +51,10 @@ from dynroute.analysis.stats import (
 from dynroute.analysis.summary import summarize
 from dynroute.analysis.table import findings, summary_rows, summary_table
 from dynroute.analysis.workflow import analyze, compare_report, load_runs, render_dir
+from dynroute.evaluation import token_losses  # the loss analyze_model records
 
 __all__ = [
     "LayerCounts",
-    "Loaded",
     "RecorderConfig",
     "RoutingRecorder",
     "analyze",
@@ -74,14 +67,12 @@ __all__ = [
     "find_routing",
     "findings",
     "load_balance_stats",
-    "load_checkpoint",
     "load_runs",
     "load_stats",
     "publish_routing",
     "rankdata",
     "render_dir",
     "render_report",
-    "resolve_checkpoint",
     "router_entropy",
     "routing_mask",
     "segment_accumulators",

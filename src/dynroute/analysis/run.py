@@ -1,138 +1,33 @@
 """Run a model over held-out text, record its routing, write ``stats.json``.
 
 ``analyze_checkpoint`` is the recipe behind ``dynroute analyze``: load a checkpoint and
-its held-out text (``loading.py``), stream the text through the model with a
-:class:`RoutingRecorder` attached, summarize, save. ``analyze_model`` is the same loop
-for a model you already hold in memory.
+its held-out text (:func:`dynroute.checkpoints.load_model`), stream the text through the
+model (:func:`dynroute.evaluation.evaluate_lm`) with a :class:`RoutingRecorder` attached,
+summarize, save. ``analyze_model`` does the same for a model you already hold in memory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import tempfile
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from dynroute.analysis.loading import CHECKPOINT_NAMES, load_checkpoint
 from dynroute.analysis.recorder import RecorderConfig, RoutingRecorder
 from dynroute.analysis.summary import summarize
+from dynroute.checkpoints import CHECKPOINT_NAMES, load_model, router_text
+from dynroute.data import iter_eval_batches, num_eval_windows
+from dynroute.evaluation import evaluate_lm
 
-__all__ = [
-    "analyze_checkpoint",
-    "analyze_model",
-    "load_stats",
-    "run_model",
-    "token_losses",
-    "write_stats",
-]
+__all__ = ["analyze_checkpoint", "analyze_model", "load_stats", "write_stats"]
 
 STATS_FILE = "stats.json"
-
-
-def token_losses(logits: Tensor, targets: Tensor) -> Tensor:
-    """Tensor [B, T]: per-token cross-entropy (nats) of next-token logits [B, T, V].
-
-    Example:
-        >>> import torch
-        >>> token_losses(torch.zeros(1, 2, 4), torch.tensor([[0, 3]])).tolist()
-        [[1.3862943649291992, 1.3862943649291992]]
-    """
-    b, t, v = logits.shape
-    loss = F.cross_entropy(
-        logits.float().reshape(b * t, v), targets.reshape(b * t), reduction="none"
-    )
-    return loss.view(b, t)
-
-
-def _logits(output: Any) -> Tensor:
-    """The logits of a model output: a tensor, ``.logits``, or the first tuple item."""
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise TypeError(
-        f"analyze: cannot find logits in a model output of type {type(output).__name__}; "
-        "the model should return logits [B, T, V] or an object with .logits"
-    )
-
-
-class _StopAfterBatch:
-    """First Ctrl-C: finish the current batch, then stop; a second one interrupts at once.
-
-    Stopping between batches keeps every layer's counts consistent (a batch is either
-    recorded in all layers or in none). Only the main thread can catch signals; elsewhere
-    this does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C is a real interrupt
-
-    def __enter__(self) -> _StopAfterBatch:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None and not self.requested:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-@torch.no_grad()
-def run_model(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    recorder: RoutingRecorder,
-    *,
-    total: int | None = None,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-) -> bool:
-    """Feed ``(x, y)`` batches [B, T] through ``model``, recording routing and token loss.
-
-    The recorder must already be attached to the model's routing modules. Ctrl-C stops
-    after the current batch and keeps what was recorded (a second Ctrl-C aborts).
-
-    Returns:
-        bool: True if every batch ran, False if stopped early.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    was_training = model.training
-    model.eval()
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
-    bar = Progress(*columns, TimeRemainingColumn(), disable=not progress, transient=True)
-    try:
-        with bar, _StopAfterBatch() as stop:
-            task = bar.add_task("routing", total=total)
-            for x, y in batches:
-                if device is not None:
-                    x, y = x.to(device), y.to(device)
-                recorder.begin_batch(x)
-                logits = _logits(model(x))
-                recorder.end_batch(token_losses(logits, y))
-                bar.advance(task)
-                if stop.requested:
-                    return False
-    finally:
-        model.train(was_training)
-    return True
 
 
 def analyze_model(
@@ -173,8 +68,6 @@ def analyze_model(
         >>> stats["meta"]["num_tokens"], len(stats["experts_per_layer"])
         (64, 1)
     """
-    from dynroute.data import iter_eval_batches, num_eval_windows
-
     ids = tokens.numpy() if isinstance(tokens, Tensor) else np.asarray(tokens)
     if max_tokens is not None:
         ids = ids[: max_tokens + 1]
@@ -187,21 +80,21 @@ def analyze_model(
     rec = recorder or RoutingRecorder(config)
     if own:
         rec.attach_model(model)
-    windows = num_eval_windows(ids, seq_len)
-    total = -(-windows // batch_size)
-    device = next((p.device for p in model.parameters()), None)
     try:
-        completed = run_model(
+        run = evaluate_lm(
             model,
             iter_eval_batches(ids, batch_size, seq_len),
-            rec,
-            total=total,
+            before_batch=rec.begin_batch,
+            after_batch=lambda output, losses: rec.end_batch(losses),
             progress=progress,
-            device=device,
+            total=-(-num_eval_windows(ids, seq_len) // batch_size),
+            label="routing",
+            interruptible=True,  # Ctrl-C keeps what was recorded (a second one aborts)
         )
     finally:
         if own:
             rec.detach()
+    completed = run.completed
     info = {"seq_len": seq_len, "batch_size": batch_size, "completed": completed}
     return summarize(rec, decode=decode, meta={**info, **(meta or {})})
 
@@ -234,17 +127,6 @@ def load_stats(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def _router_text(model: nn.Module) -> str | None:
-    """``top_p(p=0.4)``-style description of a model's routing (None if unknown)."""
-    cfg = getattr(model, "config", None)
-    router = getattr(cfg, "router", None)
-    if router is not None and hasattr(cfg, "router_spec"):
-        return cfg.router_spec().describe()
-    # dynroute.hf blocks carry a RouterSpec with describe(); layers may differ.
-    specs = {m.spec.describe() for m in model.modules() if hasattr(m, "routing_callback")}
-    return ", ".join(sorted(specs)) or None
-
-
 def analyze_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -262,7 +144,8 @@ def analyze_checkpoint(
 
     Args:
         checkpoint: a ``dynroute train`` run folder, a ``save_pretrained`` folder of a
-            dynroute model, or a transformers MoE checkpoint (see :func:`load_checkpoint`).
+            dynroute model, or a transformers MoE checkpoint (see
+            :func:`dynroute.checkpoints.load_model`).
         out_dir: where ``stats.json`` goes.
         data: held-out corpus (default: the run's corpus or the stdlib corpus);
             split: its part to read.
@@ -282,19 +165,20 @@ def analyze_checkpoint(
         raise ValueError(f"analyze: split must be 'validation' or 'train', got {split!r}")
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"analyze: device {device!r} asked for, but CUDA is not available here")
-    loaded = load_checkpoint(checkpoint, data, split, max_tokens)
+    loaded = load_model(checkpoint)
+    tokens = loaded.tokens(data, split, max_tokens)
     if device is not None:
         loaded.model.to(device)
     cfg = loaded.model.config
     vocab = int(getattr(cfg, "vocab_size", 0)) or None
-    if vocab is not None and loaded.tokens.size and int(loaded.tokens.max()) >= vocab:
+    if vocab is not None and tokens.size and int(tokens.max()) >= vocab:
         raise ValueError(
-            f"analyze: token id {int(loaded.tokens.max())} is outside the model's vocabulary "
+            f"analyze: token id {int(tokens.max())} is outside the model's vocabulary "
             f"({vocab}); the tokenizer does not match the checkpoint — put the training "
             "tokenizer.json next to config.json"
         )
     folder = loaded.folder
-    router = _router_text(loaded.model)
+    router = router_text(loaded.model)
     name = folder.parent.name if folder.name in CHECKPOINT_NAMES else folder.name
     meta = {
         "name": name,
@@ -302,12 +186,13 @@ def analyze_checkpoint(
         "split": split,
         "router": router,
         "model_type": getattr(cfg, "model_type", None),
-        **loaded.info,
+        "data": str(loaded.data["source"] if data is None else data),
+        "kind": loaded.kind,
     }
     tok = loaded.tokenizer
     stats = analyze_model(
         loaded.model,
-        loaded.tokens,
+        tokens,
         seq_len=seq_len or loaded.seq_len,
         batch_size=batch_size,
         max_tokens=max_tokens,

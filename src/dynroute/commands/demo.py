@@ -110,6 +110,8 @@ def run_demo(
     Returns:
         dict: the contents of ``results.json``.
     """
+    import torch
+
     from dynroute.train import apply_overrides, load_config
     from dynroute.train.compare import (
         SHORT_HEADER,
@@ -133,6 +135,8 @@ def run_demo(
     base = apply_overrides(
         RunConfig.from_dict(raw), data=data, steps=steps, seed=seed, threads=threads
     )
+    if base.train.threads:  # the command sets threads; dynroute.train never does
+        torch.set_num_threads(base.train.threads)
     top_p = p if p is not None else float(base.model.get("p", 0.4))
     variants = [
         Variant("top2", {"router": "top_k", "k": 2}),

@@ -26,22 +26,26 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from dynroute.hf import evaluate_text, is_hf_moe_checkpoint
+        from dynroute.checkpoints import load_model
+        from dynroute.hf import evaluate_text
         from dynroute.train.evaluate import evaluate_checkpoint
 
         console = Console()
         try:
-            if is_hf_moe_checkpoint(checkpoint):  # a transformers MoE, patched or not
+            loaded = load_model(checkpoint)
+            if loaded.kind == "hf-moe":  # a transformers MoE, patched or not
                 result = evaluate_text(
-                    checkpoint,
+                    loaded.model,
                     data,
+                    tokenizer=loaded.tokenizer,
                     batch_size=batch_size or 4,
                     seq_len=seq_len or 512,
                     max_batches=max_batches,
                     progress=not json_out,
                 )
             else:
-                result = evaluate_checkpoint(checkpoint, data, batch_size, seq_len, max_batches)
+                result = evaluate_checkpoint(loaded, data, batch_size, seq_len, max_batches)
+            result["checkpoint"] = str(checkpoint)
         except (FileNotFoundError, ValueError) as err:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err

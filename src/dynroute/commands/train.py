@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
         """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
         import os
 
+        import torch
         from rich.console import Console
 
         from dynroute.parallel import check_expert_parallel, is_launched, launch
@@ -67,6 +68,8 @@ def register(app: typer.Typer) -> None:
             cfg = apply_overrides(
                 cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads
             )
+            if cfg.train.threads:  # a process setting: the command's, not the library's
+                torch.set_num_threads(cfg.train.threads)
             if expert_parallel > 1 and not is_launched():
                 from dynroute.models import DynMoEConfig
                 from dynroute.train.data import load_data

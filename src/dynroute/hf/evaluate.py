@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynroute.evaluation import evaluate_lm
 from dynroute.hf.apply import (
     adapted_blocks,
     apply_routing,
@@ -130,54 +128,40 @@ def evaluate_ids(
         (37, 2.0)
     """
     wins = _windows(ids.reshape(-1), seq_len, max_tokens)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    nll, predicted = 0.0, 0
-    timings: list[tuple[int, float]] = []  # (tokens, seconds) per batch
     with measured(model):
         reset_routing_stats(model)
         batches = list(_batches(wins, batch_size))[:max_batches]
-        for batch in _progress(batches, progress, "evaluating"):
-            batch = batch.to(device)
-            start = time.perf_counter()
-            logits = model(input_ids=batch, use_cache=False).logits
-            if logits.is_cuda:
-                torch.cuda.synchronize(logits.device)
-            timings.append((batch.numel(), time.perf_counter() - start))
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
-            )
-            nll += float(loss)
-            predicted += batch[:, 1:].numel()
+        # Each window scores itself: its logits but the last against its ids but the first.
+        run = evaluate_lm(
+            model,
+            [(batch, batch[:, 1:]) for batch in batches],
+            forward_kwargs={"use_cache": False},
+            progress=progress and len(batches) > 1,
+            total=len(batches),
+        )
         stats = routing_stats(model)
         named = all(b.spec.serializable for b in adapted_blocks(model))
         settings = routing_config(model) if named else None
         routers = sorted({b.spec.describe() for b in adapted_blocks(model)})
         expert_ratio, activated_ratio = _param_ratios(model)
-    model.train(was_training)
-    # The first call pays one-off setup (allocations, lazy init): leave it out of the speed.
-    timed = timings[1:] if len(timings) > 1 else timings
-    tokens_in = sum(n for n, _ in timed)
-    seconds = sum(s for _, s in timed)
-    mean_nll = nll / predicted
+    mean_nll, predicted = run.loss, run.tokens
     per_layer = [v for _, v in sorted(stats["per_layer"].items(), key=lambda kv: str(kv[0]))]
     return {
-        "perplexity": math.exp(mean_nll) if mean_nll < 700 else float("inf"),
+        "perplexity": run.perplexity,
         "loss": mean_nll,
         "tokens": predicted,
         "mean_experts": stats["mean_experts"],
         "native_k": stats["native_k"],
         "expert_fraction": stats["expert_fraction"],
         "mean_experts_per_layer": {str(k): v for k, v in stats["per_layer"].items()},
-        "tokens_per_s": tokens_in / seconds if seconds > 0 else float("nan"),
-        "seconds": seconds,
+        "tokens_per_s": run.tokens_per_second,
+        "seconds": run.seconds,
         "routing": settings,
         # the same names as dynroute.train.evaluate, so `dynroute eval` prints either
         "val_loss": mean_nll,
         "mean_experts_per_token": stats["mean_experts"],
         "experts_per_layer": per_layer,
-        "tokens_per_second": tokens_in / seconds if seconds > 0 else float("nan"),
+        "tokens_per_second": run.tokens_per_second,
         "eval_tokens": predicted,
         "router": routers[0] if len(routers) == 1 else "; ".join(routers),
         "expert_param_ratio": expert_ratio,
@@ -198,15 +182,6 @@ def _param_ratios(model: nn.Module) -> tuple[float, float]:
         return float("nan"), float("nan")
     rest = total - routed_all
     return used / native, (rest + used) / (rest + native)
-
-
-def _progress(items: list[Tensor], enabled: bool, label: str) -> Iterator[Tensor]:
-    if not enabled or len(items) < 2:
-        yield from items
-        return
-    from rich.progress import track
-
-    yield from track(items, description=label, transient=True)
 
 
 def _read_texts(text_path: str | Path | None) -> tuple[list[str], str]:

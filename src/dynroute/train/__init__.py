@@ -15,13 +15,7 @@ from dynroute.train.config import (
     apply_overrides,
     load_config,
 )
-from dynroute.train.evaluate import (
-    LoadedCheckpoint,
-    activated_parameters,
-    evaluate_checkpoint,
-    evaluate_model,
-    register_checkpoint_loader,
-)
+from dynroute.train.evaluate import activated_parameters, evaluate_checkpoint, evaluate_model
 from dynroute.train.loop import ConfigMismatchError, TrainResult, train
 from dynroute.train.metrics import MetricsLog, read_metrics
 from dynroute.train.schedule import lr_at
@@ -29,7 +23,6 @@ from dynroute.train.schedule import lr_at
 __all__ = [
     "ConfigMismatchError",
     "DataConfig",
-    "LoadedCheckpoint",
     "MetricsLog",
     "RunConfig",
     "TrainConfig",
@@ -44,6 +37,5 @@ __all__ = [
     "load_config",
     "lr_at",
     "read_metrics",
-    "register_checkpoint_loader",
     "train",
 ]

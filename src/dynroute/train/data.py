@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from dynroute.data import PreparedData, prepare_data
+from dynroute.checkpoints import DATA_FILE, prepare_run_data
+from dynroute.data import PreparedData
 from dynroute.train.config import DataConfig
 
 __all__ = ["DATA_FILE", "data_json", "load_data"]
-
-DATA_FILE = "dynroute_data.json"
-"""Written into exported model folders so ``dynroute eval`` finds the right corpus."""
 
 
 def load_data(cfg: DataConfig) -> PreparedData:
@@ -21,14 +19,7 @@ def load_data(cfg: DataConfig) -> PreparedData:
         >>> load_data(DataConfig(max_train_bytes=200_000)).vocab_size  # doctest: +SKIP
         4096
     """
-    source = None if cfg.source in ("", "stdlib") else cfg.source
-    return prepare_data(
-        source,
-        vocab_size=cfg.vocab_size,
-        max_train_bytes=cfg.max_train_bytes,
-        max_val_bytes=cfg.max_val_bytes,
-        text_column=cfg.text_column,
-    )
+    return prepare_run_data(dataclasses.asdict(cfg))
 
 
 def data_json(cfg: DataConfig) -> str:

@@ -1,38 +1,24 @@
-"""Evaluation: validation loss, perplexity, experts per token, activated parameters, speed.
+"""Evaluation of DynMoE models: validation loss, perplexity, experts per token, parameters.
 
-``evaluate_checkpoint(path)`` is the entry point of ``dynroute eval``. It finds a loader
-for the checkpoint type through :data:`CHECKPOINT_LOADERS` (a dynroute run folder, or a
-``model/`` folder exported by it); other formats (e.g. a transformers MoE checkpoint)
-plug in with :func:`register_checkpoint_loader`.
+``evaluate_checkpoint(path)`` is ``dynroute eval`` for dynroute's own models: it loads
+through :func:`dynroute.checkpoints.load_model` and runs :func:`evaluate_model`, which
+is :func:`dynroute.evaluation.evaluate_lm` plus the experts each token used.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
+from torch import Tensor, nn
 
-from dynroute.data import encode_documents, iter_eval_batches, load_corpus
-from dynroute.routing import make_router
-from dynroute.train.config import DataConfig, RunConfig
-from dynroute.train.data import DATA_FILE, load_data
+from dynroute.checkpoints import LoadedModel, load_model, router_text
+from dynroute.data import iter_eval_batches
+from dynroute.evaluation import evaluate_lm
 
-__all__ = [
-    "CHECKPOINT_LOADERS",
-    "LoadedCheckpoint",
-    "activated_parameters",
-    "evaluate_checkpoint",
-    "evaluate_model",
-    "register_checkpoint_loader",
-]
+__all__ = ["activated_parameters", "evaluate_checkpoint", "evaluate_model"]
 
 
 def activated_parameters(model: nn.Module, experts_per_layer: list[float]) -> dict[str, float]:
@@ -86,7 +72,6 @@ def activated_parameters(model: nn.Module, experts_per_layer: list[float]) -> di
     }
 
 
-@torch.no_grad()
 def evaluate_model(
     model: nn.Module,
     tokens: np.ndarray,
@@ -97,8 +82,8 @@ def evaluate_model(
     """Evaluate a DynMoE-style model on ordered, non-overlapping windows of ``tokens``.
 
     Args:
-        model: returns an output with ``lm_loss`` and ``experts_per_layer`` given
-            ``(input_ids [B, T], labels [B, T])``.
+        model: returns an output with ``logits`` and ``experts_per_layer`` given
+            ``input_ids [B, T]``.
         tokens: 1-D validation ids ``[L]``.
         batch_size, seq_len: window shape; max_batches: stop early (None: all windows).
 
@@ -115,144 +100,31 @@ def evaluate_model(
         >>> r["eval_tokens"], r["experts_per_layer"]
         (192, [2.0])
     """
-    was_training = model.training
-    model.eval()
-    loss_sum, n_tokens = 0.0, 0
-    experts_sum: torch.Tensor | None = None
-    seconds = 0.0
-    for x, y in iter_eval_batches(tokens, batch_size, seq_len, max_batches):
-        start = time.perf_counter()
-        out = model(x, labels=y)
-        seconds += time.perf_counter() - start
-        n = y.numel()
-        loss_sum += out.lm_loss.item() * n
-        experts = out.experts_per_layer.double() * n
-        experts_sum = experts if experts_sum is None else experts_sum + experts
-        n_tokens += n
-    model.train(was_training)
-    if n_tokens == 0 or experts_sum is None:
+    experts: list[Tensor] = []  # per batch: experts per token of each layer x tokens
+
+    def count(output: Any, losses: Tensor) -> None:
+        experts.append(output.experts_per_layer.double() * losses.numel())
+
+    run = evaluate_lm(
+        model, iter_eval_batches(tokens, batch_size, seq_len, max_batches), after_batch=count
+    )
+    if run.tokens == 0:
         raise ValueError("evaluate_model: no validation windows; use a shorter seq_len")
-    per_layer = (experts_sum / n_tokens).tolist()
-    val_loss = loss_sum / n_tokens
+    per_layer = (sum(experts) / run.tokens).tolist()
     result: dict[str, Any] = {
-        "val_loss": val_loss,
-        "perplexity": math.exp(min(val_loss, 50.0)),
+        "val_loss": run.loss,
+        "perplexity": math.exp(min(run.loss, 50.0)),
         "mean_experts_per_token": sum(per_layer) / max(len(per_layer), 1),
         "experts_per_layer": per_layer,
-        "tokens_per_second": n_tokens / max(seconds, 1e-9),
-        "eval_tokens": n_tokens,
+        "tokens_per_second": run.tokens_per_second,
+        "eval_tokens": run.tokens,
     }
     result.update(activated_parameters(model, per_layer))
     return result
 
 
-# ------------------------------------------------------------------ checkpoint dispatch
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A model ready to evaluate and the data config it was trained on.
-
-    Attributes:
-        model: the model (eval mode).
-        data: where its validation tokens come from.
-        seq_len, batch_size: the shapes it was trained with (defaults for evaluation).
-        kind: the loader that produced it (e.g. ``"dynroute-run"``).
-    """
-
-    model: nn.Module
-    data: DataConfig
-    seq_len: int = 128
-    batch_size: int = 16
-    kind: str = ""
-
-
-Detector = Callable[[Path], bool]
-Loader = Callable[[Path], LoadedCheckpoint]
-CHECKPOINT_LOADERS: list[tuple[str, Detector, Loader]] = []
-"""(kind, detect(path) -> bool, load(path) -> LoadedCheckpoint), tried in order."""
-
-
-def register_checkpoint_loader(
-    kind: str, detect: Detector, load: Loader, first: bool = False
-) -> None:
-    """Teach :func:`evaluate_checkpoint` a new checkpoint type.
-
-    Example:
-        >>> register_checkpoint_loader("never", lambda p: False, lambda p: None)  # doctest: +SKIP
-    """
-    entry = (kind, detect, load)
-    CHECKPOINT_LOADERS.insert(0, entry) if first else CHECKPOINT_LOADERS.append(entry)
-
-
-def _is_run_dir(path: Path) -> bool:
-    return (path / "run.json").is_file() and (
-        (path / "model" / "config.json").is_file() or (path / "checkpoint.pt").is_file()
-    )
-
-
-def _load_run_dir(path: Path) -> LoadedCheckpoint:
-    from dynroute.models import DynMoEConfig, DynMoEForCausalLM
-    from dynroute.train.checkpoint import load_checkpoint
-
-    cfg = RunConfig.from_dict(json.loads((path / "run.json").read_text()), str(path / "run.json"))
-    if (path / "model" / "config.json").is_file():
-        model = _from_pretrained(path / "model")
-    else:  # killed before the first export: use the training checkpoint itself
-        state = load_checkpoint(path / "checkpoint.pt")
-        model = DynMoEForCausalLM(DynMoEConfig(**state["model_config"]))
-        model.load_state_dict(state["model"])
-    return LoadedCheckpoint(
-        model.eval(), cfg.data, cfg.train.seq_len, cfg.train.batch_size, "dynroute-run"
-    )
-
-
-def _is_model_dir(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    return json.loads(config.read_text()).get("model_type") == "dynmoe"
-
-
-def _from_pretrained(path: Path) -> nn.Module:
-    from transformers.utils import logging as hf_logging
-
-    from dynroute.models import DynMoEForCausalLM
-
-    hf_logging.disable_progress_bar()
-    return DynMoEForCausalLM.from_pretrained(path)
-
-
-def _load_model_dir(path: Path) -> LoadedCheckpoint:
-    data = DataConfig()
-    if (path / DATA_FILE).is_file():
-        data = DataConfig(**json.loads((path / DATA_FILE).read_text()))
-    model = _from_pretrained(path)
-    seq_len = min(128, int(model.config.max_seq_len))
-    return LoadedCheckpoint(model.eval(), data, seq_len, 16, "dynmoe-model")
-
-
-register_checkpoint_loader("dynroute-run", _is_run_dir, _load_run_dir)
-register_checkpoint_loader("dynmoe-model", _is_model_dir, _load_model_dir)
-
-
-def load_any_checkpoint(path: Path | str) -> LoadedCheckpoint:
-    """Load ``path`` with the first registered loader that recognises it."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; pass a run folder from `dynroute train`")
-    for _kind, detect, load in CHECKPOINT_LOADERS:
-        if detect(path):
-            return load(path)
-    kinds = ", ".join(kind for kind, _, _ in CHECKPOINT_LOADERS)
-    raise ValueError(
-        f"{path} is not a checkpoint dynroute can evaluate (known kinds: {kinds}); pass the "
-        "--out folder of `dynroute train` or its model/ subfolder"
-    )
-
-
 def evaluate_checkpoint(
-    path: Path | str,
+    path: Path | str | LoadedModel,
     data: str | None = None,
     batch_size: int | None = None,
     seq_len: int | None = None,
@@ -261,10 +133,10 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on the validation split of its training data.
 
     Args:
-        path: a ``dynroute train`` output folder, or its ``model/`` folder.
+        path: a ``dynroute train`` output folder, its ``model/`` folder (or what
+            :func:`dynroute.checkpoints.load_model` returned for one).
         data: evaluate on the validation split of another corpus, encoded with the
-            run's own tokenizer (a tokenizer trained on that corpus would make the loss
-            meaningless for this model).
+            run's own tokenizer.
         batch_size, seq_len: override the run's shapes; max_batches: cap the windows.
 
     Returns:
@@ -274,22 +146,24 @@ def evaluate_checkpoint(
         >>> evaluate_checkpoint("runs/tiny")["val_loss"]  # doctest: +SKIP
         5.1
     """
-    loaded = load_any_checkpoint(path)
-    prepared = load_data(loaded.data)
-    val_tokens = prepared.val_tokens
-    if data is not None:
-        source = None if data in ("", "stdlib") else data
-        docs = load_corpus(source, "validation", text_column=loaded.data.text_column)
-        val_tokens = encode_documents(prepared.tokenizer, docs)
+    loaded = path if isinstance(path, LoadedModel) else load_model(path)
+    config = loaded.model.config
+    if getattr(config, "model_type", None) != "dynmoe":
+        raise ValueError(
+            f"{path}: evaluate_checkpoint reads dynroute models; evaluate a transformers "
+            "checkpoint with dynroute.hf.evaluate_text"
+        )
     result = evaluate_model(
         loaded.model,
-        val_tokens,
+        loaded.tokens(data),
         batch_size or loaded.batch_size,
         seq_len or loaded.seq_len,
         max_batches,
     )
-    config = getattr(loaded.model, "config", None)
-    router = getattr(config, "router", None)
-    if router is not None:
-        router = make_router(router).describe()  # type: ignore[union-attr]
-    return {"checkpoint": str(path), "kind": loaded.kind, "router": router, **result}
+    name = loaded.folder if isinstance(path, LoadedModel) else path
+    return {
+        "checkpoint": str(name),
+        "kind": loaded.kind,
+        "router": router_text(loaded.model),
+        **result,
+    }

@@ -167,8 +167,6 @@ def train(
     out_dir = Path(out_dir)
     ranks = TrainingRanks.from_env(expert_parallel)
     _check_run_folder(out_dir, cfg, write=ranks.is_main)
-    if t.threads:
-        torch.set_num_threads(t.threads)
 
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fills the data cache first
