@@ -133,17 +133,6 @@ class DynMoEConfig(PretrainedConfig):
         """
         return make_router(self.router)  # type: ignore[return-value]
 
-    def router_kwargs(self) -> dict[str, Any]:
-        """The router's required parameters and those set off their defaults.
-
-        Example:
-            >>> DynMoEConfig(router="null_experts", k=2, num_null=3).router_kwargs()
-            {'k': 2, 'num_null': 3}
-            >>> DynMoEConfig(router="top_p", p=0.4, normalize=True).router_kwargs()
-            {'p': 0.4, 'normalize': True}
-        """
-        return self.router_spec().key_params()
-
 
 #: Flat router keys of earlier configs, and the defaults they had there.
 LEGACY_ROUTER_KEYS = {
