@@ -91,6 +91,21 @@ class AdaptiveConfig(DynMoEConfig):
         """Router outputs per layer: big, small (and skip when ``skip``)."""
         return 3 if self.skip else 2
 
+    def router_spec(self) -> Any:
+        """What ``dynroute eval`` prints as the router: this model's routing, described.
+
+        Example:
+            >>> AdaptiveConfig(routing="router", budget_target=0.25).router_spec().describe()
+            'adaptive(routing=router, budget_target=0.25, small_ratio=16)'
+        """
+        parts = [f"routing={self.routing}"]
+        if self.routing == "random":
+            parts += [f"p_big={self.p_big}"] + ([f"p_skip={self.p_skip}"] if self.p_skip else [])
+        if self.routing == "router":
+            parts += [f"budget_target={self.budget_target}"] + (["skip=True"] if self.skip else [])
+        text = f"adaptive({', '.join([*parts, f'small_ratio={self.small_ratio}'])})"
+        return _Described(text)
+
     def temperature_at(self, step: int, total: int) -> float:
         """Router temperature at ``step`` of ``total``: geometric from start to end.
 
@@ -101,3 +116,13 @@ class AdaptiveConfig(DynMoEConfig):
         """
         frac = min(max(step / max(total, 1), 0.0), 1.0)
         return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
+
+
+class _Described:
+    """A value whose ``describe()`` is a fixed text (what ``router_text`` reads)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def describe(self) -> str:
+        return self.text
