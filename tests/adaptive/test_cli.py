@@ -87,6 +87,23 @@ def test_train_resume_router_eval(config: Path, tmp_path: Path) -> None:
     metrics = json.loads(evaluated.stdout)
     assert metrics["router"].startswith("adaptive(routing=router")
 
+    oracle = ["adaptive", "oracle", str(router), "--budgets", "0", "1", "2", "--json"]
+    result = runner.invoke(app, [*oracle, "--windows", "4", "--random", "5"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["budget"] for r in rows] == [0, 1, 2]
+    keys = {"budget", "oracle_loss", "random_mean_loss", "random_best_loss", "router_loss"}
+    assert all(keys <= set(r) for r in rows)
+    assert sum(r["router_loss"] is not None for r in rows) == 1
+    assert all(r["oracle_loss"] <= r["random_best_loss"] + 1e-6 for r in rows)
+    plain = runner.invoke(app, [*oracle[:3], "--windows", "2", "--random", "3", "--skip"])
+    assert plain.exit_code == 0 and "exhaustive" in plain.output
+
+    bad = runner.invoke(app, [*oracle[:3], "--budgets", "0", "7"])
+    assert bad.exit_code == 2 and "out of range" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, [*oracle[:3], "--budgets", "x"])
+    assert bad.exit_code == 2 and "integers" in bad.output
+
 
 def test_resume_after_stop_matches_uninterrupted(config: Path, tmp_path: Path) -> None:
     from dynroute.adaptive.training import load_adaptive_config, train_adaptive

@@ -90,5 +90,97 @@ def train_cmd(
         )
 
 
+@sub.command("oracle", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def oracle_cmd(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="An adaptive run folder (or its model/ folder).")],
+    budgets: Annotated[
+        str | None,
+        typer.Option(help="Numbers of big layers: --budgets 0 1 2 4 (or 0,1,2); default 0..L."),
+    ] = None,
+    skip: Annotated[bool, typer.Option("--skip", help="Search big/small/skip (3^L).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON list of rows.")] = False,
+    windows: Annotated[int, typer.Option(min=1, help="Validation windows to score.")] = 32,
+    seq_len: Annotated[int | None, typer.Option(help="Window length (default: the run's).")] = None,
+    num_random: Annotated[
+        int, typer.Option("--random", min=1, help="Random static patterns per budget.")
+    ] = 100,
+    context: Annotated[
+        str, typer.Option(help="Route of the other positions: big | small | model.")
+    ] = "big",
+    beam_width: Annotated[int, typer.Option(min=1, help="Beam per budget when L > 8.")] = 8,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the full report (JSON) here.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random patterns.")] = 0,
+) -> None:
+    """Oracle loss per budget of big layers, next to random patterns and the trained router.
+
+    Each token gets the best pattern for itself alone; every other position runs the
+    context route (default: big everywhere). Exhaustive for L <= 8, beam search above.
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dynroute.adaptive.model import AdaptiveForCausalLM
+    from dynroute.adaptive.oracle import CONTEXTS, run_oracle
+    from dynroute.checkpoints import load_model
+    from dynroute.data import iter_eval_batches
+
+    try:
+        texts = ([budgets] if budgets is not None else []) + list(ctx.args)
+        try:
+            ks = [int(v) for text in texts for v in text.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"--budgets takes integers, got {' '.join(texts)!r}") from None
+        if context not in CONTEXTS:
+            raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {context!r}")
+        loaded = load_model(run)
+        if not isinstance(loaded.model, AdaptiveForCausalLM):
+            raise ValueError(
+                f"{run} holds a {type(loaded.model).__name__}, not an adaptive model; "
+                "pass a `dynroute adaptive train` run folder"
+            )
+        length = seq_len or loaded.seq_len
+        batches = list(iter_eval_batches(loaded.tokens(), 8, length, -(-windows // 8)))
+        report = run_oracle(
+            loaded.model,
+            batches,
+            budgets=ks or None,
+            skip=skip,
+            num_random=num_random,
+            context=context,
+            beam_width=beam_width,
+            seed=seed,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(err) from err
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_dict(), indent=2))
+    if json_out:
+        print(json.dumps(report.rows))
+        return
+    flag = "exhaustive" if report.method == "exhaustive" else f"BEAM (width {report.beam_width})"
+    table = Table(
+        title=f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
+        f"context {report.context} (loss {report.context_loss:.4f})"
+    )
+    for name in ("budget", "oracle", "random mean", "random best", "router"):
+        table.add_column(name, justify="right")
+    for r in report.rows:
+        router = "" if r["router_loss"] is None else f"{r['router_loss']:.4f}"
+        table.add_row(
+            str(r["budget"]),
+            f"{r['oracle_loss']:.4f}",
+            f"{r['random_mean_loss']:.4f}",
+            f"{r['random_best_loss']:.4f}",
+            router,
+        )
+    Console().print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(sub, name="adaptive")
