@@ -199,6 +199,8 @@ class OracleReport:
         token_ids, positions: [N] of the scored tokens; context_losses [N];
         oracle_losses: [K, N] per-token oracle loss per budget (difficulty = how much
             it drops with more budget).
+        router_losses, router_big: [N] the router's per-token loss and number of big
+            layers (None without routers).
     """
 
     rows: list[dict[str, Any]]
@@ -216,6 +218,7 @@ class OracleReport:
     context_losses: np.ndarray = field(repr=False)
     oracle_losses: np.ndarray = field(repr=False)
     router_losses: np.ndarray | None = field(default=None, repr=False)
+    router_big: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-token arrays left out)."""
@@ -295,6 +298,7 @@ def run_oracle(
     is_router = model.config.routing == "router"
 
     ids_all, pos_all, tgt_all, ctx_all, orc_all, big_all, rtr_all = [], [], [], [], [], [], []
+    rbig_all: list[Tensor] = []
     static_sum = torch.zeros(len(unique), dtype=torch.float64)
     router_big = 0.0
     for inputs, targets in windows:
@@ -326,6 +330,7 @@ def run_oracle(
                     model, ctx, lambda i, h: model.blocks[i].ffn.gate(h).argmax(-1)
                 )
                 rtr_all.append(r_loss.flatten())
+                rbig_all.append((r_routes == BIG).sum(-1).flatten())
                 router_big += float((r_routes == BIG).sum())
             ids_all.append(x.flatten())
             pos_all.append(torch.arange(t).expand(x.shape).flatten())
@@ -370,4 +375,5 @@ def run_oracle(
         context_losses=context_losses.numpy(),
         oracle_losses=oracle.numpy(),
         router_losses=None if router_losses is None else router_losses.numpy(),
+        router_big=torch.cat(rbig_all).numpy() if rbig_all else None,
     )
