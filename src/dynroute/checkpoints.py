@@ -25,14 +25,38 @@ from dynroute.data import PreparedData, encode_documents, load_corpus, prepare_d
 __all__ = [
     "CHECKPOINT_NAMES",
     "DATA_FILE",
+    "MODEL_CLASSES",
     "LoadedModel",
     "load_model",
+    "model_class",
     "prepare_run_data",
     "resolve_checkpoint",
     "router_text",
 ]
 
 CHECKPOINT_NAMES = ("final", "best", "last", "latest", "checkpoint", "model")
+
+#: dynroute's own model types (``config.json``'s ``model_type``) and their classes,
+#: imported on first use (``dynroute.adaptive`` sits above this module).
+MODEL_CLASSES = {
+    "dynmoe": ("dynroute.models", "DynMoEForCausalLM"),
+    "dynroute_adaptive": ("dynroute.adaptive", "AdaptiveForCausalLM"),
+}
+
+
+def model_class(model_type: str | None) -> Any:
+    """The class of one of dynroute's own model types (``MODEL_CLASSES``).
+
+    Example:
+        >>> model_class("dynmoe").__name__
+        'DynMoEForCausalLM'
+    """
+    import importlib
+
+    module, name = MODEL_CLASSES[model_type or "dynmoe"]
+    return getattr(importlib.import_module(module), name)
+
+
 DATA_FILE = "dynroute_data.json"
 """Written by ``dynroute.train`` next to exported weights: the corpus they were trained on."""
 
@@ -175,8 +199,6 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     from transformers.utils import logging as hf_logging
 
-    from dynroute.models import DynMoEConfig, DynMoEForCausalLM
-
     hf_logging.disable_progress_bar()  # ours is the one on screen
 
     root = Path(path)
@@ -186,19 +208,21 @@ def load_model(path: str | Path) -> LoadedModel:
         kind, data = "dynroute-run", run["data"]
         seq_len, batch_size = int(run["train"]["seq_len"]), int(run["train"]["batch_size"])
         if exported.is_file():
-            folder, model = root / "model", DynMoEForCausalLM.from_pretrained(root / "model")
+            cls = model_class(json.loads(exported.read_text()).get("model_type"))
+            folder, model = root / "model", cls.from_pretrained(root / "model")
         else:  # killed before the first export: use the training checkpoint itself
             # Our own file (written by dynroute.train): RNG states and plain values too.
             state = torch.load(root / "checkpoint.pt", map_location="cpu", weights_only=False)
-            folder, model = root, DynMoEForCausalLM(DynMoEConfig(**state["model_config"]))
+            cls = model_class(state["model_config"].get("model_type"))
+            folder, model = root, cls(cls.config_class(**state["model_config"]))
             model.load_state_dict(state["model"])
         tokenizer = None
     else:
         folder = resolve_checkpoint(root)
         config = json.loads((folder / "config.json").read_text())
-        if config.get("model_type") != "dynmoe":
+        if config.get("model_type") not in MODEL_CLASSES:
             return _load_hf(folder, config)
-        model, kind = DynMoEForCausalLM.from_pretrained(folder), "dynmoe-model"
+        model, kind = model_class(config["model_type"]).from_pretrained(folder), "dynmoe-model"
         limit, batch_size = int(model.config.max_seq_len), 16
         # Where its text and tokenizer come from, best first: the data settings `dynroute
         # train` exports with it, a tokenizer.json beside it, else the default corpus at

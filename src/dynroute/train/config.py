@@ -108,15 +108,21 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> RunConfig:
-        """Build from ``{"model": ..., "data": ..., "train": ...}``; unknown keys raise."""
+    def from_dict(
+        cls, raw: dict[str, Any], origin: str = "config", model_config: type | None = None
+    ) -> RunConfig:
+        """Build from ``{"model": ..., "data": ..., "train": ...}``; unknown keys raise.
+
+        ``model_config``: the config class whose fields ``[model]`` may set (default
+        ``DynMoEConfig``; ``dynroute.adaptive`` passes its ``AdaptiveConfig``).
+        """
         unknown = set(raw) - {"model", "data", "train"}
         if unknown:
             raise ValueError(
                 f"{origin}: unknown table(s) {sorted(unknown)}; use [model], [data], [train]"
             )
         model = dict(raw.get("model", {}))
-        _check_model_keys(model, origin)
+        _check_model_keys(model, origin, model_config)
         return cls(
             model=model,
             data=_build(DataConfig, raw.get("data", {}), f"{origin} [data]"),
@@ -140,11 +146,12 @@ def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
     return cls(**values)
 
 
-def _check_model_keys(model: dict[str, Any], origin: str) -> None:
+def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | None) -> None:
     from dynroute.models import DynMoEConfig
     from dynroute.models.config import LEGACY_ROUTER_KEYS, router_config
 
-    accepted = {f.name for f in dataclasses.fields(DynMoEConfig)} | set(LEGACY_ROUTER_KEYS)
+    fields = dataclasses.fields(model_config or DynMoEConfig)
+    accepted = {f.name for f in fields} | set(LEGACY_ROUTER_KEYS)
     unknown = set(model) - accepted
     if unknown:
         raise ValueError(
@@ -162,11 +169,12 @@ def _check_model_keys(model: dict[str, Any], origin: str) -> None:
         )
 
 
-def load_config(path: Path | str) -> RunConfig:
+def load_config(path: Path | str, model_config: type | None = None) -> RunConfig:
     """Read a TOML run config.
 
     Args:
         path: a ``.toml`` file with optional ``[model]``, ``[data]``, ``[train]`` tables.
+        model_config: the config class of ``[model]`` (default ``DynMoEConfig``).
 
     Returns:
         RunConfig.
@@ -186,7 +194,7 @@ def load_config(path: Path | str) -> RunConfig:
             raw = tomllib.load(fh)
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: invalid TOML: {err}") from err
-    return RunConfig.from_dict(raw, origin=str(path))
+    return RunConfig.from_dict(raw, origin=str(path), model_config=model_config)
 
 
 # Flags of `dynroute train` and where each lands in the config.

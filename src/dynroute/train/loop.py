@@ -40,6 +40,7 @@ from dynroute.train.checkpoint import (
 from dynroute.train.config import RunConfig
 from dynroute.train.data import DATA_FILE, data_json, load_data
 from dynroute.train.evaluate import evaluate_model
+from dynroute.train.hooks import TrainHooks
 from dynroute.train.metrics import MetricsLog
 from dynroute.train.schedule import lr_at
 
@@ -142,6 +143,7 @@ def train(
     label: str = "train",
     stop_after: int | None = None,
     expert_parallel: int = 1,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train (or resume) a DynMoE language model into ``out_dir``.
 
@@ -155,6 +157,9 @@ def train(
             hold num_experts / N experts (``dynroute train --expert-parallel N`` starts
             them). Each rank trains on its own batches (``batch_size`` per rank); rank 0
             logs and writes the (unsharded) checkpoint.
+        hooks: what another model family changes in this recipe (its model, a per-step
+            setting such as a temperature, extra logged metrics); see
+            :class:`~dynroute.train.hooks.TrainHooks`.
 
     Returns:
         TrainResult.
@@ -173,11 +178,16 @@ def train(
     data = load_data(cfg.data)
     if ranks.is_main:
         ranks.barrier()
-    model_cfg = DynMoEConfig(
-        vocab_size=data.vocab_size, max_seq_len=max(t.seq_len, 16), **cfg.model
-    )
+    hooks = hooks or TrainHooks()
     torch.manual_seed(t.seed)
-    model = DynMoEForCausalLM(model_cfg)  # identical on every rank (same seed) ...
+    if hooks.build_model is not None:
+        model = hooks.build_model(cfg, data.vocab_size, max(t.seq_len, 16))
+        model_cfg = model.config
+    else:
+        model_cfg = DynMoEConfig(
+            vocab_size=data.vocab_size, max_seq_len=max(t.seq_len, 16), **cfg.model
+        )
+        model = DynMoEForCausalLM(model_cfg)  # identical on every rank (same seed) ...
     run_model = ranks.wrap(model)  # ... then experts sharded, DDP for the rest (N > 1)
     optimizer = _optimizer(model, cfg)
     sampler = torch.Generator().manual_seed(t.seed + 1 + 7919 * ranks.rank)
@@ -248,6 +258,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = data.train.batch(t.batch_size, t.seq_len, generator=sampler)
+            if hooks.before_step is not None:
+                hooks.before_step(model, step, t.steps)
             out = run_model(x, labels=y)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -279,6 +291,8 @@ def train(
                     "experts_per_layer": per_layer,
                     "tokens_per_second": window_tokens / max(elapsed, 1e-9),
                 }
+                if hooks.log_extra is not None:
+                    row.update(hooks.log_extra(model, out))
                 if log is not None:
                     log.write(row)
                 stats = (
@@ -309,13 +323,11 @@ def train(
     )
 
 
-def _unsharded(
-    model: DynMoEForCausalLM, model_cfg: DynMoEConfig, state: dict[str, Any]
-) -> DynMoEForCausalLM:
+def _unsharded(model: Any, model_cfg: Any, state: dict[str, Any]) -> Any:
     """The model to export: itself on one process, a full copy of the gathered weights else."""
     if all(model.state_dict()[k].shape == v.shape for k, v in state.items()):
         return model
-    full = DynMoEForCausalLM(model_cfg)
+    full = type(model)(model_cfg)
     full.load_state_dict(state)
     return full
 
