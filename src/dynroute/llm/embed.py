@@ -7,7 +7,7 @@ touching the caller's RNG. :class:`SentenceTransformer` wraps a local
 sentence-transformers model when that package is installed.
 
 Example:
-    >>> e = TfidfSvd(dim=2, min_df=1).fit(["add two numbers", "add three numbers",
+    >>> e = TfidfSvd(dim=2).fit(["add two numbers", "add three numbers",
     ...                                     "capital of France", "capital of Spain"])
     >>> e.encode(["add numbers"]).shape
     torch.Size([1, 2])
@@ -63,7 +63,7 @@ class TfidfSvd:
     name = "tfidf_svd"
 
     def __init__(
-        self, dim: int = 128, max_features: int = 30000, min_df: int = 2, seed: int = 0
+        self, dim: int = 128, max_features: int = 30000, min_df: int = 1, seed: int = 0
     ) -> None:
         self.dim, self.max_features, self.min_df, self.seed = dim, max_features, min_df, seed
         self.vocab: dict[str, int] = {}

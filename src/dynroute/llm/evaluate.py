@@ -11,7 +11,7 @@ Example:
     ...                            [[1, 2], [1, 2]])
     >>> r = evaluate(["oracle"], t, t)
     >>> r["baselines"]["oracle"]["quality"], r["routers"][0]["aiq"]
-    (1.0, 0.5)
+    (1.0, 0.4375)
 """
 
 from __future__ import annotations

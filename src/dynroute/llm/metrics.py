@@ -67,8 +67,9 @@ def aiq(points: Points, max_cost: float | None = None) -> float:
         >>> aiq([(0.5, 1.0)], max_cost=1.0)  # from cost 0.5 to 1 at quality 1
         0.5
     """
-    h = upper_hull(points)
-    cmax = float(h[:, 0].max()) if max_cost is None else float(max_cost)
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    h = upper_hull(p)
+    cmax = float(p[:, 0].max()) if max_cost is None else float(max_cost)
     if cmax <= 0:
         return float(h[:, 1].max())  # everything free: the area degenerates to the quality
     if h[-1, 0] > cmax:  # cut at cmax, interpolating the hull there

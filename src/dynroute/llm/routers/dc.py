@@ -11,7 +11,7 @@ Example:
     >>> from dynroute.llm.data import OutcomeTable
     >>> t = OutcomeTable.from_rows(["add 1 2", "add 3 4", "paris france", "rome italy"],
     ...     ["math", "geo"], [[1, 0], [1, 0], [0, 1], [0, 1]], [[1, 1]] * 4)
-    >>> DC(steps=20, clusters=2).fit(t).predict(["add 2 2"]).sum().item()
+    >>> round(DC(steps=20, clusters=2).fit(t).predict(["add 2 2"]).sum().item(), 4)
     1.0
 """
 

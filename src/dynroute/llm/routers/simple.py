@@ -78,8 +78,11 @@ class Oracle(QueryRouter):
         self.index: dict[str, int] = {}
 
     def _fit(self, train: OutcomeTable, z: Tensor | None) -> None:
-        self.index = {q: i for i, q in enumerate(train.queries)}
-        self.tensors["quality"] = torch.from_numpy(train.quality).float()
+        first: dict[str, int] = {}
+        for i, q in enumerate(train.queries):
+            first.setdefault(q, i)  # a repeated query keeps its first outcome
+        self.index = {q: j for j, q in enumerate(first)}
+        self.tensors["quality"] = torch.from_numpy(train.quality[list(first.values())]).float()
         self.tensors["mean"] = self.tensors["quality"].mean(0)
 
     def predict_table(self, table: OutcomeTable) -> Tensor:
