@@ -51,7 +51,15 @@ def test_eval_fit_route_report(tables, tmp_path):
     assert {"zero_router", "oracle", "single_models"} <= set(out["baselines"])
     assert out["apgr"] is not None  # two models: RouteLLM's metrics too
     r = run(
-        "fit", "--train", tables / "train.jsonl", "--router", "knn:k=3", "--out", tmp_path / "m"
+        "fit",
+        "--train",
+        tables / "train.jsonl",
+        "--router",
+        "knn:k=3",
+        "--out",
+        tmp_path / "m",
+        "--lambda",
+        50,
     )
     assert r.returncode == 0, r.stderr
     r = run("route", tmp_path / "m", "add 7 and 8 sum", "capital of country 3 geography")
