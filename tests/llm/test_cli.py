@@ -108,3 +108,15 @@ def test_route_without_a_fitted_router(tmp_path):
     r = run("route", tmp_path, "hello")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "config.json" in r.stderr and "dynroute llm fit" in r.stderr
+
+
+def test_docs_python_block_runs(capsys):
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "llm-routing.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(doc), "exec"), {})
+    assert capsys.readouterr().out
