@@ -408,10 +408,10 @@ def resolve_tables(
     test_size: float = 0.2,
     seed: int = 0,
 ) -> tuple[OutcomeTable, OutcomeTable | None]:
-    """``(train, test)`` from a dataset name, or from files (test optional).
+    """``(train, test)`` from a dataset name, or from files.
 
-    One file with no test file is split by query with ``seed``... only when a test is
-    needed by the caller; here a missing test returns ``None``.
+    A dataset name gives its own split; with files, ``test`` may be None (the caller
+    decides whether to split ``train``), and a test table must use the training pool.
     """
     if data is not None:
         return load_dataset(data, test_size, seed)
