@@ -1,0 +1,95 @@
+"""AIQ of every query router on the shipped LLM-routing datasets.
+
+Usage: ``python benchmarks/llm_routing.py [--seed 0]``. Fits all routers on each
+dataset's train split, sweeps λ on its test split and writes
+``benchmarks/results/llm_routing.json`` and the markdown table in BENCHMARKS.md and
+docs/llm-routing.md. Takes about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dynroute.llm import DATASETS, ROUTERS, evaluate, load_dataset
+
+RESULTS = Path(__file__).resolve().parent / "results" / "llm_routing.json"
+
+
+def run(seed: int = 0, datasets: list[str] | None = None) -> dict[str, Any]:
+    """``{dataset: evaluate(...) result}`` with the points dropped to keep it small."""
+    out: dict[str, Any] = {}
+    for name in datasets or list(DATASETS):
+        t0 = time.perf_counter()
+        train, test = load_dataset(name, seed=seed)
+        res = evaluate(sorted(ROUTERS), train, test, seed=seed)
+        res["seconds"] = time.perf_counter() - t0
+        out[name] = res
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per router, one AIQ column per dataset (± vs the zero router)."""
+    names = list(results)
+    head = "| router | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    aiqs = {n: {r["router"]: r for r in results[n]["routers"]} for n in names}
+    order = sorted(ROUTERS, key=lambda r: -sum(aiqs[n][r]["aiq"] for n in names))
+    lines = []
+    for router in order:
+        if router == "oracle":
+            continue
+        cells = []
+        for n in names:
+            r, zero = aiqs[n][router], results[n]["baselines"]["zero_router"]["aiq"]
+            cells.append(f"{r['aiq']:.4f} ({r['aiq'] - zero:+.4f})")
+        lines.append(f"| {router} | " + " | ".join(cells) + " |")
+    for label, key in (("zero router", "zero_router"), ("oracle", "oracle")):
+        cells = [f"{results[n]['baselines'][key]['aiq']:.4f}" for n in names]
+        lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def two_model_table(results: dict[str, Any]) -> str:
+    """RouteLLM's metrics on the two-model datasets: APGR, CPT(50%), CPT(80%)."""
+    names = [n for n in results if len(results[n]["models"]) == 2]
+    head = (
+        "| router | "
+        + " | ".join(f"{n} APGR / CPT50 / CPT80" for n in names)
+        + " |\n|---|"
+        + "---|" * len(names)
+        + "\n"
+    )
+    lines = []
+    for router in sorted(ROUTERS):
+        cells = []
+        for n in names:
+            r = next(x for x in results[n]["routers"] if x["router"] == router)
+            cells.append(f"{r['apgr']:.3f} / {r['cpt50']:.1%} / {r['cpt80']:.1%}")
+        lines.append(f"| {router} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    results = run(args.seed)
+    total = time.perf_counter() - t0
+    for res in results.values():
+        for r in res["routers"]:
+            r.pop("points")  # the JSON keeps the scores; `dynroute llm eval --json` has points
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"seed": args.seed, "seconds": total, "results": results}, indent=1)
+    )
+    print(table(results))
+    print(two_model_table(results))
+    print(f"total {total:.1f} s; wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

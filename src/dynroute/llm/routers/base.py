@@ -1,0 +1,249 @@
+"""The query-router interface, its registry, and save/load (safetensors + JSON).
+
+A router is a dataclass whose fields are its hyperparameters, registered by name with
+:func:`register_router`. ``fit(train)`` learns from an :class:`OutcomeTable`;
+``predict(queries) -> [Q, M]`` predicts each model's quality; the decision rule in
+:mod:`dynroute.llm.decide` turns predictions and costs into a choice. Every router also
+fits a per-model cost model (cost ≈ a + b · characters of the query) so that
+:meth:`QueryRouter.route` can decide for a new query whose cost nobody measured.
+
+Saved routers are a folder with ``config.json`` (name, hyperparameters, models,
+embedder and cost model) and ``tensors.safetensors``; no pickle.
+
+Example:
+    >>> from dynroute.llm.data import OutcomeTable
+    >>> from dynroute.llm.routers import make_router
+    >>> t = OutcomeTable.from_rows(["a", "b"], ["small", "big"], [[0, 1], [1, 1]],
+    ...                            [[1, 2], [1, 2]])
+    >>> make_router("best_single").fit(t).route(["c"])
+    ['big']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dynroute.llm.data import OutcomeTable, TableError
+from dynroute.llm.decide import decide, lambda_grid
+from dynroute.llm.embed import Embedder, make_embedder
+
+__all__ = ["ROUTERS", "QueryRouter", "load_router", "make_router", "register_router"]
+
+#: Registered query routers by name (filled by :func:`register_router`).
+ROUTERS: dict[str, type[QueryRouter]] = {}
+FORMAT = 1
+R = TypeVar("R", bound="type[QueryRouter]")
+
+
+def register_router(cls: R) -> R:
+    """Class decorator: make ``cls`` available by its ``name``."""
+    ROUTERS[cls.name] = cls
+    return cls
+
+
+@dataclasses.dataclass(eq=False)
+class QueryRouter:
+    """Base class: subclasses set ``name``, add hyperparameter fields and implement
+    ``_fit(train, z)`` and ``_predict(queries, z)`` (``z``: ``[Q, d]`` embeddings when
+    ``uses_embedding``, else None). Fitted tensors live in ``self.tensors``."""
+
+    name: ClassVar[str] = ""
+    uses_embedding: ClassVar[bool] = True
+    #: What the sweep varies: "lambda" (argmax quality − λ·cost) or "threshold".
+    knob: ClassVar[str] = "lambda"
+
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.models: tuple[str, ...] = ()
+        self.embedder: Embedder | None = None
+        self.tensors: dict[str, Tensor] = {}
+        self.cost_coef = np.zeros((0, 2))  # [M, 2]: intercept, USD per character
+        self.lam = 0.0  # decision λ used by route()
+
+    # ------------------------------------------------------------------ describe
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params()}
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.models)
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, train: OutcomeTable, embedder: Embedder | None = None) -> QueryRouter:
+        """Learn from ``train``; ``embedder``: an already fitted one to share (optional)."""
+        self.models = train.models
+        chars = np.array([len(q) for q in train.queries], dtype=np.float64)
+        design = np.column_stack([np.ones_like(chars), chars])
+        self.cost_coef = np.linalg.lstsq(design, train.cost, rcond=None)[0].T  # [M, 2]
+        z = None
+        if self.uses_embedding:
+            self.embedder = embedder or make_embedder().fit(train.queries)
+            z = self.embedder.encode(train.queries)
+        self.tensors = {}
+        self._fit(train, z)
+        return self
+
+    def predict(self, queries: Sequence[str]) -> Tensor:
+        """Predicted quality ``[Q, M]`` (float32) of each model on each query."""
+        if not self.fitted:
+            raise RuntimeError(f"router {self.name!r} is not fitted; call fit(train) first")
+        z = self.embedder.encode(queries) if self.embedder is not None else None
+        return self._predict(queries, z)
+
+    def predict_table(self, table: OutcomeTable) -> Tensor:
+        """Predictions for a table's queries (the oracle also reads its outcomes)."""
+        return self.predict(table.queries)
+
+    def estimate_cost(self, queries: Sequence[str]) -> Tensor:
+        """``[Q, M]`` cost estimated from the query length (for queries never run)."""
+        chars = np.array([len(q) for q in queries], dtype=np.float64)
+        est = self.cost_coef[:, 0][None, :] + chars[:, None] * self.cost_coef[:, 1][None, :]
+        return torch.from_numpy(np.maximum(est, 0.0))
+
+    def _fit(self, train: OutcomeTable, z: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _predict(self, queries: Sequence[str], z: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ decide
+    def route(self, queries: Sequence[str], lam: float | None = None) -> list[str]:
+        """The chosen model per query with ``argmax predicted quality − λ·estimated cost``."""
+        pick = decide(
+            self.predict(queries), self.estimate_cost(queries), self.lam if lam is None else lam
+        )
+        return [self.models[i] for i in pick.tolist()]
+
+    def sweep(self, table: OutcomeTable, n: int = 64) -> list[dict[str, float]]:
+        """Operating points ``[{"lambda", "cost", "quality"}]`` on ``table`` over λ."""
+        table = _align(table, self.models)
+        pred = self.predict_table(table)
+        # Decide with the cost known before any model runs (estimated from the prompt);
+        # score with the cost the table says was paid.
+        est = self.estimate_cost(table.queries)
+        quality, paid = torch.from_numpy(table.quality), torch.from_numpy(table.cost)
+        rows = torch.arange(len(pred))
+        out = []
+        for lam in lambda_grid(pred, est, n):
+            pick = decide(pred, est, lam)
+            out.append(
+                {
+                    "lambda": lam,
+                    "cost": float(paid[rows, pick].mean()),
+                    "quality": float(quality[rows, pick].mean()),
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ save / load
+    def config(self) -> dict[str, Any]:
+        """JSON-able extra state (subclasses add to it)."""
+        return {}
+
+    def load_config(self, config: dict[str, Any]) -> None:
+        """Restore what :meth:`config` wrote."""
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``tensors.safetensors`` into ``directory``."""
+        if not self.fitted:
+            raise RuntimeError(f"router {self.name!r} is not fitted; nothing to save")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"router.{k}": v.contiguous() for k, v in self.tensors.items()}
+        if self.embedder is not None:
+            tensors.update(
+                {f"embedder.{k}": v.contiguous() for k, v in self.embedder.state().items()}
+            )
+        tensors["cost_coef"] = torch.from_numpy(self.cost_coef.copy())
+        save_file(tensors, out / "tensors.safetensors")
+        config = {
+            "format": FORMAT,
+            "router": self.to_dict(),
+            "models": list(self.models),
+            "lambda": self.lam,
+            "embedder": None if self.embedder is None else self.embedder.config(),
+            "extra": self.config(),
+        }
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+        return out
+
+
+def _align(table: OutcomeTable, models: Sequence[str]) -> OutcomeTable:
+    if tuple(table.models) == tuple(models):
+        return table
+    unknown = [m for m in table.models if m not in models]
+    missing = [m for m in models if m not in table.models]
+    if unknown or missing:
+        raise TableError(
+            f"{table.source}: model pool differs from the router's: unknown {unknown}, "
+            f"missing {missing}; evaluate on a table with models {list(models)}"
+        )
+    return table.select_models(models)
+
+
+def make_router(spec: str | dict[str, Any]) -> QueryRouter:
+    """A router from ``"name"``, ``"name:key=value,..."`` or ``{"name": ..., **params}``.
+
+    Example:
+        >>> make_router("knn:k=5")
+        KNN(seed=0, k=5)
+    """
+    if isinstance(spec, str):
+        name, _, rest = spec.partition(":")
+        params: dict[str, Any] = {}
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            try:
+                params[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key.strip()] = value
+    else:
+        params = dict(spec)
+        name = params.pop("name")
+    if name not in ROUTERS:
+        raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}")
+    fields = {f.name for f in dataclasses.fields(ROUTERS[name])}
+    bad = sorted(set(params) - fields)
+    if bad:
+        raise ValueError(f"router {name!r} has no parameter(s) {bad}; it has {sorted(fields)}")
+    return ROUTERS[name](**params)
+
+
+def load_router(directory: str | Path) -> QueryRouter:
+    """A router saved by :meth:`QueryRouter.save`."""
+    d = Path(directory)
+    cfg_path, ten_path = d / "config.json", d / "tensors.safetensors"
+    for p in (cfg_path, ten_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} is missing; {d} is not a fitted router: run `dynroute llm fit "
+                f"--out {d}` first"
+            )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path} is not valid JSON ({err}); refit the router") from None
+    tensors = load_file(ten_path)
+    router = make_router(config["router"])
+    router.models = tuple(config["models"])
+    router.lam = float(config["lambda"])
+    router.cost_coef = tensors.pop("cost_coef").numpy()
+    router.tensors = {k[7:]: v for k, v in tensors.items() if k.startswith("router.")}
+    if config["embedder"] is not None:
+        state = {k[9:]: v for k, v in tensors.items() if k.startswith("embedder.")}
+        router.embedder = make_embedder(config["embedder"], state)
+    router.load_config(config["extra"])
+    return router

@@ -1,0 +1,137 @@
+"""Every router: shapes, save/load round trips, decisions."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynroute.llm import (
+    ROUTERS,
+    OutcomeTable,
+    calibrate_to_budget,
+    calibrate_to_share,
+    decide,
+    evaluate,
+    load_router,
+    make_embedder,
+    make_router,
+)
+from dynroute.llm.routers.cascade import run_cascade
+
+FAST = {"mlp": "mlp:steps=40", "mf": "mf:steps=40", "dc": "dc:steps=40,clusters=4"}
+
+
+def toy(n=60, seed=0):
+    """Math questions suit model 'math', geography 'geo'; 'big' is good at both, dear."""
+    rng = np.random.default_rng(seed)
+    queries, quality = [], []
+    for i in range(n):
+        if i % 2:
+            queries.append(f"add {rng.integers(100)} and {rng.integers(100)} sum number")
+            quality.append([1, 0, 1])
+        else:
+            queries.append(f"capital city of country {rng.integers(100)} geography")
+            quality.append([0, 1, 1])
+    cost = [[1.0 + len(q) / 100, 1.0 + len(q) / 100, 10.0] for q in queries]
+    return OutcomeTable.from_rows(queries, ["math", "geo", "big"], quality, cost)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    train, test = toy(60, 0), toy(20, 1)
+    emb = make_embedder({"name": "tfidf_svd", "dim": 16}).fit(train.queries)
+    return train, test, {n: make_router(FAST.get(n, n)).fit(train, emb) for n in ROUTERS}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_predict_shape_and_roundtrip(fitted, name, tmp_path):
+    _, test, routers = fitted
+    r = routers[name]
+    pred = r.predict(test.queries)
+    assert pred.shape == (test.num_queries, 3) and torch.isfinite(pred).all()
+    r.lam = 0.25
+    r.save(tmp_path / name)
+    r2 = load_router(tmp_path / name)
+    assert r2.to_dict() == r.to_dict() and r2.models == r.models and r2.lam == 0.25
+    assert torch.equal(r2.predict(test.queries), pred)
+    assert r2.route(test.queries) == r.route(test.queries)
+    assert r2.sweep(test) == r.sweep(test)
+    assert set(r.route(test.queries)) <= set(test.models)
+
+
+@pytest.mark.parametrize("name", ["knn", "mlp", "mf", "sw_ranking", "dc"])
+def test_learned_routers_learn_the_toy_task(fitted, name):
+    _, test, routers = fitted
+    pred = routers[name].predict(test.queries)
+    right = torch.tensor([0 if "add" in q else 1 for q in test.queries])
+    # Among the two cheap models, the right specialist is preferred.
+    assert (pred[:, :2].argmax(1) == right).float().mean() >= 0.9
+
+
+def test_oracle_beats_everyone_and_random_is_below(fitted):
+    train, test, _ = fitted
+    r = evaluate([FAST.get(n, n) for n in sorted(ROUTERS)], train, test)
+    by = {x["router"]: x["aiq"] for x in r["routers"]}
+    assert max(by.values()) == pytest.approx(r["baselines"]["oracle"]["aiq"])
+    assert by["knn"] > r["baselines"]["zero_router"]["aiq"]
+    for x in r["routers"]:
+        assert x["points"] and all(set(p) == {"lambda", "cost", "quality"} for p in x["points"])
+
+
+def test_cascade_chain_and_cost():
+    train = toy(40)
+    c = make_router("cascade").fit(train)
+    assert c.chain[-1] == "big" and len(c.chain) >= 2
+    pred = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+    cost = torch.tensor([[1.0, 10.0], [1.0, 10.0]])
+    stop, paid = run_cascade(pred, cost, [0, 1], 0.5)
+    assert stop.tolist() == [0, 1] and paid.tolist() == [1.0, 11.0]
+
+
+def test_unknown_router_and_params():
+    with pytest.raises(ValueError, match="unknown router"):
+        make_router("nope")
+    with pytest.raises(ValueError, match="no parameter"):
+        make_router("knn:kk=3")
+    with pytest.raises(FileNotFoundError, match="not a fitted router"):
+        load_router("/nonexistent/dir")
+
+
+matrices = st.integers(1, 6).flatmap(
+    lambda q: st.integers(1, 5).flatmap(
+        lambda m: st.tuples(
+            st.lists(st.floats(0, 1), min_size=q * m, max_size=q * m),
+            st.lists(st.floats(0.01, 10), min_size=q * m, max_size=q * m),
+            st.just((q, m)),
+        )
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(matrices, st.floats(0, 100))
+def test_decide_properties(data, lam):
+    p, c, shape = data
+    pred, cost = torch.tensor(p).reshape(shape), torch.tensor(c).reshape(shape)
+    pick = decide(pred, cost, lam)
+    assert pick.shape == (shape[0],) and ((pick >= 0) & (pick < shape[1])).all()
+    rows = torch.arange(shape[0])
+    # λ = 0: a predicted-best model; λ = ∞: a cheapest model.
+    assert torch.equal(pred[rows, decide(pred, cost, 0.0)], pred.max(1).values)
+    assert torch.equal(cost[rows, decide(pred, cost, float("inf"))], cost.min(1).values)
+    # A larger λ never spends more.
+    spent = cost[rows, pick].sum()
+    assert cost[rows, decide(pred, cost, lam * 2 + 1)].sum() <= spent + 1e-9
+
+
+def test_calibration():
+    pred = torch.tensor([[0.5, 0.9], [0.5, 0.6], [0.5, 0.95], [0.5, 0.7]])
+    cost = torch.tensor([[1.0, 3.0]] * 4)
+    lam = calibrate_to_share(pred, cost, model=1, share=0.5)
+    assert (decide(pred, cost, lam) == 1).float().mean() <= 0.5
+    assert (decide(pred, cost, lam) == 1).sum() == 2  # the two clearest cases
+    lam = calibrate_to_budget(pred, cost, budget=1.5)
+    rows = torch.arange(4)
+    assert cost[rows, decide(pred, cost, lam)].mean() <= 1.5
+    assert calibrate_to_budget(pred, cost, budget=0.5) == float("inf")
