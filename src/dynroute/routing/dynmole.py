@@ -143,7 +143,10 @@ class DynMoLE(Router):
             raise ValueError(f"dynmole: q must be > 0, got {self.q}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"dynmole: threshold must be in [0, 1], got {self.threshold}")
-        check_p(self.p)
+        try:
+            check_p(self.p)
+        except ValueError:
+            raise ValueError(f"dynmole: p must be in (0, 1], got {self.p}") from None
         check_int(self.k, "k", "dynmole", 1)
         if self.entropy_weight < 0:
             raise ValueError(f"dynmole: entropy_weight must be >= 0, got {self.entropy_weight}")
