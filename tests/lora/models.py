@@ -36,6 +36,6 @@ def randomize_adapters(model: nn.Module, seed: int = 1) -> None:
     """Give every adapter non-zero B (trained-looking), so outputs differ from the base."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)

@@ -46,7 +46,7 @@ def test_save_load_round_trip_is_exact(tmp_path, family: str, router: str, kind:
 
 
 def test_load_errors_name_the_file(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="lora_experts.json"):
+    with pytest.raises(FileNotFoundError, match=r"lora_experts\.json"):
         load_lora_experts(tiny_dynmoe(), tmp_path)
 
 

@@ -91,12 +91,12 @@ def test_only_adapters_and_gates_get_gradients(family: str) -> None:
 
 def test_errors_are_clear() -> None:
     model = tiny_dynmoe()
-    with pytest.raises(ValueError, match="its linears are named.*qkv"):
+    with pytest.raises(ValueError, match=r"its linears are named.*qkv"):
         add_lora_experts(model, ["q_proj"])
     add_lora_experts(model, ["qkv"], num_experts=2, rank=2)
-    with pytest.raises(ValueError, match="already has LoRA experts"):
+    with pytest.raises(ValueError, match=r"already has LoRA experts"):
         add_lora_experts(model, ["proj"])
-    with pytest.raises(TypeError, match="nn.Linear"):
+    with pytest.raises(TypeError, match=r"nn\.Linear"):
         LoRAMoELinear(nn.Conv1d(2, 2, 1))  # type: ignore[arg-type]
 
 
