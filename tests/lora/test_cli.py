@@ -13,7 +13,7 @@ from dynroute.cli import app
 from dynroute.data.tokenizer import train_tokenizer
 from dynroute.lora import load_lora_experts, lora_layers
 from dynroute.lora.data import load_domains, lora_domains
-from lora.models import tiny_dynmoe
+from lora_models import tiny_dynmoe
 
 runner = CliRunner()
 

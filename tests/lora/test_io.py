@@ -14,7 +14,7 @@ from dynroute.lora import (
     merge_lora_experts,
     save_lora_experts,
 )
-from lora.models import randomize_adapters, tiny_dynmoe, tiny_hf
+from lora_models import randomize_adapters, tiny_dynmoe, tiny_hf
 
 
 @pytest.mark.parametrize(

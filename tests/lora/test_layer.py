@@ -20,7 +20,7 @@ from dynroute.lora import (
 )
 from dynroute.routing import make_router
 from hf.tiny_models import build_tiny
-from lora.models import randomize_adapters, tiny_dynmoe, tiny_hf
+from lora_models import randomize_adapters, tiny_dynmoe, tiny_hf
 
 ROUTERS = [
     "top_k:k=1",

@@ -1,4 +1,4 @@
-"""Tiny base models for the LoRA tests: ours, dense transformers LMs, an MoE family."""
+"""Tiny bases for tests/lora (kept out of tests/lora: benchmarks/lora.py is module `lora`)."""
 
 from __future__ import annotations
 
