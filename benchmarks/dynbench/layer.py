@@ -40,7 +40,8 @@ from dynbench.hf_experts import (
 )
 from dynbench.memory import peak_memory
 from dynbench.timing import Bench, time_interleaved
-from dynroute.dispatch import ExpertWeights, dense, grouped, loop
+from dynroute.dispatch import dense, grouped, loop
+from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import Routing, top_k, top_p
 
 Record = dict[str, Any]

@@ -21,7 +21,8 @@ from dynbench.report import (
     target_rows,
 )
 from dynbench.suite import run_suite
-from dynroute.dispatch import ExpertWeights, grouped, loop
+from dynroute.dispatch import grouped, loop
+from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import top_k, top_p
 
 E, D, F = 6, 16, 32

@@ -10,7 +10,8 @@ import torch
 from dynbench.hf_experts import hf_experts, to_top_k_format
 from dynbench.layer import swiglu
 from dynbench.timing import Bench, time_interleaved
-from dynroute.dispatch import ExpertWeights, grouped, loop
+from dynroute.dispatch import grouped, loop
+from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import top_k
 
 

@@ -7,8 +7,6 @@ from hypothesis import strategies as st
 
 from dispatch_cases import ROUTERS, D, E, make_case
 from dynroute.dispatch import (
-    ExpertWeights,
-    choose_path,
     dense,
     grouped,
     grouped_linear,
@@ -16,6 +14,8 @@ from dynroute.dispatch import (
     loop,
 )
 from dynroute.dispatch.combine import Combiner
+from dynroute.layers.experts import ExpertWeights, choose_path
+from dynroute.layers.experts.swiglu_fused import SMALL_FORWARD
 from dynroute.routing import Routing, top_k, top_p
 
 
@@ -232,5 +232,5 @@ def test_forward_only_small_calls_match_the_fused_path(n, monkeypatch):
     monkeypatch.setattr(grouped_module, "_composed", lambda *a: taken.append(True) or composed(*a))
     with torch.no_grad():
         y = grouped(x, r, w)
-    assert bool(taken) == (r.num_assignments <= grouped_module.SMALL_FORWARD)
+    assert bool(taken) == (r.num_assignments <= SMALL_FORWARD)
     torch.testing.assert_close(y, grouped(x, r, w, path="grouped_mm"), atol=1e-5, rtol=1e-5)

@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatch_cases import ROUTERS, make_case
-from dynroute.dispatch import ExpertWeights, choose_path, dense, grouped, loop
+from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers import MoE, SwiGLUExperts
+from dynroute.layers.experts import ExpertWeights, choose_path
 
 
 def per_expert_leaves(gate_up, down):

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from dynroute.dispatch import ExpertWeights, dense, grouped, loop
+from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers import MoE
-from dynroute.layers.experts import Experts, MixedExperts, MLPExperts, SwiGLUExperts
+from dynroute.layers.experts import Experts, ExpertWeights, MixedExperts, MLPExperts, SwiGLUExperts
 from dynroute.parallel import local_group, shard_experts
 from dynroute.parallel.ddp import expert_parameter_names, full_state_dict
 from dynroute.routing import top_k

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli.test_train_eval import CONFIG
 from dynroute.layers import MoE
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.routing import ROUTERS, make_router, parse_router
@@ -19,30 +20,6 @@ from hf.tiny_models import build_tiny
 from routing.my_router_plugin import MyRouter
 
 HERE = Path(__file__).parent
-
-CONFIG = """
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 32
-num_experts = 4
-
-[data]
-source = "{corpus}"
-vocab_size = 300
-
-[train]
-steps = 4
-batch_size = 2
-seq_len = 16
-warmup_steps = 1
-log_interval = 2
-eval_interval = 0
-eval_batches = 1
-checkpoint_interval = 4
-threads = 1
-"""
 
 
 def test_registered_and_round_trips_through_dict_and_text() -> None:
@@ -109,7 +86,7 @@ def test_cli_train_with_the_plugin_router(tmp_path: Path) -> None:
     config = tmp_path / "tiny.toml"
     config.write_text(CONFIG.format(corpus=corpus))
     out = tmp_path / "run"
-    args = ["train", "--config", str(config), "--out", str(out), "--no-progress"]
+    args = ["train", "--config", str(config), "--out", str(out), "--no-progress", "--steps", "4"]
     done = _cli([*args, "--router", "my_router:k=1"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1.00 experts/token" in done.stdout

@@ -3,10 +3,11 @@
 ``grouped`` is the fast path; ``loop`` and ``dense`` are references for tests. Dispatch
 permutes and combines; ``experts`` (anything ``ExpertsLike``: a
 ``dynroute.layers.experts.Experts`` module, or SwiGLU ``ExpertWeights`` over plain
-tensors) owns the math.
+tensors) owns the math, and may bring its own fused op (SwiGLU does).
 
 Example:
     >>> import torch
+    >>> from dynroute.layers.experts import ExpertWeights
     >>> from dynroute.routing import top_k
     >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
     >>> x, r = torch.randn(6, 8), top_k(torch.randn(6, 4), 2)
@@ -19,10 +20,9 @@ from collections.abc import Callable
 from torch import Tensor
 
 from dynroute.dispatch.dense import dense
-from dynroute.dispatch.experts import ExpertsLike, ExpertWeights
-from dynroute.dispatch.fused import FusedSwiGLUDispatch
+from dynroute.dispatch.experts import ExpertsLike
 from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
-from dynroute.dispatch.grouped import PATHS, choose_path, grouped
+from dynroute.dispatch.grouped import grouped
 from dynroute.dispatch.loop import loop
 from dynroute.routing import Routing
 
@@ -45,12 +45,8 @@ def get_dispatch(name: str) -> DispatchFn:
 
 __all__ = [
     "DISPATCH",
-    "PATHS",
     "DispatchFn",
-    "ExpertWeights",
     "ExpertsLike",
-    "FusedSwiGLUDispatch",
-    "choose_path",
     "dense",
     "get_dispatch",
     "grouped",

@@ -22,7 +22,7 @@ def dense(x: Tensor, routing: Routing, experts: ExpertsLike) -> Tensor:
 
     Example:
         >>> import torch
-        >>> from dynroute.dispatch import ExpertWeights
+        >>> from dynroute.layers.experts import ExpertWeights
         >>> from dynroute.routing import top_p
         >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
         >>> dense(torch.randn(5, 8), top_p(torch.randn(5, 4), 0.5), w).shape

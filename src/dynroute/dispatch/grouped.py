@@ -4,7 +4,7 @@ The experts own their math (grouped GEMMs over the sorted rows); this module onl
 gathers the A assigned rows (already sorted by expert), calls the experts once, and
 scatter-adds the weighted outputs back to tokens. Experts with a ``fused(x, routing,
 path)`` hook (SwiGLU: ``ExpertWeights``, ``SwiGLUExperts``) may run their own op
-instead; see ``dispatch/fused.py`` for SwiGLU's execution paths.
+instead; see ``dynroute/layers/experts/swiglu_fused.py`` for SwiGLU's paths.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from torch import Tensor
 
 from dynroute.dispatch.combine import combine
 from dynroute.dispatch.experts import ExpertsLike, check_dispatch_inputs, empty_output
-from dynroute.dispatch.fused import PATHS, SMALL_FORWARD, choose_path
 from dynroute.routing import Routing
 
-__all__ = ["PATHS", "SMALL_FORWARD", "choose_path", "grouped"]
+__all__ = ["grouped"]
 
 
 def grouped(x: Tensor, routing: Routing, experts: ExpertsLike, *, path: str = "auto") -> Tensor:
@@ -35,15 +34,13 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertsLike, *, path: str = "a
 
     Example:
         >>> import torch
-        >>> from dynroute.dispatch import ExpertWeights
+        >>> from dynroute.layers.experts import ExpertWeights
         >>> from dynroute.routing import top_p
         >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
         >>> grouped(torch.randn(5, 8), top_p(torch.randn(5, 4), 0.5), w).shape
         torch.Size([5, 8])
     """
     check_dispatch_inputs(x, routing.num_experts, experts, "grouped")
-    if path not in PATHS:
-        raise ValueError(f"grouped: unknown path {path!r}; choose one of {', '.join(PATHS)}")
     if routing.num_assignments == 0:
         return empty_output(x, routing.weight, experts)
     fused = getattr(experts, "fused", None)
@@ -54,7 +51,7 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertsLike, *, path: str = "a
     elif path not in ("auto", "autograd"):
         raise ValueError(
             f"grouped: path {path!r} needs experts with a fused op; "
-            f"{type(experts).__name__} has none: use path='auto'"
+            f"{type(experts).__name__} has none: use path='auto' or 'autograd'"
         )
     offs = routing.expert_counts().cumsum(0).to(torch.int32)
     return _composed(x, routing, experts, offs)

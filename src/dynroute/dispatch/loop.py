@@ -21,7 +21,7 @@ def loop(x: Tensor, routing: Routing, experts: ExpertsLike) -> Tensor:
 
     Example:
         >>> import torch
-        >>> from dynroute.dispatch import ExpertWeights
+        >>> from dynroute.layers.experts import ExpertWeights
         >>> from dynroute.routing import top_k
         >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
         >>> loop(torch.randn(5, 8), top_k(torch.randn(5, 4), 2), w).shape

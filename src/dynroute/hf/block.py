@@ -7,9 +7,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dynroute.dispatch import ExpertWeights, get_dispatch
+from dynroute.dispatch import get_dispatch
 from dynroute.hf.families import Family
 from dynroute.hf.routers import RouterSpec, route
+from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import Routing
 
 __all__ = ["DynamicMoEBlock", "expert_weights"]

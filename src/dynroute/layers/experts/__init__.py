@@ -16,5 +16,17 @@ from dynroute.layers.experts.base import Experts
 from dynroute.layers.experts.mixed import MixedExperts
 from dynroute.layers.experts.mlp import MLPExperts
 from dynroute.layers.experts.swiglu import LAYOUTS, SwiGLUExperts
+from dynroute.layers.experts.swiglu_fused import PATHS, FusedSwiGLUDispatch, choose_path
+from dynroute.layers.experts.swiglu_weights import ExpertWeights
 
-__all__ = ["LAYOUTS", "Experts", "MLPExperts", "MixedExperts", "SwiGLUExperts"]
+__all__ = [
+    "LAYOUTS",
+    "PATHS",
+    "ExpertWeights",
+    "Experts",
+    "FusedSwiGLUDispatch",
+    "MLPExperts",
+    "MixedExperts",
+    "SwiGLUExperts",
+    "choose_path",
+]

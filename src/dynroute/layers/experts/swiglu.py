@@ -1,8 +1,8 @@
 """SwiGLU experts: stacked [E, ...] parameters, or one parameter pair per expert.
 
-The math lives in ``dynroute.dispatch.ExpertWeights`` (SwiGLU over plain tensors, also
-used for transformers' checkpoints); this module holds the parameters and delegates,
-including the fused fast path (``dispatch/fused.py``).
+The math lives in ``ExpertWeights`` (``swiglu_weights.py``: SwiGLU over plain tensors,
+also used for transformers' checkpoints); this module holds the parameters and
+delegates, including the fused fast path (``swiglu_fused.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dynroute.dispatch import ExpertWeights
 from dynroute.layers.experts.base import Experts
+from dynroute.layers.experts.swiglu_weights import ExpertWeights
 from dynroute.routing import Routing
 
 LAYOUTS = ("stacked", "per_expert")
@@ -82,7 +82,7 @@ class SwiGLUExperts(Experts):
         return self.weights().ffn(rows, e)
 
     def fused(self, x: Tensor, routing: Routing, path: str) -> Tensor | None:
-        """The fused SwiGLU dispatch (``dispatch/fused.py``); None for the composed path."""
+        """The fused SwiGLU dispatch (``swiglu_fused.py``); None for the composed path."""
         return self.weights().fused(x, routing, path)
 
     def shard(self, start: int, stop: int) -> SwiGLUExperts:

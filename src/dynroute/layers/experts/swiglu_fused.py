@@ -44,7 +44,7 @@ from dynroute.dispatch.combine import Combiner
 from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
 
 if TYPE_CHECKING:
-    from dynroute.dispatch.experts import ExpertWeights
+    from dynroute.layers.experts.swiglu_weights import ExpertWeights
     from dynroute.routing import Routing
 
 PATHS = ("auto", "grouped_mm", "slices", "autograd", "per_expert")
@@ -68,7 +68,7 @@ def choose_path(x: Tensor, experts: ExpertWeights) -> str:
 
     Example:
         >>> import torch
-        >>> from dynroute.dispatch import ExpertWeights
+        >>> from dynroute.layers.experts import ExpertWeights
         >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
         >>> choose_path(torch.randn(5, 8), w), choose_path(torch.randn(5, 8).double(), w)
         ('grouped_mm', 'slices')
@@ -95,6 +95,8 @@ def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str)
     None tells ``grouped`` to take the generic composed path (per-expert weights, other
     activations, small forward-only calls). Raises for a path that cannot take the weights.
     """
+    if path not in PATHS:
+        raise ValueError(f"grouped: unknown path {path!r}; choose one of {', '.join(PATHS)}")
     if path == "auto":
         path = choose_path(x, experts)
         if path != "per_expert" and routing.num_assignments <= SMALL_FORWARD:
