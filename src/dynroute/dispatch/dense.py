@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dynroute.dispatch.experts import ExpertsLike, check_dispatch_inputs
+from dynroute.dispatch.experts import ExpertsLike, check_dispatch_inputs, output_width
 from dynroute.routing import Routing
 
 
@@ -30,7 +30,7 @@ def dense(x: Tensor, routing: Routing, experts: ExpertsLike) -> Tensor:
     """
     check_dispatch_inputs(x, routing.num_experts, experts, "dense")
     combine = routing.dense_weights().to(x.dtype)  # [N, E]
-    out = x.new_zeros(x.shape)
+    out = x.new_zeros(x.shape[0], output_width(experts))  # d_out may differ from d_model
     for e in range(experts.num_experts):
         out = out + combine[:, e, None] * experts.run_expert(x, e)
     return out

@@ -34,6 +34,18 @@ class ExpertsLike(Protocol):
         ...
 
 
+def output_width(experts: ExpertsLike) -> int:
+    """Width of the experts' output rows: ``d_out`` where a kind maps d_model to another width
+    (LoRA experts over a q/k/v projection), else ``d_model``.
+
+    Example:
+        >>> from dynroute.layers.experts import MLPExperts
+        >>> output_width(MLPExperts(8, 16, 2))
+        8
+    """
+    return int(getattr(experts, "d_out", experts.d_model))
+
+
 def expert_tensors(experts: ExpertsLike) -> list[Tensor]:
     """Every weight tensor of ``experts``: a module's parameters, or ``tensors()``."""
     if isinstance(experts, nn.Module):
@@ -54,9 +66,9 @@ def check_dispatch_inputs(x: Tensor, num_experts: int, weights: ExpertsLike, fn:
 
 
 def empty_output(x: Tensor, routing_weight: Tensor, weights: ExpertsLike) -> Tensor:
-    """Zeros [N, d_model] for a call with no assignments, still attached to the graph.
+    """Zeros [N, d_out] for a call with no assignments, still attached to the graph.
 
     Keeps ``loss.backward()`` working (with zero gradients) on a batch that ran no expert.
     """
     tied = sum((t.sum() for t in expert_tensors(weights)), routing_weight.sum())
-    return x.new_zeros(x.shape) + 0.0 * (x.sum() + tied).to(x.dtype)
+    return x.new_zeros(x.shape[0], output_width(weights)) + 0.0 * (x.sum() + tied).to(x.dtype)

@@ -35,6 +35,8 @@ def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
         True
         >>> grouped_mm_supported(torch.zeros(2, 6), torch.zeros(3, 6, 6))
         False
+        >>> grouped_mm_supported(torch.zeros(4, 1), torch.zeros(3, 1, 8))  # rank-1 rows
+        False
     """
     if not HAS_GROUPED_MM:
         return False
@@ -44,9 +46,12 @@ def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
         if t.dtype not in _GROUPED_MM_DTYPES or t.dtype != x.dtype or t.device != x.device:
             return False
         size = t.element_size()
-        if t.stride()[-1] != 1 and t.stride()[-2] != 1:
+        inner = t.stride()[-2:]
+        if min(inner) != 1:
             return False
-        if any((s * size) % 16 for s in t.stride() if s != 1):
+        # the other matrix stride (the leading dimension) must be 16-byte aligned too, even
+        # when it is 1 because a dim has size 1 (rank-1 LoRA: [A, 1] rows)
+        if (max(inner) * size) % 16 or any((s * size) % 16 for s in t.stride()[:-2]):
             return False
         if t.data_ptr() % 16:
             return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dynroute.dispatch.experts import ExpertsLike, check_dispatch_inputs, empty_output
+from dynroute.dispatch.experts import ExpertsLike, check_dispatch_inputs, empty_output, output_width
 from dynroute.routing import Routing
 
 
@@ -30,7 +30,7 @@ def loop(x: Tensor, routing: Routing, experts: ExpertsLike) -> Tensor:
     check_dispatch_inputs(x, routing.num_experts, experts, "loop")
     if routing.num_assignments == 0:
         return empty_output(x, routing.weight, experts)
-    out = x.new_zeros(x.shape)
+    out = x.new_zeros(x.shape[0], output_width(experts))  # d_out may differ from d_model
     ends = routing.expert_counts().cumsum(0).tolist()
     start = 0
     for e, end in enumerate(ends):

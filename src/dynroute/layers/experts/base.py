@@ -19,7 +19,9 @@ class Experts(nn.Module):
     permute → forward → combine with a kind's own op (``SwiGLUExperts``).
 
     Attributes:
-        num_experts: E; d_model: width of the rows in and out.
+        num_experts: E; d_model: width of the rows in; d_out: width of the rows out
+            (``d_model`` unless a kind maps to another width, e.g. LoRA experts over a
+            q/k/v projection; dispatch sizes its output by it).
         stacked: True when every parameter is [E, ...] (expert e at index e): then
             ``shard`` slices them and expert parallelism gathers them along dim 0.
 
@@ -44,6 +46,7 @@ class Experts(nn.Module):
     def __init__(self, num_experts: int, d_model: int) -> None:
         super().__init__()
         self.num_experts, self.d_model = num_experts, d_model
+        self.d_out = d_model
 
     def forward(self, rows: Tensor, offsets: Tensor) -> Tensor:
         """rows [A, d_model] sorted by expert, offsets int32 [E] cumulative counts -> [A, d_model].
@@ -59,7 +62,7 @@ class Experts(nn.Module):
             for e, (s, t) in enumerate(zip(starts, ends, strict=True))
             if t > s
         ]
-        return torch.cat(parts) if parts else rows.new_zeros(rows.shape)
+        return torch.cat(parts) if parts else rows.new_zeros(rows.shape[0], self.d_out)
 
     def run_expert(self, rows: Tensor, e: int) -> Tensor:
         """Expert e alone on rows [n, d_model] -> [n, d_model]: the ``loop``/``dense`` reference."""

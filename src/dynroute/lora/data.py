@@ -1,0 +1,199 @@
+"""Offline domains to fine-tune LoRA experts on, from text every Python install has.
+
+:func:`lora_domains` builds four domains, each split into train and validation and capped
+in size, with no download:
+
+- ``python``: the standard library's ``.py`` sources (what the tiny base model saw);
+- ``docstrings``: the docstrings of those files (English prose about code);
+- ``docs``: ``.rst``/``.txt``/``.md`` files under the Python installation
+  (``sysconfig.get_paths()["stdlib"]``, site-packages included), licences excluded;
+- ``licenses``: licence texts from ``/usr/share/common-licenses`` when the machine has
+  them, else the ``LICENSE``/``COPYING`` files of installed packages and Python's own.
+
+A user folder works too: each sub-folder is a domain (``load_domains("path/")``), its
+files read and split by ``dynroute.data.load_corpus``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sysconfig
+from pathlib import Path
+
+from dynroute.data.corpus import CorpusError, load_corpus, stdlib_files
+from dynroute.data.splitting import cap_bytes_spread, split_names, split_text
+
+__all__ = ["DOMAINS", "Domains", "load_domains", "lora_domains"]
+
+#: name -> {"train": documents, "validation": documents}
+Domains = dict[str, dict[str, list[str]]]
+DOMAINS = ("python", "docstrings", "docs", "licenses")
+_LICENSE_DIR = Path("/usr/share/common-licenses")
+_DOC_SUFFIXES = (".rst", ".txt", ".md")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text.strip() and "\x00" not in text[:4096] else None
+
+
+def _is_license(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith(("LICENSE", "LICENCE", "COPYING", "NOTICE"))
+
+
+def _docstrings(text: str) -> str:
+    """Every module, class and function docstring of a Python source, blank-line separated."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return ""
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef |
+                                                             ast.AsyncFunctionDef))]  # fmt: skip
+    docs = [ast.get_docstring(n) for n in nodes]
+    return "\n\n".join(d for d in docs if d)
+
+
+def _by_file(
+    named: list[tuple[str, str]], max_bytes: dict[str, int | None]
+) -> dict[str, list[str]]:
+    """Split (name, text) documents by a stable hash of the name, then cap each split."""
+    if len(named) < 2:
+        # one document: head for training, tail for validation
+        parts = [split_text(t) for _, t in named]
+        return {s: cap_bytes_spread([p[s] for p in parts], max_bytes[s]) for s in max_bytes}
+    splits = split_names([n for n, _ in named])
+    text = dict(named)
+    return {
+        s: cap_bytes_spread([text[n] for n in splits[s]], max_bytes[s], keys=splits[s])
+        for s in max_bytes
+    }
+
+
+def _python(max_bytes: dict[str, int | None], docstrings: bool) -> dict[str, list[str]]:
+    files = stdlib_files()
+    named: list[tuple[str, str]] = []
+    # reading and parsing every file is slow: read a spread of files until there is
+    # enough text for both caps and enough files (~5% go to validation by hash)
+    budget = 3 * sum(v or 10**12 for v in max_bytes.values())
+    step = max(1, len(files) // 400)
+    for rel, path in files[::step] + [f for i, f in enumerate(files) if i % step]:
+        text = _read(path)
+        if text and docstrings:
+            text = _docstrings(text)
+        if text:
+            named.append((rel, text))
+            budget -= len(text)
+            if budget <= 0 and len(named) >= 400:
+                break
+    named.sort()
+    return _by_file(named, max_bytes)
+
+
+def _docs(max_bytes: dict[str, int | None]) -> dict[str, list[str]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    named: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "test", "tests"))
+        for name in sorted(filenames):
+            if name.endswith(_DOC_SUFFIXES) and not _is_license(name):
+                path = Path(dirpath) / name
+                text = _read(path)
+                if text:
+                    named.append((path.relative_to(root).as_posix(), text))
+    if not named:
+        raise CorpusError(f"no .rst/.txt/.md files under {root} for the 'docs' domain")
+    return _by_file(named, max_bytes)
+
+
+def _licenses(max_bytes: dict[str, int | None]) -> dict[str, list[str]]:
+    named: list[tuple[str, str]] = []
+    if _LICENSE_DIR.is_dir():
+        for path in sorted(_LICENSE_DIR.iterdir()):
+            text = _read(path) if path.is_file() and not path.is_symlink() else None
+            if text:
+                named.append((path.name, text))
+    if not named:  # no Debian licence folder: installed packages' licence files
+        root = Path(sysconfig.get_paths()["stdlib"])
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and _is_license(path.name):
+                text = _read(path)
+                if text:
+                    named.append((path.relative_to(root).as_posix(), text))
+    if not named:
+        raise CorpusError("no licence texts found for the 'licenses' domain")
+    # few, long documents: split each one head/tail so validation covers every licence
+    parts = [split_text(t) for _, t in named]
+    keys = [n for n, _ in named]
+    return {s: cap_bytes_spread([p[s] for p in parts], max_bytes[s], keys=keys) for s in max_bytes}
+
+
+def lora_domains(
+    max_train_bytes: int | None = 200_000,
+    max_val_bytes: int | None = 20_000,
+    names: tuple[str, ...] | list[str] = DOMAINS,
+) -> Domains:
+    """The built-in domains, each ``{"train": [docs], "validation": [docs]}``, capped.
+
+    Deterministic for a given Python installation (documents are chosen by stable hashes
+    of their paths).
+
+    Args:
+        max_train_bytes, max_val_bytes: caps on each domain's UTF-8 text per split.
+        names: a subset of :data:`DOMAINS`.
+
+    Example:
+        >>> d = lora_domains(20_000, 2_000, names=["python", "licenses"])
+        >>> sorted(d), sum(len(t.encode()) for t in d["python"]["train"]) <= 20_000
+        (['licenses', 'python'], True)
+    """
+    caps = {"train": max_train_bytes, "validation": max_val_bytes}
+    unknown = sorted(set(names) - set(DOMAINS))
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; built-in domains: {', '.join(DOMAINS)}")
+    build = {
+        "python": lambda: _python(caps, docstrings=False),
+        "docstrings": lambda: _python(caps, docstrings=True),
+        "docs": lambda: _docs(caps),
+        "licenses": lambda: _licenses(caps),
+    }
+    return {name: build[name]() for name in names}
+
+
+def load_domains(
+    source: str | Path = "builtin",
+    max_train_bytes: int | None = 200_000,
+    max_val_bytes: int | None = 20_000,
+    names: list[str] | None = None,
+) -> Domains:
+    """Domains from ``"builtin"`` (:func:`lora_domains`) or a folder of domain folders.
+
+    Args:
+        source: ``"builtin"`` or a folder whose sub-folders (one per domain) hold text files.
+        names: keep only these domains (None: all).
+
+    Raises:
+        FileNotFoundError / CorpusError: naming the folder and what it should hold.
+    """
+    if str(source) == "builtin":
+        return lora_domains(max_train_bytes, max_val_bytes, names or DOMAINS)
+    root = Path(source)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f'domain folder {root} not found; pass data = "builtin" or a folder with one '
+            "sub-folder of text files per domain"
+        )
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if names is not None:
+        subs = [p for p in subs if p.name in names]
+    if not subs:
+        raise CorpusError(f"{root} has no domain sub-folders (one folder of text files each)")
+    caps = {"train": max_train_bytes, "validation": max_val_bytes}
+    return {
+        p.name: {s: load_corpus(p, s, max_bytes=cap) for s, cap in caps.items()}  # type: ignore[arg-type]
+        for p in subs
+    }

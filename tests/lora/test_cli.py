@@ -1,0 +1,154 @@
+"""`dynroute lora train`: a tiny run, resume by rerunning, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dynroute.cli import app
+from dynroute.data.tokenizer import train_tokenizer
+from dynroute.lora import load_lora_experts, lora_layers
+from dynroute.lora.data import load_domains, lora_domains
+from lora_models import tiny_dynmoe
+
+runner = CliRunner()
+
+CONFIG = """
+[lora]
+targets = ["qkv", "proj"]
+num_experts = 3
+rank = 2
+router = "{router}"
+
+[data]
+source = "{data}"
+max_train_bytes = 6000
+max_val_bytes = 1500
+
+[train]
+steps = 4
+batch_size = 4
+seq_len = 16
+lr = 1e-2
+warmup_steps = 1
+log_interval = 2
+checkpoint_interval = 2
+eval_batches = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("lora_cli")
+    data = root / "domains"
+    texts = {
+        "code": "def f(x):\n    return x * 2\n\nclass A:\n    pass\n",
+        "prose": "The quick brown fox jumps over the lazy dog. It was a sunny day.\n",
+    }
+    for name, text in texts.items():
+        for i in range(6):
+            (data / name).mkdir(parents=True, exist_ok=True)
+            (data / name / f"{i}.txt").write_text(f"{i} " + text * 40)
+    base = root / "base"
+    model = tiny_dynmoe()
+    tok = train_tokenizer(list(texts.values()) * 20, vocab_size=300)
+    model.resize_token_embeddings(tok.get_vocab_size(), mean_resizing=False)
+    model.save_pretrained(base)
+    tok.save(str(base / "tokenizer.json"))
+    return base, data
+
+
+def _config(tmp: Path, data: Path, router: str = "top_p:p=0.5") -> Path:
+    path = tmp / "lora.toml"
+    path.write_text(CONFIG.format(router=router, data=data))
+    return path
+
+
+def test_train_resume_and_load(setup, tmp_path) -> None:
+    base, data = setup
+    config, out = _config(tmp_path, data, "dynmole:threshold=0.8"), tmp_path / "run"
+    args = ["lora", "train", "--base", str(base), "--config", str(config), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "code" in result.output and "experts/token" in result.output
+    res = json.loads((out / "result.json").read_text())
+    assert set(res["domains"]) == {"code", "prose"} and res["steps"] == 4
+    assert res["router"]["name"] == "dynmole"
+    again = runner.invoke(app, [*args, "--no-progress"])
+    assert again.exit_code == 0 and "resumed from step 4" in again.output
+    changed = runner.invoke(app, [*args, "--steps", "2", "--no-progress"])
+    assert changed.exit_code == 2 and "train.steps" in changed.output  # refused, not mixed
+    # the saved adapters load onto a fresh base and reproduce the training checkpoint
+    from dynroute.models import DynMoEForCausalLM
+
+    model = load_lora_experts(DynMoEForCausalLM.from_pretrained(base), out / "adapters")
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["adapters"]
+    params = dict(model.named_parameters())
+    assert state and all(torch.equal(params[k], v) for k, v in state.items())
+    assert len(lora_layers(model)) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ("base", "does not exist"),
+        ("config", "config file"),
+        ("router", "unknown router"),
+        ("data", "domain folder"),
+        ("toml", "invalid TOML"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(setup, tmp_path, change: str, needle: str) -> None:
+    base, data = setup
+    config = _config(tmp_path, data)
+    args = {"--base": str(base), "--config": str(config), "--out": str(tmp_path / "run")}
+    extra: list[str] = []
+    if change == "base":
+        args["--base"] = str(tmp_path / "missing")
+    elif change == "config":
+        args["--config"] = str(tmp_path / "missing.toml")
+    elif change == "router":
+        extra = ["--router", "no_such_router"]
+    elif change == "data":
+        extra = ["--data", str(tmp_path / "no_domains")]
+    else:
+        config.write_text("[lora\n")
+    flat = [x for kv in args.items() for x in kv]
+    result = runner.invoke(app, ["lora", "train", *flat, *extra, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and needle in result.output
+    named = {"base": "missing", "config": "missing.toml", "data": "no_domains", "toml": "lora.toml"}
+    if change in named:
+        assert named[change] in result.output
+
+
+def test_domains_are_capped_and_split(setup) -> None:
+    _, data = setup
+    d = load_domains(data, 3000, 800)
+    assert sorted(d) == ["code", "prose"]
+    for splits in d.values():
+        assert sum(len(t.encode()) for t in splits["train"]) <= 3000
+        assert splits["validation"] and splits["train"]
+    lic = lora_domains(5000, 1000, names=["licenses"])["licenses"]
+    assert lic["train"] and lic["validation"]
+    with pytest.raises(ValueError, match="unknown domain"):
+        lora_domains(names=["poetry"])
+
+
+def test_interrupted_run_resumes_to_the_same_adapters(setup, tmp_path) -> None:
+    from dynroute.lora.train import load_lora_config, train_lora
+
+    base, data = setup
+    cfg = load_lora_config(_config(tmp_path, data, "top_k:k=2"))
+    whole = train_lora(cfg, base, tmp_path / "whole")
+    assert train_lora(cfg, base, tmp_path / "cut", stop_after=2)["stopped"]
+    resumed = train_lora(cfg, base, tmp_path / "cut")
+    assert resumed["resumed_from"] == 2
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["adapters"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["adapters"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["domains"] == resumed["domains"]
