@@ -182,18 +182,6 @@ class AdaptiveForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
         self.temperature = config.temperature_start
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     def moe_layers(self) -> list[AdaptiveFFN]:
         """The FFNs in layer order (hooks and parameter counts look here)."""
         return [b.ffn for b in self.blocks]  # type: ignore[misc]

@@ -31,13 +31,15 @@ DispatchFn = Callable[[Tensor, Routing, ExpertsLike], Tensor]
 DISPATCH: dict[str, DispatchFn] = {"grouped": grouped, "loop": loop, "dense": dense}
 
 
-def get_dispatch(name: str) -> DispatchFn:
-    """Look up a dispatch path by name ("grouped", "loop" or "dense").
+def get_dispatch(name: str | DispatchFn) -> DispatchFn:
+    """Look up a dispatch path by name ("grouped", "loop" or "dense"); a callable passes.
 
     Example:
         >>> get_dispatch("loop").__name__
         'loop'
     """
+    if callable(name):
+        return name
     if name not in DISPATCH:
         raise ValueError(f"unknown dispatch {name!r}; choose one of {', '.join(DISPATCH)}")
     return DISPATCH[name]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from dynroute.dispatch import DispatchFn, get_dispatch
 from dynroute.layers.experts import Experts, SwiGLUExperts
-from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, make_router
+from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, layer_router
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
 
 
@@ -98,12 +98,8 @@ class MoE(nn.Module):
             )
         else:
             num_experts = experts.num_experts
-        if router == "top_k" and not router_kwargs:
-            router_kwargs = {"k": min(2, num_experts)}
-        self.route: RouterFn = make_router(router, **router_kwargs)
-        self.dispatch: DispatchFn = (
-            get_dispatch(dispatch) if isinstance(dispatch, str) else dispatch
-        )
+        self.route: RouterFn = layer_router(router, num_experts, **router_kwargs)
+        self.dispatch: DispatchFn = get_dispatch(dispatch)
         self.num_experts = num_experts
         self.gate = nn.Linear(d_model, num_experts + extra_logits(self.route), bias=False)
         # built after the gate: seeded models keep their initial weights

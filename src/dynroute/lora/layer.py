@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from dynroute.dispatch import DispatchFn, get_dispatch
 from dynroute.layers.experts import Experts
 from dynroute.lora.experts import LoRAExperts
-from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, make_router
+from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, layer_router
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
 
 
@@ -79,12 +79,8 @@ class LoRAMoELinear(nn.Module):
                 f"{getattr(experts, 'd_out', experts.d_model)}, the base linear {d_in} -> {d_out}"
             )
         num_experts = experts.num_experts
-        if router == "top_k" and not router_kwargs:
-            router_kwargs = {"k": min(2, num_experts)}
-        self.route: RouterFn = make_router(router, **router_kwargs)
-        self.dispatch: DispatchFn = (
-            get_dispatch(dispatch) if isinstance(dispatch, str) else dispatch
-        )
+        self.route: RouterFn = layer_router(router, num_experts, **router_kwargs)
+        self.dispatch: DispatchFn = get_dispatch(dispatch)
         self.num_experts = num_experts
         # adapters run in the base's dtype and device (a bf16 base gets bf16 adapters)
         weight = base.weight

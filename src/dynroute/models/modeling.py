@@ -171,6 +171,19 @@ class DynMoEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
 
+    # every model of the family has ``embed`` and ``lm_head``; transformers asks for them
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed  # type: ignore[return-value]
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head  # type: ignore[return-value]
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
 
 class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
     """Decoder-only MoE language model; ``save_pretrained``/``from_pretrained``/``generate`` work.
@@ -202,18 +215,6 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     def moe_layers(self) -> list[MoE]:
         """The MoE modules in layer order (register forward hooks here to see routing).

@@ -45,6 +45,7 @@ __all__ = [
     "describe_router",
     "extra_logits",
     "get_router",
+    "layer_router",
     "make_router",
     "parse_router",
     "register_router",
@@ -278,6 +279,21 @@ def make_router(spec: str | Mapping[str, Any] | Router | RouterFn, **kwargs: Any
             raise TypeError("router keyword arguments need a router name, not a callable")
         return spec
     raise TypeError(f"a router is a name, a dict, a Router or a callable; got {spec!r}")
+
+
+def layer_router(
+    router: str | Mapping[str, Any] | Router | RouterFn, num_experts: int, **kwargs: Any
+) -> RouterFn:
+    """:func:`make_router` for a layer of ``num_experts`` experts: a bare ``"top_k"`` means
+    k = min(2, E), the layers' default.
+
+    Example:
+        >>> layer_router("top_k", 1), layer_router("top_p", 4, p=0.5)
+        (TopK(k=1, normalize=True), TopP(p=0.5, max_experts=None, normalize=False))
+    """
+    if router == "top_k" and not kwargs:
+        kwargs = {"k": min(2, num_experts)}
+    return make_router(router, **kwargs)
 
 
 def get_router(name: str, **kwargs: Any) -> RouterFn:
