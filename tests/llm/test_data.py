@@ -67,6 +67,27 @@ def test_routerbench_wide_csv(tmp_path):
     assert t.cost.tolist() == [[0.01, 0.001], [0.02, 0.002]]
 
 
+def test_routerbench_wide_pickle(tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {
+            "sample_id": [0, 1],
+            "prompt": ["hi", "yo"],
+            "eval_name": ["mmlu", "mmlu"],
+            "gpt-4": [1.0, 1.0],
+            "gpt-4|total_cost": [0.01, 0.02],
+            "mixtral": [0.0, 1.0],
+            "mixtral|total_cost": [0.001, 0.002],
+            "gpt-4|model_response": ["x", "y"],
+        }
+    )
+    frame.to_pickle(tmp_path / "rb.pkl")
+    t = load_table(tmp_path / "rb.pkl")
+    assert t.models == ("gpt-4", "mixtral") and t.queries == ("hi", "yo")
+    assert t.cost.tolist() == [[0.01, 0.001], [0.02, 0.002]]
+    assert t.quality.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+
+
 def test_wide_roundtrip_gz(tmp_path):
     t = OutcomeTable.from_rows(
         ["x\u2028y", "z"], ["a", "b"], [[1, 0], [0.5, 1]], [[1, 2], [1, 2]], ["train", "test"]
