@@ -8,7 +8,8 @@
    it alone, every other position big) on validation windows, with R = 100 random
    static patterns per budget and each router's loss;
 4. checks the paper's findings and writes ``benchmarks/results/adaptive.json`` and
-   ``benchmarks/results/adaptive.png``.
+   ``benchmarks/results/adaptive.png`` (``--report DIR``: also the HTML difficulty report
+   of :func:`dynroute.adaptive.report.render_adaptive_report`).
 Runs resume (rerun the same command after an interruption). About 5-8 minutes on 2 cores.
 """
 
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 
 from dynroute.adaptive import AdaptiveConfig
+from dynroute.adaptive.difficulty import difficulty_stats
 from dynroute.adaptive.oracle import OracleReport, run_oracle
+from dynroute.adaptive.report import render_adaptive_report
 from dynroute.adaptive.training import load_adaptive_config, train_adaptive
 from dynroute.checkpoints import load_model
 from dynroute.data import iter_eval_batches
@@ -33,12 +36,6 @@ from dynroute.train import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def rank_corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman correlation (ranks, then Pearson; ties broken by order)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def train_runs(runs: Path, steps: int, router_steps: int, targets: list[float]) -> dict[str, Any]:
@@ -67,25 +64,6 @@ def oracle_of(run: Path, windows: int, skip: bool, num_random: int) -> OracleRep
     loaded = load_model(run)
     batches = list(iter_eval_batches(loaded.tokens(), 8, loaded.seq_len, -(-windows // 8)))
     return run_oracle(loaded.model, batches, skip=skip, num_random=num_random)  # type: ignore[arg-type]
-
-
-def difficulty(report: OracleReport, train_tokens: np.ndarray) -> dict[str, Any]:
-    """Difficulty = loss drop from budget 0 to the best budget (Duo-LLM), vs other signals."""
-    drop = report.oracle_losses[0] - report.oracle_losses.min(0)
-    freq = np.bincount(train_tokens, minlength=int(report.targets.max()) + 1)
-    target_freq = np.log1p(freq[report.targets])
-    early = report.positions < np.median(report.positions)
-    return {
-        "mean": float(drop.mean()),
-        "share_zero": float((drop < 1e-6).mean()),
-        "histogram": np.histogram(drop, bins=10)[0].tolist(),
-        "histogram_edges": np.histogram(drop, bins=10)[1].tolist(),
-        "corr_raw_loss": rank_corr(drop, report.context_losses),
-        "corr_position": rank_corr(drop, report.positions),
-        "corr_log_target_frequency": rank_corr(drop, target_freq),
-        "mean_early_positions": float(drop[early].mean()),
-        "mean_late_positions": float(drop[~early].mean()),
-    }
 
 
 def findings(main: OracleReport, routers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,6 +165,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--quick", action="store_true", help="a smoke run (seconds)")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="also write the HTML difficulty report here"
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.router_steps, args.windows, args.targets = 20, 10, 8, [0.5]
@@ -212,6 +193,7 @@ def main() -> None:
             }
         )
     loaded = load_model(args.runs / "random")
+    counts = np.bincount(np.asarray(loaded.tokens(split="train")))
     result = {
         "config": "configs/adaptive_tiny.toml",
         "steps": args.steps,
@@ -222,7 +204,7 @@ def main() -> None:
         "oracle": main_report.to_dict(),
         "oracle_skip": skip_report.to_dict(),
         "routers": routers,
-        "difficulty": difficulty(main_report, np.asarray(loaded.tokens(split="train"))),
+        "difficulty": difficulty_stats(main_report, counts),
         "findings": findings(main_report, routers),
         "seconds": time.perf_counter() - started,
     }
@@ -230,7 +212,11 @@ def main() -> None:
     name = "adaptive_quick" if args.quick else "adaptive"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     plot(result, RESULTS / f"{name}.png")
-    print(json.dumps({k: result[k] for k in ("findings", "routers", "difficulty")}, indent=1))
+    if args.report is not None:
+        print(render_adaptive_report(main_report, args.report, counts))
+    difficulty = {k: v for k, v in result["difficulty"].items() if k != "binned"}
+    print(json.dumps({"findings": result["findings"], "routers": result["routers"]}, indent=1))
+    print(json.dumps(difficulty, indent=1))
     for r in main_report.rows:
         print(r)
 

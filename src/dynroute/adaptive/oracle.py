@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,7 +246,7 @@ def _context_routes(model: AdaptiveForCausalLM, context: str, shape: tuple[int, 
 @torch.no_grad()
 def run_oracle(
     model: AdaptiveForCausalLM,
-    windows: list[tuple[Tensor, Tensor]],
+    windows: Iterable[tuple[Tensor, Tensor]],
     budgets: list[int] | None = None,
     skip: bool = False,
     num_random: int = 100,
@@ -259,7 +259,8 @@ def run_oracle(
 
     Args:
         model: an adaptive model (eval mode is set here).
-        windows: ``(inputs [B, T], targets [B, T])`` batches, e.g. ``iter_eval_batches``.
+        windows: ``(inputs [B, T], targets [B, T])`` batches, e.g. ``iter_eval_batches``
+            (any iterable, read once).
         budgets: numbers of big layers (default 0..L).
         skip: search big / small / skip (3^L) instead of big / small (2^L).
         num_random: R random static patterns per budget.

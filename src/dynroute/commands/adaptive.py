@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +18,66 @@ def _fail(err: Exception) -> typer.Exit:
 
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
     return typer.Exit(2)
+
+
+def _score(
+    run: Path,
+    budget_texts: list[str],
+    skip: bool,
+    windows: int,
+    seq_len: int | None,
+    num_random: int,
+    context: str,
+    beam_width: int,
+    seed: int,
+    progress: bool,
+) -> tuple[Any, Any]:
+    """Load ``run`` and run the oracle on its validation windows: (LoadedModel, OracleReport)."""
+    from rich.progress import track
+
+    from dynroute.adaptive.model import AdaptiveForCausalLM
+    from dynroute.adaptive.oracle import CONTEXTS, run_oracle
+    from dynroute.checkpoints import load_model
+    from dynroute.data import iter_eval_batches
+
+    try:
+        ks = [int(v) for text in budget_texts for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"--budgets takes integers, got {' '.join(budget_texts)!r}") from None
+    if context not in CONTEXTS:
+        raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {context!r}")
+    if not run.exists():
+        raise FileNotFoundError(f"{run}: no such run folder")
+    loaded = load_model(run)
+    if not isinstance(loaded.model, AdaptiveForCausalLM):
+        raise ValueError(
+            f"{run} holds a {type(loaded.model).__name__}, not an adaptive model; "
+            "pass a `dynroute adaptive train` run folder"
+        )
+    length = seq_len or loaded.seq_len
+    batches = list(iter_eval_batches(loaded.tokens(), 8, length, -(-windows // 8)))
+    if not batches:
+        raise ValueError(f"{run}: its validation text is too short for one window of {length}")
+    scored = track(
+        batches, description="oracle", disable=not progress, transient=True, console=_err()
+    )
+    report = run_oracle(
+        loaded.model,
+        scored,
+        budgets=ks or None,
+        skip=skip,
+        num_random=num_random,
+        context=context,
+        beam_width=beam_width,
+        seed=seed,
+    )
+    return loaded, report
+
+
+def _err() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 @sub.command("train")
@@ -124,36 +184,10 @@ def oracle_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from dynroute.adaptive.model import AdaptiveForCausalLM
-    from dynroute.adaptive.oracle import CONTEXTS, run_oracle
-    from dynroute.checkpoints import load_model
-    from dynroute.data import iter_eval_batches
-
     try:
         texts = ([budgets] if budgets is not None else []) + list(ctx.args)
-        try:
-            ks = [int(v) for text in texts for v in text.replace(",", " ").split()]
-        except ValueError:
-            raise ValueError(f"--budgets takes integers, got {' '.join(texts)!r}") from None
-        if context not in CONTEXTS:
-            raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {context!r}")
-        loaded = load_model(run)
-        if not isinstance(loaded.model, AdaptiveForCausalLM):
-            raise ValueError(
-                f"{run} holds a {type(loaded.model).__name__}, not an adaptive model; "
-                "pass a `dynroute adaptive train` run folder"
-            )
-        length = seq_len or loaded.seq_len
-        batches = list(iter_eval_batches(loaded.tokens(), 8, length, -(-windows // 8)))
-        report = run_oracle(
-            loaded.model,
-            batches,
-            budgets=ks or None,
-            skip=skip,
-            num_random=num_random,
-            context=context,
-            beam_width=beam_width,
-            seed=seed,
+        _, report = _score(
+            run, texts, skip, windows, seq_len, num_random, context, beam_width, seed, False
         )
     except (FileNotFoundError, ValueError) as err:
         raise _fail(err) from err
@@ -180,6 +214,54 @@ def oracle_cmd(
             router,
         )
     Console().print(table)
+
+
+@sub.command("report", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def report_cmd(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="An adaptive run folder (or its model/ folder).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html (created).")],
+    budgets: Annotated[
+        str | None,
+        typer.Option(help="Numbers of big layers: --budgets 0 1 2 4 (or 0,1,2); default 0..L."),
+    ] = None,
+    skip: Annotated[bool, typer.Option("--skip", help="Search big/small/skip (3^L).")] = False,
+    windows: Annotated[int, typer.Option(min=1, help="Validation windows to score.")] = 32,
+    seq_len: Annotated[int | None, typer.Option(help="Window length (default: the run's).")] = None,
+    num_random: Annotated[
+        int, typer.Option("--random", min=1, help="Random static patterns per budget.")
+    ] = 100,
+    context: Annotated[
+        str, typer.Option(help="Route of the other positions: big | small | model.")
+    ] = "big",
+    beam_width: Annotated[int, typer.Option(min=1, help="Beam per budget when L > 8.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the random patterns.")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """HTML report: oracle curve, oracle layers per budget, per-token difficulty.
+
+    Difficulty of a token = its oracle loss at the lowest budget minus its lowest oracle
+    loss over the budgets: how much more compute helps it. Token frequencies are counted
+    on the run's training split.
+    """
+    import numpy as np
+    from rich.console import Console
+
+    from dynroute.adaptive.report import render_adaptive_report
+
+    try:
+        texts = ([budgets] if budgets is not None else []) + list(ctx.args)
+        loaded, report = _score(
+            run, texts, skip, windows, seq_len, num_random, context, beam_width, seed, progress
+        )
+        try:
+            counts = np.bincount(np.asarray(loaded.tokens(split="train")))
+        except (FileNotFoundError, ValueError):
+            counts = None  # no training split: count over the scored targets
+        path = render_adaptive_report(report, out, counts, title=f"Adaptive computation: {run}")
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise _fail(err) from err
+    Console().print(f"wrote {path} ({report.tokens:,} tokens, {report.method})")
 
 
 def register(app: typer.Typer) -> None:
