@@ -51,7 +51,9 @@ class LoRAConfig:
 
     Attributes:
         targets: linear-name suffixes; num_experts: E; rank: r; alpha: scale numerator;
-        router: ``"name:key=value"`` or ``{"name": ..., ...}``; kind: ``"lora"`` | ``"smora"``.
+        router: ``"name:key=value"`` or ``{"name": ..., ...}``; kind: ``"lora"`` | ``"smora"``
+        | ``"peft"`` (one plain LoRA through ``peft.get_peft_model``, the reference; E and
+        the router are unused, ``adapters/`` is a peft adapter folder).
     """
 
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj"])
@@ -254,8 +256,16 @@ def train_lora(
     torch.manual_seed(t.seed)
     model = loaded.model
     lc = cfg.lora
-    add_lora_experts(model, lc.targets, lc.num_experts, lc.rank, lc.alpha,
-                     router=cfg.router_spec(), kind=lc.kind)  # fmt: skip
+    if lc.kind == "peft":  # the reference: one plain LoRA trained through peft
+        from peft import LoraConfig, get_peft_model
+
+        peft_config = LoraConfig(
+            r=lc.rank, lora_alpha=lc.alpha, target_modules=lc.targets, lora_dropout=0.0
+        )
+        model = get_peft_model(model, peft_config)
+    else:
+        add_lora_experts(model, lc.targets, lc.num_experts, lc.rank, lc.alpha,
+                         router=cfg.router_spec(), kind=lc.kind)  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
@@ -278,7 +288,10 @@ def train_lora(
         atomic_save({"adapters": adapters, "optimizer": optimizer.state_dict(),
                      "sampler_rng": sampler.get_state(), "torch_rng": torch.get_rng_state(),
                      "step": step}, ckpt)  # fmt: skip
-        save_lora_experts(model, out / "adapters")
+        if lc.kind == "peft":
+            model.save_pretrained(out / "adapters")  # type: ignore[operator]
+        else:
+            save_lora_experts(model, out / "adapters")
 
     model.train()
     per = [t.batch_size // len(train_names) + (i < t.batch_size % len(train_names))
