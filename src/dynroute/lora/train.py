@@ -71,7 +71,8 @@ class LoRADataConfig:
     Attributes:
         source; domains: train on these only (None: all; an oracle run names one);
         eval_domains: evaluate on these (None: the training domains);
-        max_train_bytes, max_val_bytes: per-domain caps.
+        max_train_bytes, max_val_bytes: per-domain caps;
+        domain_column, text_column: columns of a saved ``datasets`` folder as source.
     """
 
     source: str = "builtin"
@@ -79,6 +80,8 @@ class LoRADataConfig:
     eval_domains: list[str] | None = None
     max_train_bytes: int | None = 200_000
     max_val_bytes: int | None = 20_000
+    domain_column: str = "domain"
+    text_column: str = "text"
 
 
 @dataclass
@@ -242,7 +245,8 @@ def train_lora(
     _check_run_folder(out, cfg, base)
     d = cfg.data
     names = sorted(set((d.domains or []) + (d.eval_domains or []))) or None
-    domains = load_domains(d.source, d.max_train_bytes, d.max_val_bytes, names)
+    domains = load_domains(d.source, d.max_train_bytes, d.max_val_bytes, names,
+                           d.domain_column, d.text_column)  # fmt: skip
     train_names = d.domains or sorted(domains)
     eval_names = d.eval_domains or train_names
     tok = loaded.tokenizer
