@@ -152,3 +152,30 @@ def test_interrupted_run_resumes_to_the_same_adapters(setup, tmp_path) -> None:
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["adapters"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole["domains"] == resumed["domains"]
+
+
+def test_train_from_saved_dataset_with_domain_column(setup, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    base, folder = setup
+    rows = [
+        {"text": f"{i} " + (folder / name / f"{i}.txt").read_text(), "source": name}
+        for name in ("code", "prose")
+        for i in range(6)
+    ]
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    d = load_domains(saved, 3000, 800, domain_column="source")
+    assert sorted(d) == ["code", "prose"]
+    for splits in d.values():
+        assert splits["train"] and splits["validation"]
+        assert sum(len(t.encode()) for t in splits["train"]) <= 3000
+    config, out = _config(tmp_path, folder), tmp_path / "run"
+    args = ["lora", "train", "--base", str(base), "--config", str(config), "--out", str(out),
+            "--data", str(saved), "--domain-column", "source", "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((out / "result.json").read_text())["domains"]) == {"code", "prose"}
+    # a wrong column name is one error line naming the columns, exit 2
+    args[args.index("source")], args[args.index(str(out))] = "topic", str(tmp_path / "run2")
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 2 and "topic" in bad.output and "Traceback" not in bad.output

@@ -31,7 +31,14 @@ def register(app: typer.Typer) -> None:
         ],
         data: Annotated[
             str | None,
-            typer.Option(help="Domains: 'builtin' or a folder with one sub-folder per domain."),
+            typer.Option(
+                help="Domains: 'builtin', a folder with one sub-folder per domain, or a "
+                "datasets save_to_disk folder with a domain column."
+            ),
+        ] = None,
+        domain_column: Annotated[
+            str | None,
+            typer.Option(help="The domain column of a saved datasets folder (default: domain)."),
         ] = None,
         router: Annotated[
             str | None,
@@ -55,7 +62,7 @@ def register(app: typer.Typer) -> None:
             raw = cfg.to_dict()
             for table, key, value in (
                 ("data", "source", data), ("lora", "router", router), ("train", "steps", steps),
-                ("train", "threads", threads),
+                ("train", "threads", threads), ("data", "domain_column", domain_column),
             ):  # fmt: skip
                 if value is not None:
                     raw[table][key] = value

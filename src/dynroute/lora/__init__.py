@@ -26,6 +26,7 @@ from dynroute.lora.apply import (
 )
 from dynroute.lora.experts import LoRAExperts
 from dynroute.lora.layer import LoRAMoELinear, lora_aux_loss, lora_layers
+from dynroute.lora.peft import from_peft, to_peft_state_dict
 from dynroute.lora.smora import SMoRAExperts
 
 __all__ = [
@@ -34,11 +35,13 @@ __all__ = [
     "LoRAMoELinear",
     "SMoRAExperts",
     "add_lora_experts",
+    "from_peft",
     "load_lora_experts",
     "lora_aux_loss",
     "lora_layers",
     "merge_lora_experts",
     "read_lora_config",
     "save_lora_experts",
+    "to_peft_state_dict",
     "trainable_parameters",
 ]

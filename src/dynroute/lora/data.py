@@ -11,7 +11,8 @@ in size, with no download:
   them, else the ``LICENSE``/``COPYING`` files of installed packages and Python's own.
 
 A user folder works too: each sub-folder is a domain (``load_domains("path/")``), its
-files read and split by ``dynroute.data.load_corpus``.
+files read and split by ``dynroute.data.load_corpus``; or a ``datasets`` folder written by
+``save_to_disk`` with a text column and a domain column (``domain_column="domain"``).
 """
 
 from __future__ import annotations
@@ -164,17 +165,78 @@ def lora_domains(
     return {name: build[name]() for name in names}
 
 
+def _is_saved_dataset(root: Path) -> bool:
+    return any((root / f).is_file() for f in ("dataset_info.json", "dataset_dict.json"))
+
+
+def _from_dataset(
+    root: Path,
+    caps: dict[str, int | None],
+    names: list[str] | None,
+    domain_column: str,
+    text_column: str,
+) -> Domains:
+    """Domains from a ``save_to_disk`` folder: rows grouped by ``domain_column``.
+
+    A ``DatasetDict`` with ``train`` and ``validation`` (or ``test``) splits keeps them;
+    a single ``Dataset`` (or a dict with one split) is split per row by stable hashes.
+    """
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError as err:  # pragma: no cover - datasets is in the test extra
+        raise CorpusError(f"{root} is a saved dataset; pip install datasets to read it") from err
+    loaded = load_from_disk(str(root))
+    if isinstance(loaded, DatasetDict):
+        val_name = next((s for s in ("validation", "test") if s in loaded), None)
+        if "train" in loaded and val_name:
+            parts = {"train": loaded["train"], "validation": loaded[val_name]}
+        elif len(loaded) == 1:
+            parts = {"all": next(iter(loaded.values()))}
+        else:
+            raise CorpusError(f"{root}: splits {sorted(loaded)}; expected train and validation "
+                              "(or test), or a single split")  # fmt: skip
+    else:
+        parts = {"all": loaded}
+    grouped: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for split, ds in parts.items():
+        missing = [c for c in (domain_column, text_column) if c not in ds.column_names]
+        if missing:
+            raise CorpusError(f"{root}: no column(s) {missing} (columns: {ds.column_names}); "
+                              "pass --domain-column / text_column")  # fmt: skip
+        for i, (dom, text) in enumerate(zip(ds[domain_column], ds[text_column], strict=True)):
+            if text and (names is None or str(dom) in names):
+                grouped.setdefault(str(dom), {}).setdefault(split, []).append((f"{i}", text))
+    if not grouped:
+        raise CorpusError(f"{root}: no rows with text (domains wanted: {names or 'all'})")
+    out: Domains = {}
+    for dom, splits in sorted(grouped.items()):
+        if "all" in splits:
+            out[dom] = _by_file(splits["all"], caps)
+        else:
+            out[dom] = {
+                s: cap_bytes_spread([t for _, t in splits.get(s, [])], caps[s]) for s in caps
+            }
+            if not out[dom]["train"] or not out[dom]["validation"]:
+                raise CorpusError(f"{root}: domain {dom!r} has no rows in one of the splits")
+    return out
+
+
 def load_domains(
     source: str | Path = "builtin",
     max_train_bytes: int | None = 200_000,
     max_val_bytes: int | None = 20_000,
     names: list[str] | None = None,
+    domain_column: str = "domain",
+    text_column: str = "text",
 ) -> Domains:
-    """Domains from ``"builtin"`` (:func:`lora_domains`) or a folder of domain folders.
+    """Domains from ``"builtin"`` (:func:`lora_domains`), a folder of domain folders or a
+    saved ``datasets`` folder with a domain column.
 
     Args:
-        source: ``"builtin"`` or a folder whose sub-folders (one per domain) hold text files.
+        source: ``"builtin"``, a folder whose sub-folders (one per domain) hold text files,
+            or a ``Dataset``/``DatasetDict`` ``save_to_disk`` folder.
         names: keep only these domains (None: all).
+        domain_column, text_column: the saved dataset's columns (ignored otherwise).
 
     Raises:
         FileNotFoundError / CorpusError: naming the folder and what it should hold.
@@ -187,12 +249,14 @@ def load_domains(
             f'domain folder {root} not found; pass data = "builtin" or a folder with one '
             "sub-folder of text files per domain"
         )
+    caps = {"train": max_train_bytes, "validation": max_val_bytes}
+    if _is_saved_dataset(root):
+        return _from_dataset(root, caps, names, domain_column, text_column)
     subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if names is not None:
         subs = [p for p in subs if p.name in names]
     if not subs:
         raise CorpusError(f"{root} has no domain sub-folders (one folder of text files each)")
-    caps = {"train": max_train_bytes, "validation": max_val_bytes}
     return {
         p.name: {s: load_corpus(p, s, max_bytes=cap) for s, cap in caps.items()}  # type: ignore[arg-type]
         for p in subs

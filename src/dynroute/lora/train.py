@@ -51,7 +51,9 @@ class LoRAConfig:
 
     Attributes:
         targets: linear-name suffixes; num_experts: E; rank: r; alpha: scale numerator;
-        router: ``"name:key=value"`` or ``{"name": ..., ...}``; kind: ``"lora"`` | ``"smora"``.
+        router: ``"name:key=value"`` or ``{"name": ..., ...}``; kind: ``"lora"`` | ``"smora"``
+        | ``"peft"`` (one plain LoRA through ``peft.get_peft_model``, the reference; E and
+        the router are unused, ``adapters/`` is a peft adapter folder).
     """
 
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj"])
@@ -69,7 +71,8 @@ class LoRADataConfig:
     Attributes:
         source; domains: train on these only (None: all; an oracle run names one);
         eval_domains: evaluate on these (None: the training domains);
-        max_train_bytes, max_val_bytes: per-domain caps.
+        max_train_bytes, max_val_bytes: per-domain caps;
+        domain_column, text_column: columns of a saved ``datasets`` folder as source.
     """
 
     source: str = "builtin"
@@ -77,6 +80,8 @@ class LoRADataConfig:
     eval_domains: list[str] | None = None
     max_train_bytes: int | None = 200_000
     max_val_bytes: int | None = 20_000
+    domain_column: str = "domain"
+    text_column: str = "text"
 
 
 @dataclass
@@ -240,7 +245,8 @@ def train_lora(
     _check_run_folder(out, cfg, base)
     d = cfg.data
     names = sorted(set((d.domains or []) + (d.eval_domains or []))) or None
-    domains = load_domains(d.source, d.max_train_bytes, d.max_val_bytes, names)
+    domains = load_domains(d.source, d.max_train_bytes, d.max_val_bytes, names,
+                           d.domain_column, d.text_column)  # fmt: skip
     train_names = d.domains or sorted(domains)
     eval_names = d.eval_domains or train_names
     tok = loaded.tokenizer
@@ -254,8 +260,16 @@ def train_lora(
     torch.manual_seed(t.seed)
     model = loaded.model
     lc = cfg.lora
-    add_lora_experts(model, lc.targets, lc.num_experts, lc.rank, lc.alpha,
-                     router=cfg.router_spec(), kind=lc.kind)  # fmt: skip
+    if lc.kind == "peft":  # the reference: one plain LoRA trained through peft
+        from peft import LoraConfig, get_peft_model
+
+        peft_config = LoraConfig(
+            r=lc.rank, lora_alpha=lc.alpha, target_modules=lc.targets, lora_dropout=0.0
+        )
+        model = get_peft_model(model, peft_config)
+    else:
+        add_lora_experts(model, lc.targets, lc.num_experts, lc.rank, lc.alpha,
+                         router=cfg.router_spec(), kind=lc.kind)  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
@@ -278,7 +292,10 @@ def train_lora(
         atomic_save({"adapters": adapters, "optimizer": optimizer.state_dict(),
                      "sampler_rng": sampler.get_state(), "torch_rng": torch.get_rng_state(),
                      "step": step}, ckpt)  # fmt: skip
-        save_lora_experts(model, out / "adapters")
+        if lc.kind == "peft":
+            model.save_pretrained(out / "adapters")  # type: ignore[operator]
+        else:
+            save_lora_experts(model, out / "adapters")
 
     model.train()
     per = [t.batch_size // len(train_names) + (i < t.batch_size % len(train_names))
