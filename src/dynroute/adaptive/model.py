@@ -30,6 +30,7 @@ from dynroute.models.modeling import (
     DynMoECausalLMOutput,
     DynMoEPreTrainedModel,
     RMSNorm,
+    causal_lm_loss,
     rope_tables,
 )
 from dynroute.routing import Routing
@@ -257,9 +258,7 @@ class AdaptiveForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
             aux_loss = aux_loss + cfg.budget_weight * bl
         lm_loss = loss = None
         if labels is not None:
-            lm_loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-            )
+            lm_loss = causal_lm_loss(logits, labels)
             loss = lm_loss + aux_loss
         return AdaptiveOutput(
             loss=loss,

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from dynroute.adaptive.difficulty import difficulty_stats
 from dynroute.adaptive.oracle import OracleReport
-from dynroute.analysis.report import CSS, REPORT_FILE, _atomic_write, _png, _table
+from dynroute.analysis.report import REPORT_FILE, _atomic_write, _png, _table, write_page
 
 __all__ = ["JSON_FILE", "REPORT_FILE", "plot_curve", "plot_difficulty", "render_adaptive_report"]
 
@@ -208,10 +208,4 @@ def render_adaptive_report(
         )
     payload = {"oracle": report.to_dict(), "difficulty": stats}
     _atomic_write(out / JSON_FILE, json.dumps(payload, indent=2).encode("utf-8"))
-    doc = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
-    )
-    path = out / REPORT_FILE
-    _atomic_write(path, doc.encode("utf-8"))
-    return path
+    return write_page(out, title, sections)

@@ -139,6 +139,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_page(out: Path, title: str, sections: list[str]) -> Path:
+    """Write ``out/report.html``: one self-contained page (our CSS, the given HTML sections),
+    atomically; returns its path."""
+    doc = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
+    )
+    path = out / REPORT_FILE
+    _atomic_write(path, doc.encode("utf-8"))
+    return path
+
+
 def render_report(
     runs: Mapping[str, dict[str, Any]], out_dir: str | Path, title: str | None = None
 ) -> Path:
@@ -201,10 +213,4 @@ def render_report(
             f'<p class="note">Tokens seen at least {min_count} times, most routed first.</p>'
             + _top_tokens(s)
         )
-    doc = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
-    )
-    path = out / REPORT_FILE
-    _atomic_write(path, doc.encode("utf-8"))
-    return path
+    return write_page(out, title, sections)

@@ -128,6 +128,14 @@ class Block(nn.Module):
         return x + self.ffn(h), None
 
 
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy in float32 of logits [B, T, V] against labels [B, T] (already
+    aligned by the caller; -100 is ignored)."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+
+
 @dataclass
 class DynMoECausalLMOutput(ModelOutput):
     """What :meth:`DynMoEForCausalLM.forward` returns.
@@ -260,9 +268,7 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
         experts = torch.tensor([a.mean_experts for a in auxes], dtype=torch.float32)
         lm_loss = loss = None
         if labels is not None:
-            lm_loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-            )
+            lm_loss = causal_lm_loss(logits, labels)
             loss = lm_loss + aux_loss
         return DynMoECausalLMOutput(
             loss=loss,
