@@ -98,3 +98,18 @@ def test_aux_losses_and_mean_experts():
 def test_bad_router_name():
     with pytest.raises(ValueError, match="unknown router 'top_q'"):
         MoE(8, 16, 4, router="top_q")
+
+
+def test_a_routers_own_loss_is_part_of_the_layer_aux_loss():
+    import torch
+
+    from dynroute.routing import make_router
+    from dynroute.routing.losses import router_loss
+
+    router = make_router("dynmole:threshold=0.8,p=0.6,k=2")
+    moe = MoE(8, 16, 4, router=router)
+    _, aux = moe(torch.randn(5, 8))
+    plain = router_loss(aux.routing, aux.logits)  # no router: its own term left out
+    own = router.aux_loss(aux.routing)
+    assert own is not None and float(own) > 0
+    torch.testing.assert_close(aux.loss, plain["total"] + own)

@@ -288,14 +288,21 @@ def router_aux_loss(
         >>> loss = model(ids, labels=ids).loss + router_aux_loss(model)
         >>> loss.backward()
     """
-    pending = [b.last_for_loss for b in adapted_blocks(model) if b.last_for_loss is not None]
+    pending = [b for b in adapted_blocks(model) if b.last_for_loss is not None]
     if not pending:
         raise ValueError(
             "router_aux_loss: no adapted block has routing from a training step; call "
             "model.train() and run a forward pass with gradients enabled first"
         )
     losses = [
-        router_loss(routing, logits.float(), load_balance_weight, dynamic_weight, z_loss_weight)
-        for routing, logits in pending
+        router_loss(
+            b.last_for_loss[0],  # routing
+            b.last_for_loss[1].float(),  # logits
+            load_balance_weight,
+            dynamic_weight,
+            z_loss_weight,
+            router=b.spec.bind(b.native_k),  # a router's own loss term (DynMoLE) counts too
+        )
+        for b in pending
     ]
     return torch.stack([loss["total"] for loss in losses]).sum()

@@ -38,6 +38,31 @@ class MoEAux:
         return self.routing.mean_experts()
 
 
+def route_tokens(layer: nn.Module, flat: Tensor) -> tuple[Routing, Tensor, dict[str, Tensor]]:
+    """gate → router → auxiliary losses, for any layer with ``gate``, ``route``,
+    ``num_experts`` and the three loss weights (``MoE``, LoRA expert layers).
+
+    Returns:
+        the Routing of flat [N, d] tokens, the float32 logits [N, E'], ``router_loss``'s dict.
+    """
+    logits = layer.gate(flat).float()
+    routing = layer.route(logits)
+    if routing.num_experts != layer.num_experts:
+        raise ValueError(
+            f"{type(layer).__name__}: router returned a Routing over "
+            f"{routing.num_experts} experts, the layer has {layer.num_experts}"
+        )
+    losses = router_loss(
+        routing,
+        logits,
+        layer.load_balance_weight,
+        layer.dynamic_weight,
+        layer.z_loss_weight,
+        router=layer.route,
+    )
+    return routing, logits, losses
+
+
 class MoE(nn.Module):
     """A Mixture-of-Experts FFN with any router and any dispatch path.
 
@@ -120,17 +145,8 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, MoEAux]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).to(self.experts.dtype)
-        logits = self.gate(flat).float()
-        routing = self.route(logits)
-        if routing.num_experts != self.num_experts:
-            raise ValueError(
-                f"{type(self).__name__}: router returned a Routing over "
-                f"{routing.num_experts} experts, the layer has {self.num_experts}"
-            )
+        routing, logits, losses = route_tokens(self, flat)
         y = self.run_experts(flat, routing)
-        losses = router_loss(
-            routing, logits, self.load_balance_weight, self.dynamic_weight, self.z_loss_weight
-        )
         aux = MoEAux(
             routing, logits, losses["load_balance"], losses["dynamic"], losses["z"], losses["total"]
         )

@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from dynroute.dispatch import DispatchFn, get_dispatch
 from dynroute.layers.experts import Experts
+from dynroute.layers.moe import route_tokens
 from dynroute.lora.experts import LoRAExperts
 from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, layer_router
-from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
+from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT
 
 
 class LoRAMoELinear(nn.Module):
@@ -111,22 +112,9 @@ class LoRAMoELinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
         flat = x.reshape(-1, x.shape[-1]).to(self.experts.dtype)
-        logits = self.gate(flat).float()
-        routing = self.route(logits)
-        if routing.num_experts != self.num_experts:
-            raise ValueError(
-                f"LoRAMoELinear: router returned a Routing over {routing.num_experts} experts, "
-                f"the layer has {self.num_experts}"
-            )
+        routing, _, losses = route_tokens(self, flat)
         delta = self.dispatch(flat, routing, self.experts)
-        losses = router_loss(
-            routing, logits, self.load_balance_weight, self.dynamic_weight, self.z_loss_weight
-        )
-        aux = losses["total"]
-        own = getattr(self.route, "aux_loss", None)
-        if callable(own):  # a router with its own term (DynMoLE: Tsallis entropy)
-            aux = aux + own(routing)
-        self.aux_loss, self.last_routing = aux, routing
+        self.aux_loss, self.last_routing = losses["total"], routing
         # y + 0 is y bit for bit, so an untrained adapter (B = 0) returns the base exactly
         return y + delta.reshape(y.shape).to(y.dtype)
 

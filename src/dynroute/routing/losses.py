@@ -92,12 +92,18 @@ def router_loss(
     load_balance_weight: float = LOAD_BALANCE_WEIGHT,
     dynamic_weight: float = DYNAMIC_WEIGHT,
     z_loss_weight: float = 0.0,
+    router: object = None,
 ) -> dict[str, Tensor]:
     """All auxiliary losses and their weighted sum (defaults: the paper's α, β).
 
+    Args:
+        router: the router that made ``routing``; when it has ``aux_loss(routing)``
+            returning a tensor (a loss of its own, already weighted), that goes in as
+            ``router`` and into ``total``.
+
     Returns:
         dict with ``load_balance``, ``dynamic``, ``z`` and ``total``
-        (= α·load_balance + β·dynamic + z_weight·z), each a scalar.
+        (= α·load_balance + β·dynamic + z_weight·z [+ router]), each a scalar.
 
     Example:
         >>> import torch
@@ -110,4 +116,9 @@ def router_loss(
     dyn = dynamic_loss(routing)
     z = z_loss(logits)
     total = load_balance_weight * lb + dynamic_weight * dyn + z_loss_weight * z
-    return {"load_balance": lb, "dynamic": dyn, "z": z, "total": total}
+    out = {"load_balance": lb, "dynamic": dyn, "z": z}
+    own = getattr(router, "aux_loss", None)
+    extra = own(routing) if callable(own) else None
+    if extra is not None:  # the router's own term, already weighted (DynMoLE's entropy)
+        out["router"], total = extra, total + extra
+    return {**out, "total": total}

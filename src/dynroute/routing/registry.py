@@ -86,6 +86,11 @@ class Router:
         """Router columns beyond the E real experts that the gate must emit (0 for most)."""
         return 0
 
+    def aux_loss(self, routing: Routing) -> Tensor | None:
+        """A loss of the router's own, already weighted, that layers add to their auxiliary
+        loss (None for most routers; DynMoLE's entropy term)."""
+        return None
+
     def params(self) -> dict[str, Any]:
         """The router's fields and their values."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
