@@ -11,7 +11,9 @@ from torch import Tensor, nn
 from dynroute.dispatch import DispatchFn, get_dispatch
 from dynroute.layers.experts import Experts, SwiGLUExperts
 from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, layer_router
+from dynroute.routing.context import RouteContext
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
+from dynroute.routing.state import route_logits
 
 
 @dataclass
@@ -22,7 +24,9 @@ class MoEAux:
         routing: the Routing of this call (N = number of tokens).
         logits: [N, E (+ nulls)] router logits, float32.
         load_balance, dynamic, z: scalar auxiliary losses.
-        loss: their weighted sum, ready to add to the LM loss.
+        loss: their weighted sum, ready to add to the LM loss (a stateful router's own
+            term included).
+        carry: what the router hands to the next MoE layer (RMoE's GRU state), or None.
     """
 
     routing: Routing
@@ -31,6 +35,7 @@ class MoEAux:
     dynamic: Tensor
     z: Tensor
     loss: Tensor
+    carry: Any = None
 
     @property
     def mean_experts(self) -> float:
@@ -38,15 +43,20 @@ class MoEAux:
         return self.routing.mean_experts()
 
 
-def route_tokens(layer: nn.Module, flat: Tensor) -> tuple[Routing, Tensor, dict[str, Tensor]]:
+def route_tokens(
+    layer: nn.Module, flat: Tensor, ctx: RouteContext | None = None
+) -> tuple[Routing, Tensor, dict[str, Tensor]]:
     """gate → router → auxiliary losses, for any layer with ``gate``, ``route``,
     ``num_experts`` and the three loss weights (``MoE``, LoRA expert layers).
+
+    A stateful router gets the layer's ``router_state`` and ``ctx``; a loss it puts in
+    ``ctx.aux_loss`` is added as ``router`` (and to ``total``) and cleared from ``ctx``.
 
     Returns:
         the Routing of flat [N, d] tokens, the float32 logits [N, E'], ``router_loss``'s dict.
     """
     logits = layer.gate(flat).float()
-    routing = layer.route(logits)
+    routing = route_logits(layer.route, logits, getattr(layer, "router_state", None), ctx)
     if routing.num_experts != layer.num_experts:
         raise ValueError(
             f"{type(layer).__name__}: router returned a Routing over "
@@ -60,7 +70,27 @@ def route_tokens(layer: nn.Module, flat: Tensor) -> tuple[Routing, Tensor, dict[
         layer.z_loss_weight,
         router=layer.route,
     )
+    if ctx is not None and ctx.aux_loss is not None:
+        losses = add_router_loss(losses, ctx.aux_loss)
+        ctx.aux_loss = None
     return routing, logits, losses
+
+
+def add_router_loss(losses: dict[str, Tensor], extra: Tensor) -> dict[str, Tensor]:
+    """``losses`` with ``extra`` added to its ``router`` term and to ``total``.
+
+    Example:
+        >>> import torch
+        >>> out = add_router_loss({"total": torch.tensor(1.0)}, torch.tensor(0.5))
+        >>> float(out["router"]), float(out["total"])
+        (0.5, 1.5)
+    """
+    own = losses.get("router")
+    return {
+        **losses,
+        "router": extra if own is None else own + extra,
+        "total": losses["total"] + extra,
+    }
 
 
 class MoE(nn.Module):
@@ -141,16 +171,40 @@ class MoE(nn.Module):
         self.load_balance_weight = load_balance_weight
         self.dynamic_weight = dynamic_weight
         self.z_loss_weight = z_loss_weight
+        # a stateful router's parameters/buffers (DTop-p's scale and controller, DeepSeek's
+        # bias, RMoE's GRU, ...); built last so seeded models keep their other weights
+        self.router_state: nn.Module | None = (
+            self.route.make_state(num_experts, d_model) if isinstance(self.route, Router) else None
+        )
 
-    def forward(self, x: Tensor) -> tuple[Tensor, MoEAux]:
+    def forward(self, x: Tensor, carry: Any = None) -> tuple[Tensor, MoEAux]:
+        """x [..., d] -> y [..., d] and :class:`MoEAux`; ``carry`` comes from the previous
+        MoE layer (``aux.carry`` of its output; RMoE's recurrent router state)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).to(self.experts.dtype)
-        routing, logits, losses = route_tokens(self, flat)
-        y = self.run_experts(flat, routing)
+        ctx = RouteContext(tuple(shape[:-1]), flat, self.training, carry)
+        routing, logits, losses = route_tokens(self, flat, ctx)
+        y = self.combine_experts(flat, routing, ctx)
+        if ctx.aux_loss is not None:  # set while combining (THOR's consistency term)
+            losses = add_router_loss(losses, ctx.aux_loss)
         aux = MoEAux(
-            routing, logits, losses["load_balance"], losses["dynamic"], losses["z"], losses["total"]
+            routing,
+            logits,
+            losses["load_balance"],
+            losses["dynamic"],
+            losses["z"],
+            losses["total"],
+            ctx.carry,
         )
         return y.to(x.dtype).reshape(shape), aux
+
+    def combine_experts(self, flat: Tensor, routing: Routing, ctx: RouteContext) -> Tensor:
+        """The router's own combine (THOR) or, by default, :meth:`run_experts`."""
+        if isinstance(self.route, Router):
+            y = self.route.combine(flat, routing, self.run_experts, self.router_state, ctx)
+            if y is not None:
+                return y
+        return self.run_experts(flat, routing)
 
     def run_experts(self, flat: Tensor, routing: Routing) -> Tensor:
         """Expert outputs combined per token, [N, d_model]; subclasses change where experts run."""

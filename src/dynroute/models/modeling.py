@@ -119,11 +119,14 @@ class Block(nn.Module):
         else:
             self.ffn = SwiGLU(config.d_model, config.d_ff)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, MoEAux | None]:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, carry: Any = None
+    ) -> tuple[Tensor, MoEAux | None]:
+        """``carry``: the previous MoE layer's ``aux.carry`` (a recurrent router's state)."""
         x = x + self.attn(self.attn_norm(x), cos, sin)
         h = self.ffn_norm(x)
         if isinstance(self.ffn, MoE):
-            y, aux = self.ffn(h)
+            y, aux = self.ffn(h, carry)
             return x + y, aux
         return x + self.ffn(h), None
 
@@ -258,10 +261,12 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
         cos, sin = cos.to(input_ids.device), sin.to(input_ids.device)
         x = self.embed(input_ids)
         auxes: list[MoEAux] = []
+        carry = None  # a recurrent router's state, handed from MoE layer to MoE layer (RMoE)
         for block in self.blocks:
-            x, aux = block(x, cos, sin)
+            x, aux = block(x, cos, sin, carry)
             if aux is not None:
                 auxes.append(aux)
+                carry = aux.carry
         logits = self.lm_head(self.norm(x))
 
         aux_loss = sum((a.loss for a in auxes), start=logits.new_zeros((), dtype=torch.float32))

@@ -1,7 +1,9 @@
 """Routers: logits [N, E] -> Routing, as functions and as registered dataclasses.
 
 Every module in this folder is imported here, so a router class decorated with
-:func:`register_router` in a new module is found by name with no other edit.
+:func:`register_router` in a new module is found by name with no other edit. Routers with
+state (DTop-p, DeepSeek-V3, ...) keep it in their layer (``Router.make_state``); a training
+loop calls :func:`step_routers` once per optimizer step.
 
 Example:
     >>> import torch
@@ -12,6 +14,7 @@ Example:
     8
 """
 
+from dynroute.routing.context import RouteContext
 from dynroute.routing.expert_choice import ExpertChoice, expert_capacity, expert_choice
 from dynroute.routing.null_experts import NullExperts, null_experts
 from dynroute.routing.registry import (
@@ -28,6 +31,7 @@ from dynroute.routing.registry import (
     register_router,
     router_class,
 )
+from dynroute.routing.state import route_logits, router_layers, step_routers
 from dynroute.routing.top_k import TopK, top_k
 from dynroute.routing.top_p import TopP, top_p, top_p_mask
 from dynroute.routing.types import Routing
@@ -38,6 +42,7 @@ __all__ = [
     "ROUTERS",
     "ExpertChoice",
     "NullExperts",
+    "RouteContext",
     "Router",
     "RouterFn",
     "Routing",
@@ -53,7 +58,10 @@ __all__ = [
     "null_experts",
     "parse_router",
     "register_router",
+    "route_logits",
     "router_class",
+    "router_layers",
+    "step_routers",
     "top_k",
     "top_p",
     "top_p_mask",

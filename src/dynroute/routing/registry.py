@@ -34,12 +34,14 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from dynroute.routing.context import RouteContext
 from dynroute.routing.types import Routing
 
 __all__ = [
     "ROUTERS",
+    "RouteContext",
     "Router",
     "RouterFn",
     "describe_router",
@@ -90,6 +92,56 @@ class Router:
         """A loss of the router's own, already weighted, that layers add to their auxiliary
         loss (None for most routers; DynMoLE's entropy term)."""
         return None
+
+    # --- optional hooks of routers with state (DTop-p's controller, DeepSeek's bias, ...) ---
+    # The defaults keep a stateless router stateless: no state module, ``route`` is
+    # ``__call__``, nothing happens between steps. See docs/extending.md.
+
+    def make_state(self, num_experts: int, d_model: int) -> nn.Module | None:
+        """The router's learnable parameters and buffers for one layer (None: stateless).
+
+        The layer keeps the module as its ``router_state`` submodule, so it is saved in
+        ``state_dict`` and checkpoints, moved by ``.to()`` and trained by the optimizer.
+        """
+        return None
+
+    def route(
+        self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
+    ) -> Routing:
+        """Route logits [N, E'] with this layer's ``state`` and the call's ``ctx``.
+
+        Layers call this; the default ignores both and calls ``self(logits)``. A stateful
+        router overrides it (and keeps ``__call__(logits)`` working without state where it
+        can, e.g. with the state's initial values, for the HF adapters).
+        """
+        return self(logits)
+
+    def combine(
+        self,
+        flat: Tensor,
+        routing: Routing,
+        run: Callable[[Tensor, Routing], Tensor],
+        state: nn.Module | None = None,
+        ctx: RouteContext | None = None,
+    ) -> Tensor | None:
+        """Expert outputs combined per token [N, d], for routers that combine themselves
+        (THOR's consistency between two experts); ``run(flat, routing) -> [N, d]`` is the
+        layer's own dispatch. None (the default): the layer runs ``routing`` as usual."""
+        return None
+
+    def after_step(self, states: list[nn.Module]) -> None:
+        """Called once per optimizer step with the states of every layer this router
+        routes (in layer order), after ``optimizer.step()``: read the statistics the
+        forward passes accumulated in the states' buffers, update, reset them."""
+
+    def on_progress(self, state: nn.Module, step: int, total_steps: int) -> None:
+        """Called once per optimizer step for each layer's state: ``step`` optimizer steps
+        of ``total_steps`` are done (schedules such as SMoE-Dropout's growing k)."""
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the router overrides :meth:`make_state`."""
+        return type(self).make_state is not Router.make_state
 
     def params(self) -> dict[str, Any]:
         """The router's fields and their values."""

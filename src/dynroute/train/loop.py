@@ -30,6 +30,7 @@ from rich.progress import (
 from dynroute.data.cache import atomic_write_text
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.parallel import TrainingRanks
+from dynroute.routing.state import step_routers
 from dynroute.train.checkpoint import (
     CHECKPOINT_NAME,
     MODEL_DIR,
@@ -268,6 +269,7 @@ def train(
             )
             optimizer.step()
             step += 1
+            step_routers(model, step, t.steps)  # stateful routers: controllers, schedules
             tokens_seen += x.numel() * ranks.world_size
             window_tokens += x.numel() * ranks.world_size
 
