@@ -3,6 +3,7 @@
 import torch
 
 from dynroute.routing import expert_choice, null_experts, top_k, top_p
+from stateful_cases import STATEFUL, route_fresh
 
 E, D, F = 6, 8, 12
 
@@ -14,6 +15,8 @@ ROUTERS = {
     # a bias towards the nulls so that some tokens pick no real expert at all
     "null_experts": lambda x: null_experts(x + torch.tensor([0.0] * E + [4.0, 4.0]), 2, 2),
     "expert_choice": lambda x: expert_choice(x, 0.75),
+    # routers with a layer state and a context (fresh, seeded state on each call)
+    **{name: (lambda x, spec=spec: route_fresh(spec, x)) for name, spec in STATEFUL.items()},
 }
 
 
