@@ -1,0 +1,132 @@
+"""The seven routers inside DynMoEForCausalLM: state saved and loaded, causality, and a
+`dynroute train` smoke run per router in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+from dynroute.routing import step_routers
+from stateful_cases import STATEFUL
+
+V = 40
+
+
+def tiny(router: str, **kw: object) -> DynMoEForCausalLM:
+    cfg = DynMoEConfig(
+        vocab_size=V, d_model=16, n_layers=2, n_heads=2, d_ff=16, num_experts=4, router=router, **kw
+    )
+    return DynMoEForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_router_state_round_trips_through_save_and_load(name, tmp_path):
+    torch.manual_seed(0)
+    model = tiny(STATEFUL[name]).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(1, 4):  # moves p, the bias, λ, k, the GRU, the scales
+        ids = torch.randint(0, V, (2, 8))
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        step_routers(model, step, 4)
+    model.save_pretrained(tmp_path)
+    loaded = DynMoEForCausalLM.from_pretrained(tmp_path)
+    want, got = model.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    ids = torch.randint(0, V, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids).logits, model.eval()(ids).logits)
+
+
+@pytest.mark.parametrize("name", ["graph_of_tokens", "rmoe", "dtop_p"])
+def test_future_tokens_do_not_change_past_logits(name):
+    model = tiny(STATEFUL[name]).eval()
+    ids = torch.randint(0, V, (2, 10))
+    changed = ids.clone()
+    changed[:, 6:] = torch.randint(0, V, (2, 4))
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+
+
+CONFIG = """
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_ff = 32
+num_experts = 4
+
+[data]
+source = "{corpus}"
+vocab_size = 300
+
+[train]
+steps = 3
+batch_size = 2
+seq_len = 16
+warmup_steps = 1
+log_interval = 1
+eval_interval = 0
+eval_batches = 1
+checkpoint_interval = 3
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_config(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("cli")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = root / "corpus.txt"
+    corpus.write_text((stdlib / "textwrap.py").read_text())
+    config = root / "tiny.toml"
+    config.write_text(CONFIG.format(corpus=corpus))
+    env = {
+        **os.environ,
+        "DYNROUTE_CACHE": str(root / "cache"),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    return config, env
+
+
+def _train(config: Path, env: dict[str, str], out: Path, router: str):
+    cmd = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
+    cmd += ["--out", str(out), "--router", router, "--no-progress"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_cli_trains_every_new_router(name, cli_config, tmp_path):
+    config, env = cli_config
+    spec = STATEFUL[name]
+    done = _train(config, env, tmp_path / "run", spec)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "experts/token" in done.stdout
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["router"]
+    assert saved["name"] == name
+    model = DynMoEForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.router == saved
+
+
+def test_cli_dtop_p_trains_and_a_bad_target_fails_in_one_line(cli_config, tmp_path):
+    config, env = cli_config
+    done = _train(config, env, tmp_path / "run", "dtop_p:target=1.5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+    bad = _train(config, env, tmp_path / "bad", "dtop_p:target=9")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "target 9 exceeds the layer's 4 experts" in bad.stderr
