@@ -1,10 +1,12 @@
 """Sparsity-controlled top-p (DTop-p): a PI controller steers p so that k̄ tracks a target.
 
-DTop-p (2025; REFERENCES.md "More MoE routers"): top-p routing whose threshold p is not a
-hand-set constant but is adjusted during training by a proportional-integral controller so
-that the running mean number of experts per token, k̄, tracks a target; each layer has a
-learned scale on its routing logits so that layers may use different k̄ under one global
-target.
+"Sparsity-Controllable Dynamic Top-p MoE for Large Foundation Model Pre-training" (DTop-p;
+Jin, Peng, Xiang et al., 2025; REFERENCES.md "More MoE routers"): top-p routing whose
+threshold p is not a hand-set constant but is adjusted during training by a
+proportional-integral controller so that the running mean number of experts per token,
+k̄, tracks a target; a layer-wise routing normalisation lets layers use different k̄
+under one global threshold. We implement that normalisation as one learned scalar scale
+on each layer's logits.
 
 The rule, exactly (one controller per router configuration, shared by all its layers):
 
@@ -21,7 +23,8 @@ The rule, exactly (one controller per router configuration, shared by all its la
 - in evaluation p and the scales are frozen; nothing is measured.
 
 Our choices (the paper's code was not available to us): the gains above, the velocity
-form, pooling the statistic over layers. Only the threshold is controlled; no auxiliary
+form, pooling the statistic over layers, a scalar logit scale as the layer-wise
+normalisation. Only the threshold is controlled; no auxiliary
 loss is added beyond the layer's usual ones.
 """
 
