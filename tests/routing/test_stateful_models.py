@@ -130,3 +130,20 @@ def test_cli_dtop_p_trains_and_a_bad_target_fails_in_one_line(cli_config, tmp_pa
     bad = _train(config, env, tmp_path / "bad", "dtop_p:target=9")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "target 9 exceeds the layer's 4 experts" in bad.stderr
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_hf_adapters_route_with_the_stateless_rule_or_say_they_cannot(name):
+    from dynroute.hf import apply_routing, routing_stats
+    from hf.tiny_models import build_tiny
+
+    model = build_tiny("olmoe")
+    spec = STATEFUL[name]
+    if name in ("rmoe", "smoe_dropout"):
+        with pytest.raises(ValueError, match="not supported in the HF adapters"):
+            apply_routing(model, spec)
+        return
+    apply_routing(model, spec)
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 8)))
+    assert routing_stats(model)["mean_experts"] >= 1.0 or name == "relu"
