@@ -11,6 +11,12 @@ unknown name is asked for.
 A router round-trips through ``{"name": ..., **params}`` (configs, ``config.json``) and
 through ``"name:key=value,key=value"`` (command lines).
 
+A router whose behaviour changes during training keeps its knobs here and its state in
+the layer: optional hooks ``make_state`` (parameters/buffers the layer owns),
+``route(logits, state, ctx)`` (with a :class:`RouteContext`), ``combine``,
+``after_step`` and ``on_progress`` (called by :func:`dynroute.routing.step_routers` once
+per optimizer step). The defaults leave every stateless router as it was.
+
 Example:
     >>> import torch
     >>> route = make_router("top_p:p=0.4")
