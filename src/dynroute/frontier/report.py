@@ -5,7 +5,7 @@ Example:
     >>> recs = [record("top_k", f"k{k}", f"top_k(k={k})", 0, 3.2 - 0.2 * k, 6e6 * k, k)
     ...         for k in (1, 2)]
     >>> print(markdown_table(recs).splitlines()[2])
-    | top_k(k=1) | 1 | 1.00 | 6.0 | 3.0000 | — | frontier |
+    | top_k(k=1) | 1 | 1.00 | 6 | 3.0000 | — | frontier |
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ HEADER = [
 
 
 def _pm(mean: float, std: float, fmt: str) -> str:
-    return f"{mean:{fmt}}" if math.isnan(std) else f"{mean:{fmt}} ± {std:{fmt}}"
+    spread = fmt.lstrip("+")
+    return f"{mean:{fmt}}" if math.isnan(std) else f"{mean:{fmt}} ± {std:{spread}}"
 
 
 def _or0(std: float) -> float:
@@ -58,7 +59,7 @@ def markdown_table(records: Sequence[dict[str, Any]], flops_unit: float = 1e6) -
             verdict = j.verdict
         lines.append(
             f"| {s.label} | {len(s.seeds)} | {_pm(s.mean_experts, s.mean_experts_std, '.2f')} | "
-            f"{s.expert_flops / flops_unit:.1f} | {_pm(s.val_loss, s.val_loss_std, '.4f')} | "
+            f"{s.expert_flops / flops_unit:.3g} | {_pm(s.val_loss, s.val_loss_std, '.4f')} | "
             f"{margin} | {verdict} |"
         )
     return "\n".join(lines)
@@ -107,7 +108,13 @@ def plot_frontier(
         )
         for s, xi, yi in zip(pts, x, y, strict=True):
             text = f"k={s.label.split('k=')[-1].rstrip(')')}" if frontier else s.label
-            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=7)
+            ax.annotate(
+                text,
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(5, 5) if frontier else (5, -11),
+                fontsize=7,
+            )
     ax.set(
         xlabel="active expert MFLOPs per token (measured k̄ × layers × 6·d_model·d_ff)",
         ylabel="validation loss (nats)",
