@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 LAYER_LEGEND = (
     "✅ / ❌ in the layer tables: ✅ when dynroute's time for a cell (forward, or forward + "
@@ -22,8 +23,9 @@ LAYER_LEGEND = (
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def _error(message: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", markup=True)
+def error_exit(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` (one line, no markup parsing) on stderr; the Exit to raise."""
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "red"), message))
     return typer.Exit(code)
 
 
@@ -95,7 +97,7 @@ def register(app: typer.Typer) -> None:
             points = parse_routers(routers or list(SWEEPS), aims)
             check_settings(base, points, list(range(seeds)))
         except (FileNotFoundError, ValueError) as err:
-            raise _error(str(err)) from err
+            raise error_exit(str(err)) from err
         _set_threads(base.train.threads)
         console.print(
             f"Frontier: {len(points)} router settings × {seeds} seed(s) -> {out} "
@@ -129,7 +131,7 @@ def register(app: typer.Typer) -> None:
     def layer(ctx: typer.Context) -> None:
         script = layer_script()
         if script is None:
-            raise _error(
+            raise error_exit(
                 "dynroute bench layer runs benchmarks/layer.py, which ships with the source "
                 f"checkout only (not found under {REPO_ROOT} or {Path.cwd()}); clone the "
                 "repository and run it from there"

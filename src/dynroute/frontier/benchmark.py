@@ -6,9 +6,10 @@ writes ``<results>.json`` (every run, the summaries, the verdicts), ``<results>.
 (the plot) and returns the markdown table and the verdict sentence.
 
 Example:
-    >>> points = parse_routers(["top_k", "top_p:p=0.4"], targets=(1, 2))
-    >>> [p.label for p in points]
-    ['top_k(k=1)', 'top_k(k=2)', 'top_p(p=0.4)']
+    >>> points = parse_routers(["top_k", "top_p:p=0.4,normalize=true", "null_experts"], [2])
+    >>> [p.label for p in points]  # doctest: +NORMALIZE_WHITESPACE
+    ['top_k(k=1)', 'top_k(k=2)', 'top_k(k=3)', 'top_p(p=0.4, normalize=True)',
+     'null_experts(k=3, num_null=4)']
 """
 
 from __future__ import annotations
@@ -94,15 +95,17 @@ def check_settings(
     check_frontier_config(base, points, seeds)
 
 
-def describe_setup(base: RunConfig, seeds: Sequence[int]) -> str:
-    """One paragraph: model, data, tokens per run, seeds, evaluation set.
+def describe_setup(base: RunConfig, seeds: Sequence[int], eval_tokens: int | None = None) -> str:
+    """One paragraph: model, data, tokens per run, seeds, evaluation set (``eval_tokens``:
+    the measured count, when the held-out split is shorter than the windows asked for).
 
     Example:
         >>> describe_setup(RunConfig(), [0, 1]).split(";")[0]
         'Corpus `stdlib` (vocab 4096)'
     """
     m, t, d = base.model, base.train, base.data
-    eval_tokens = (t.eval_batches or 0) * t.tokens_per_step
+    if eval_tokens is None:
+        eval_tokens = (t.eval_batches or 0) * t.tokens_per_step
     return (
         f"Corpus `{d.source}` (vocab {d.vocab_size}); d_model {m.get('d_model')}, "
         f"{m.get('n_layers')} layers, {m.get('num_experts')} SwiGLU experts of width "
@@ -110,8 +113,8 @@ def describe_setup(base: RunConfig, seeds: Sequence[int]) -> str:
         f"layout {m.get('expert_layout', 'stacked')}; {t.steps} steps × {t.tokens_per_step:,} "
         f"= {t.steps * t.tokens_per_step:,} training tokens per run; seeds "
         f"{', '.join(map(str, seeds))}; every run evaluated on the same "
-        f"{eval_tokens:,} held-out tokens (the first {t.eval_batches} windows of "
-        f"{t.batch_size}×{t.seq_len})."
+        f"{eval_tokens:,} held-out tokens (the first windows of {t.batch_size}×{t.seq_len}, "
+        f"at most {t.eval_batches} batches)."
     )
 
 
@@ -138,21 +141,23 @@ def run_benchmark(
     progress: bool = True,
     console: Console | None = None,
     command: str = "",
+    plot: Path | str | None = None,
 ) -> FrontierOutcome:
-    """Train (or reuse) every run, then write ``results`` (.json) and its ``.png`` plot.
+    """Train (or reuse) every run, then write ``results`` (.json) and the plot (default:
+    ``results`` with a ``.png`` suffix).
 
     The JSON is rewritten after every run, so an interrupted sweep keeps what it finished.
     """
     console = console or Console(stderr=True)
     started = time.perf_counter()
     results = Path(results)
-    plot = results.with_suffix(".png")
+    plot = Path(plot) if plot is not None else results.with_suffix(".png")
     done: list[dict[str, Any]] = []
 
     def save(summary: dict[str, Any] | None = None) -> None:
         payload = {
             "command": command,
-            "setup": describe_setup(base, seeds),
+            "setup": describe_setup(base, seeds, done[0]["eval_tokens"] if done else None),
             "config": base.to_dict(),
             "seeds": list(seeds),
             "flops_formula": "sum over MoE layers of measured k̄_l × 6·d_model·d_ff",

@@ -274,30 +274,42 @@ def verdict_sentence(judgements: Sequence[Judgement]) -> str:
     groups: dict[str, list[Judgement]] = defaultdict(list)
     for j in judgements:
         groups[j.verdict].append(j)
-    best = {v: max(js, key=lambda j: j.margin) for v, js in groups.items()}
     parts = []
-    if "below" in best:
+    judged = [j for j in judgements if not math.isnan(j.margin)]
+    if judged and all(j.verdict == "one seed" for j in judged):
+        top = max(judged, key=lambda j: j.margin)
+        below = sorted((j for j in judged if j.margin > 0), key=lambda j: -j.margin)
+        if below:
+            parts.append(
+                "One seed, so no noise estimate (train 3 seeds to test it): below the top-k "
+                "frontier: " + ", ".join(_at(j) for j in below) + "."
+            )
+        else:
+            parts.append(
+                "One seed, so no noise estimate (train 3 seeds to test it): top-k wins; "
+                f"the closest other router is {_at(top)} above the frontier."
+            )
+        groups.pop("one seed")
+    elif "below" in groups:
         parts.append(
             "Below the top-k frontier beyond seed noise: "
             + ", ".join(_at(j) for j in sorted(groups["below"], key=lambda j: -j.margin))
             + "."
         )
-    else:
-        judged = [j for j in judgements if not math.isnan(j.margin)]
-        if judged:
-            top = max(judged, key=lambda j: j.margin)
-            where = "below" if top.margin > 0 else "above"
-            parts.append(
-                "No router beats the top-k frontier beyond seed noise; the closest is "
-                f"{top.summary.label} at k̄ {top.summary.mean_experts:.2f}, {abs(top.margin):.3f} "
-                f"nats {where} it"
-                + (f" (noise ± {noise_text(top)})" if not math.isnan(top.margin_se) else "")
-                + "."
-            )
-    if "one seed" in best and "below" not in best:
-        parts.append("One seed only: no noise estimate (train more seeds to decide).")
-    elif "one seed" in best:
-        parts.append("Points with one seed are not judged (no noise estimate).")
+    elif judged:
+        top = max(judged, key=lambda j: j.margin)
+        where = "below" if top.margin > 0 else "above"
+        parts.append(
+            "No router beats the top-k frontier beyond seed noise; the closest is "
+            f"{top.summary.label} at k̄ {top.summary.mean_experts:.2f}, {abs(top.margin):.3f} "
+            f"nats {where} it"
+            + (f" (noise ± {noise_text(top)})" if not math.isnan(top.margin_se) else "")
+            + "."
+        )
+    if "one seed" in groups:
+        parts.append(
+            "Not judged (one seed): " + ", ".join(j.summary.label for j in groups["one seed"])
+        )
     for v, text in (("on", "Within noise of it"), ("above", "Above it (worse for their compute)")):
         if v in groups:
             parts.append(f"{text}: {', '.join(j.summary.label for j in groups[v])}.")
