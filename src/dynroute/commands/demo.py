@@ -29,11 +29,11 @@ def demo_routers(p: float = PAPER_P) -> list[str]:
     demo refuses to start otherwise, it never skips one.
 
     Example:
-        >>> demo_routers(0.3)[3]
+        >>> demo_routers(0.3)[3]  # the paper-faithful top-p
         'top_p:p=0.3'
     """
     return [
-        "top_k:k=1",
+        "top_k:k=1,normalize=false",  # Switch: weight = router probability
         "top_k:k=2",
         "top_k:k=3",
         f"top_p:p={p}",  # paper-faithful

@@ -8,7 +8,7 @@ writes ``<results>.json`` (every run, the summaries, the verdicts), ``<results>.
 Example:
     >>> points = parse_routers(["top_k", "top_p:p=0.4,normalize=true", "null_experts"], [2])
     >>> [p.label for p in points]  # doctest: +NORMALIZE_WHITESPACE
-    ['top_k(k=1)', 'top_k(k=2)', 'top_k(k=3)', 'top_p(p=0.4, normalize=True)',
+    ['top_k(k=1, normalize=False)', 'top_k(k=2)', 'top_k(k=3)', 'top_p(p=0.4, normalize=True)',
      'null_experts(k=3, num_null=4)']
 """
 

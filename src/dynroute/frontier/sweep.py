@@ -9,7 +9,7 @@ targets only decide what to train.
 
 Example:
     >>> [p.name for p in sweep_points(["top_k"], targets=(1, 2))]
-    ['top_k-k1', 'top_k-k2']
+    ['top_k-k1-normalizeFalse', 'top_k-k2']
     >>> point_from_text("top_p:p=0.4,normalize=true").family
     'top_p(normalize=True)'
 """
@@ -90,6 +90,7 @@ class Sweep:
         fixed: parameters shared by every point (``{"normalize": True}``).
         knob: the parameter that sets k̄.
         values: target k̄ -> knob value. Targets a rule cannot reach are left out.
+        per_value: knob value -> parameters of that point only (top-1's ``normalize``).
         source: where the values come from (a measurement, the rule itself).
     """
 
@@ -97,18 +98,23 @@ class Sweep:
     knob: str
     values: Mapping[float, Any]
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    per_value: Mapping[Any, Mapping[str, Any]] = field(default_factory=dict)
     source: str = ""
 
     def points(self, family: str, targets: Iterable[float] = TARGETS) -> list[Point]:
         """The points of this sweep at ``targets`` (those it can reach), in k̄ order.
 
         Example:
-            >>> SWEEPS["top_k"].points("top_k", targets=(1.5, 2))
-            [Point(family='top_k', router={'name': 'top_k', 'k': 2}, target=2.0)]
+            >>> [p.router for p in SWEEPS["top_k"].points("top_k", targets=(1, 1.5))]
+            [{'name': 'top_k', 'k': 1, 'normalize': False}]
         """
         wanted = {float(t) for t in targets}
         return [
-            Point(family, {"name": self.router, **self.fixed, self.knob: v}, float(t))
+            Point(
+                family,
+                {"name": self.router, **self.fixed, self.knob: v, **self.per_value.get(v, {})},
+                float(t),
+            )
             for t, v in sorted(self.values.items())
             if float(t) in wanted
         ]
@@ -118,7 +124,15 @@ class Sweep:
 #: routers of issue 17) plugs in with one entry; ``tests/frontier`` builds every entry
 #: with :func:`~dynroute.routing.make_router`, so a wrong name or knob fails there.
 SWEEPS: dict[str, Sweep] = {
-    "top_k": Sweep("top_k", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
+    # k = 1 as in Switch Transformer: the weight is the router's probability, not
+    # renormalised to 1 (which would leave the router no gradient from the LM loss).
+    "top_k": Sweep(
+        "top_k",
+        "k",
+        {1.0: 1, 2.0: 2, 3.0: 3},
+        per_value={1: {"normalize": False}},
+        source="exact: k̄ = k",
+    ),
     # Paper-faithful top-p (weights not renormalised). k̄ at p = 0.2 / 0.3 / 0.5 measured
     # on configs/demo.toml (BENCHMARKS.md, section 2: 1.51 / 1.82 / 2.89); p = 0.05 aims
     # at 1 from below (top-p always keeps one expert).
@@ -188,6 +202,6 @@ def point_from_text(text: str) -> Point:
     knobs = {s.knob for s in SWEEPS.values() if s.router == spec["name"]}
     rest = {k: v for k, v in params.items() if k not in knobs}
     family = spec["name"]
-    if rest:
+    if rest and family != FRONTIER_FAMILY:  # every top-k setting is on the frontier
         family += f"({', '.join(f'{k}={v}' for k, v in rest.items())})"
     return Point(family, {"name": spec["name"], **params})
