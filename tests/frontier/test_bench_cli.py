@@ -99,3 +99,13 @@ def test_bench_layer_outside_a_checkout_says_so(
 def test_bench_layer_finds_the_script_of_this_checkout() -> None:
     script = bench.layer_script()
     assert script is not None and script.name == "layer.py" and script.parent.name == "benchmarks"
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    with pytest.raises(typer.Exit) as stop, bench.interrupted(tmp_path / "runs"):
+        raise KeyboardInterrupt
+    assert stop.value.exit_code == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err and str(tmp_path / "runs") in err

@@ -36,6 +36,7 @@ def test_demo_with_a_bad_p_fails_at_once_in_a_subprocess(tmp_path: Path) -> None
         (["--routers", "top_q:k=2"], "unknown router 'top_q'"),
         (["--routers", "top_p:p=0.4"], "at least two top_k"),
         (["--config", "NOPE/demo.toml"], "NOPE/demo.toml"),
+        (["--p", "0.3"], "with --routers write top_p:p="),
     ],
 )
 def test_demo_bad_arguments_fail_before_anything_is_written(

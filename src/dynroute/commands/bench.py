@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,18 @@ def error_exit(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` (one line, no markup parsing) on stderr; the Exit to raise."""
     Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "red"), message))
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def interrupted(out: Path) -> Iterator[None]:
+    """Turn Ctrl-C into one line saying that a rerun resumes (exit status 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise error_exit(
+            f"interrupted; finished runs are kept in {out}: rerun the same command to resume",
+            130,
+        ) from None
 
 
 def layer_script(cwd: Path | None = None) -> Path | None:
@@ -103,17 +117,18 @@ def register(app: typer.Typer) -> None:
             f"Frontier: {len(points)} router settings × {seeds} seed(s) -> {out} "
             f"({base.train.steps * base.train.tokens_per_step:,} tokens per run)"
         )
-        outcome = run_benchmark(
-            base,
-            points,
-            list(range(seeds)),
-            out,
-            results or out / "frontier.json",
-            title=f"compute–quality frontier, {seeds} seed(s)",
-            progress=progress,
-            console=console,
-            command="dynroute bench frontier " + " ".join(sys.argv[3:]),
-        )
+        with interrupted(out):
+            outcome = run_benchmark(
+                base,
+                points,
+                list(range(seeds)),
+                out,
+                results or out / "frontier.json",
+                title=f"compute–quality frontier, {seeds} seed(s)",
+                progress=progress,
+                console=console,
+                command="dynroute bench frontier " + " ".join(sys.argv[3:]),
+            )
         console.print(outcome.table, markup=False, soft_wrap=True)
         console.print(outcome.verdict, markup=False, soft_wrap=True)
         console.print(

@@ -137,6 +137,8 @@ def prepare_demo(
     # the cheap checks first: they answer before torch is even imported
     if p is not None and not 0.0 < p <= 1.0:
         raise ValueError(f"--p must be in (0, 1] (top-p's probability mass), got {p}")
+    if p is not None and routers:
+        raise ValueError("--p sets the default list's top-p; with --routers write top_p:p=...")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if steps is not None and steps < 1:
@@ -381,6 +383,20 @@ def register(app: typer.Typer) -> None:
             from dynroute.commands.bench import error_exit
 
             raise error_exit(str(err)) from err
-        run_demo(
-            out, config, data, p, steps, seeds, fast, progress, console, threads, routers, analysis
-        )
+        from dynroute.commands.bench import interrupted
+
+        with interrupted(out):
+            run_demo(
+                out,
+                config,
+                data,
+                p,
+                steps,
+                seeds,
+                fast,
+                progress,
+                console,
+                threads,
+                routers,
+                analysis,
+            )
