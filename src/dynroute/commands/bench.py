@@ -96,22 +96,33 @@ def register(app: typer.Typer) -> None:
         setting beats it when it lies below by more than 2 standard errors over seeds.
         Finished runs in OUT are reused, interrupted ones resumed.
         """
-        from dynroute.frontier import SWEEPS
-        from dynroute.frontier.benchmark import check_settings, parse_routers, run_benchmark
-
         console = Console()
-        try:
+        try:  # cheap checks first: they answer before torch is imported
             if seeds < 1:
                 raise ValueError(f"--seeds must be >= 1, got {seeds}")
             try:
                 aims = [float(t) for t in targets.split(",") if t.strip()]
             except ValueError:
                 raise ValueError(f"--targets {targets}: expected numbers like 1,1.5,2") from None
+            if config is not None and not config.is_file():
+                raise FileNotFoundError(
+                    f"config file {config} not found; pass --config with a TOML file such as "
+                    "configs/demo.toml"
+                )
+            if data is not None and data != "stdlib" and not Path(data).exists():
+                raise FileNotFoundError(
+                    f"corpus {data} does not exist; pass --data with a text file or folder"
+                )
+            from dynroute.frontier import SWEEPS
+            from dynroute.frontier.benchmark import check_settings, parse_routers
+
             base = _base_config(config, data, steps, threads)
             points = parse_routers(routers or list(SWEEPS), aims)
             check_settings(base, points, list(range(seeds)))
         except (FileNotFoundError, ValueError) as err:
             raise error_exit(str(err)) from err
+        from dynroute.frontier.benchmark import run_benchmark
+
         _set_threads(base.train.threads)
         console.print(
             f"Frontier: {len(points)} router settings × {seeds} seed(s) -> {out} "
