@@ -195,7 +195,7 @@ def run_benchmark(
             ],
             "verdict": verdict,
             "table": table,
-            "plot": str(plot),
+            "plot": plot.name if plot.parent == results.parent else str(plot),
             "wall_seconds": seconds,
         }
     )
