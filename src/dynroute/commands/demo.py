@@ -272,7 +272,9 @@ def run_demo(
         "top-k frontier)",
     )
     for col in ("router", "experts/token", "expert MFLOPs/token", "val loss", "margin", "verdict"):
-        table.add_column(col, justify="left" if col in ("router", "verdict") else "right")
+        table.add_column(
+            col, justify="left" if col in ("router", "verdict") else "right", overflow="fold"
+        )
     verdicts = {j.summary.name: j for j in judgements}
     from dynroute.frontier import summarise
 
