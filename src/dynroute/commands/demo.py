@@ -11,6 +11,7 @@ analysis of top-2 beside the best dynamic router. Finished runs are reused on a 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -229,7 +230,7 @@ def run_demo(
         title=f"dynroute demo: loss vs compute, {t.steps * t.tokens_per_step:,} tokens per run",
         progress=progress,
         console=console,
-        command="dynroute demo",
+        command=" ".join(["dynroute", *sys.argv[1:]]),
     )
     records = outcome.records
     eval_tokens = records[0]["eval_tokens"]
