@@ -107,32 +107,3 @@ def test_train_with_missing_config_fails_cleanly(tmp_path: Path) -> None:
     args = ["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "not found" in result.output
-
-
-def test_demo_fast_writes_report_results_and_plot(config: Path, tmp_path: Path) -> None:
-    corpus = json.dumps(str(tmp_path / "corpus.txt"))
-    out = tmp_path / "demo"
-    args = ["demo", "--fast", "--out", str(out), "--data", json.loads(corpus), "--steps", "8"]
-    result = CliRunner().invoke(app, [*args, "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "top-2 vs top-p" in result.output
-    payload = json.loads((out / "results.json").read_text())
-    runs = payload["runs"]
-    assert set(runs) == {"top2", "top_p"}
-    assert runs["top2"]["mean_experts_per_token"] == 2.0
-    assert runs["top2"]["activated_param_ratio"] == 1.0
-    assert runs["top2"]["train_tokens"] == runs["top_p"]["train_tokens"] == 8 * 4 * 32
-    assert runs["top_p"]["label"] == "top_p(p=0.4)"
-    png = (out / "curves.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (out / "report.md").read_text()
-    assert "## Verdict" in report and "curves.png" in report and "dynroute:analysis" in report
-    assert "(analysis/report.html)" in report
-    html = (out / "analysis" / "report.html").read_text()
-    assert "top2" in html and "top_p" in html
-    for name in ("top2", "top_p"):
-        assert f"| {name} |" in report
-
-    again = CliRunner().invoke(app, [*args, "--no-progress"])  # finished runs are not retrained
-    assert again.exit_code == 0
-    assert json.loads((out / "results.json").read_text())["runs"] == runs

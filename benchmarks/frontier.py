@@ -1,0 +1,31 @@
+"""The compute–quality frontier: validation loss vs active expert FLOPs per token.
+
+A thin wrapper over ``dynroute bench frontier`` that writes its results where the docs
+read them (benchmarks/results/frontier.json and frontier.png):
+
+    python benchmarks/frontier.py --routers top_k,top_p:p=0.4,top_p_normalized,null_experts \\
+        --targets 1.5,2 --seeds 3 --steps 60 --threads 1       # BENCHMARKS.md section 8
+    python benchmarks/frontier.py                              # every router of the sweep table
+
+Every run is a resumable `dynroute train` folder under --out (default runs/frontier);
+rerunning reuses finished runs. All options: ``dynroute bench frontier --help``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "frontier.json"
+
+
+def main() -> None:
+    from dynroute.cli import app
+
+    # later options win, so a --results given here replaces the default
+    sys.argv = ["dynroute", "bench", "frontier", "--results", str(RESULTS), *sys.argv[1:]]
+    app()
+
+
+if __name__ == "__main__":
+    main()
