@@ -164,6 +164,21 @@ SWEEPS: dict[str, Sweep] = {
     "dtop_p": Sweep(
         "dtop_p", "target", {1.0: 1.0, 1.5: 1.5, 2.0: 2.0, 3.0: 3.0}, source="controller"
     ),
+    # ReLU routing (ReMoE): the adaptive L1 weight aims at `target`, but only pushes toward
+    # sparsity (BENCHMARKS.md section 8: target 2 gave k̄ 1.53), so measured k̄ may fall short.
+    "relu": Sweep("relu", "target", {1.5: 1.5, 2.0: 2.0, 3.0: 3.0}, source="L1 controller"),
+    # Fixed-k rules: k̄ = k exactly; they compete with top-k at equal compute.
+    "deepseek_v3": Sweep("deepseek_v3", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
+    "rmoe": Sweep("rmoe", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
+    "graph_of_tokens": Sweep(
+        "graph_of_tokens", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"
+    ),
+    # SMoE-Dropout: k grows from 1 to k_end during training and is k_end at evaluation.
+    "smoe_dropout": Sweep(
+        "smoe_dropout", "k_end", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact at evaluation: k_end"
+    ),
+    # THOR has no knob for k̄: two random experts in training, one at inference (k̄ = 1).
+    "thor": Sweep("thor", "consistency_weight", {1.0: 1.0}, source="the rule: one expert"),
 }
 
 
