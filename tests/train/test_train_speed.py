@@ -206,3 +206,33 @@ def test_nproc_2_ddp_on_gloo_equals_one_process_with_the_doubled_batch(tmp_path:
 @pytest.mark.slow
 def test_nproc_2_fsdp_on_gloo_equals_one_process_with_the_doubled_batch(tmp_path: Path) -> None:
     _nproc_run(tmp_path, "fsdp")
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_like_nproc_2(tmp_path: Path) -> None:
+    """--nnodes 2 with one process per "machine" (both on 127.0.0.1) == --nproc 2."""
+    from dynroute.parallel import free_port
+
+    config = write_config(tmp_path, steps=3, model_extra=NO_AUX, eval_interval=0)
+    port = str(free_port())
+    base = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
+    base += ["--no-progress", "--nnodes", "2", "--master-addr", "127.0.0.1"]
+    base += ["--master-port", port, "--nproc", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [*base, "--out", str(tmp_path / "nodes"), "--node-rank", str(r)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs
+    cmd = [*base[:6], "--out", str(tmp_path / "local"), "--nproc", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for a, b in zip(_train_rows(tmp_path / "local"), _train_rows(tmp_path / "nodes"), strict=True):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5)
