@@ -223,6 +223,9 @@ class TrainingRanks:
             return wrap_ddp(model, **ddp_kwargs)
         if self.parallel == "fsdp":
             return shard_dense(model)
+        if getattr(getattr(model, "config", None), "expert_layout", None) == "per_expert":
+            # Idle experts' own parameters get no gradient in a step; DDP must not wait.
+            ddp_kwargs["find_unused_parameters"] = True
         return DistributedDataParallel(model, **ddp_kwargs)
 
     def gradient_sync(
