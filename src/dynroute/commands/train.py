@@ -3,9 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+
+def rendezvous(
+    nnodes: int | None, node_rank: int | None, master_addr: str | None, master_port: int | None
+) -> dict[str, str]:
+    """torchrun's multi-node flags from the command's (empty when none was given).
+
+    Example:
+        >>> rendezvous(2, 0, "10.0.0.1", 29500)["--master-addr"]
+        '10.0.0.1'
+        >>> rendezvous(None, None, None, None)
+        {}
+    """
+    given = {
+        "--nnodes": nnodes,
+        "--node-rank": node_rank,
+        "--master-addr": master_addr,
+        "--master-port": master_port,
+    }
+    flags = {k: str(v) for k, v in given.items() if v is not None}
+    if flags and (nnodes is None or master_addr is None):
+        raise ValueError(
+            "multi-node training needs at least --nnodes and --master-addr (and --node-rank "
+            "on every machine but the first); see docs/training.md"
+        )
+    if nnodes is not None and nnodes < 1:
+        raise ValueError(f"--nnodes {nnodes}: use an integer >= 1")
+    if node_rank is not None and nnodes is not None and not 0 <= node_rank < nnodes:
+        raise ValueError(f"--node-rank {node_rank}: use 0..{nnodes - 1} for --nnodes {nnodes}")
+    return flags
+
+
+def relaunch_argv(config: Path, out: Path, progress: bool, **flags: Any) -> list[str]:
+    """The ``dynroute train`` arguments each torchrun rank runs (the given flags only).
+
+    Example:
+        >>> relaunch_argv(Path("c.toml"), Path("r"), False, steps=5, compile=True, k=None)
+        ['train', '--config', 'c.toml', '--out', 'r', '--steps', '5', '--compile', '--no-progress']
+    """
+    argv = ["train", "--config", str(config), "--out", str(out)]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if name == "parallel":
+            argv.append("--fsdp" if value == "fsdp" else "--ddp")
+        elif isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return [*argv, "--progress" if progress else "--no-progress"]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +99,52 @@ def register(app: typer.Typer) -> None:
                 "experts of every MoE layer and train on their own batches.",
             ),
         ] = 1,
+        device: Annotated[
+            str | None, typer.Option(help="auto (CUDA when present) | cpu | cuda | cuda:I.")
+        ] = None,
+        dtype: Annotated[
+            str | None,
+            typer.Option(help="float32 | bfloat16 (autocast; weights stay float32)."),
+        ] = None,
+        compile: Annotated[
+            bool | None,
+            typer.Option("--compile/--no-compile", help="torch.compile each block."),
+        ] = None,
+        grad_accum: Annotated[
+            int | None, typer.Option(help="Micro-batches per optimizer step.")
+        ] = None,
+        activation_checkpointing: Annotated[
+            bool | None,
+            typer.Option(
+                "--activation-checkpointing/--no-activation-checkpointing",
+                help="Recompute each block's activations in the backward pass.",
+            ),
+        ] = None,
+        nproc: Annotated[
+            int,
+            typer.Option(
+                "--nproc",
+                min=1,
+                help="Data-parallel processes on this machine (torchrun underneath; gloo "
+                "on CPU, NCCL on GPU); each trains on batch_size rows per micro-batch.",
+            ),
+        ] = 1,
+        fsdp: Annotated[
+            bool | None,
+            typer.Option("--fsdp/--ddp", help="With --nproc: FSDP2 (fully_shard) instead of DDP."),
+        ] = None,
+        nnodes: Annotated[
+            int | None, typer.Option(help="torchrun: machines in the job (multi-node).")
+        ] = None,
+        node_rank: Annotated[
+            int | None, typer.Option(help="torchrun: this machine's index, 0..nnodes-1.")
+        ] = None,
+        master_addr: Annotated[
+            str | None, typer.Option(help="torchrun: address of the node with node-rank 0.")
+        ] = None,
+        master_port: Annotated[
+            int | None, typer.Option(help="torchrun: free TCP port on that node.")
+        ] = None,
     ) -> None:
         """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
         import os
@@ -65,29 +162,53 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(config)
             if data is not None and Path(data).exists():
                 data = str(Path(data).resolve())  # so eval finds it from any folder
-            cfg = apply_overrides(
-                cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads
+            settings = dict(
+                device=device,
+                dtype=dtype,
+                compile=compile,
+                grad_accum=grad_accum,
+                activation_checkpointing=activation_checkpointing,
+                parallel=None if fsdp is None else ("fsdp" if fsdp else "ddp"),
             )
+            cfg = apply_overrides(
+                cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads,
+                **settings,
+            )  # fmt: skip
             if cfg.train.threads:  # a process setting: the command's, not the library's
                 torch.set_num_threads(cfg.train.threads)
-            if expert_parallel > 1 and not is_launched():
+            if expert_parallel > 1 and nproc > 1 and expert_parallel != nproc:
+                raise ValueError(
+                    f"--expert-parallel {expert_parallel} with --nproc {nproc}: experts are "
+                    "sharded over every process, so use the same number (or leave one at 1)"
+                )
+            if is_launched() and expert_parallel == 1:
+                # A rank (of our launch, or of the user's own torchrun): data-parallel over
+                # every process of the job. (--nproc itself is not passed to the ranks:
+                # torchrun's parser would take it for its own --nproc-per-node.)
+                nproc = int(os.environ["WORLD_SIZE"])
+            world = max(expert_parallel, nproc)
+            nodes = rendezvous(nnodes, node_rank, master_addr, master_port)
+            if (world > 1 or nodes) and not is_launched():
                 from dynroute.models import DynMoEConfig
                 from dynroute.train.data import load_data
 
-                num_experts = DynMoEConfig(**cfg.model).num_experts
-                check_expert_parallel(num_experts, expert_parallel, "--expert-parallel")
+                if expert_parallel > 1:
+                    num_experts = DynMoEConfig(**cfg.model).num_experts
+                    check_expert_parallel(num_experts, expert_parallel, "--expert-parallel")
                 load_data(cfg.data)  # tokenize once here, not N times in parallel
-                argv = ["train", "--config", str(config), "--out", str(out)]
-                for flag, value in (
-                    ("--data", data), ("--router", router), ("--k", k), ("--p", p),
-                    ("--steps", steps), ("--seed", seed), ("--threads", threads),
-                ):  # fmt: skip
-                    if value is not None:
-                        argv += [flag, str(value)]
-                argv += ["--progress" if progress else "--no-progress"]
-                argv += ["--expert-parallel", str(expert_parallel)]
-                raise typer.Exit(launch(expert_parallel, argv))
-            result = run_training(cfg, out, progress=progress, expert_parallel=expert_parallel)
+                argv = relaunch_argv(
+                    config, out, progress,
+                    data=data, router=router, k=k, p=p, steps=steps, seed=seed,
+                    threads=threads, expert_parallel=expert_parallel, **settings,
+                )  # fmt: skip
+                raise typer.Exit(launch(world, argv, rendezvous=nodes))
+            result = run_training(
+                cfg,
+                out,
+                progress=progress,
+                expert_parallel=expert_parallel,
+                nproc=nproc,
+            )
         except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err

@@ -70,7 +70,9 @@ class Combiner:
         """
         if self._use_sparse(rows):
             values = rows.new_ones(rows.shape[0]) if scale is None else scale.to(rows.dtype)
-            return self._csr(values) @ rows
+            # Under bf16 autocast `@` would cast to bf16, which has no sparse CPU kernel.
+            with torch.autocast("cpu", enabled=False):
+                return self._csr(values) @ rows
         if scale is not None:
             w = scale.to(rows.dtype)[:, None]
             rows = rows.mul_(w) if inplace else rows * w

@@ -42,6 +42,8 @@ def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
         return False
     if x.device.type == "cuda" and x.dtype != torch.bfloat16:
         return False  # the CUDA kernels are bf16-only on most torch versions
+    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
+        return False  # torch.compile traces grouped_mm with its meta kernel: bf16 only
     for t in (x, *weights):
         if t.dtype not in _GROUPED_MM_DTYPES or t.dtype != x.dtype or t.device != x.device:
             return False

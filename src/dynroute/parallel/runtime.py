@@ -151,8 +151,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch_command(nproc: int, argv: Sequence[str], module: str = "dynroute.cli") -> list[str]:
+def launch_command(
+    nproc: int,
+    argv: Sequence[str],
+    module: str = "dynroute.cli",
+    rendezvous: Mapping[str, str] | None = None,
+) -> list[str]:
     """The torchrun command line ``launch`` runs: N processes on this machine, loopback rendezvous.
+
+    ``rendezvous`` replaces the one-machine defaults with torchrun's multi-node flags
+    (``{"--nnodes": "2", "--node-rank": "0", "--master-addr": ..., "--master-port": ...}``).
 
     Example:
         >>> cmd = launch_command(2, ["train", "--steps", "10"])
@@ -163,20 +171,18 @@ def launch_command(nproc: int, argv: Sequence[str], module: str = "dynroute.cli"
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"launch: nproc must be an int >= 1, got {nproc!r}")
+    flags = {"--nnodes": "1", "--master-addr": "127.0.0.1", "--master-port": str(free_port())}
+    if rendezvous:
+        flags = {"--master-port": "29500", **dict(rendezvous)}
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
         str(nproc),
-        "--nnodes",
-        "1",
         "--max-restarts",
         "0",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
+        *(item for pair in flags.items() for item in pair),
         "-m",
         module,
         *argv,
@@ -189,6 +195,7 @@ def launch(
     module: str = "dynroute.cli",
     timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
+    rendezvous: Mapping[str, str] | None = None,
 ) -> int:
     """Re-run ``python -m <module> <argv>`` as ``nproc`` processes under torchrun; wait for them.
 
@@ -203,6 +210,7 @@ def launch(
         module: the ``-m`` module each process runs.
         timeout_s: kill the whole job after this many seconds (None = no limit).
         env: extra environment variables for the children.
+        rendezvous: torchrun's multi-node flags (see :func:`launch_command`).
 
     Returns:
         torchrun's exit code (0 when every rank succeeded; 124 on timeout).
@@ -212,7 +220,7 @@ def launch(
         if expert_parallel > 1 and not is_launched():
             raise typer.Exit(launch(expert_parallel, sys.argv[1:]))
     """
-    cmd = launch_command(nproc, argv, module)
+    cmd = launch_command(nproc, argv, module, rendezvous)
     child_env = dict(os.environ)
     child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     child_env["DYNROUTE_EXPERT_PARALLEL"] = str(nproc)

@@ -24,6 +24,7 @@ from typing import Any
 from dynroute.routing import parse_router
 
 __all__ = [
+    "RESOURCE_KEYS",
     "DataConfig",
     "RunConfig",
     "TrainConfig",
@@ -68,6 +69,14 @@ class TrainConfig:
         eval_batches: validation batches per evaluation (None: the whole split).
         checkpoint_interval: steps between atomic checkpoints.
         threads: torch CPU threads (0 = leave torch's default).
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
+        dtype: ``"float32"``, or ``"bfloat16"`` (autocast; weights and optimizer state stay
+            float32).
+        compile: ``torch.compile`` each transformer block.
+        grad_accum: micro-batches of ``batch_size`` rows per optimizer step (gradients add up).
+        activation_checkpointing: recompute each block's activations in the backward pass.
+        parallel: how ``--nproc N`` shares the dense parameters: ``"ddp"`` (replicated,
+            gradients all-reduced) or ``"fsdp"`` (FSDP2 ``fully_shard`` per block).
     """
 
     steps: int = 200
@@ -86,11 +95,48 @@ class TrainConfig:
     eval_batches: int | None = 20
     checkpoint_interval: int = 50
     threads: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    compile: bool = False
+    grad_accum: int = 1
+    activation_checkpointing: bool = False
+    parallel: str = "ddp"
+
+    def __post_init__(self) -> None:
+        check_train_settings(self)
 
     @property
     def tokens_per_step(self) -> int:
-        """batch_size · seq_len."""
-        return self.batch_size * self.seq_len
+        """batch_size · seq_len · grad_accum (per process)."""
+        return self.batch_size * self.seq_len * self.grad_accum
+
+
+# Settings that change how a run executes, not what it computes: a resumed run may change
+# them (train on a GPU in bfloat16, resume on a CPU in float32).
+RESOURCE_KEYS = ("threads", "device", "dtype", "compile", "activation_checkpointing", "parallel")
+
+
+def check_train_settings(t: TrainConfig) -> None:
+    """Raise a one-line ValueError naming the first bad execution setting of ``t``.
+
+    Example:
+        >>> TrainConfig(dtype="float16")
+        Traceback (most recent call last):
+        ...
+        ValueError: dtype = 'float16': use "float32" or "bfloat16"
+    """
+    from dynroute.train.device import DTYPES, parse_device
+
+    parse_device(t.device)
+    if t.dtype not in DTYPES:
+        raise ValueError(f"dtype = {t.dtype!r}: use " + " or ".join(f'"{d}"' for d in DTYPES))
+    for name in ("compile", "activation_checkpointing"):
+        if not isinstance(getattr(t, name), bool):
+            raise ValueError(f"{name} = {getattr(t, name)!r}: use true or false")
+    if isinstance(t.grad_accum, bool) or not isinstance(t.grad_accum, int) or t.grad_accum < 1:
+        raise ValueError(f"grad_accum = {t.grad_accum!r}: use an integer >= 1")
+    if t.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f'parallel = {t.parallel!r}: use "ddp" or "fsdp"')
 
 
 @dataclass
@@ -143,7 +189,10 @@ def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"{origin}: unknown key(s) {sorted(unknown)}; accepted: {sorted(names)}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
 
 
 def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | None) -> None:
@@ -206,11 +255,18 @@ _OVERRIDE_TARGETS = {
     "steps": ("train", "steps"),
     "seed": ("train", "seed"),
     "threads": ("train", "threads"),
+    "device": ("train", "device"),
+    "dtype": ("train", "dtype"),
+    "compile": ("train", "compile"),
+    "grad_accum": ("train", "grad_accum"),
+    "activation_checkpointing": ("train", "activation_checkpointing"),
+    "parallel": ("train", "parallel"),
 }
 
 
 def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
-    """Copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed, threads).
+    """Copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed, threads,
+    device, dtype, compile, grad_accum, activation_checkpointing, parallel).
 
     ``router`` is a name or ``name:key=value,...`` (any registered router); ``k`` and ``p``
     set those fields of the router when it has them.

@@ -9,7 +9,9 @@ that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from dynroute.data.cache import atomic_write_text
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.parallel import TrainingRanks
 from dynroute.routing.state import step_routers
+from dynroute.train.blocks import checkpoint_blocks, compile_blocks
 from dynroute.train.checkpoint import (
     CHECKPOINT_NAME,
     MODEL_DIR,
@@ -38,8 +41,9 @@ from dynroute.train.checkpoint import (
     export_model,
     load_checkpoint,
 )
-from dynroute.train.config import RunConfig
+from dynroute.train.config import RESOURCE_KEYS, RunConfig, TrainConfig
 from dynroute.train.data import DATA_FILE, data_json, load_data
+from dynroute.train.device import autocast, fused_adamw_supported, resolve_device, to_cpu
 from dynroute.train.evaluate import evaluate_model
 from dynroute.train.hooks import TrainHooks
 from dynroute.train.metrics import MetricsLog
@@ -72,7 +76,7 @@ class TrainResult:
     seconds: float
 
 
-def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
+def _optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
     # Decay matrices only; norms (1-D) are left alone, as in nanoGPT.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -84,6 +88,7 @@ def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
         ],
         lr=t.lr,
         betas=(t.beta1, t.beta2),
+        fused=fused_adamw_supported(device) or None,
     )
 
 
@@ -93,9 +98,14 @@ def _check_run_folder(out_dir: Path, cfg: RunConfig, write: bool = True) -> None
     mine = cfg.to_dict()
     if run_file.is_file():
         theirs = json.loads(run_file.read_text(encoding="utf-8"))
-        # Thread count is a resource setting, not part of what the run is.
+        # Resource settings (threads, device, dtype, ...) are not part of what the run is;
+        # settings added since an older run.json was written take their defaults.
+        theirs.setdefault("train", {})
+        for key, value in dataclasses.asdict(TrainConfig()).items():
+            theirs["train"].setdefault(key, value)
         for raw in (mine, theirs):
-            raw.get("train", {}).pop("threads", None)
+            for key in RESOURCE_KEYS:
+                raw.get("train", {}).pop(key, None)
         if theirs != mine:
             diff = [
                 f"{table}.{key}: {theirs.get(table, {}).get(key)!r} -> {value!r}"
@@ -145,6 +155,7 @@ def train(
     stop_after: int | None = None,
     expert_parallel: int = 1,
     hooks: TrainHooks | None = None,
+    nproc: int = 1,
 ) -> TrainResult:
     """Train (or resume) a DynMoE language model into ``out_dir``.
 
@@ -156,8 +167,14 @@ def train(
         stop_after: stop (after checkpointing) once this many steps are done; for tests.
         expert_parallel: N > 1 when this process is one of N torchrun ranks that each
             hold num_experts / N experts (``dynroute train --expert-parallel N`` starts
-            them). Each rank trains on its own batches (``batch_size`` per rank); rank 0
-            logs and writes the (unsharded) checkpoint.
+            them); the dense parameters are data-parallel (DDP) over the same ranks.
+        nproc: N > 1 when this process is one of N data-parallel torchrun ranks
+            (``dynroute train --nproc N``): DDP or FSDP2 (``cfg.train.parallel``).
+            Under either, each rank trains on ``batch_size`` rows per micro-batch: the
+            global batch of a step (``nproc · grad_accum · batch_size`` rows) is drawn
+            from one generator on every rank and each rank takes its slice, so a run
+            on N processes sees exactly the batches of one process with N times the
+            batch. Rank 0 logs and writes the (unsharded, CPU) checkpoint.
         hooks: what another model family changes in this recipe (its model, a per-step
             setting such as a temperature, extra logged metrics); see
             :class:`~dynroute.train.hooks.TrainHooks`.
@@ -171,7 +188,11 @@ def train(
     started = time.perf_counter()
     t = cfg.train
     out_dir = Path(out_dir)
-    ranks = TrainingRanks.from_env(expert_parallel)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(t.device, local_rank)  # fails before a folder is touched
+    ranks = TrainingRanks.from_env(
+        expert_parallel, nproc, t.parallel, backend="nccl" if device.type == "cuda" else "gloo"
+    )
     _check_run_folder(out_dir, cfg, write=ranks.is_main)
 
     if not ranks.is_main:
@@ -189,9 +210,16 @@ def train(
             vocab_size=data.vocab_size, max_seq_len=max(t.seq_len, 16), **cfg.model
         )
         model = DynMoEForCausalLM(model_cfg)  # identical on every rank (same seed) ...
-    run_model = ranks.wrap(model)  # ... then experts sharded, DDP for the rest (N > 1)
-    optimizer = _optimizer(model, cfg)
-    sampler = torch.Generator().manual_seed(t.seed + 1 + 7919 * ranks.rank)
+    if t.activation_checkpointing:
+        checkpoint_blocks(model)
+    if t.compile:
+        compile_blocks(model)
+    model.to(device)
+    run_model = ranks.wrap(model)  # ... then experts sharded, DDP/FSDP for the rest (N > 1)
+    optimizer = _optimizer(model, cfg, device)
+    # One generator, same on every rank: each draws the step's global batch, takes its rows.
+    sampler = torch.Generator().manual_seed(t.seed + 1)
+    rows = t.batch_size * t.grad_accum * ranks.world_size
 
     step, tokens_seen = 0, 0
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -201,7 +229,8 @@ def train(
         if len(samplers) != ranks.world_size:
             raise ConfigMismatchError(
                 f"{ckpt_path} was written by {len(samplers)} process(es); resume it with "
-                f"--expert-parallel {len(samplers)}, or use a new --out folder"
+                f"--nproc {len(samplers)} (or --expert-parallel {len(samplers)}), or use a "
+                "new --out folder"
             )
         ranks.load_model_state(model, state["model"])
         ranks.load_optimizer_state(optimizer, model, state["optimizer"])
@@ -215,8 +244,9 @@ def train(
     def checkpoint() -> None:
         # Under expert parallelism these gather the shards (collectives on every rank), so
         # the file is the same as a one-process run's and rank 0 alone writes it.
-        model_state = ranks.model_state(model)
-        optimizer_state = ranks.optimizer_state(optimizer, model)
+        # CPU tensors only: a checkpoint loads on any device (and under any dtype).
+        model_state = to_cpu(ranks.model_state(model))
+        optimizer_state = to_cpu(ranks.optimizer_state(optimizer, model))
         samplers = ranks.gather(sampler.get_state())
         if ranks.is_main:
             atomic_save(
@@ -234,13 +264,16 @@ def train(
                 ckpt_path,
             )
             export_model(
-                _unsharded(model, model_cfg, model_state), out_dir / MODEL_DIR, export_extra
+                _unsharded(model, model_cfg, model_state, ranks.ctx is not None),
+                out_dir / MODEL_DIR,
+                export_extra,
             )
         ranks.barrier()
 
     def evaluate() -> dict[str, Any]:
         # Every rank evaluates the same batches (its expert shard serves all of them).
-        result = evaluate_model(model, data.val_tokens, t.batch_size, t.seq_len, t.eval_batches)
+        with autocast(device, t.dtype):
+            result = evaluate_model(model, data.val_tokens, t.batch_size, t.seq_len, t.eval_batches)
         row = {"kind": "eval", "step": step, "tokens": tokens_seen, **result}
         if log is not None:
             log.write(row)
@@ -258,28 +291,38 @@ def train(
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = data.train.batch(t.batch_size, t.seq_len, generator=sampler)
+            xs, ys = data.train.batch(rows, t.seq_len, generator=sampler)
             if hooks.before_step is not None:
                 hooks.before_step(model, step, t.steps)
-            out = run_model(x, labels=y)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            totals = torch.zeros(3, device=device)  # loss, lm_loss, aux_loss (no host sync)
+            per_layer_sum: torch.Tensor | float = 0.0
+            for micro in range(t.grad_accum):
+                lo = (micro * ranks.world_size + ranks.rank) * t.batch_size
+                x = xs[lo : lo + t.batch_size].to(device, non_blocking=True)
+                y = ys[lo : lo + t.batch_size].to(device, non_blocking=True)
+                with ranks.gradient_sync(run_model, sync=micro == t.grad_accum - 1):
+                    with autocast(device, t.dtype):
+                        out = run_model(x, labels=y)
+                    # Mean over micro-batches: the gradient of the whole step's mean loss.
+                    (out.loss / t.grad_accum).backward()
+                totals += torch.stack([out.loss, out.lm_loss, out.aux_loss]).detach().float()
+                per_layer_sum = per_layer_sum + out.experts_per_layer
             grad_norm = (
                 ranks.clip_grad_norm_(model, t.grad_clip) if t.grad_clip > 0 else torch.tensor(0.0)
             )
             optimizer.step()
             step += 1
             step_routers(model, step, t.steps)  # stateful routers: controllers, schedules
-            tokens_seen += x.numel() * ranks.world_size
-            window_tokens += x.numel() * ranks.world_size
+            tokens_seen += rows * t.seq_len
+            window_tokens += rows * t.seq_len
 
             if step % t.log_interval == 0 or step == t.steps:
                 elapsed = time.perf_counter() - window_start
                 # Means over ranks (each rank saw its own batch); a no-op on one process.
-                local = [out.loss.item(), out.lm_loss.item(), out.aux_loss.item()]
-                loss, lm_loss, aux_loss, *per_layer = ranks.mean(
-                    [*local, *out.experts_per_layer.tolist()]
-                )
+                local = (totals / t.grad_accum).tolist()
+                experts = torch.as_tensor(per_layer_sum, dtype=torch.float32) / t.grad_accum
+                loss, lm_loss, aux_loss, *per_layer = ranks.mean([*local, *experts.tolist()])
                 row = {
                     "kind": "train",
                     "step": step,
@@ -325,9 +368,9 @@ def train(
     )
 
 
-def _unsharded(model: Any, model_cfg: Any, state: dict[str, Any]) -> Any:
-    """The model to export: itself on one process, a full copy of the gathered weights else."""
-    if all(model.state_dict()[k].shape == v.shape for k, v in state.items()):
+def _unsharded(model: Any, model_cfg: Any, state: dict[str, Any], parallel: bool) -> Any:
+    """The model to export: itself on one process, a CPU copy of the gathered weights else."""
+    if not parallel:
         return model
     full = type(model)(model_cfg)
     full.load_state_dict(state)
