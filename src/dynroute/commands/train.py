@@ -48,17 +48,29 @@ def register(app: typer.Typer) -> None:
                 "experts of every MoE layer and train on their own batches.",
             ),
         ] = 1,
+        restart_from_model: Annotated[
+            bool,
+            typer.Option(
+                "--restart-from-model",
+                help="Continue from the weights and step of OUT/model (fresh optimizer state) "
+                "when OUT/checkpoint.pt is damaged.",
+            ),
+        ] = False,
     ) -> None:
         """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
+        import contextlib
         import os
 
         import torch
         from rich.console import Console
+        from rich.markup import escape
 
         from dynroute.parallel import check_expert_parallel, is_launched, launch
         from dynroute.train import apply_overrides, load_config
         from dynroute.train import train as run_training
+        from dynroute.train.interrupt import TrainingInterrupted, stop_on_sigint
         from dynroute.train.loop import ConfigMismatchError
+        from dynroute.train.validate import check_corpus, check_run_config
 
         console = Console()
         try:
@@ -68,6 +80,17 @@ def register(app: typer.Typer) -> None:
             cfg = apply_overrides(
                 cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads
             )
+            given = {
+                "router": router,
+                "k": k,
+                "p": p,
+                "steps": steps,
+                "seed": seed,
+                "threads": threads,
+            }
+            flags = [name for name, value in given.items() if value is not None]
+            check_run_config(cfg, str(config), flags)  # every value, before anything is written
+            check_corpus(cfg.data.source)
             if cfg.train.threads:  # a process setting: the command's, not the library's
                 torch.set_num_threads(cfg.train.threads)
             if expert_parallel > 1 and not is_launched():
@@ -87,14 +110,28 @@ def register(app: typer.Typer) -> None:
                 argv += ["--progress" if progress else "--no-progress"]
                 argv += ["--expert-parallel", str(expert_parallel)]
                 raise typer.Exit(launch(expert_parallel, argv))
-            result = run_training(cfg, out, progress=progress, expert_parallel=expert_parallel)
+            with stop_on_sigint() if expert_parallel == 1 else contextlib.nullcontext():
+                result = run_training(
+                    cfg,
+                    out,
+                    progress=progress,
+                    expert_parallel=expert_parallel,
+                    restart_from_model=restart_from_model,
+                )
         except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
-            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
+        except TrainingInterrupted as err:
+            Console(stderr=True, soft_wrap=True).print(f"[yellow]{err}[/yellow]")
+            raise typer.Exit(130) from err
+        except KeyboardInterrupt as err:  # a second Ctrl-C, or one before the first step
+            Console(stderr=True, soft_wrap=True).print(
+                "[yellow]interrupted; the last checkpoint is intact: rerun the same command "
+                "to resume[/yellow]"
+            )
+            raise typer.Exit(130) from err
         if int(os.environ.get("RANK", "0")) != 0:
             return  # rank 0 reports for the whole job
-        if result.resumed_from:
-            console.print(f"resumed from step {result.resumed_from}")
         if result.final is not None:
             f = result.final
             console.print(

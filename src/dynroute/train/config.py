@@ -232,4 +232,4 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
         if name == "router" and ":" in value:
             value = parse_router(value)
         raw[table][key] = value
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(raw, origin="the command-line flags")
