@@ -81,8 +81,32 @@ def write_config(path: Path, corpus: Path | str, steps: int = 8) -> Path:
     return path
 
 
-def cli(*args: str | Path, cache: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run the real ``dynroute`` CLI in a subprocess (its own data cache)."""
+def cli(
+    *args: str | Path, cache: Path, timeout: float = 600, in_process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``dynroute`` CLI in a subprocess (its own data cache).
+
+    ``in_process``: through typer's ``CliRunner`` instead (the same code without the
+    ~5 s of imports a fresh interpreter pays); an exception other than the command's
+    own exit is re-raised, so a traceback cannot pass unnoticed.
+    """
+    if in_process:
+        from typer.testing import CliRunner
+
+        from dynroute.cli import app
+
+        old = os.environ.get("DYNROUTE_CACHE")
+        os.environ["DYNROUTE_CACHE"] = str(cache)
+        try:
+            result = CliRunner().invoke(app, [str(a) for a in args])
+        finally:
+            if old is None:
+                os.environ.pop("DYNROUTE_CACHE")
+            else:
+                os.environ["DYNROUTE_CACHE"] = old
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return subprocess.CompletedProcess(list(args), result.exit_code, result.output, "")
     env = {**os.environ, "DYNROUTE_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "dynroute.cli", *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -70,13 +70,14 @@ def register(app: typer.Typer) -> None:
         from dynroute.train import train as run_training
         from dynroute.train.interrupt import TrainingInterrupted, stop_on_sigint
         from dynroute.train.loop import ConfigMismatchError
-        from dynroute.train.validate import check_corpus, check_run_config
+        from dynroute.train.validate import check_corpus, check_probability, check_run_config
 
         console = Console()
         try:
             cfg = load_config(config)
             if data is not None and Path(data).exists():
                 data = str(Path(data).resolve())  # so eval finds it from any folder
+            check_probability(p, "--p")
             cfg = apply_overrides(
                 cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads
             )
