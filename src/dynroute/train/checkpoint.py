@@ -221,8 +221,11 @@ def resume_state(out_dir: Path | str, from_model: bool = False) -> dict[str, Any
                 f"--restart-from-model: {out_dir / MODEL_DIR} holds no intact export with its "
                 f"step ({RUN_INFO_FILE}); delete {out_dir} and train again"
             )
+        from transformers.utils import logging as hf_logging
+
         from dynroute.checkpoints import model_class
 
+        hf_logging.disable_progress_bar()  # ours is the one on screen
         config = read_json(out_dir / MODEL_DIR / "config.json")
         model = model_class(config.get("model_type")).from_pretrained(out_dir / MODEL_DIR)
         weights = model.state_dict()  # tied weights included, unlike the file
