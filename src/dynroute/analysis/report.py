@@ -178,7 +178,7 @@ def render_report(
     title = title or "Routing analysis: " + " vs ".join(labels)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     meta_rows = []
-    for key in ("checkpoint", "data", "split", "router", "seq_len", "num_sequences"):
+    for key in ("checkpoint", "data", "split", "router", "seq_len", "num_sequences", "num_tokens"):
         vals = [str(s["meta"].get(key, "–")) for s in runs.values()]
         if any(v != "–" for v in vals):
             meta_rows.append([key, *vals])
