@@ -69,23 +69,37 @@ def test_eval_and_analyze_after_the_text_moved(moved_run: dict[str, Path], tmp_p
     assert evaluate_checkpoint(copied)["val_loss"] == pytest.approx(final["val_loss"], rel=1e-6)
 
     # --data FILE: the whole file, encoded with the run's tokenizer (as for HF models).
-    file = moved / "part1.txt"
+    file = moved.parent / "other.txt"  # other text: a few of the lines, kept small
+    file.write_text("".join((moved / "part1.txt").read_text().splitlines(True)[:30]))
     on_file = evaluate_checkpoint(run, data=str(file))
     tok = Tokenizer.from_file(str(run / "model" / "tokenizer.json"))
     ids = encode_documents(tok, [file.read_text()])
     assert on_file["eval_tokens"] == num_eval_windows(ids, 32) * 32
     assert "the whole file" in on_file["eval_set"]
 
-    stats = analyze_checkpoint(run, tmp_path / "an", data=str(moved), progress=False)
-    assert stats["meta"]["num_tokens"] > 0
-    own = analyze_checkpoint(run, tmp_path / "own", progress=False)  # default: the eval set
-    assert own["meta"]["num_tokens"] == final["eval_tokens"]
-    assert own["experts_per_token"] == pytest.approx(default["mean_experts_per_token"], rel=1e-5)
+    args = {"progress": False, "max_tokens": 1024}
+    stats = analyze_checkpoint(run, tmp_path / "an", data=str(moved), **args)
+    assert stats["meta"]["num_tokens"] == 1024
+
+
+@pytest.fixture(scope="module")
+def own_stats(moved_run: dict[str, Path]) -> dict:
+    """``dynroute analyze RUN`` with its defaults, after the text moved."""
+    return analyze_checkpoint(moved_run["run"], moved_run["root"] / "analysis", progress=False)
+
+
+def test_analyze_defaults_to_the_run_evaluation_set(
+    moved_run: dict[str, Path], own_stats: dict
+) -> None:
+    final = [r for r in read_metrics(moved_run["run"] / "metrics.jsonl", "eval")][-1]
+    assert own_stats["meta"]["num_tokens"] == final["eval_tokens"]
+    expected = final["mean_experts_per_token"]
+    assert own_stats["experts_per_token"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_eval_cli_after_the_text_moved(moved_run: dict[str, Path]) -> None:
     run = moved_run["run"]
-    done = cli("eval", run, "--json", cache=moved_run["root"] / "cache2")
+    done = cli("eval", run, "--json", cache=moved_run["root"] / "cache2", in_process=True)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert "the run's evaluation set" in result["eval_set"]
@@ -110,9 +124,7 @@ def test_iter_eval_batches_on_windows_equals_on_tokens() -> None:
     assert a == b and a[-1][-1][0] == 61 * 16  # the last window of the split is in
 
 
-def test_layer_caption_is_computed_from_the_data(
-    moved_run: dict[str, Path], tmp_path: Path
-) -> None:
+def test_layer_caption_is_computed_from_the_data(own_stats: dict, tmp_path: Path) -> None:
     """Upper layers using more experts must never be captioned as lower layers using more."""
     upper = {"experts_per_layer": [1.2, 1.4, 2.1, 2.73], "meta": {"layer_indices": [0, 1, 2, 3]}}
     assert layer_pattern(**_args(upper)).endswith("upper layers use more (2.42 vs 1.30)")
@@ -125,8 +137,7 @@ def test_layer_caption_is_computed_from_the_data(
     assert layer_pattern(**_args(flat)) == "every layer uses 1.52 experts per token"
 
     # A real stats dict of the 2-layer run, its upper layer made the busier one.
-    stats = analyze_checkpoint(moved_run["run"], tmp_path / "an", progress=False)
-    stats["experts_per_layer"] = [1.12, 2.0]
+    stats = {**own_stats, "experts_per_layer": [1.12, 2.0]}
     assert findings(stats)[0] == (
         "Experts per token by layer: most in layer 1 (2.00), fewest in layer 0 (1.12); "
         "upper layers use more (2.00 vs 1.12)."

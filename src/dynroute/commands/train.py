@@ -127,8 +127,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130) from err
         except KeyboardInterrupt as err:  # a second Ctrl-C, or one before the first step
             Console(stderr=True, soft_wrap=True).print(
-                "[yellow]interrupted; the last checkpoint is intact: rerun the same command "
-                "to resume[/yellow]"
+                "[yellow]interrupted; rerun the same command to resume (from the last "
+                "checkpoint, if one was written)[/yellow]"
             )
             raise typer.Exit(130) from err
         if int(os.environ.get("RANK", "0")) != 0:

@@ -1,10 +1,12 @@
 """Ctrl-C during training: finish the step, write a checkpoint, stop with a clear message.
 
-The command installs :func:`stop_on_sigint`; the training loop asks :func:`stop_requested`
-after every step and, when asked to stop, checkpoints and raises
-:class:`TrainingInterrupted`. Called from Python without it, the loop never stops on
-its own (Ctrl-C is a plain ``KeyboardInterrupt`` there, and the last checkpoint stays
-intact because checkpoints are written atomically).
+The command installs :func:`stop_on_sigint`; the training loop calls :func:`steps_started`
+before its first step, asks :func:`stop_requested` after every step and, when asked to
+stop, checkpoints and raises :class:`TrainingInterrupted`. Before the steps start
+(tokenizing, building the model) Ctrl-C is a plain ``KeyboardInterrupt``: there is
+nothing to save yet, and waiting for a first step could take minutes. Called from
+Python without :func:`stop_on_sigint`, the loop never stops on its own (Ctrl-C is a plain
+``KeyboardInterrupt``; the last checkpoint stays intact, as checkpoints are atomic).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TrainingInterrupted", "stop_on_sigint", "stop_requested"]
+__all__ = ["TrainingInterrupted", "steps_started", "stop_on_sigint", "stop_requested"]
 
 _requested = threading.Event()
+_stepping = threading.Event()
 
 
 class TrainingInterrupted(Exception):
@@ -26,6 +29,11 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"interrupted at step {step}; rerun the same command to resume")
         self.step = step
+
+
+def steps_started() -> None:
+    """Called by the loop before its first step: from now on Ctrl-C waits for the step."""
+    _stepping.set()
 
 
 def stop_requested() -> bool:
@@ -53,10 +61,13 @@ def stop_on_sigint() -> Iterator[None]:
         yield
         return
     _requested.clear()
+    _stepping.clear()
 
     def handle(signum: int, frame: Any) -> None:
-        _requested.set()
         signal.signal(signal.SIGINT, previous)  # a second Ctrl-C is a real interrupt
+        if not _stepping.is_set():
+            raise KeyboardInterrupt
+        _requested.set()
 
     previous = signal.signal(signal.SIGINT, handle)
     try:
@@ -64,3 +75,4 @@ def stop_on_sigint() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         _requested.clear()
+        _stepping.clear()

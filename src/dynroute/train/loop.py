@@ -45,7 +45,7 @@ from dynroute.train.config import RunConfig
 from dynroute.train.data import load_data
 from dynroute.train.evaluate import evaluate_model
 from dynroute.train.hooks import TrainHooks
-from dynroute.train.interrupt import TrainingInterrupted, stop_requested
+from dynroute.train.interrupt import TrainingInterrupted, steps_started, stop_requested
 from dynroute.train.metrics import MetricsLog
 from dynroute.train.schedule import lr_at
 
@@ -271,6 +271,7 @@ def train(
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
     stats = ""
+    steps_started()  # Ctrl-C from here on: finish the step, checkpoint, stop
     with _progress(progress and ranks.is_main, t.steps, step, label) as update:
         while step < t.steps:
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
