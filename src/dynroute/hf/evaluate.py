@@ -131,10 +131,14 @@ def evaluate_ids(
     with measured(model):
         reset_routing_stats(model)
         batches = list(_batches(wins, batch_size))
-        if max_batches is not None:  # evenly spaced over the text, as dynroute runs do
+        if max_batches is not None and max_batches < len(batches):
+            # Evenly spaced over the text, as for dynroute runs; full batches first (a
+            # short last window would count as a whole batch).
             from dynroute.data.batches import eval_window_starts
 
-            batches = [batches[i] for i in eval_window_starts(len(batches), max_batches)]
+            full = [b for b in batches if b.shape == batches[0].shape]
+            pool = full if len(full) >= max_batches else batches
+            batches = [pool[i] for i in eval_window_starts(len(pool), max_batches)]
         # Each window scores itself: its logits but the last against its ids but the first.
         run = evaluate_lm(
             model,

@@ -65,7 +65,8 @@ class TrainConfig:
         seed: seeds model init and data sampling.
         log_interval: steps between training-metric lines in ``metrics.jsonl``.
         eval_interval: steps between validation evaluations (0 = only at the end).
-        eval_batches: validation batches per evaluation (None: the whole split).
+        eval_batches: validation batches per evaluation, their windows evenly spaced over
+            the split and saved with the model (None: the whole split).
         checkpoint_interval: steps between atomic checkpoints.
         threads: torch CPU threads (0 = leave torch's default).
     """
