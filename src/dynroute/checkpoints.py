@@ -7,6 +7,13 @@ and a transformers MoE checkpoint ``dynroute.hf`` adapts (patched or not). A fol
 none of these is searched for a sub-folder with a ``config.json`` (``final``, ``best``, ...).
 ``dynroute eval``, ``dynroute analyze`` and ``dynroute.train`` all load through it; it reads
 the run's files itself, so analysis never imports ``dynroute.train``.
+
+A ``model/`` folder exported by ``dynroute train`` is self-contained: besides the weights it
+holds the tokenizer (``tokenizer.json`` + ``tokenizer_config.json``, so
+``AutoTokenizer.from_pretrained`` loads it), the corpus settings (``dynroute_data.json``),
+the evaluation defaults and step (``dynroute_run.json``) and the evaluation set itself
+(``eval_windows.npy``): it evaluates and analyses after the training text has moved, and
+on another machine.
 """
 
 from __future__ import annotations
@@ -20,16 +27,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynroute.data import PreparedData, encode_documents, load_corpus, prepare_data
+from dynroute.data import (
+    CorpusError,
+    PreparedData,
+    encode_documents,
+    eval_windows,
+    load_corpus,
+    prepare_data,
+)
 
 __all__ = [
     "CHECKPOINT_NAMES",
     "DATA_FILE",
+    "EVAL_WINDOWS_FILE",
     "MODEL_CLASSES",
+    "RUN_INFO_FILE",
+    "CorruptFileError",
     "LoadedModel",
     "load_model",
     "model_class",
     "prepare_run_data",
+    "read_json",
     "resolve_checkpoint",
     "router_text",
 ]
@@ -59,6 +77,32 @@ def model_class(model_type: str | None) -> Any:
 
 DATA_FILE = "dynroute_data.json"
 """Written by ``dynroute.train`` next to exported weights: the corpus they were trained on."""
+RUN_INFO_FILE = "dynroute_run.json"
+"""Written next to exported weights: step, tokens and evaluation shapes of the run."""
+EVAL_WINDOWS_FILE = "eval_windows.npy"
+"""Written next to exported weights: the evaluation set, ids ``[n, seq_len + 1]``."""
+
+
+class CorruptFileError(ValueError):
+    """A file dynroute wrote cannot be read; the message names it and what to do."""
+
+
+def read_json(path: Path, hint: str = "") -> Any:
+    """``json.loads`` of a file we wrote, or one line naming the file if it is damaged.
+
+    Example:
+        >>> import tempfile; bad = Path(tempfile.mkdtemp()) / "run.json"
+        >>> _ = bad.write_text("{")
+        >>> read_json(bad, "delete it")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        dynroute.checkpoints.CorruptFileError: .../run.json is corrupt (not valid JSON: ...
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(
+            f"{path} is corrupt (not valid JSON: {err}){'; ' + hint if hint else ''}"
+        ) from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -112,6 +156,9 @@ class LoadedModel:
         prepared: the run's prepared corpus (cached token files) when its tokenizer
             came from it, else None.
         seq_len, batch_size: default evaluation shapes (the run's own when known).
+        windows: the run's evaluation set ``[n, seq_len + 1]`` (``eval_windows.npy``), if
+            saved; eval_batches: its size in batches when it must be cut from the split
+            (None: every window); step: the training step of the weights, when known.
     """
 
     model: nn.Module
@@ -122,6 +169,22 @@ class LoadedModel:
     prepared: PreparedData | None
     seq_len: int
     batch_size: int
+    windows: np.ndarray | None = None
+    eval_batches: int | None = None
+    step: int | None = None
+
+    def eval_set(self) -> np.ndarray:
+        """The default evaluation set, ids ``[n, seq_len + 1]``: the same windows everywhere.
+
+        ``dynroute train`` evaluates on these windows (``eval_batches * batch_size`` of
+        them, evenly spaced over the validation split) and saves them with the model;
+        ``dynroute eval`` and ``dynroute analyze`` use them by default, so their numbers
+        are the training log's.
+        """
+        if self.windows is not None:
+            return self.windows
+        limit = None if self.eval_batches is None else self.eval_batches * self.batch_size
+        return eval_windows(self.tokens(), self.seq_len, limit)
 
     def tokens(
         self,
@@ -139,18 +202,35 @@ class LoadedModel:
             split: ``"validation"`` or ``"train"``.
             max_tokens: tokens needed (bounds how much text is read and tokenized).
         """
-        if data is None and self.prepared is not None:
-            prepared = self.prepared
-            return np.asarray(
-                prepared.val_tokens if split == "validation" else prepared.train_tokens
+        if data is None:
+            prepared = self.prepared or self._prepare()
+            if prepared is not None:
+                return np.asarray(
+                    prepared.val_tokens if split == "validation" else prepared.train_tokens
+                )
+            if self.windows is not None and split == "validation":
+                return self.windows.reshape(-1)
+            raise FileNotFoundError(
+                f"the training corpus {self.data.get('source')} of {self.folder} is not there "
+                f"and {self.folder} holds no {EVAL_WINDOWS_FILE}; pass --data with held-out text"
             )
-        source = self.data["source"] if data is None else data
-        source = None if source in ("", "stdlib") else source
+        if Path(data).is_file():  # a file is read whole, as dynroute.hf.evaluate_text does
+            text = Path(data).read_bytes().decode("utf-8", errors="replace")
+            cap = None if max_tokens is None else 8 * (max_tokens + 1)
+            return _encode(self.tokenizer, [text[:cap] if cap else text])
+        source = None if data in ("", "stdlib") else data
         # ~4 bytes per token: 8 bytes per wanted token fills max_tokens without reading more.
         cap = None if max_tokens is None else 8 * (max_tokens + 1)
         column = self.data.get("text_column", "text")
         docs = load_corpus(source, split, text_column=column, max_bytes=cap)  # type: ignore[arg-type]
         return _encode(self.tokenizer, docs)
+
+    def _prepare(self) -> PreparedData | None:
+        """The training corpus's cached tokens, or None when that text is gone."""
+        try:
+            return prepare_run_data(self.data)
+        except (FileNotFoundError, CorpusError):
+            return None
 
 
 def _encode(tokenizer: Any, docs: list[str]) -> np.ndarray:
@@ -203,43 +283,108 @@ def load_model(path: str | Path) -> LoadedModel:
 
     root = Path(path)
     exported = root / "model" / "config.json"
-    if (root / "run.json").is_file() and (exported.is_file() or (root / "checkpoint.pt").is_file()):
-        run = json.loads((root / "run.json").read_text())
-        kind, data = "dynroute-run", run["data"]
-        seq_len, batch_size = int(run["train"]["seq_len"]), int(run["train"]["batch_size"])
+    has_ckpt = (root / "checkpoint.pt").is_file()
+    if (root / "run.json").is_file() and (exported.is_file() or has_ckpt):
         if exported.is_file():
-            cls = model_class(json.loads(exported.read_text()).get("model_type"))
-            folder, model = root / "model", cls.from_pretrained(root / "model")
-        else:  # killed before the first export: use the training checkpoint itself
-            # Our own file (written by dynroute.train): RNG states and plain values too.
-            state = torch.load(root / "checkpoint.pt", map_location="cpu", weights_only=False)
-            cls = model_class(state["model_config"].get("model_type"))
-            folder, model = root, cls(cls.config_class(**state["model_config"]))
-            model.load_state_dict(state["model"])
-        tokenizer = None
-    else:
-        folder = resolve_checkpoint(root)
-        config = json.loads((folder / "config.json").read_text())
-        if config.get("model_type") not in MODEL_CLASSES:
-            return _load_hf(folder, config)
-        model, kind = model_class(config["model_type"]).from_pretrained(folder), "dynmoe-model"
-        limit, batch_size = int(model.config.max_seq_len), 16
-        # Where its text and tokenizer come from, best first: the data settings `dynroute
-        # train` exports with it, a tokenizer.json beside it, else the default corpus at
-        # the model's vocabulary size.
-        data, seq_len, tokenizer = {"source": "stdlib"}, min(256, limit), None
-        tok_files = [d / "tokenizer.json" for d in (folder, folder.parent)]
-        if (folder / DATA_FILE).is_file():  # 128-token windows, as `dynroute eval` always used
-            data, seq_len = json.loads((folder / DATA_FILE).read_text()), min(128, limit)
-        elif any(f.is_file() for f in tok_files):
-            from tokenizers import Tokenizer
+            return _load_dynroute_folder(root / "model", run_dir=root)
+        # Killed before the first export: use the training checkpoint itself.
+        run = read_json(root / "run.json", "delete it and rerun `dynroute train` to resume")
+        state = _load_training_checkpoint(root / "checkpoint.pt")
+        cls = model_class(state["model_config"].get("model_type"))
+        model = cls(cls.config_class(**state["model_config"]))
+        model.load_state_dict(state["model"])
+        data, train = run["data"], run["train"]
+        prepared = prepare_run_data(data)
+        return LoadedModel(
+            model.eval(), root, prepared.tokenizer, "dynroute-run", data, prepared,
+            int(train["seq_len"]), int(train["batch_size"]),
+            eval_batches=train.get("eval_batches"), step=int(state["step"]),
+        )  # fmt: skip
+    folder = resolve_checkpoint(root)
+    config = read_json(folder / "config.json", _rewrite_hint(folder))
+    if config.get("model_type") not in MODEL_CLASSES:
+        return _load_hf(folder, config)
+    return _load_dynroute_folder(folder)
 
-            tokenizer = Tokenizer.from_file(str(next(f for f in tok_files if f.is_file())))
-        else:
+
+def _rewrite_hint(folder: Path) -> str:
+    """What to do about a damaged file in an exported model folder."""
+    run = folder.parent
+    if folder.name == "model" and (run / "checkpoint.pt").is_file():
+        return (
+            f"if {run / 'checkpoint.pt'} is intact, rerunning the same `dynroute train` command "
+            f"rewrites {folder} from it; or copy {folder.name}/ again from where it came from"
+        )
+    return "copy the folder again from where it came from, or retrain"
+
+
+def _load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """``checkpoint.pt`` (our own file: RNG states and plain values too), or one clear line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CorruptFileError(
+            f"{path} is corrupt ({type(err).__name__}) and {path.parent} has no model/ export "
+            f"to fall back on; delete {path.parent} and train again"
+        ) from None
+
+
+def _load_dynroute_folder(folder: Path, run_dir: Path | None = None) -> LoadedModel:
+    """A DynMoE / adaptive ``save_pretrained`` folder, with what ``dynroute train`` put in it.
+
+    Tokenizer, corpus settings, evaluation shapes and set come from the folder itself
+    (older exports: from the run's ``run.json`` and its cached corpus).
+    """
+    hint = _rewrite_hint(folder)
+    config = read_json(folder / "config.json", hint)
+    cls = model_class(config.get("model_type"))
+    try:
+        model = cls.from_pretrained(folder)
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
+        weights = next(iter(sorted(folder.glob("*.safetensors"))), folder / "model.safetensors")
+        raise CorruptFileError(
+            f"{weights} cannot be read ({type(err).__name__}: {str(err)[:120]}); {hint}"
+        ) from None
+    limit = int(model.config.max_seq_len)
+    info = read_json(folder / RUN_INFO_FILE, hint) if (folder / RUN_INFO_FILE).is_file() else {}
+    data: dict[str, Any] = {"source": "stdlib"}
+    if (folder / DATA_FILE).is_file():
+        data = read_json(folder / DATA_FILE, hint)
+    run: dict[str, Any] = {}
+    if run_dir is not None and not info:  # an export older than dynroute_run.json
+        run = read_json(run_dir / "run.json", "delete it and rerun `dynroute train` to resume")
+        data = run["data"]
+    train = info or run.get("train", {})
+    if train:
+        seq_len, batch_size = int(train["seq_len"]), int(train["batch_size"])
+    elif (folder / DATA_FILE).is_file():  # 128-token windows, as `dynroute eval` always used
+        seq_len, batch_size = min(128, limit), 16
+    else:
+        seq_len, batch_size = min(256, limit), 16
+    tok_files = [d / "tokenizer.json" for d in (folder, folder.parent)]
+    tokenizer, prepared = None, None
+    if any(f.is_file() for f in tok_files):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(next(f for f in tok_files if f.is_file())))
+    else:
+        if not (folder / DATA_FILE).is_file() and not run:
             data["vocab_size"] = int(model.config.vocab_size)
-    prepared = prepare_run_data(data) if tokenizer is None else None
-    tokenizer = prepared.tokenizer if prepared is not None else tokenizer
-    return LoadedModel(model.eval(), folder, tokenizer, kind, data, prepared, seq_len, batch_size)
+        prepared = prepare_run_data(data)
+        tokenizer = prepared.tokenizer
+    windows = None
+    if (folder / EVAL_WINDOWS_FILE).is_file():
+        try:
+            windows = np.load(folder / EVAL_WINDOWS_FILE)
+        except (ValueError, OSError, EOFError) as err:
+            raise CorruptFileError(
+                f"{folder / EVAL_WINDOWS_FILE} is corrupt ({err}); {hint}"
+            ) from None
+    kind = "dynroute-run" if run_dir is not None else "dynmoe-model"
+    return LoadedModel(
+        model.eval(), folder, tokenizer, kind, data, prepared, seq_len, batch_size,
+        windows=windows, eval_batches=train.get("eval_batches"), step=info.get("step"),
+    )  # fmt: skip
 
 
 def _load_hf(folder: Path, config: dict[str, Any]) -> LoadedModel:

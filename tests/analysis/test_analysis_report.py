@@ -91,7 +91,7 @@ def test_findings_put_the_numbers_in_words(two_runs, tmp_path):
 
     a, _ = two_runs
     lines = findings(a)
-    assert lines[0] == "Every layer runs 2.00 experts per token on average."
+    assert lines[0] == "Experts per token by layer: every layer uses 2.00 experts per token."
     assert "cannot matter" in lines[1]  # fixed top-k: no Spearman
     drops = dict(a)
     drops["position_drop_rate"] = [0.0] * 4 + [0.5] * 4

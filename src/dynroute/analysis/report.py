@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dynroute.analysis.plots import FIGURES
-from dynroute.analysis.table import findings, summary_rows
+from dynroute.analysis.table import findings, layer_pattern, summary_rows
 
 __all__ = ["REPORT_FILE", "render_report"]
 
@@ -34,7 +34,7 @@ NOTES = {
     "experts_hist": "How many experts each token runs (top-k: always k; top-p and null "
     "experts: varies). Left: all layers pooled; right: one row per layer.",
     "experts_per_layer": "Mean experts per token in each layer. The top-p models of "
-    '"Harder Tasks Need More Experts" spend more experts in lower layers.',
+    '"Harder Tasks Need More Experts" spent more experts in lower layers; here:',
     "difficulty": "Tokens binned into deciles of their next-token loss (left; y = experts "
     "summed over layers / number of layers) and of their router entropy (right). Spearman: "
     "rank correlation over all tokens (ties averaged; loss quantized to the bin width).",
@@ -178,7 +178,7 @@ def render_report(
     title = title or "Routing analysis: " + " vs ".join(labels)
     sections = [f"<h1>{html.escape(title)}</h1>"]
     meta_rows = []
-    for key in ("checkpoint", "data", "split", "router", "seq_len", "num_sequences"):
+    for key in ("checkpoint", "data", "split", "router", "seq_len", "num_sequences", "num_tokens"):
         vals = [str(s["meta"].get(key, "–")) for s in runs.values()]
         if any(v != "–" for v in vals):
             meta_rows.append([key, *vals])
@@ -199,9 +199,16 @@ def render_report(
         png = _png(plot(runs))
         _atomic_write(figdir / f"{name}.png", png)
         b64 = base64.b64encode(png).decode("ascii")
+        note = NOTES[name].format(min_count=min_count)
+        if name == "experts_per_layer":  # what this data shows, never a fixed claim
+            patterns = [
+                f"{label}: {layer_pattern(r['experts_per_layer'], r['meta'].get('layer_indices'))}"
+                for label, r in runs.items()
+            ]
+            note += " " + "; ".join(patterns) + "."
         sections.append(
             f'<h2 id="{name}">{html.escape(heading)}</h2>'
-            f'<p class="note">{html.escape(NOTES[name].format(min_count=min_count))}</p>'
+            f'<p class="note">{html.escape(note)}</p>'
             f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{b64}">'
         )
     for label, s in runs.items():

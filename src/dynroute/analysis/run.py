@@ -48,7 +48,8 @@ def analyze_model(
     Args:
         model: a causal LM whose routing modules are ``dynroute.layers.MoE`` (or give a
             ``recorder`` already attached to an adapted model's modules).
-        tokens: 1-D ids ``[L]``, cut into non-overlapping windows of ``seq_len``.
+        tokens: 1-D ids ``[L]``, cut into non-overlapping windows of ``seq_len``, or
+            windows already cut ``[n, seq_len + 1]`` (a run's evaluation set).
         seq_len, batch_size: window length and windows per forward pass.
         max_tokens: analyse at most this many tokens (None: all).
         config: recorder settings; decode: id -> text for the top-token tables.
@@ -69,9 +70,15 @@ def analyze_model(
         (64, 1)
     """
     ids = tokens.numpy() if isinstance(tokens, Tensor) else np.asarray(tokens)
-    if max_tokens is not None:
-        ids = ids[: max_tokens + 1]
-    if ids.shape[0] < seq_len + 1:
+    if ids.ndim == 2:  # windows already cut
+        keep = ids.shape[0] if max_tokens is None else max(1, max_tokens // seq_len)
+        ids = ids[:keep]
+        n_windows = ids.shape[0]
+    else:
+        if max_tokens is not None:
+            ids = ids[: max_tokens + 1]
+        n_windows = num_eval_windows(ids, seq_len)
+    if ids.ndim == 1 and ids.shape[0] < seq_len + 1:
         raise ValueError(
             f"analyze: only {ids.shape[0]} held-out tokens, need at least seq_len + 1 = "
             f"{seq_len + 1}; pass more text (--data) or a shorter --seq-len"
@@ -87,7 +94,7 @@ def analyze_model(
             before_batch=rec.begin_batch,
             after_batch=lambda output, losses: rec.end_batch(losses),
             progress=progress,
-            total=-(-num_eval_windows(ids, seq_len) // batch_size),
+            total=-(-n_windows // batch_size),
             label="routing",
             interruptible=True,  # Ctrl-C keeps what was recorded (a second one aborts)
         )
@@ -135,7 +142,7 @@ def analyze_checkpoint(
     split: str = "validation",
     seq_len: int | None = None,
     batch_size: int = 8,
-    max_tokens: int | None = 65_536,
+    max_tokens: int | None = None,
     config: RecorderConfig | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -147,10 +154,13 @@ def analyze_checkpoint(
             dynroute model, or a transformers MoE checkpoint (see
             :func:`dynroute.checkpoints.load_model`).
         out_dir: where ``stats.json`` goes.
-        data: held-out corpus (default: the run's corpus or the stdlib corpus);
-            split: its part to read.
+        data: held-out text (default: the run's corpus or the stdlib corpus): a file is
+            read whole, a folder or saved dataset by ``split``.
         seq_len: window length (default: the run's, else min(256, the model's limit)).
-        batch_size, max_tokens, config: see :func:`analyze_model`.
+        max_tokens: analyse at most this many tokens. None: a dynroute run's evaluation
+            set (the windows ``dynroute train`` and ``dynroute eval`` score) when no
+            other ``data``, ``split`` or ``seq_len`` is asked for, else 65,536.
+        batch_size, config: see :func:`analyze_model`.
         device: run the model there (e.g. ``"cuda"``); default: where it loads (CPU).
 
     Returns:
@@ -166,7 +176,12 @@ def analyze_checkpoint(
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"analyze: device {device!r} asked for, but CUDA is not available here")
     loaded = load_model(checkpoint)
-    tokens = loaded.tokens(data, split, max_tokens)
+    own_set = data is None and split == "validation" and seq_len in (None, loaded.seq_len)
+    if own_set and max_tokens is None and loaded.kind != "hf-moe":
+        tokens = loaded.eval_set()  # the same windows as training's and `dynroute eval`'s
+    else:
+        max_tokens = 65_536 if max_tokens is None else max_tokens
+        tokens = loaded.tokens(data, split, max_tokens)
     if device is not None:
         loaded.model.to(device)
     cfg = loaded.model.config

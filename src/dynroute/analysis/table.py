@@ -8,7 +8,14 @@ from typing import Any
 
 from rich.table import Table
 
-__all__ = ["findings", "headline_cache_size", "strength", "summary_rows", "summary_table"]
+__all__ = [
+    "findings",
+    "headline_cache_size",
+    "layer_pattern",
+    "strength",
+    "summary_rows",
+    "summary_table",
+]
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -18,6 +25,43 @@ def _f(x: float | None, digits: int = 3) -> str:
 def _mean(xs: list[float | None]) -> float | None:
     vals = [x for x in xs if x is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def layer_pattern(per_layer: list[float | None], layers: list[int] | None = None) -> str:
+    """Where a run spends its experts across layers, in words computed from the numbers.
+
+    Compares the mean of the lower half of the layers with the upper half (the middle
+    layer of an odd count is in neither); differences under 0.01 experts are "equal",
+    since the values are shown with two decimals.
+
+    Args:
+        per_layer: mean experts per token of each MoE layer, bottom first (None: no data).
+        layers: the layer numbers to name (default 0, 1, ...).
+
+    Example:
+        >>> layer_pattern([1.2, 1.5, 2.73], [0, 1, 2])
+        'most in layer 2 (2.73), fewest in layer 0 (1.20); upper layers use more (2.73 vs 1.20)'
+        >>> layer_pattern([1.52, 1.521])
+        'every layer uses 1.52 experts per token'
+    """
+    pairs = [(i, x) for i, x in zip(layers or range(len(per_layer)), per_layer, strict=False)]
+    pairs = [(i, x) for i, x in pairs if x is not None]
+    if not pairs:
+        return "no per-layer data"
+    values = [x for _, x in pairs]
+    if max(values) - min(values) < 0.005:
+        return f"every layer uses {values[0]:.2f} experts per token"
+    hi, lo = max(pairs, key=lambda p: p[1]), min(pairs, key=lambda p: p[1])
+    text = f"most in layer {hi[0]} ({hi[1]:.2f}), fewest in layer {lo[0]} ({lo[1]:.2f})"
+    half = len(values) // 2
+    lower, upper = _mean(values[:half]), _mean(values[len(values) - half :])
+    if lower is None or upper is None:
+        return text
+    if abs(upper - lower) < 0.005:
+        return f"{text}; lower and upper layers use the same on average ({lower:.2f})"
+    side = "lower" if lower > upper else "upper"
+    big, small = max(lower, upper), min(lower, upper)
+    return f"{text}; {side} layers use more ({big:.2f} vs {small:.2f})"
 
 
 def headline_cache_size(runs: list[dict[str, Any]]) -> int | None:
@@ -161,8 +205,9 @@ def findings(stats: dict[str, Any]) -> list[str]:
         ...      "token_id_consistency": [0.9], "token_id_baseline": [0.5],
         ...      "cache_hit_rate": {"8": {"2": 0.75}}, "position_drop_rate": []}
         >>> lines = findings(s)
-        >>> print(lines[0])
-        Experts per token vary by layer: most in layer 0 (1.50), fewest in layer 1 (1.00).
+        >>> print(lines[0])  # doctest: +NORMALIZE_WHITESPACE
+        Experts per token by layer: most in layer 0 (1.50), fewest in layer 1 (1.00);
+        lower layers use more (1.50 vs 1.00).
         >>> lines[1].startswith("Harder tokens get more experts, a weak effect: Spearman 0.200")
         True
         >>> lines[2].endswith("routing is largely decided by the token id.")
@@ -171,15 +216,9 @@ def findings(stats: dict[str, Any]) -> list[str]:
     out = []
     per_layer = [x for x in stats["experts_per_layer"] if x is not None]
     idx = stats["meta"].get("layer_indices") or list(range(len(per_layer)))
-    if per_layer and max(per_layer) - min(per_layer) < 1e-6:
-        out.append(f"Every layer runs {per_layer[0]:.2f} experts per token on average.")
-    elif per_layer:
-        hi = max(range(len(per_layer)), key=per_layer.__getitem__)
-        lo = min(range(len(per_layer)), key=per_layer.__getitem__)
-        out.append(
-            f"Experts per token vary by layer: most in layer {idx[hi]} ({per_layer[hi]:.2f}), "
-            f"fewest in layer {idx[lo]} ({per_layer[lo]:.2f})."
-        )
+    if per_layer:
+        pattern = layer_pattern(per_layer, idx)
+        out.append(f"Experts per token by layer: {pattern}.")
     rho = stats.get("difficulty_spearman")
     if rho is None:
         out.append("Every token runs the same number of experts, so difficulty cannot matter.")

@@ -52,7 +52,14 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Re-render DIR/report.html from DIR/stats.json (no model run)."),
         ] = None,
         split: Annotated[str, typer.Option(help="Part of --data to read.")] = "validation",
-        max_tokens: Annotated[int, typer.Option(help="Analyse at most this many tokens.")] = 65_536,
+        max_tokens: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Analyse at most this many tokens (default: a dynroute run's evaluation "
+                "set, the windows `dynroute train` and `dynroute eval` score; else 65,536).",
+            ),
+        ] = None,
         seq_len: Annotated[
             int | None, typer.Option(help="Window length (default: min(256, model max)).")
         ] = None,
@@ -73,6 +80,7 @@ def register(app: typer.Typer) -> None:
         specialization, expert-cache hit rates (offloading) and drops by position.
         """
         from rich.console import Console
+        from rich.markup import escape
 
         from dynroute.analysis import (
             RecorderConfig,
@@ -117,7 +125,7 @@ def register(app: typer.Typer) -> None:
                 report = out / "report.html"
                 runs = load_runs(out)
         except (FileNotFoundError, ValueError, RuntimeError) as err:
-            console.print(f"[red]error:[/red] {err}")
+            console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(1) from err
         console.print(summary_table(runs))
         for label, stats in runs.items():

@@ -15,15 +15,41 @@ def register(app: typer.Typer) -> None:
             Path, typer.Argument(help="A `dynroute train` --out folder or its model/ folder.")
         ],
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-        data: Annotated[str | None, typer.Option(help="Evaluate on another corpus.")] = None,
-        batch_size: Annotated[int | None, typer.Option(help="Windows per batch.")] = None,
-        seq_len: Annotated[int | None, typer.Option(help="Window length.")] = None,
-        max_batches: Annotated[int | None, typer.Option(help="Stop after N batches.")] = None,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                help="Evaluate on this text instead: a file is read whole, a folder or saved "
+                "dataset by its validation split (the same for dynroute runs and "
+                "transformers models)."
+            ),
+        ] = None,
+        batch_size: Annotated[
+            int | None, typer.Option(min=1, help="Windows per batch (default: the run's).")
+        ] = None,
+        seq_len: Annotated[
+            int | None, typer.Option(min=1, help="Window length (default: the run's).")
+        ] = None,
+        max_batches: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Score N batches of windows evenly spaced over the text (default: the "
+                "run's evaluation set; with --data, all of it).",
+            ),
+        ] = None,
     ) -> None:
-        """Evaluate CHECKPOINT on the validation split of its training corpus."""
+        """Evaluate CHECKPOINT; by default on the windows its training evaluated on.
+
+        For a `dynroute train` run the default is the run's evaluation set, saved in
+        RUN/model: eval_batches x batch_size windows of seq_len tokens, evenly spaced over
+        the validation split, the same windows `dynroute train` logs and `dynroute
+        analyze` reads, so the numbers agree. --max-batches N scores N batches evenly
+        spaced over the whole validation split instead.
+        """
         import json
 
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         from dynroute.checkpoints import load_model
@@ -44,10 +70,12 @@ def register(app: typer.Typer) -> None:
                     progress=not json_out,
                 )
             else:
-                result = evaluate_checkpoint(loaded, data, batch_size, seq_len, max_batches)
+                result = evaluate_checkpoint(
+                    loaded, data, batch_size, seq_len, max_batches, progress=not json_out
+                )
             result["checkpoint"] = str(checkpoint)
         except (FileNotFoundError, ValueError) as err:
-            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
         if json_out:
             print(json.dumps(result))
@@ -71,3 +99,5 @@ def register(app: typer.Typer) -> None:
         for name, value in rows:
             table.add_row(name, value)
         console.print(table)
+        if "eval_set" in result:
+            console.print(f"evaluated on {escape(result['eval_set'])}")

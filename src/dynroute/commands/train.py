@@ -145,17 +145,29 @@ def register(app: typer.Typer) -> None:
         master_port: Annotated[
             int | None, typer.Option(help="torchrun: free TCP port on that node.")
         ] = None,
+        restart_from_model: Annotated[
+            bool,
+            typer.Option(
+                "--restart-from-model",
+                help="Continue from the weights and step of OUT/model (fresh optimizer state) "
+                "when OUT/checkpoint.pt is damaged.",
+            ),
+        ] = False,
     ) -> None:
         """Train a DynMoE language model; metrics go to OUT/metrics.jsonl, weights to OUT/model."""
+        import contextlib
         import os
 
         import torch
         from rich.console import Console
+        from rich.markup import escape
 
         from dynroute.parallel import check_expert_parallel, is_launched, launch
         from dynroute.train import apply_overrides, load_config
         from dynroute.train import train as run_training
+        from dynroute.train.interrupt import TrainingInterrupted, stop_on_sigint
         from dynroute.train.loop import ConfigMismatchError
+        from dynroute.train.validate import check_corpus, check_probability, check_run_config
 
         console = Console()
         try:
@@ -170,10 +182,23 @@ def register(app: typer.Typer) -> None:
                 activation_checkpointing=activation_checkpointing,
                 parallel=None if fsdp is None else ("fsdp" if fsdp else "ddp"),
             )
+            check_probability(p, "--p")
             cfg = apply_overrides(
                 cfg, router=router, k=k, p=p, steps=steps, seed=seed, data=data, threads=threads,
                 **settings,
             )  # fmt: skip
+            given = {
+                "router": router,
+                "k": k,
+                "p": p,
+                "steps": steps,
+                "seed": seed,
+                "threads": threads,
+                **settings,
+            }
+            flags = [name for name, value in given.items() if value is not None]
+            check_run_config(cfg, str(config), flags)  # every value, before anything is written
+            check_corpus(cfg.data.source)
             if cfg.train.threads:  # a process setting: the command's, not the library's
                 torch.set_num_threads(cfg.train.threads)
             if expert_parallel > 1 and nproc > 1 and expert_parallel != nproc:
@@ -199,23 +224,34 @@ def register(app: typer.Typer) -> None:
                 argv = relaunch_argv(
                     config, out, progress,
                     data=data, router=router, k=k, p=p, steps=steps, seed=seed,
-                    threads=threads, expert_parallel=expert_parallel, **settings,
+                    threads=threads, expert_parallel=expert_parallel,
+                    restart_from_model=restart_from_model or None, **settings,
                 )  # fmt: skip
                 raise typer.Exit(launch(world, argv, rendezvous=nodes))
-            result = run_training(
-                cfg,
-                out,
-                progress=progress,
-                expert_parallel=expert_parallel,
-                nproc=nproc,
-            )
+            interruptible = expert_parallel == 1 and nproc == 1
+            with stop_on_sigint() if interruptible else contextlib.nullcontext():
+                result = run_training(
+                    cfg,
+                    out,
+                    progress=progress,
+                    expert_parallel=expert_parallel,
+                    nproc=nproc,
+                    restart_from_model=restart_from_model,
+                )
         except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
-            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
+        except TrainingInterrupted as err:
+            Console(stderr=True, soft_wrap=True).print(f"[yellow]{err}[/yellow]")
+            raise typer.Exit(130) from err
+        except KeyboardInterrupt as err:  # a second Ctrl-C, or one before the first step
+            Console(stderr=True, soft_wrap=True).print(
+                "[yellow]interrupted; rerun the same command to resume (from the last "
+                "checkpoint, if one was written)[/yellow]"
+            )
+            raise typer.Exit(130) from err
         if int(os.environ.get("RANK", "0")) != 0:
             return  # rank 0 reports for the whole job
-        if result.resumed_from:
-            console.print(f"resumed from step {result.resumed_from}")
         if result.final is not None:
             f = result.final
             console.print(

@@ -7,7 +7,13 @@ Quick start::
     x, y = data.train.batch(8, 256)             # LongTensors [8, 256]
 """
 
-from dynroute.data.batches import TokenDataset, get_batch, iter_eval_batches, num_eval_windows
+from dynroute.data.batches import (
+    TokenDataset,
+    eval_windows,
+    get_batch,
+    iter_eval_batches,
+    num_eval_windows,
+)
 from dynroute.data.cache import CACHE_ENV_VAR, default_cache_dir, fingerprint
 from dynroute.data.corpus import (
     CorpusError,
@@ -51,6 +57,7 @@ __all__ = [
     "default_cache_dir",
     "encode_documents",
     "eos_id",
+    "eval_windows",
     "fingerprint",
     "get_batch",
     "get_token_file",

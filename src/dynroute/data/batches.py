@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["TokenDataset", "get_batch", "iter_eval_batches", "num_eval_windows"]
+__all__ = [
+    "TokenDataset",
+    "eval_window_starts",
+    "eval_windows",
+    "get_batch",
+    "iter_eval_batches",
+    "num_eval_windows",
+]
 
 Device = torch.device | str | None
 
@@ -89,6 +96,42 @@ def num_eval_windows(tokens: np.ndarray, seq_len: int) -> int:
     return max(int(tokens.shape[0]) - 1, 0) // seq_len
 
 
+def eval_window_starts(n_windows: int, max_windows: int | None = None) -> np.ndarray:
+    """Indices of the evaluation windows: all of them, or ``max_windows`` evenly spaced.
+
+    Evenly spaced rather than the first N: text is not uniformly hard along a corpus
+    (the first files of a sorted folder are not a random sample), so a budget spread
+    over the whole split estimates the full-split loss better than its head does.
+
+    Example:
+        >>> eval_window_starts(10, 3).tolist(), eval_window_starts(4).tolist()
+        ([0, 4, 9], [0, 1, 2, 3])
+    """
+    if max_windows is None or max_windows >= n_windows:
+        return np.arange(n_windows, dtype=np.int64)
+    if max_windows <= 0:
+        return np.zeros(0, dtype=np.int64)
+    # Distinct because max_windows < n_windows: consecutive points differ by > 1.
+    return np.linspace(0, n_windows - 1, max_windows).round().astype(np.int64)
+
+
+def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None) -> np.ndarray:
+    """The evaluation set of ``tokens``: ids ``[n, seq_len + 1]`` of non-overlapping windows.
+
+    Window ``k`` is ``tokens[k*T : (k+1)*T + 1]`` (inputs and the shifted targets);
+    ``max_windows`` of them evenly spaced (see :func:`eval_window_starts`). This is
+    what ``dynroute train`` evaluates on and stores in ``model/eval_windows.npy``.
+
+    Example:
+        >>> eval_windows(np.arange(17), 4, 2).tolist()
+        [[0, 1, 2, 3, 4], [12, 13, 14, 15, 16]]
+    """
+    _check(tokens, 1, seq_len)
+    starts = eval_window_starts(num_eval_windows(tokens, seq_len), max_windows) * seq_len
+    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
+    return np.asarray(tokens[idx])
+
+
 def iter_eval_batches(
     tokens: np.ndarray,
     batch_size: int,
@@ -96,16 +139,19 @@ def iter_eval_batches(
     max_batches: int | None = None,
     device: Device = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Walk ``tokens`` in order with non-overlapping windows (deterministic evaluation).
+    """Batches of non-overlapping windows of ``tokens`` (deterministic evaluation).
 
     Window ``k`` covers inputs ``tokens[k*T : (k+1)*T]`` and targets shifted by one.
-    The last batch may hold fewer than ``batch_size`` rows.
+    With ``max_batches``, ``max_batches * batch_size`` windows evenly spaced over the
+    whole array are used (:func:`eval_window_starts`), in order. ``tokens`` may also be
+    windows already cut, ``[n, T + 1]`` (:func:`eval_windows`). The last batch may hold
+    fewer than ``batch_size`` rows.
 
     Args:
-        tokens: 1-D id array ``[L]``, ``L >= seq_len + 1``.
+        tokens: 1-D id array ``[L]``, ``L >= seq_len + 1``, or windows ``[n, seq_len + 1]``.
         batch_size: B (max rows per batch).
         seq_len: T.
-        max_batches: stop after this many batches (``None``: all windows).
+        max_batches: use at most this many batches (``None``: all windows).
         device: optional device to move the tensors to.
 
     Yields:
@@ -115,14 +161,28 @@ def iter_eval_batches(
         >>> batches = list(iter_eval_batches(np.arange(17, dtype=np.uint16), 3, 4))
         >>> [tuple(x.shape) for x, _ in batches]
         [(3, 4), (1, 4)]
+        >>> [x[:, 0].tolist() for x, _ in iter_eval_batches(np.arange(41), 2, 4, 1)]
+        [[0, 36]]
     """
-    _check(tokens, batch_size, seq_len)
-    n_windows = num_eval_windows(tokens, seq_len)
-    for i, first in enumerate(range(0, n_windows, batch_size)):
-        if max_batches is not None and i >= max_batches:
-            return
-        starts = np.arange(first, min(first + batch_size, n_windows), dtype=np.int64) * seq_len
-        yield _windows(tokens, starts, seq_len, device)
+    if tokens.ndim == 2:
+        if tokens.shape[1] != seq_len + 1:
+            raise ValueError(
+                f"evaluation windows of {tokens.shape[1] - 1} tokens, asked for seq_len {seq_len}"
+            )
+        windows = tokens
+        if max_batches is not None:
+            keep = eval_window_starts(windows.shape[0], max_batches * batch_size)
+            windows = windows[keep]
+    else:
+        _check(tokens, batch_size, seq_len)
+        limit = None if max_batches is None else max_batches * batch_size
+        windows = eval_windows(tokens, seq_len, limit)
+    for first in range(0, windows.shape[0], batch_size):
+        buf = torch.from_numpy(np.asarray(windows[first : first + batch_size], dtype=np.int64))
+        x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+        if device is not None:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield x, y
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,15 @@ def evaluate_ids(
     wins = _windows(ids.reshape(-1), seq_len, max_tokens)
     with measured(model):
         reset_routing_stats(model)
-        batches = list(_batches(wins, batch_size))[:max_batches]
+        batches = list(_batches(wins, batch_size))
+        if max_batches is not None and max_batches < len(batches):
+            # Evenly spaced over the text, as for dynroute runs; full batches first (a
+            # short last window would count as a whole batch).
+            from dynroute.data.batches import eval_window_starts
+
+            full = [b for b in batches if b.shape == batches[0].shape]
+            pool = full if len(full) >= max_batches else batches
+            batches = [pool[i] for i in eval_window_starts(len(pool), max_batches)]
         # Each window scores itself: its logits but the last against its ids but the first.
         run = evaluate_lm(
             model,
@@ -224,7 +232,8 @@ def evaluate_text(
         tokenizer: defaults to the tokenizer in the checkpoint folder (or in the model's
             ``name_or_path`` folder); an error says so when none is there.
         seq_len, batch_size: evaluation windows (non-overlapping) and batch size.
-        max_tokens, max_batches: evaluate at most this many tokens / batches.
+        max_tokens, max_batches: evaluate at most this many tokens / batches (the batches
+            evenly spaced over the text).
         progress: show a progress bar.
         **from_pretrained_kwargs: for loading a folder (e.g. ``dtype=torch.bfloat16``).
 

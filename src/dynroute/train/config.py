@@ -66,7 +66,8 @@ class TrainConfig:
         seed: seeds model init and data sampling.
         log_interval: steps between training-metric lines in ``metrics.jsonl``.
         eval_interval: steps between validation evaluations (0 = only at the end).
-        eval_batches: validation batches per evaluation (None: the whole split).
+        eval_batches: validation batches per evaluation, their windows evenly spaced over
+            the split and saved with the model (None: the whole split).
         checkpoint_interval: steps between atomic checkpoints.
         threads: torch CPU threads (0 = leave torch's default).
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
@@ -288,4 +289,4 @@ def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
         if name == "router" and ":" in value:
             value = parse_router(value)
         raw[table][key] = value
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(raw, origin="the command-line flags")

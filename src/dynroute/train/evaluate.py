@@ -15,7 +15,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from dynroute.checkpoints import MODEL_CLASSES, LoadedModel, load_model, router_text
-from dynroute.data import iter_eval_batches
+from dynroute.data import eval_windows, iter_eval_batches
 from dynroute.evaluation import evaluate_lm
 
 __all__ = ["activated_parameters", "evaluate_checkpoint", "evaluate_model"]
@@ -78,14 +78,18 @@ def evaluate_model(
     batch_size: int = 16,
     seq_len: int = 128,
     max_batches: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a DynMoE-style model on ordered, non-overlapping windows of ``tokens``.
+    """Evaluate a DynMoE-style model on non-overlapping windows of ``tokens``.
 
     Args:
         model: returns an output with ``logits`` and ``experts_per_layer`` given
             ``input_ids [B, T]``.
-        tokens: 1-D validation ids ``[L]``.
-        batch_size, seq_len: window shape; max_batches: stop early (None: all windows).
+        tokens: 1-D validation ids ``[L]``, or windows already cut ``[n, seq_len + 1]``
+            (``dynroute.data.eval_windows``).
+        batch_size, seq_len: window shape; max_batches: ``max_batches * batch_size``
+            windows evenly spaced over ``tokens`` (None: all windows).
+        progress: show a progress bar.
 
     Returns:
         dict: ``val_loss`` (token-weighted mean cross-entropy, nats), ``perplexity``,
@@ -105,8 +109,16 @@ def evaluate_model(
     def count(output: Any, losses: Tensor) -> None:
         experts.append(output.experts_per_layer.double() * losses.numel())
 
+    windows = tokens if tokens.ndim == 2 else eval_windows(tokens, seq_len)
+    n_batches = -(-windows.shape[0] // batch_size)
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
     run = evaluate_lm(
-        model, iter_eval_batches(tokens, batch_size, seq_len, max_batches), after_batch=count
+        model,
+        iter_eval_batches(windows, batch_size, seq_len, max_batches),
+        after_batch=count,
+        progress=progress,
+        total=n_batches,
     )
     if run.tokens == 0:
         raise ValueError("evaluate_model: no validation windows; use a shorter seq_len")
@@ -129,18 +141,28 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     seq_len: int | None = None,
     max_batches: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on the validation split of its training data.
+    """Evaluate a checkpoint; by default on the evaluation set its training scored.
+
+    Without ``data``, ``seq_len`` or ``max_batches`` that is the run's evaluation set
+    (:meth:`~dynroute.checkpoints.LoadedModel.eval_set`: ``eval_batches * batch_size``
+    windows evenly spaced over the validation split, saved in ``model/``), so the loss
+    is the one in ``metrics.jsonl``; ``dynroute analyze`` uses the same windows.
 
     Args:
         path: a ``dynroute train`` output folder, its ``model/`` folder (or what
             :func:`dynroute.checkpoints.load_model` returned for one).
-        data: evaluate on the validation split of another corpus, encoded with the
-            run's own tokenizer.
-        batch_size, seq_len: override the run's shapes; max_batches: cap the windows.
+        data: evaluate on another text, encoded with the run's own tokenizer: a file is
+            read whole, a folder or saved dataset by its validation split (as
+            ``dynroute.hf.evaluate_text`` reads it).
+        batch_size, seq_len: override the run's shapes; max_batches: this many batches
+            of windows evenly spaced over the validation split (or ``data``).
+        progress: show a progress bar.
 
     Returns:
-        dict: :func:`evaluate_model`'s metrics plus ``checkpoint``, ``kind``, ``router``.
+        dict: :func:`evaluate_model`'s metrics plus ``checkpoint``, ``kind``, ``router``
+        and ``eval_set`` (which tokens were scored, in words).
 
     Example:
         >>> evaluate_checkpoint("runs/tiny")["val_loss"]  # doctest: +SKIP
@@ -153,17 +175,23 @@ def evaluate_checkpoint(
             f"{path}: evaluate_checkpoint reads dynroute models; evaluate a transformers "
             "checkpoint with dynroute.hf.evaluate_text"
         )
-    result = evaluate_model(
-        loaded.model,
-        loaded.tokens(data),
-        batch_size or loaded.batch_size,
-        seq_len or loaded.seq_len,
-        max_batches,
-    )
+    default = data is None and seq_len in (None, loaded.seq_len) and max_batches is None
+    tokens = loaded.eval_set() if default else loaded.tokens(data)
+    batch_size, seq_len = batch_size or loaded.batch_size, seq_len or loaded.seq_len
+    result = evaluate_model(loaded.model, tokens, batch_size, seq_len, max_batches, progress)
+    if default:
+        where = "the run's evaluation set (as in training)"
+    elif data is None:
+        where = "the validation split"
+    elif Path(data).is_file():
+        where = f"{data} (the whole file)"
+    else:
+        where = f"{data} (validation split)"
     name = loaded.folder if isinstance(path, LoadedModel) else path
     return {
         "checkpoint": str(name),
         "kind": loaded.kind,
         "router": router_text(loaded.model),
         **result,
+        "eval_set": f"{where}: {result['eval_tokens']:,} tokens in {seq_len}-token windows",
     }

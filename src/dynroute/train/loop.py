@@ -29,6 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from dynroute.checkpoints import read_json
 from dynroute.data.cache import atomic_write_text
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.parallel import TrainingRanks
@@ -39,13 +40,16 @@ from dynroute.train.checkpoint import (
     MODEL_DIR,
     atomic_save,
     export_model,
-    load_checkpoint,
+    model_folder_files,
+    resume_state,
+    run_info_file,
 )
 from dynroute.train.config import RESOURCE_KEYS, RunConfig, TrainConfig
-from dynroute.train.data import DATA_FILE, data_json, load_data
+from dynroute.train.data import load_data
 from dynroute.train.device import autocast, fused_adamw_supported, resolve_device, to_cpu
 from dynroute.train.evaluate import evaluate_model
 from dynroute.train.hooks import TrainHooks
+from dynroute.train.interrupt import TrainingInterrupted, steps_started, stop_requested
 from dynroute.train.metrics import MetricsLog
 from dynroute.train.schedule import lr_at
 
@@ -96,8 +100,12 @@ def _check_run_folder(out_dir: Path, cfg: RunConfig, write: bool = True) -> None
     """Write run.json (when ``write``), or check that an existing one describes the same run."""
     run_file = out_dir / RUN_FILE
     mine = cfg.to_dict()
-    if run_file.is_file():
-        theirs = json.loads(run_file.read_text(encoding="utf-8"))
+    # A folder with no checkpoint and no export holds no training to protect (e.g. a
+    # start that failed): a corrected command may take it over.
+    started = (out_dir / CHECKPOINT_NAME).is_file() or (out_dir / MODEL_DIR).is_dir()
+    if run_file.is_file() and started:
+        hint = "delete it and rerun the same command: it is rewritten from the config"
+        theirs = read_json(run_file, hint)
         # Resource settings (threads, device, dtype, ...) are not part of what the run is;
         # settings added since an older run.json was written take their defaults.
         theirs.setdefault("train", {})
@@ -156,6 +164,7 @@ def train(
     expert_parallel: int = 1,
     hooks: TrainHooks | None = None,
     nproc: int = 1,
+    restart_from_model: bool = False,
 ) -> TrainResult:
     """Train (or resume) a DynMoE language model into ``out_dir``.
 
@@ -178,6 +187,8 @@ def train(
         hooks: what another model family changes in this recipe (its model, a per-step
             setting such as a temperature, extra logged metrics); see
             :class:`~dynroute.train.hooks.TrainHooks`.
+        restart_from_model: continue from the weights and step of ``out_dir/model``
+            (fresh optimizer) when ``checkpoint.pt`` is damaged.
 
     Returns:
         TrainResult.
@@ -193,7 +204,7 @@ def train(
     ranks = TrainingRanks.from_env(
         expert_parallel, nproc, t.parallel, backend="nccl" if device.type == "cuda" else "gloo"
     )
-    _check_run_folder(out_dir, cfg, write=ranks.is_main)
+    _check_run_folder(out_dir, cfg, write=False)  # written once data and model are known good
 
     if not ranks.is_main:
         ranks.barrier()  # rank 0 fills the data cache first
@@ -223,8 +234,14 @@ def train(
 
     step, tokens_seen = 0, 0
     ckpt_path = out_dir / CHECKPOINT_NAME
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+    state = resume_state(out_dir, from_model=restart_from_model)
+    if ranks.is_main:
+        _check_run_folder(out_dir, cfg)
+    if state is not None and state.get("from_model"):  # weights and step only
+        ranks.load_model_state(model, state["model"])
+        sampler.manual_seed(t.seed + 1 + 7919 * state["step"])  # same on every rank
+        step, tokens_seen = state["step"], state["tokens"]
+    elif state is not None:
         samplers = state.get("sampler_rngs", [state["sampler_rng"]])
         if len(samplers) != ranks.world_size:
             raise ConfigMismatchError(
@@ -238,8 +255,10 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, tokens_seen = state["step"], state["tokens"]
     resumed_from = step
+    if step and ranks.is_main:
+        Console(stderr=True).print(f"resuming from step {step}")
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=step) if ranks.is_main else None
-    export_extra = {DATA_FILE: data_json(cfg.data)}
+    export_extra = model_folder_files(dataclasses.asdict(cfg.data), data, t)
 
     def checkpoint() -> None:
         # Under expert parallelism these gather the shards (collectives on every rank), so
@@ -263,10 +282,11 @@ def train(
                 },
                 ckpt_path,
             )
+            extra = {**export_extra, **run_info_file(step, tokens_seen, t)}
             export_model(
                 _unsharded(model, model_cfg, model_state, ranks.ctx is not None),
                 out_dir / MODEL_DIR,
-                export_extra,
+                extra,
             )
         ranks.barrier()
 
@@ -286,6 +306,7 @@ def train(
     model.train()
     window_tokens, window_start = 0, time.perf_counter()
     stats = ""
+    steps_started()  # Ctrl-C from here on: finish the step, checkpoint, stop
     with _progress(progress and ranks.is_main, t.steps, step, label) as update:
         while step < t.steps:
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
@@ -354,6 +375,9 @@ def train(
             if stop_after is not None and step >= stop_after and step < t.steps:
                 checkpoint()
                 break
+            if stop_requested() and step < t.steps and ranks.world_size == 1:  # Ctrl-C
+                checkpoint()
+                raise TrainingInterrupted(step)
 
     if step >= t.steps:
         last = [
