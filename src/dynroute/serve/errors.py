@@ -7,6 +7,9 @@ OpenAI answers it, not FastAPI's default 422.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dynroute.serve.schemas import error_body
 
-__all__ = ["ApiError", "install_error_handlers"]
+__all__ = ["ApiError", "install_error_handlers", "validation_message"]
 
 
 class ApiError(Exception):
@@ -43,8 +46,9 @@ class ApiError(Exception):
         )
 
 
-def _validation_message(err: RequestValidationError) -> tuple[str, str | None]:
-    first = err.errors()[0] if err.errors() else {}
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """``(one-line message, the field at fault)`` of pydantic/FastAPI validation errors."""
+    first = errors[0] if errors else {}
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     where = ".".join(loc) or None
     if first.get("type") == "json_invalid":
@@ -62,7 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc.errors())
         return JSONResponse(error_body(message, param=param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
