@@ -146,7 +146,7 @@ def create_app(served: ServedModel, *, max_batch: int = 8, wait_ms: float = 5.0)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.name}
+        return {"status": "ok", "model": served.name, "batching": dict(app.state.engine.stats)}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

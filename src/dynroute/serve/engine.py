@@ -159,7 +159,8 @@ class GenerationEngine:
             if tokenizer.pad_token_id is not None
             else min(self.eos, default=0)
         )
-        self.batch_sizes: list[int] = []  # one entry per generate call (for tests, stats)
+        #: generate calls, requests they served, largest batch (``/health`` shows them)
+        self.stats = {"generate_calls": 0, "requests": 0, "largest_batch": 0}
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="dynroute-generate", daemon=True)
         self._thread.start()
@@ -247,7 +248,9 @@ class GenerationEngine:
                 lambda t: self.tokenizer.decode(t, skip_special_tokens=False),
                 self.eos,
             )
-            self.batch_sizes.append(len(batch))
+            self.stats["generate_calls"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             # A model without padding support gets equal-length rows and no mask (its
             # generate() refuses an argument its forward does not take).
             masked = {"attention_mask": mask.to(device)} if self.pad_batching else {}
