@@ -213,19 +213,20 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds to wait for a backend.")] = 60.0,
     ) -> None:
         """An OpenAI-compatible proxy sending each request to the backend the router picks."""
-        from dynroute.llm.routers import load_router
         from dynroute.serve.backends import load_backend_file, map_to_router, parse_backend_args
-        from dynroute.serve.decisions import DecisionLog
-        from dynroute.serve.policy import RoutingPolicy
-        from dynroute.serve.proxy import create_proxy_app
         from dynroute.serve.runner import check_port, run_app
 
-        try:
+        try:  # the cheap checks first: torch loads with the router
             if budget is not None and budget <= 0:
                 raise ValueError(f"--budget must be > 0 USD per request, got {budget}")
-            check_port(host, port)
-            r = load_router(router)
             backends = parse_backend_args(backend, load_backend_file(prices))
+            check_port(host, port)
+            from dynroute.llm.routers import load_router
+            from dynroute.serve.decisions import DecisionLog
+            from dynroute.serve.policy import RoutingPolicy
+            from dynroute.serve.proxy import create_proxy_app
+
+            r = load_router(router)
             map_to_router(backends, r.models)
             policy = RoutingPolicy(
                 r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget
