@@ -6,8 +6,10 @@ text itself is never written), ``endpoint``, ``requested`` (the ``model`` field)
 null), ``router_model`` (the router's name for it), ``predicted_quality`` (of the chosen
 backend; null for direct requests), ``estimated_cost`` and ``cost`` (USD; ``cost`` from
 the answer's ``usage`` × the prices, else the estimate), ``prompt_tokens``,
-``completion_tokens``, ``latency_ms``, ``status`` (the HTTP status sent to the client),
-``attempts`` (``[{"backend", "error"}]`` of the backends that failed first), ``stream``.
+``completion_tokens``, ``latency_ms`` (from the request's arrival to the answer;
+streams: to the last event), ``upstream_ms`` (of that, waiting for the backend),
+``status`` (the HTTP status sent to the client), ``attempts`` (``[{"backend",
+"error"}]`` of the backends that failed first), ``stream``.
 
 Joined with the queries and graded answers, these rows are an outcome table for
 ``dynroute llm eval`` on live traffic.

@@ -130,6 +130,7 @@ def create_proxy_app(
                     **(body.get("stream_options") or {}),
                     "include_usage": True,
                 }
+            sent = time.perf_counter()
             try:
                 upstream = await client.send(
                     client.build_request(
@@ -153,7 +154,7 @@ def create_proxy_app(
                 attempts.append({"backend": backend.name, "error": f"HTTP {upstream.status_code}"})
                 continue
             policy.mark_up(backend)
-            row.update(attempts=attempts)
+            row.update(attempts=attempts, upstream_start=sent)
             if req.stream and upstream.status_code == 200:
                 return StreamingResponse(
                     relay(upstream, backend, decision, row, start, req.include_usage),
@@ -209,6 +210,8 @@ def create_proxy_app(
     ) -> Response:
         content = await upstream.aread()
         await upstream.aclose()
+        # Time spent waiting for the backend; latency_ms minus this is the proxy's own.
+        row["upstream_ms"] = round((time.perf_counter() - row.pop("upstream_start")) * 1e3, 3)
         try:
             data = json.loads(content)
         except json.JSONDecodeError:
@@ -261,6 +264,7 @@ def create_proxy_app(
             yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
         finally:
             await upstream.aclose()
+            row["upstream_ms"] = round((time.perf_counter() - row.pop("upstream_start")) * 1e3, 3)
             finish(
                 row, decision, backend, status, start, usage, **({"error": error} if error else {})
             )
