@@ -139,6 +139,7 @@ async def send(
         detail = f"{type(err).__name__}: {err}"
     return {
         "outcome": outcome,
+        "stream": bool(body["stream"]),
         "ms": (time.perf_counter() - start) * 1e3,
         "backend": backend,
         "detail": detail,
@@ -220,6 +221,7 @@ def summary(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         "p99_ms": percentile(ok, 99) if ok else None,
         "answered": sum(r["outcome"] == "answered" for r in results),
         "refused": sum(r["outcome"] == "refused" for r in results),
+        "refused_streams": sum(r["outcome"] == "refused" and r["stream"] for r in results),
         "lost": sum(r["outcome"] == "lost" for r in results),
         "errors": sum(r["outcome"] != "answered" for r in results),
         "by_backend": by,

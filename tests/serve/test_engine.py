@@ -15,10 +15,10 @@ def served(tiny_models):
     return load_served_model(tiny_models["small"], "small")
 
 
-def run_together(served, jobs, **kw):
+def run_together(served, jobs, pad=False):
     """Submit all jobs while the worker is held, so they meet in the queue."""
     gate = threading.Event()
-    with GenerationEngine(served.model, served.tokenizer, pad_batching=False, **kw) as engine:
+    with GenerationEngine(served.model, served.tokenizer, pad_batching=pad) as engine:
         blocker = Job(served.encode("x"), max_tokens=1, on_text=lambda _: gate.wait(30))
         engine.submit(blocker)
         futures = [engine.submit(j) for j in jobs]
@@ -60,3 +60,21 @@ def test_a_cancelled_job_is_skipped(served):
         future = engine.submit(job)
         engine.submit(Job(served.encode("def"), 1)).result(timeout=60)
     assert future.cancelled()
+
+
+def test_a_transformers_checkpoint_is_left_padded_and_unchanged(tmp_path):
+    """Prompts of different lengths share one batch on a model that honours the mask,
+    and each answers as it does alone."""
+    from hf.tiny_models import build_tiny, char_tokenizer
+
+    build_tiny("olmoe").save_pretrained(tmp_path / "olmoe")
+    char_tokenizer().save_pretrained(tmp_path / "olmoe")
+    olmoe = load_served_model(tmp_path / "olmoe")
+    assert olmoe.pad_batching and olmoe.name == "olmoe"
+    prompts = [olmoe.encode(t) for t in ("def add(a, b):", "x = 1", "return")]
+    assert len({len(p) for p in prompts}) == 3
+    with GenerationEngine(olmoe.model, olmoe.tokenizer, pad_batching=True) as engine:
+        alone = [engine.submit(Job(p, 5)).result(timeout=120).text for p in prompts]
+    together, stats = run_together(olmoe, [Job(p, 5) for p in prompts], pad=True)
+    assert stats["largest_batch"] >= 3  # the three (the held job may have joined them)
+    assert [r.text for r in together] == alone

@@ -111,7 +111,7 @@ def create_proxy_app(
 
     async def forward(path: str, body: dict[str, Any], req: Any, query: str) -> Response:
         start = time.perf_counter()
-        decision = policy.decide(req.model, query, body.get("max_tokens"))
+        decision = policy.decide(req.model, query, req.max_tokens)
         row: dict[str, Any] = {
             "query_sha256": query_hash(query),
             "endpoint": path,
