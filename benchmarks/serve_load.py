@@ -263,6 +263,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 proxy, queries[::-1], args.fault_requests, args.clients, args.max_tokens, on_sent
             )
             fault = {**summary(results, secs), "killed": killed}
+            # From the proxy's log: answered although a backend failed first (retried).
+            rows = [json.loads(x) for x in (Path(tmp) / "decisions.jsonl").read_text().splitlines()]
+            fault["answered_after_a_failed_attempt"] = sum(
+                1 for r in rows[-args.fault_requests :] if r["attempts"] and r["status"] == 200
+            )
             print(f"fault: {fault}", flush=True)
             load_after = os.getloadavg()
             health = {
