@@ -79,7 +79,9 @@ def create_app(served: ServedModel, *, max_batch: int = 8, wait_ms: float = 5.0)
                 code="model_not_found",
             )
 
-    def make_job(ids: list[int], req: GenerationParams, max_tokens: int | None, stops: list[str]):  # type: ignore[no-untyped-def]
+    def make_job(
+        ids: list[int], req: GenerationParams, max_tokens: int | None, stops: list[str]
+    ) -> Job:
         if not ids:
             raise ApiError(400, "the prompt is empty (0 tokens)", param="prompt")
         room = served.context_length - len(ids)

@@ -66,12 +66,9 @@ class Backend:
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
         """USD for a call with these token counts (None when the prices are unknown)."""
-        if not self.priced:
+        if self.prompt_price is None or self.completion_price is None:
             return None
-        return (
-            prompt_tokens * float(self.prompt_price)  # type: ignore[arg-type]
-            + completion_tokens * float(self.completion_price)  # type: ignore[arg-type]
-        ) / 1e6
+        return (prompt_tokens * self.prompt_price + completion_tokens * self.completion_price) / 1e6
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/v1{path}"

@@ -105,20 +105,20 @@ class _BatchCriterion(StoppingCriteria):
             if token in self.eos:
                 row.finish = "stop"
                 row.ids.pop()  # counted below, never shown
-                self._show(row, final=True)
+                self.show(row, final=True)
                 row.ids.append(token)
                 continue
-            hit = self._show(row, final=False)
+            hit = self.show(row, final=False)
             if hit:
                 row.finish = "stop"
             elif len(row.ids) >= job.max_tokens:
                 row.finish = "length"
-                self._show(row, final=True)
+                self.show(row, final=True)
             elif job.cancelled.is_set():
                 row.finish = "cancelled"
         return torch.tensor([r.finish is not None for r in self.rows], device=input_ids.device)
 
-    def _show(self, row: _Row, final: bool) -> bool:
+    def show(self, row: _Row, final: bool) -> bool:
         text, hit = visible_text(self.decode(row.ids), row.job.stops, final or False)
         if text.startswith(row.shown) and len(text) > len(row.shown):
             if row.job.on_text is not None:
@@ -267,7 +267,7 @@ class GenerationEngine:
             for row in rows:
                 if row.finish is None:  # generate stopped on its own (max_new_tokens)
                     row.finish = "length"
-                    criterion._show(row, final=True)
+                    criterion.show(row, final=True)
                 row.job.future.set_result(
                     Completion(
                         row.shown,

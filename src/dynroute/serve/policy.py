@@ -195,7 +195,7 @@ class RoutingPolicy:
         if self.priced:
             prompt = len(query) / CHARS_PER_TOKEN
             out = max_tokens or ASSUMED_COMPLETION_TOKENS
-            return [float(b.cost(prompt, out)) for b in self.backends]  # type: ignore[arg-type]
+            return [b.cost(prompt, out) or 0.0 for b in self.backends]
         est = self.router.estimate_cost([query])[0]
         return [float(est[i]) for i in self.columns]
 
