@@ -119,3 +119,17 @@ def test_malformed_requests_get_openai_errors(stack, body, status, needle):
     assert r.status_code == status
     error = r.json()["error"]
     assert needle in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_sampling_honours_its_settings(client):
+    out = client.completions.create(
+        model=SMALL, prompt="def write_tiny", max_tokens=5, temperature=1.5, top_p=0.9
+    )
+    assert 1 <= out.usage.completion_tokens <= 5
+    chat = client.chat.completions.create(
+        model=SMALL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_completion_tokens=3,
+        temperature=0.8,
+    )
+    assert chat.usage.completion_tokens <= 3
