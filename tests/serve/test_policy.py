@@ -112,14 +112,18 @@ def test_backend_errors_name_what_to_do(tmp_path):
     st.text("ab\ufffd", max_size=12), st.lists(st.text("ab", min_size=1, max_size=3), max_size=3)
 )
 def test_streamed_text_adds_up_to_the_final_text(text, stops):
-    """Showing the visible part of every prefix never shows what the final text lacks."""
-    final, _ = visible_text(text, stops, final=True)
-    assert not any(s in final for s in stops)
-    shown = ""
-    for n in range(len(text) + 1):
+    """As the engine does: show the visible part of each longer prefix until a stop string
+    appears (generation ends there). Every piece shown is a prefix of the final text,
+    which holds no stop string."""
+    shown, final = "", None
+    for n in range(1, len(text) + 1):
         part, stopped = visible_text(text[:n], stops, final=False)
-        if part.startswith(shown):
-            shown = part
+        assert part.startswith(shown)  # nothing shown is ever taken back
+        shown = part
         if stopped:
+            final = part
             break
+    if final is None:
+        final, _ = visible_text(text, stops, final=True)
     assert final.startswith(shown)
+    assert not any(s in final for s in stops)
