@@ -1,0 +1,174 @@
+"""The proxy's backends: where each model is served, what it costs, which router model it is.
+
+A backend is named on the command line (``--backend NAME=URL``) and optionally described
+in a small TOML or JSON file (``--prices FILE``):
+
+.. code-block:: toml
+
+    [backends.strong]
+    url = "http://127.0.0.1:8001"        # optional when --backend strong=URL gives it
+    model = "tiny-a"                     # the id the backend serves (default: NAME)
+    router_model = "gpt-4-1106-preview"  # the router's name for it (default: NAME)
+    prompt_price = 10.0                  # USD per million prompt tokens
+    completion_price = 30.0              # USD per million completion tokens
+    api_key_env = "OPENAI_API_KEY"       # sent as "Authorization: Bearer ..." (optional)
+
+The router decides among its own model names (those of the table it was fitted on);
+every backend must map to one of them, by its NAME or its ``router_model``.
+
+Example:
+    >>> b = parse_backend_args(["small=http://127.0.0.1:8001/v1"], {})
+    >>> b[0].name, b[0].base_url, b[0].cost(1000, 1000)
+    ('small', 'http://127.0.0.1:8001', None)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Backend", "load_backend_file", "map_to_router", "parse_backend_args"]
+
+FIELDS = {"url", "model", "router_model", "prompt_price", "completion_price", "api_key_env"}
+
+
+@dataclass
+class Backend:
+    """One OpenAI-compatible server the proxy forwards to.
+
+    Attributes:
+        name: the name clients and the decision log use.
+        base_url: scheme://host:port[/prefix], without the trailing ``/v1``.
+        model: the model id the backend expects in ``model``.
+        router_model: the router's name for this model (None: reachable only by name).
+        prompt_price, completion_price: USD per million tokens (None: unknown).
+        api_key: sent as a bearer token when set.
+    """
+
+    name: str
+    base_url: str
+    model: str
+    router_model: str | None = None
+    prompt_price: float | None = None
+    completion_price: float | None = None
+    api_key: str | None = None
+    down_until: float = 0.0  # monotonic time before which it is skipped when others can answer
+
+    @property
+    def priced(self) -> bool:
+        return self.prompt_price is not None and self.completion_price is not None
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """USD for a call with these token counts (None when the prices are unknown)."""
+        if self.prompt_price is None or self.completion_price is None:
+            return None
+        return (prompt_tokens * self.prompt_price + completion_tokens * self.completion_price) / 1e6
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/v1{path}"
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def load_backend_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``{name: fields}`` from a TOML/JSON file with a ``backends`` table (see module doc).
+
+    Raises:
+        ValueError: naming the file and what is wrong in it.
+    """
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist; pass a TOML or JSON prices file")
+    try:
+        raw = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {err}") from None
+    table = raw.get("backends")
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(
+            f"{p} has no [backends.NAME] tables; write e.g. [backends.small] with "
+            "prompt_price = 0.2 and completion_price = 0.6 (USD per million tokens)"
+        )
+    for name, fields in table.items():
+        bad = sorted(set(fields) - FIELDS)
+        if bad:
+            raise ValueError(
+                f"{p}: backends.{name} has unknown key(s) {bad}; known: {sorted(FIELDS)}"
+            )
+        for key in ("prompt_price", "completion_price"):
+            value = fields.get(key)
+            if value is not None and (
+                not isinstance(value, int | float) or not math.isfinite(value) or value < 0
+            ):
+                raise ValueError(f"{p}: backends.{name}.{key} must be a number >= 0, got {value!r}")
+    return table
+
+
+def parse_backend_args(specs: Sequence[str], config: dict[str, dict[str, Any]]) -> list[Backend]:
+    """Backends from ``NAME=URL`` strings, completed by the config file's tables.
+
+    A backend only in the file (with its ``url``) is added too.
+
+    Raises:
+        ValueError: a malformed spec, a duplicate name, a backend without URL.
+    """
+    urls: dict[str, str] = {}
+    for spec in specs:
+        name, sep, url = spec.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"--backend {spec!r} is not NAME=URL (e.g. small=http://127.0.0.1:8001)"
+            )
+        if name in urls:
+            raise ValueError(f"--backend {name!r} is given twice")
+        urls[name] = url
+    for name, fields in config.items():
+        if name not in urls and fields.get("url"):
+            urls[name] = str(fields["url"])
+    if not urls:
+        raise ValueError("no backends: pass --backend NAME=URL (once per model server)")
+    out = []
+    for name, url in urls.items():
+        fields = config.get(name, {})
+        base = url.rstrip("/")
+        base = base[: -len("/v1")] if base.endswith("/v1") else base
+        key_env = fields.get("api_key_env")
+        out.append(
+            Backend(
+                name=name,
+                base_url=base,
+                model=str(fields.get("model", name)),
+                router_model=fields.get("router_model"),
+                prompt_price=fields.get("prompt_price"),
+                completion_price=fields.get("completion_price"),
+                api_key=os.environ.get(key_env) if key_env else None,
+            )
+        )
+    return out
+
+
+def map_to_router(backends: list[Backend], router_models: Sequence[str]) -> None:
+    """Set each backend's ``router_model`` (its NAME when that is one of the router's).
+
+    Raises:
+        ValueError: a backend matching none of the router's models, listing them.
+    """
+    known = list(router_models)
+    for b in backends:
+        b.router_model = b.router_model or (b.name if b.name in known else None)
+        if b.router_model not in known:
+            raise ValueError(
+                f"backend {b.name!r} is not one of the router's models {known}; name it "
+                f"after one (--backend MODEL=URL) or map it in the prices file with "
+                f'[backends.{b.name}] router_model = "MODEL"'
+            )

@@ -1,0 +1,74 @@
+"""The proxy's decision log: one JSON line per request, flushed as it is written.
+
+Fields: ``time`` (ISO 8601, UTC), ``query_sha256`` (of the text the router read; the
+text itself is never written), ``endpoint``, ``requested`` (the ``model`` field),
+``mode``, ``knob`` (λ or cascade threshold), ``chosen`` (the backend that answered, or
+null), ``router_model`` (the router's name for it), ``predicted_quality`` (of the chosen
+backend; null for direct requests), ``estimated_cost`` and ``cost`` (USD; ``cost`` from
+the answer's ``usage`` × the prices, else the estimate), ``prompt_tokens``,
+``completion_tokens``, ``latency_ms`` (from the request's arrival to the answer;
+streams: to the last event), ``upstream_ms`` (of that, waiting for the backend),
+``status`` (the HTTP status sent to the client), ``attempts`` (``[{"backend",
+"error"}]`` of the backends that failed first), ``stream``.
+
+Joined with the queries and graded answers, these rows are an outcome table for
+``dynroute llm eval`` on live traffic.
+
+Example:
+    >>> import tempfile, json, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.jsonl"
+    >>> with DecisionLog(path) as log:
+    ...     log.write({"chosen": "small", "status": 200})
+    >>> json.loads(path.read_text())["chosen"]
+    'small'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DecisionLog", "query_hash"]
+
+
+def query_hash(text: str) -> str:
+    """sha256 hex digest of the UTF-8 text.
+
+    Example:
+        >>> query_hash("hi")[:12]
+        '8f434346648f'
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class DecisionLog:
+    """Append rows to a JSONL file (None: keep nothing); each line is flushed at once,
+    so a crash loses no finished request."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        self._file = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8", buffering=1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self._file.write(json.dumps({"time": stamp, **row}, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,111 @@
+"""A model ready to serve: weights, a transformers tokenizer, its context and chat prompt.
+
+Loads through :func:`dynroute.checkpoints.load_model`, so ``dynroute serve`` reads every
+folder ``dynroute eval`` reads: a ``dynroute train`` run, its ``model/`` folder, a
+``save_pretrained`` DynMoE folder with a ``tokenizer.json``, and transformers MoE
+checkpoints (patched or not).
+
+Chat prompts use the tokenizer's own chat template when it has one; otherwise
+:func:`chat_prompt_text`, one ``role: content`` line per message then
+``assistant:``, and ``"\\nuser:"`` becomes an extra stop string so the model does not
+write the user's next turn.
+
+Example:
+    >>> chat_prompt_text([{"role": "system", "content": "Be brief."},
+    ...                   {"role": "user", "content": "Hi"}])
+    'system: Be brief.\\nuser: Hi\\nassistant:'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DEFAULT_CHAT_STOP",
+    "ServedModel",
+    "chat_prompt_text",
+    "load_served_model",
+]
+
+DEFAULT_CHAT_STOP = "\nuser:"
+
+
+def chat_prompt_text(messages: Sequence[dict[str, str]]) -> str:
+    """The default chat prompt (see the module doc) for ``[{"role", "content"}]``."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+@dataclass
+class ServedModel:
+    """A loaded model with what the server needs to know about it.
+
+    Attributes:
+        model: causal LM in eval mode; tokenizer: a transformers tokenizer.
+        name: the id clients put in ``model``; folder: where the weights are.
+        context_length: longest prompt + completion in tokens.
+        pad_batching: whether the model honours ``attention_mask`` (left padding).
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    folder: Path
+    context_length: int
+    pad_batching: bool
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a chat prompt ending where the assistant's answer starts."""
+        if self.has_chat_template:
+            text = self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.encode(chat_prompt_text(messages))
+
+    def chat_stops(self) -> list[str]:
+        return [] if self.has_chat_template else [DEFAULT_CHAT_STOP]
+
+
+def load_served_model(
+    path: str | Path, name: str | None = None, device: str = "cpu"
+) -> ServedModel:
+    """Load ``path`` for serving (``name`` defaults to the folder's name).
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`dynroute.checkpoints.load_model`, saying
+            what was found and what to pass instead.
+    """
+    from tokenizers import Tokenizer
+
+    from dynroute.checkpoints import MODEL_CLASSES, load_model
+    from dynroute.data.tokenizer import as_hf_tokenizer
+
+    loaded = load_model(path)
+    tokenizer = loaded.tokenizer
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer = as_hf_tokenizer(tokenizer)
+    elif tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = loaded.model.to(torch.device(device)).eval()
+    config = model.config
+    context = int(
+        getattr(config, "max_seq_len", None) or getattr(config, "max_position_embeddings", 2048)
+    )
+    # dynroute's own models ignore attention_mask (no padding support): equal-length batches.
+    own = getattr(config, "model_type", None) in MODEL_CLASSES
+    root = Path(path)
+    default_name = (root.parent if root.name == "model" else root).resolve().name
+    return ServedModel(model, tokenizer, name or default_name, loaded.folder, context, not own)

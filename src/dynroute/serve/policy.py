@@ -1,0 +1,219 @@
+"""Which backend answers a request: the router's decision, budget and cascade modes.
+
+A request's ``model`` field says how to choose (as RouteLLM's server reads it):
+
+- ``auto`` or ``router-NAME``: the served router with its saved λ (or ``--lambda``);
+- ``router-NAME-X``: the same router with λ = X (for a cascade: threshold X);
+- a backend's name: that backend, no routing and no fallback.
+
+**λ mode** (default): ``argmax predicted quality − λ·estimated cost`` over the backends
+(:func:`dynroute.llm.decide.decide`; ties go to the cheaper).
+
+**Cascade mode** (``--cascade``, or a ``cascade`` router): backends ordered cheapest
+first; the request goes to the first whose predicted quality is ≥ the threshold, else to
+the most expensive. The prediction sees only the query, so the proxy never calls a model
+whose answer it would reject: it pays for one call, where the offline cascade of
+``dynroute.llm`` pays for every model it passes. If the chosen backend fails, it escalates
+to the next more expensive one.
+
+**Budget mode** (``--budget USD``): the mean cost per request stays ≤ USD. Each decision
+may spend ``USD·(n+1) − spent`` (``n`` requests decided so far, ``spent`` their cost:
+realised when they finished, the estimate while in flight); backends estimated above that
+are left out before the rule above picks; when none fits, the cheapest answers.
+
+Estimated cost: with prices for every routed backend, ``prompt_price · characters/4 +
+completion_price · max_tokens`` (256 when absent), per million tokens; otherwise the
+router's own cost model (USD per query, fitted on its training table).
+
+Example:
+    >>> parse_model_field("router-knn-0.3"), parse_model_field("auto")
+    (('knn', 0.3), ('', None))
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dynroute.llm.decide import decide
+from dynroute.serve.backends import Backend
+from dynroute.serve.errors import ApiError
+
+__all__ = ["Decision", "RoutingPolicy", "parse_model_field"]
+
+ASSUMED_COMPLETION_TOKENS = 256
+CHARS_PER_TOKEN = 4
+ROUTER_FIELD = re.compile(r"router-([A-Za-z0-9_]+)(?:-(inf|[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?")
+
+
+def parse_model_field(model: str) -> tuple[str, float | None] | None:
+    """``(router name or "" for auto, λ or None)``; None when ``model`` is not a router id."""
+    if model == "auto":
+        return "", None
+    m = ROUTER_FIELD.fullmatch(model)
+    if m is None:
+        return None
+    return m.group(1), None if m.group(2) is None else float(m.group(2))
+
+
+@dataclass
+class Decision:
+    """Where one request goes: ``order[0]`` first, then the fallbacks in order."""
+
+    mode: str  # "lambda", "cascade", "direct" (+ "+budget")
+    order: list[Backend]
+    knob: float | None = None  # λ or the cascade threshold
+    predicted: dict[str, float] = field(default_factory=dict)  # backend -> quality
+    estimated: dict[str, float] = field(default_factory=dict)  # backend -> USD
+    reserved: float = 0.0  # USD counted against the budget until the call ends
+
+
+class RoutingPolicy:
+    """Decides for each request (see the module doc).
+
+    Args:
+        router: a fitted :class:`dynroute.llm.QueryRouter`.
+        backends: with ``router_model`` set (:func:`~dynroute.serve.backends.map_to_router`).
+        lam: default λ (None: the router's saved one).
+        cascade: cascade mode for every routed request.
+        threshold: cascade threshold (None: the cascade router's, else 0.5).
+        budget: mean USD per request to stay under (None: no budget).
+        cooldown_s: how long a failed backend is tried only after the others.
+    """
+
+    def __init__(
+        self,
+        router: Any,
+        backends: list[Backend],
+        *,
+        lam: float | None = None,
+        cascade: bool = False,
+        threshold: float | None = None,
+        budget: float | None = None,
+        cooldown_s: float = 5.0,
+    ) -> None:
+        self.router, self.backends = router, backends
+        self.by_name = {b.name: b for b in backends}
+        self.lam = router.lam if lam is None else lam
+        self.cascade = cascade or router.name == "cascade"
+        self.threshold = (
+            threshold if threshold is not None else float(getattr(router, "threshold", 0.5))
+        )
+        self.budget, self.cooldown_s = budget, cooldown_s
+        self.columns = [list(router.models).index(b.router_model) for b in backends]
+        self.priced = all(b.priced for b in backends)
+        self.decided, self.spent = 0, 0.0
+
+    # ------------------------------------------------------------------ names
+    def model_ids(self) -> list[str]:
+        """What ``/v1/models`` lists: ``auto``, ``router-NAME``, then every backend."""
+        return ["auto", f"router-{self.router.name}", *self.by_name]
+
+    def _unknown(self, model: str) -> ApiError:
+        return ApiError(
+            404,
+            f"model {model!r} does not exist; use one of {self.model_ids()} or "
+            f"router-{self.router.name}-<lambda>",
+            param="model",
+            code="model_not_found",
+        )
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, model: str, query: str, max_tokens: int | None) -> Decision:
+        """The decision for one request (``query``: the text the router reads)."""
+        if model in self.by_name:
+            b = self.by_name[model]
+            est = self._estimate(query, max_tokens)[self.backends.index(b)]
+            return self._reserve(Decision("direct", [b], estimated={b.name: est}))
+        parsed = parse_model_field(model)
+        if parsed is None or parsed[0] not in ("", self.router.name):
+            raise self._unknown(model)
+        knob = parsed[1]
+        pred = self.router.predict([query])[0, self.columns].double()  # [B]
+        cost = torch.tensor(self._estimate(query, max_tokens), dtype=torch.float64)
+        allowed = torch.ones(len(self.backends), dtype=torch.bool)
+        if self.budget is not None:
+            allowance = self.budget * (self.decided + 1) - self.spent
+            allowed = cost <= allowance
+            if not bool(allowed.any()):  # nothing fits: the cheapest answers
+                allowed = cost == cost.min()
+        if self.cascade:
+            threshold = self.threshold if knob is None else knob
+            order = self._cascade_order(pred, cost, allowed, threshold)
+            mode, used = "cascade", threshold
+        else:
+            lam = self.lam if knob is None else knob
+            order = self._lambda_order(pred, cost, allowed, lam)
+            mode, used = "lambda", lam
+        # Backends that failed recently go last (still tried: they may be back).
+        clock = time.monotonic()
+        ranked = [self.backends[i] for i in order]
+        ranked = [b for b in ranked if b.down_until <= clock] + [
+            b for b in ranked if b.down_until > clock
+        ]
+        decision = Decision(
+            mode + ("+budget" if self.budget is not None else ""),
+            ranked,
+            used,
+            {b.name: float(pred[i]) for i, b in enumerate(self.backends)},
+            {b.name: float(cost[i]) for i, b in enumerate(self.backends)},
+        )
+        return self._reserve(decision)
+
+    def _lambda_order(
+        self, pred: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor, lam: float
+    ) -> list[int]:
+        """Allowed backends best utility first (the first is :func:`decide`'s pick), then
+        the others (they answer only when every allowed one failed)."""
+        utility = -cost if lam == float("inf") else pred - lam * cost
+        first = int(decide(pred[allowed][None], cost[allowed][None], lam)[0])
+        first = int(torch.nonzero(allowed)[first])
+        rest = sorted(
+            (i for i in range(len(pred)) if i != first),
+            key=lambda i: (not bool(allowed[i]), -float(utility[i]), float(cost[i])),
+        )
+        return [first, *rest]
+
+    def _cascade_order(
+        self, pred: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor, threshold: float
+    ) -> list[int]:
+        """Cheapest allowed backend predicted ≥ threshold (else the dearest allowed), then
+        the more expensive ones (escalation on failure), then the cheaper ones."""
+        chain = sorted((i for i in range(len(pred)) if allowed[i]), key=lambda i: float(cost[i]))
+        stop = next((k for k, i in enumerate(chain) if pred[i] >= threshold), len(chain) - 1)
+        others = sorted(
+            (i for i in range(len(pred)) if not allowed[i]), key=lambda i: float(cost[i])
+        )
+        return chain[stop:] + chain[:stop][::-1] + others
+
+    def _estimate(self, query: str, max_tokens: int | None) -> list[float]:
+        """USD per backend for this query, before any model runs (see the module doc)."""
+        if self.priced:
+            prompt = len(query) / CHARS_PER_TOKEN
+            out = max_tokens or ASSUMED_COMPLETION_TOKENS
+            return [b.cost(prompt, out) or 0.0 for b in self.backends]
+        est = self.router.estimate_cost([query])[0]
+        return [float(est[i]) for i in self.columns]
+
+    # ------------------------------------------------------------------ budget
+    def _reserve(self, d: Decision) -> Decision:
+        d.reserved = d.estimated.get(d.order[0].name, 0.0)
+        self.decided += 1
+        self.spent += d.reserved
+        return d
+
+    def settle(self, d: Decision, cost: float | None) -> None:
+        """Replace the reservation by the realised cost (0 when nothing answered)."""
+        real = d.reserved if cost is None else cost
+        self.spent += real - d.reserved
+        d.reserved = real
+
+    def mark_down(self, b: Backend) -> None:
+        b.down_until = time.monotonic() + self.cooldown_s
+
+    def mark_up(self, b: Backend) -> None:
+        b.down_until = 0.0

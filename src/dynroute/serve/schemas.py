@@ -1,0 +1,171 @@
+"""OpenAI request and response bodies (pydantic): what the server and the proxy accept.
+
+Only the fields dynroute acts on are typed; any other field an OpenAI client sends
+(``user``, ``logit_bias``, ...) is accepted and ignored (``extra="allow"``), so official
+clients work unchanged, and the proxy forwards those fields to its backends untouched.
+
+Example:
+    >>> req = CompletionRequest.model_validate({"model": "m", "prompt": "def", "stop": "\\n"})
+    >>> req.prompts(), req.stop_list(), req.max_tokens
+    (['def'], ['\\n'], 16)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "GenerationParams",
+    "StreamOptions",
+    "Usage",
+    "error_body",
+    "new_id",
+]
+
+#: OpenAI's default for /v1/completions; chat defaults to the rest of the context.
+DEFAULT_COMPLETION_TOKENS = 16
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class GenerationParams(BaseModel):
+    """Sampling fields shared by both endpoints.
+
+    ``temperature`` absent or 0 means greedy (deterministic); otherwise multinomial
+    sampling with ``temperature`` and nucleus ``top_p``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limits(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > 4 or any(not s for s in items):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return v
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(GenerationParams):
+    """``POST /v1/completions``: ``prompt`` is a string, a list of strings (one choice
+    each) or a list of token ids."""
+
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+
+    @model_validator(mode="after")
+    def _defaults(self) -> CompletionRequest:
+        if self.max_tokens is None:
+            self.max_tokens = DEFAULT_COMPLETION_TOKENS
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt is an empty list")
+        return self
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]  # type: ignore[list-item]
+        return list(self.prompt)  # type: ignore[arg-type]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(GenerationParams):
+    """``POST /v1/chat/completions`` (``max_completion_tokens`` is read as ``max_tokens``)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _alias(self) -> ChatCompletionRequest:
+        if self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def last_user_text(self) -> str:
+        """The text a query router sees: the last user message (RouteLLM does the same)."""
+        users = [m for m in self.messages if m.role == "user"]
+        return (users[-1] if users else self.messages[-1]).text()
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+
+def new_id(prefix: str) -> str:
+    """``cmpl-…`` / ``chatcmpl-…`` ids as OpenAI writes them.
+
+    Example:
+        >>> new_id("cmpl").startswith("cmpl-")
+        True
+    """
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_body(
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``.
+
+    Example:
+        >>> error_body("bad", code="x")["error"]["type"]
+        'invalid_request_error'
+    """
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -1,0 +1,34 @@
+"""benchmarks/serve_load.py end to end with small counts (slow: starts three processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving_procs import cli_env
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
+
+
+@pytest.mark.slow
+def test_serve_load_script_runs_and_loses_nothing(tmp_path):
+    out = tmp_path / "serve_load.json"
+    args = ["--requests", "24", "--clients", "4", "--fault-requests", "18", "--pairs", "6"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["load"]["answered"] == 24 and result["load"]["lost"] == 0
+    fault = result["fault"]
+    assert fault["lost"] == 0 and fault["answered"] + fault["refused"] == 18
+    assert fault["killed"]["backend"] in result["config"]["backends"]
+    assert result["overhead"]["p50_inside_proxy_ms"] > 0

@@ -1,0 +1,127 @@
+"""`dynroute llm serve` over real HTTP in front of real `dynroute serve` processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from serve_helpers import BIG, SMALL
+
+POEM = "write a poem about fire and love"
+SUM = "what is 7 plus 2"
+
+
+def proxy_client(proc) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proc.url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def chat(client: openai.OpenAI, model: str, text: str, **kw):
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=4, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "query", "answered_by"),
+    [
+        ("auto", POEM, BIG),  # saved λ = 20: a poem is worth the big model
+        ("auto", SUM, SMALL),  # both are right on sums: the cheaper
+        ("router-knn-0", SUM, SMALL),  # λ = 0, a tie in quality: the cheaper
+        ("router-knn-1000", POEM, SMALL),  # quality is worth little: the cheapest
+        ("router-knn", POEM, BIG),
+        (BIG, SUM, BIG),  # a backend's name: no routing
+    ],
+)
+def test_the_model_field_chooses_and_the_answer_says_who(stack, model, query, answered_by):
+    raw = chat(proxy_client(stack["proxy"]), model, query)
+    assert raw.headers["x-dynroute-model"] == answered_by
+    assert raw.parse().model == answered_by
+
+
+def test_proxied_answer_equals_the_backends(stack):
+    direct = proxy_client(stack["big"]).completions.create(model=BIG, prompt=POEM, max_tokens=5)
+    via = proxy_client(stack["proxy"]).completions.create(model="auto", prompt=POEM, max_tokens=5)
+    assert via.choices[0].text == direct.choices[0].text and via.usage == direct.usage
+
+
+def test_streaming_through_the_proxy(stack):
+    client = proxy_client(stack["proxy"])
+    whole = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": POEM}], max_tokens=6
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": POEM}], max_tokens=6, stream=True
+        )
+    )
+    assert {c.model for c in chunks} == {BIG}
+    assert all(c.usage is None for c in chunks)  # the proxy asked for usage, not the client
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        whole.choices[0].message.content
+    )
+
+
+def test_models_lists_routers_and_backends(stack):
+    ids = [m.id for m in proxy_client(stack["proxy"]).models.list().data]
+    assert ids == ["auto", "router-knn", SMALL, BIG]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"model": "auto", "messages": ', 400, "not valid JSON"),
+        (b'{"model": "auto", "messages": []}', 400, "messages"),
+        (b'{"model": "auto", "messages": [{"role": "robot", "content": "x"}]}', 400, "role"),
+        (
+            b'{"model": "router-mf-0.1", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "router-knn",
+        ),
+        (
+            b'{"model": "gpt-5", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "does not exist",
+        ),
+    ],
+)
+def test_malformed_requests_are_refused_before_forwarding(stack, body, status, needle):
+    before = stack["log"].read_text().count("\n")
+    r = httpx.post(stack["proxy"].url + "/v1/chat/completions", content=body, timeout=30)
+    assert r.status_code == status and needle in r.json()["error"]["message"]
+    assert stack["log"].read_text().count("\n") == before  # never reached a backend
+
+
+def test_decisions_are_logged(stack):
+    chat(proxy_client(stack["proxy"]), "router-knn-5", POEM)
+    row = json.loads(stack["log"].read_text().splitlines()[-1])
+    assert row["query_sha256"] == hashlib.sha256(POEM.encode()).hexdigest()
+    assert row["requested"] == "router-knn-5" and row["knob"] == 5.0 and row["mode"] == "lambda"
+    assert row["chosen"] == BIG and row["router_model"] == BIG and row["status"] == 200
+    assert row["predicted_quality"] == pytest.approx(1.0)
+    assert row["cost"] > 0 and row["latency_ms"] > 0 and row["completion_tokens"] == 4
+
+
+def test_killed_backend_requests_go_to_the_other_then_503(stack):
+    """The fault proxy's big model is a victim process: once killed, routed requests are
+    answered by the small one, direct ones get a clean 503; none hangs."""
+    client = proxy_client(stack["fault_proxy"])
+    assert chat(client, "auto", POEM).headers["x-dynroute-model"] == BIG
+    stack["victim"].kill()
+    start = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:
+        raws = list(pool.map(lambda _: chat(client, "auto", POEM), range(6)))
+    assert {r.headers["x-dynroute-model"] for r in raws} == {SMALL}
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat(client, BIG, POEM)
+    assert refused.value.status_code == 503
+    assert "no backend could answer" in refused.value.message
+    assert time.monotonic() - start < 30
+    health = httpx.get(stack["fault_proxy"].url + "/health", timeout=10).json()
+    assert health["backends"][BIG] == "cooling down"
