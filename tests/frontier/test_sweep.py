@@ -31,7 +31,8 @@ def test_sweep_folder_names_are_distinct_and_safe() -> None:
 def test_sweeps_aim_at_the_issue_targets_in_order() -> None:
     for family, sweep in SWEEPS.items():
         assert set(sweep.values) <= set(TARGETS), family
-        knob = [p.router[sweep.knob] for p in sweep.points(family)]
+        # a knob at its default is left out of the router (one run folder for both spellings)
+        knob = [make_router(dict(p.router)).params()[sweep.knob] for p in sweep.points(family)]
         assert knob == sorted(knob), f"{family}: a larger k̄ needs a larger {sweep.knob}"
 
 

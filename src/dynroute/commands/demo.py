@@ -325,7 +325,7 @@ def _analysis_link(
         run["run_dir"],
         out / "analysis",
         labels=("top2", best.name),
-        max_tokens=max_tokens,
+        max_tokens=None,  # each run's own evaluation set: the windows the table scored
         progress=progress,
     )
     rel = html.relative_to(out)

@@ -112,12 +112,20 @@ class Sweep:
         return [
             Point(
                 family,
-                {"name": self.router, **self.fixed, self.knob: v, **self.per_value.get(v, {})},
+                _canonical(
+                    {"name": self.router, **self.fixed, self.knob: v, **self.per_value.get(v, {})}
+                ),
                 float(t),
             )
             for t, v in sorted(self.values.items())
             if float(t) in wanted
         ]
+
+
+def _canonical(spec: Mapping[str, Any]) -> dict[str, Any]:
+    # Only the values off their defaults: `relu:target=2.0` from a sweep and `relu` typed
+    # on a command line are one run (one folder, one run.json), not two that clash.
+    return {"name": spec["name"], **make_router(dict(spec)).key_params()}  # type: ignore[union-attr]
 
 
 #: Sweep table keyed by family name. A router added later (``dtop_p`` and the other
