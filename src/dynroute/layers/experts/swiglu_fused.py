@@ -41,7 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynroute.dispatch.combine import Combiner
-from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
+from dynroute.dispatch.gemm import (
+    group_sizes,
+    grouped_linear,
+    grouped_mm_supported,
+    grouped_outer,
+)
 
 if TYPE_CHECKING:
     from dynroute.layers.experts.swiglu_weights import ExpertWeights
@@ -120,7 +125,11 @@ def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str)
         )
     if path in ("autograd", "per_expert"):
         return None
-    offs = routing.expert_counts().cumsum(0).to(torch.int32)
+    offs = routing.expert_offsets()
+    use_grouped_mm = path == "grouped_mm"
+    # the slice loop needs rows per expert as Python ints: read them once (one host sync)
+    # for the forward and backward GEMMs; grouped_mm takes the offsets on the device
+    counts = None if use_grouped_mm else group_sizes(offs)
     return FusedSwiGLUDispatch.apply(
         x,
         routing.weight,
@@ -128,8 +137,8 @@ def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str)
         experts.down,
         routing.token,
         offs,
-        None,
-        path == "grouped_mm",
+        counts,
+        use_grouped_mm,
     )
 
 
