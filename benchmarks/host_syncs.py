@@ -2,12 +2,17 @@
 
     PYTHONPATH=src python benchmarks/host_syncs.py                 # prints the table
     PYTHONPATH=src python benchmarks/host_syncs.py --label after   # and stores it
+    PYTHONPATH=src python benchmarks/host_syncs.py --cuda --out OUT.json   # on a GPU
 
 Counts the ops that would force a device→host sync on CUDA (see
 ``dynroute.diagnostics.syncs``) while one MoE layer runs forward and backward on CPU.
 With ``--label`` the counts are stored under that label in
 benchmarks/results/host_syncs.json (with the git commit), so the "before" and "after"
 of a change sit side by side; ``--markdown`` prints the table of every stored label.
+
+``--cuda`` checks the same on a GPU with torch's own detector
+(``torch.cuda.set_sync_debug_mode``): bf16, grouped dispatch, forward + backward; the
+syncs it reports per router, and whether routers with a static A run in "error" mode.
 """
 
 from __future__ import annotations
@@ -80,6 +85,45 @@ def measure() -> dict[str, dict[str, Any]]:
     return out
 
 
+CUDA_ZERO = ("top_k:k=2", "expert_choice")  # A is static: must run in "error" mode
+
+
+def cuda_syncs(router: str, tokens: int = 4096, d_model: int = 1024) -> dict[str, Any]:
+    """Syncs torch's CUDA detector reports for one bf16 MoE layer call (after a warm-up)."""
+    import warnings
+
+    moe = MoE(d_model, 2 * d_model, 8, router=make_router(router)).cuda().to(torch.bfloat16)
+    x = torch.randn(tokens, d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def step() -> None:
+        y, aux = moe(x)
+        (y.float().square().mean() + aux.loss).backward()
+
+    step()  # warm-up: lazy initialisation may sync once
+    torch.cuda.synchronize()
+    result: dict[str, Any] = {}
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    result["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+    result["where"] = sorted({f"{w.filename}:{w.lineno}" for w in caught})
+    if router in CUDA_ZERO:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+            result["error_mode"] = "passed"
+        except RuntimeError as err:
+            result["error_mode"] = f"failed: {str(err).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return result
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -117,7 +161,29 @@ def main() -> None:
     ap.add_argument("--label", help="store the counts under this label (e.g. before, after)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--markdown", action="store_true", help="print the table of stored labels")
+    ap.add_argument("--cuda", action="store_true", help="count with CUDA's sync detector")
+    ap.add_argument("--dry-run", action="store_true", help="with --cuda: list what would run")
     args = ap.parse_args()
+    if args.cuda:
+        routers = [ROUTER_SPECS.get(n, n) for n in sorted(ROUTERS)]
+        if args.dry_run:
+            print("would count CUDA syncs (bf16, grouped, fwd+bwd) for: " + ", ".join(routers))
+            return
+        if not torch.cuda.is_available():
+            raise SystemExit("--cuda needs a CUDA device (none found)")
+        report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                  "commit": git_commit(), "routers": {}}  # fmt: skip
+        for router in routers:
+            report["routers"][router] = cuda_syncs(router)
+            print(router, report["routers"][router])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        failed = [
+            r for r, v in report["routers"].items() if v.get("error_mode", "passed") != "passed"
+        ]
+        if failed:
+            raise SystemExit(f"syncs in error mode for {failed}; see {args.out}")
+        return
     stored = json.loads(args.out.read_text()) if args.out.exists() else {}
     if not args.markdown:
         counts = measure()
