@@ -110,7 +110,7 @@ def attention_bias(
     queries = torch.arange(past, past + t, device=device)[:, None]
     allowed = keys <= queries  # [t, past + t]
     if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, -(past + t) :].bool() | (keys == queries)
+        allowed = (allowed & attention_mask[:, None, -(past + t) :].bool()) | (keys == queries)
         return allowed[:, None]
     return allowed[None, None]
 
