@@ -42,7 +42,7 @@ def long_prompt(run: Path, tokens: int, new_tokens: int) -> dict:
     from dynroute.models.generation import generation_speed
 
     loaded = load_model(run)
-    ids = torch.as_tensor(loaded.tokens(max_tokens=tokens)[:tokens]).long()
+    ids = torch.tensor(loaded.tokens(max_tokens=tokens)[:tokens], dtype=torch.long)
     report = generation_speed(loaded.model, ids, new_tokens)
     report.pop("tokens")
     return report
