@@ -16,6 +16,15 @@ from dynroute.cli import app
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only adds barrier waits per op (seconds on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny model with a tokenizer.json beside it (no training needed to time it)."""

@@ -18,6 +18,15 @@ ROUTERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only adds barrier waits per op (seconds on a busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(router: str = "top_p", max_seq_len: int = 48, **kw: object) -> DynMoEForCausalLM:
     torch.manual_seed(0)
     cfg = DynMoEConfig(
@@ -34,8 +43,9 @@ def greedy(model: DynMoEForCausalLM, ids: torch.Tensor, new: int, use_cache: boo
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("router", ROUTERS)
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(
+    ("router", "batch"), [*((r, 3) for r in ROUTERS), ("top_k", 1), ("top_p", 1)]
+)
 def test_cached_greedy_generation_equals_recomputation(router: str, batch: int) -> None:
     model = tiny(router)
     ids = torch.randint(0, 60, (batch, 7))
@@ -53,7 +63,7 @@ def test_cached_generation_past_the_window_still_equals_recomputation() -> None:
     assert torch.equal(cached.sequences, full.sequences)
 
 
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(prompt=st.integers(1, 12), steps=st.integers(1, 6), batch=st.integers(1, 3))
 def test_decoding_step_by_step_matches_the_full_forward(
     prompt: int, steps: int, batch: int
