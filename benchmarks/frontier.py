@@ -4,7 +4,7 @@ A thin wrapper over ``dynroute bench frontier`` that writes its results where th
 read them (benchmarks/results/frontier.json and frontier.png):
 
     python benchmarks/frontier.py --routers top_k,top_p:p=0.4,top_p_normalized,null_experts \\
-        --targets 1.5,2 --seeds 3 --steps 60 --threads 1       # BENCHMARKS.md section 8
+        --targets 1.5,2 --seeds 3 --steps 60 --threads 1       # BENCHMARKS.md section 9
     python benchmarks/frontier.py                              # every router of the sweep table
 
 Every run is a resumable `dynroute train` folder under --out (default runs/frontier);

@@ -20,7 +20,7 @@ fitted on that table, all on 127.0.0.1, then measures, in one run:
    error JSON or error event); "lost" counts timeouts, dropped connections and garbled
    answers.
 
-Writes ``benchmarks/results/serve_load.json``; BENCHMARKS.md section 8 and
+Writes ``benchmarks/results/serve_load.json``; BENCHMARKS.md section 11 and
 docs/serving.md show its numbers. Takes 2–4 minutes on 2 CPU cores.
 """
 

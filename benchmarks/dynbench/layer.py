@@ -39,6 +39,7 @@ from dynbench.hf_experts import (
     to_top_k_format,
 )
 from dynbench.memory import peak_memory
+from dynbench.scattermoe_impl import scattermoe_layer
 from dynbench.timing import Bench, time_interleaved
 from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers.experts import ExpertWeights
@@ -321,6 +322,27 @@ class _CellRun:
                 t.requires_grad_(False)
         leaves = [x, weight, *expert_leaves]
         self._add("mixtral_loop", lambda: fn(x, index, weight), leaves, self.grad_out)
+        if torch.device(self.setup.device).type == "cuda":
+            self._build_scattermoe(index, weight, padded)
+
+    def _build_scattermoe(self, index: Tensor, weight: Tensor, padded: bool) -> None:
+        if padded:
+            self.skipped["scattermoe"] = "skipped: ScatterMoE takes a fixed k per token"
+            return
+        s = self.setup
+        made = scattermoe_layer(
+            self.cell.num_experts, s.d_model, s.d_ff, index.shape[1], s.device, s.torch_dtype
+        )
+        if isinstance(made, str):
+            self.skipped["scattermoe"] = made
+            return
+        fn, params = made
+        if not self.backward:
+            for t in params:
+                t.requires_grad_(False)
+        x = self.x
+        self._add("scattermoe", lambda: fn(x, weight.to(x.dtype), index), [x, weight, *params],
+                  self.grad_out)  # fmt: skip
 
     # -- running -------------------------------------------------------------------------
     def run(self, on_step: Callable[[], object] | None = None) -> list[Record]:

@@ -37,6 +37,14 @@ def register(app: typer.Typer) -> None:
                 "run's evaluation set; with --data, all of it).",
             ),
         ] = None,
+        # generation speed (dynroute.train.generate)
+        generate: Annotated[
+            bool, typer.Option("--generate", help="Also time greedy generation, KV cache vs none.")
+        ] = False,
+        new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 256,
+        prompt: Annotated[
+            str | None, typer.Option(help="Prompt text (default: start of the validation text).")
+        ] = None,
     ) -> None:
         """Evaluate CHECKPOINT; by default on the windows its training evaluated on.
 
@@ -47,6 +55,7 @@ def register(app: typer.Typer) -> None:
         spaced over the whole validation split instead.
         """
         import json
+        from contextlib import nullcontext
 
         from rich.console import Console
         from rich.markup import escape
@@ -59,6 +68,13 @@ def register(app: typer.Typer) -> None:
         console = Console()
         try:
             loaded = load_model(checkpoint)
+            generation = None
+            if generate:  # first: a bad --prompt fails before the evaluation runs
+                from dynroute.train.generate import generation_report
+
+                busy = f"generating {new_tokens} tokens, with and without cache"
+                with nullcontext() if json_out else console.status(busy):
+                    generation = generation_report(loaded, new_tokens, prompt)
             if loaded.kind == "hf-moe":  # a transformers MoE, patched or not
                 result = evaluate_text(
                     loaded.model,
@@ -74,6 +90,8 @@ def register(app: typer.Typer) -> None:
                     loaded, data, batch_size, seq_len, max_batches, progress=not json_out
                 )
             result["checkpoint"] = str(checkpoint)
+            if generation is not None:
+                result["generation"] = generation
         except (FileNotFoundError, ValueError) as err:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from err
@@ -96,6 +114,10 @@ def register(app: typer.Typer) -> None:
             ("tokens / s (forward)", f"{result['tokens_per_second']:,.0f}"),
             ("evaluated tokens", f"{result['eval_tokens']:,}"),
         ]
+        if "generation" in result:
+            from dynroute.train.generate import generation_rows
+
+            rows += generation_rows(result["generation"])
         for name, value in rows:
             table.add_row(name, value)
         console.print(table)

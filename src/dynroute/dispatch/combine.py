@@ -50,7 +50,8 @@ class Combiner:
         if self._order is None:
             self._order = torch.argsort(self.token, stable=True)
             crow = self.token.new_zeros(self.num_tokens + 1)
-            crow[1:] = torch.bincount(self.token, minlength=self.num_tokens).cumsum(0)
+            ones = torch.ones_like(self.token)
+            crow[1:].scatter_add_(0, self.token, ones).cumsum_(0)  # bincount would sync
             self._crow = crow
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")

@@ -9,7 +9,6 @@ instead; see ``dynroute/layers/experts/swiglu_fused.py`` for SwiGLU's paths.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from dynroute.dispatch.combine import combine
@@ -53,7 +52,7 @@ def grouped(x: Tensor, routing: Routing, experts: ExpertsLike, *, path: str = "a
             f"grouped: path {path!r} needs experts with a fused op; "
             f"{type(experts).__name__} has none: use path='auto' or 'autograd'"
         )
-    offs = routing.expert_counts().cumsum(0).to(torch.int32)
+    offs = routing.expert_offsets()
     return _composed(x, routing, experts, offs)
 
 

@@ -75,8 +75,8 @@ class DynMoEConfig(PretrainedConfig):
     norm_eps: float = 1e-6
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
-    # generate() recomputes the whole prefix each step (no KV cache); see modeling.py.
-    use_cache: bool = False
+    # generate() keeps a KV cache (transformers' DynamicCache); see modeling.py.
+    use_cache: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         try:

@@ -8,6 +8,12 @@ The FFN of every ``moe_every``-th layer is a :class:`dynroute.layers.MoE`, so an
 (top-k, top-p, null experts, expert choice) drops in through the config. Forward hooks
 on those MoE modules see their ``(y, aux)`` output, which is how analysis code reads
 routing decisions without touching this file.
+
+Generation uses transformers' Cache API (a ``DynamicCache`` of keys and values per
+layer): each decoding step runs only the new token through the blocks, so it is routed
+alone, exactly as it was routed inside the full sequence (routing is per token; expert
+choice, which ranks tokens against each other, is the exception). Left-padded batches
+work through ``attention_mask``.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 
 from dynroute.layers import MoE
@@ -57,8 +64,59 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tens
     return angles.cos(), angles.sin()
 
 
+def rope_at(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin [B, 1, T, head_dim / 2] at integer ``positions`` [B, T], built on their device.
+
+    The same products as :func:`rope_tables` (so cached decoding matches a full pass
+    bit for bit), for any positions: left-padded rows start at 0 after their padding.
+
+    Example:
+        >>> cos, sin = rope_at(torch.tensor([[0, 0, 1]]), 8, 10000.0)
+        >>> cos.shape, torch.equal(cos[0, 0, 2], rope_tables(8, 2, 10000.0)[0][1])
+        (torch.Size([1, 1, 3, 4]), True)
+    """
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)
+    inv_freq = 1.0 / theta ** (exponent / head_dim)
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position of every token [B, T] from a 0/1 mask [B, T]: left padding does not count.
+
+    Example:
+        >>> positions_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist()
+        [[0, 0, 0, 1], [0, 1, 2, 3]]
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def attention_bias(
+    attention_mask: Tensor | None, past: int, t: int, device: torch.device
+) -> Tensor | None:
+    """Boolean mask [B | 1, 1, t, past + t] (True = attend) for t new queries after ``past``
+    cached keys, or None where SDPA's own causal mask is exact (no padding, no past).
+
+    Padded keys are masked; every query still sees itself, so a padding row is never
+    empty (an empty row would give NaN, which the routers reject).
+
+    Example:
+        >>> attention_bias(None, 2, 2, torch.device("cpu"))[0, 0].int().tolist()
+        [[1, 1, 1, 0], [1, 1, 1, 1]]
+    """
+    if attention_mask is None and (past == 0 or t == 1):
+        return None  # is_causal for a prompt; a single new query sees every cached key
+    keys = torch.arange(past + t, device=device)
+    queries = torch.arange(past, past + t, device=device)[:, None]
+    allowed = keys <= queries  # [t, past + t]
+    if attention_mask is not None:
+        allowed = (allowed & attention_mask[:, None, -(past + t) :].bool()) | (keys == queries)
+        return allowed[:, None]
+    return allowed[None, None]
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate half-pairs of x [B, H, T, h] by position; cos/sin are [T, h/2]."""
+    """Rotate half-pairs of x [B, H, T, h] by position; cos/sin are [T, h/2] or [B, 1, T, h/2]."""
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.to(x.dtype)
@@ -67,18 +125,34 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention, RoPE on q and k, via ``scaled_dot_product_attention``."""
 
-    def __init__(self, config: DynMoEConfig) -> None:
+    def __init__(self, config: DynMoEConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.n_heads = config.n_heads
+        self.layer_idx = layer_idx  # this layer's slot in a KV cache
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        cache: Cache | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, T, d] -> [B, T, d]; with ``cache`` the T new keys/values are appended to
+        it and the queries attend to everything cached; ``mask`` from :func:`attention_bias`."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, h]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, H, past + T, h]
+        if mask is None:
+            # a prompt (no past): causal; a single new token: it sees every cached key
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -101,7 +175,7 @@ class Block(nn.Module):
     def __init__(self, config: DynMoEConfig, index: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, index)
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn: MoE | SwiGLU
         if config.is_moe_layer(index):
@@ -120,10 +194,16 @@ class Block(nn.Module):
             self.ffn = SwiGLU(config.d_model, config.d_ff)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, carry: Any = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        cache: Cache | None = None,
+        mask: Tensor | None = None,
+        carry: Any = None,
     ) -> tuple[Tensor, MoEAux | None]:
         """``carry``: the previous MoE layer's ``aux.carry`` (a recurrent router's state)."""
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, mask)
         h = self.ffn_norm(x)
         if isinstance(self.ffn, MoE):
             y, aux = self.ffn(h, carry)
@@ -151,6 +231,8 @@ class DynMoECausalLMOutput(ModelOutput):
         experts_per_layer: float tensor [L_moe], mean real experts per token per MoE layer.
         aux: one :class:`dynroute.layers.moe.MoEAux` per MoE layer (routing, router
             logits, each loss), in layer order.
+        past_key_values, cache: the KV cache after this call (with ``use_cache``; the same
+            object under both names, which transformers releases before and after 5.2x read).
     """
 
     loss: Tensor | None = None
@@ -159,6 +241,8 @@ class DynMoECausalLMOutput(ModelOutput):
     aux_loss: Tensor | None = None
     experts_per_layer: Tensor | None = None
     aux: list[MoEAux] | None = None
+    past_key_values: Cache | None = None
+    cache: Cache | None = None
 
 
 class DynMoEPreTrainedModel(PreTrainedModel):
@@ -242,28 +326,49 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
         self,
         input_ids: Tensor,
         labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        cache: Cache | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> DynMoECausalLMOutput:
-        # attention_mask, position_ids, use_cache, ... arrive from generate(); sequences
-        # are unpadded and causal, so they carry no information this model needs.
-        t = input_ids.shape[1]
-        if t > self.config.max_seq_len:
+        """Logits of ``input_ids`` [B, T], continuing a KV cache when one is given.
+
+        Args:
+            attention_mask: [B, past + T] 0/1, 0 on (left) padding; None: no padding.
+            position_ids: [B, T]; default: from ``attention_mask``, else past .. past + T − 1.
+            past_key_values / cache: a transformers ``Cache`` holding ``past`` tokens (the
+                name changed across transformers releases; both are accepted).
+            use_cache: start a ``DynamicCache`` when none is given, and return it.
+        """
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        b, t = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + t > self.config.max_seq_len:
             raise ValueError(
-                f"DynMoEForCausalLM: sequence length {t} exceeds max_seq_len "
+                f"DynMoEForCausalLM: sequence length {past + t} exceeds max_seq_len "
                 f"{self.config.max_seq_len}; use shorter inputs or a larger max_seq_len"
             )
-        # Recomputed per call ([T, h/2], negligible) rather than a buffer, so loading a
-        # checkpoint on the meta device never leaves it uninitialised.
-        cos, sin = rope_tables(
-            self.config.d_model // self.config.n_heads, t, self.config.rope_theta
-        )
-        cos, sin = cos.to(input_ids.device), sin.to(input_ids.device)
+        device = input_ids.device
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)[:, -t:]
+            else:
+                position_ids = torch.arange(past, past + t, device=device)[None].expand(b, t)
+        # built on the device at the positions asked for (never a host table copied over:
+        # that copy would sync, and a loaded meta-device buffer could be left uninitialised)
+        cos, sin = rope_at(position_ids, self.config.d_model // self.config.n_heads,
+                           self.config.rope_theta)  # fmt: skip
+        mask = attention_bias(attention_mask, past, t, device)
         x = self.embed(input_ids)
         auxes: list[MoEAux] = []
         carry = None  # a recurrent router's state, handed from MoE layer to MoE layer (RMoE)
         for block in self.blocks:
-            x, aux = block(x, cos, sin, carry)
+            x, aux = block(x, cos, sin, cache, mask, carry)
             if aux is not None:
                 auxes.append(aux)
                 carry = aux.carry
@@ -282,8 +387,35 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
             aux_loss=aux_loss,
             experts_per_layer=experts,
             aux=auxes,
+            past_key_values=cache if use_cache else None,
+            cache=cache if use_cache else None,
         )
 
-    def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs: Any) -> dict[str, Any]:
-        """No KV cache: every generation step re-reads the whole (short) sequence."""
-        return {"input_ids": input_ids[:, -self.config.max_seq_len :]}
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The tokens the cache has not seen yet (all of them without a cache).
+
+        The cache arrives as ``cache`` or ``past_key_values`` (transformers renamed it);
+        positions come from ``attention_mask``. A sequence longer than ``max_seq_len``
+        is cut to its last ``max_seq_len`` tokens, which then start a fresh cache: with
+        or without the cache every step sees the same window, so both give the same tokens.
+        """
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        window = self.config.max_seq_len
+        past = cache.get_seq_length() if cache is not None and use_cache is not False else 0
+        if input_ids.shape[1] > window:
+            input_ids = input_ids[:, -window:]
+            attention_mask = attention_mask[:, -window:] if attention_mask is not None else None
+            if past:  # the window moved: every cached key is stale
+                cache, past = DynamicCache(), 0
+        inputs: dict[str, Any] = {"input_ids": input_ids[:, past:], "use_cache": use_cache}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        if use_cache is not False and cache is not None:
+            inputs["cache"] = inputs["past_key_values"] = cache
+        return inputs

@@ -28,13 +28,37 @@ def as_router_logits(logits: Tensor, fn: str, min_experts: int = 1) -> Tensor:
     if not logits.is_floating_point():
         raise TypeError(f"{fn}: logits must be floating point, got {logits.dtype}")
     logits = logits.float()
-    if logits.numel() and not bool(torch.isfinite(logits).all()):
+    if logits.numel():
+        check_finite(logits, fn)
+    return logits
+
+
+def check_finite(logits: Tensor, fn: str) -> None:
+    """Raise a ValueError naming how many tokens have NaN or inf logits, without a host sync.
+
+    ``bool(isfinite(x).all())`` would stall every layer of every step on a GPU until the
+    queue drains. ``torch._assert_async`` checks on the device instead: on CPU it raises at
+    once (and only then are the bad tokens counted, for the message); on CUDA a failure is
+    a device-side assert reported at the next sync.
+
+    Example:
+        >>> import torch
+        >>> check_finite(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), "top_k")
+        Traceback (most recent call last):
+        ...
+        ValueError: top_k: router logits contain NaN or inf in 1 of 2 token(s); ...
+    """
+    message = f"{fn}: router logits contain NaN or inf"
+    try:
+        torch._assert_async(torch.isfinite(logits).all(), message)
+    except RuntimeError as err:
+        if message not in str(err):
+            raise
         bad = int((~torch.isfinite(logits)).any(dim=1).sum())
         raise ValueError(
-            f"{fn}: router logits contain NaN or inf in {bad} of {logits.shape[0]} token(s); "
+            f"{message} in {bad} of {logits.shape[0]} token(s); "
             "check the inputs and the learning rate, or add a router z-loss"
-        )
-    return logits
+        ) from None
 
 
 def check_int(value: int, name: str, fn: str, low: int, high: int | None = None) -> int:

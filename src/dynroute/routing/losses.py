@@ -42,10 +42,10 @@ def load_balance_loss(routing: Routing) -> Tensor:
         null_total = routing.null_selected.sum().to(counts.dtype)
         counts = torch.cat([counts, (null_total / m).expand(m)])
         probs = torch.cat([probs, routing.null_probs], dim=1)
-    total = counts.sum()
-    if routing.num_tokens == 0 or total == 0:
+    if routing.num_tokens == 0:
         return probs.sum() * 0.0
-    f = counts / total
+    # no `if total == 0` (a host sync): with no assignment every f_i is 0 and so is the loss
+    f = counts / counts.sum().clamp_min(1)
     q = probs.mean(dim=0)
     return probs.shape[1] * (f * q).sum()
 

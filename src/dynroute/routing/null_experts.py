@@ -49,10 +49,13 @@ def null_experts(logits: Tensor, k: int, num_null: int) -> Routing:
     picked = torch.where(real.any(dim=-1, keepdim=True), picked, 0.0)
     weight = torch.softmax(picked, dim=-1)
     token = torch.arange(n, device=logits.device)[:, None].expand(n, k)
+    # A varies with the batch: one nonzero (the one host sync), then integer indexing
+    # (boolean indexing would sync once per tensor, and again in backward)
+    keep = real.reshape(-1).nonzero().squeeze(1)
     return Routing.from_assignments(
-        token[real],
-        top_i[real],
-        weight[real],
+        token.reshape(-1)[keep],
+        top_i.reshape(-1)[keep],
+        weight.reshape(-1)[keep],
         probs[:, :e],
         e,
         null_probs=probs[:, e:],

@@ -40,7 +40,8 @@ def top_k(logits: Tensor, k: int, normalize: bool = True) -> Routing:
     weight, expert = torch.topk(probs, k, dim=-1)
     if normalize:
         weight = weight / weight.sum(dim=-1, keepdim=True)
-    token = torch.arange(n, device=logits.device).repeat_interleave(k)
+    # [0,0,1,1,...]: an expand, no repeat_interleave (whose output size may be read on the host)
+    token = torch.arange(n, device=logits.device)[:, None].expand(n, k).reshape(-1)
     return Routing.from_assignments(token, expert.reshape(-1), weight.reshape(-1), probs, e)
 
 

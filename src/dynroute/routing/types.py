@@ -8,6 +8,16 @@ import torch
 from torch import Tensor
 
 
+def _count(index: Tensor, size: int) -> Tensor:
+    """LongTensor [size]: occurrences of each value of ``index`` (values in [0, size)).
+
+    ``torch.bincount(index, minlength=size)`` gives the same, but on CUDA it reads
+    ``index.max()`` on the host to size its output: a sync. A scatter-add into a buffer
+    of static size never leaves the device.
+    """
+    return index.new_zeros(size).scatter_add_(0, index, torch.ones_like(index))
+
+
 @dataclass(frozen=True)
 class Routing:
     """A flat list of (token, expert, weight) assignments, sorted by expert.
@@ -60,7 +70,7 @@ class Routing:
             >>> top_p(torch.tensor([[9.0, 0.0], [0.0, 0.0]]), p=0.6).experts_per_token().tolist()
             [1, 2]
         """
-        return torch.bincount(self.token, minlength=self.num_tokens)
+        return _count(self.token, self.num_tokens)
 
     def expert_counts(self) -> Tensor:
         """LongTensor [E]: how many tokens each expert runs on.
@@ -71,7 +81,18 @@ class Routing:
             >>> top_k(torch.tensor([[2.0, 1.0, 0.0]] * 3), k=1).expert_counts().tolist()
             [3, 0, 0]
         """
-        return torch.bincount(self.expert, minlength=self.num_experts)
+        return _count(self.expert, self.num_experts)
+
+    def expert_offsets(self) -> Tensor:
+        """Int32 [E]: cumulative ``expert_counts``, the ``offs`` of grouped GEMMs (on device).
+
+        Example:
+            >>> import torch
+            >>> from dynroute.routing import top_k
+            >>> top_k(torch.tensor([[2.0, 1.0, 0.0]] * 3), k=2).expert_offsets().tolist()
+            [3, 6, 6]
+        """
+        return self.expert_counts().cumsum(0).to(torch.int32)
 
     def mean_experts(self) -> float:
         """Mean real experts per token, k̄ (0.0 for N = 0).

@@ -41,7 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynroute.dispatch.combine import Combiner
-from dynroute.dispatch.gemm import grouped_linear, grouped_mm_supported, grouped_outer
+from dynroute.dispatch.gemm import (
+    group_sizes,
+    grouped_linear,
+    grouped_mm_supported,
+    grouped_outer,
+)
 
 if TYPE_CHECKING:
     from dynroute.layers.experts.swiglu_weights import ExpertWeights
@@ -120,7 +125,11 @@ def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str)
         )
     if path in ("autograd", "per_expert"):
         return None
-    offs = routing.expert_counts().cumsum(0).to(torch.int32)
+    offs = routing.expert_offsets()
+    use_grouped_mm = path == "grouped_mm"
+    # the slice loop needs rows per expert as Python ints: read them once (one host sync)
+    # for the forward and backward GEMMs; grouped_mm takes the offsets on the device
+    counts = None if use_grouped_mm else group_sizes(offs)
     return FusedSwiGLUDispatch.apply(
         x,
         routing.weight,
@@ -128,8 +137,8 @@ def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str)
         experts.down,
         routing.token,
         offs,
-        None,
-        path == "grouped_mm",
+        counts,
+        use_grouped_mm,
     )
 
 
@@ -199,7 +208,10 @@ class FusedSwiGLUDispatch(torch.autograd.Function):
         # goes to a new [A, 2f] buffer; silu(gate) is recomputed into its up half
         d_gu = torch.empty_like(gu)
         d_gate, d_up = d_gu[:, :f], d_gu[:, f:]
-        act = torch.ops.aten.silu.out(gate, out=d_up)  # [A, f]
+        # out= into a strided view saves an [A, f] temporary in eager; torch.compile cannot
+        # trace a non-contiguous out= (and fuses the copy away anyway)
+        compiling = torch.compiler.is_compiling()
+        act = d_up.copy_(F.silu(gate)) if compiling else torch.ops.aten.silu.out(gate, out=d_up)
         d_down = None
         if need_down:
             d_down = grouped_outer(act * up, go, offs, **gmm)  # [E, f, d]
@@ -207,7 +219,10 @@ class FusedSwiGLUDispatch(torch.autograd.Function):
         del go
         act.mul_(d_h)  # d_up, in place in d_gu
         d_h.mul_(up)  # gradient w.r.t. silu(gate)
-        torch.ops.aten.silu_backward.grad_input(d_h, gate, grad_input=d_gate)
+        if compiling:
+            d_gate.copy_(torch.ops.aten.silu_backward(d_h, gate))
+        else:
+            torch.ops.aten.silu_backward.grad_input(d_h, gate, grad_input=d_gate)
         del d_h, act, gate, up
         d_gate_up = d_x = None
         if need_gu:
