@@ -46,6 +46,7 @@ def test_rows_of_one_batch_stop_on_their_own(served):
 
 
 def test_prompt_lengths_and_sampling_settings_are_not_mixed(served):
+    # pad_batching=False (an adaptive model, say): only equal lengths share a batch
     short, long = served.encode("def"), served.encode("def f(x): return")
     jobs = [Job(short, 3), Job(long, 3), Job(short, 3, temperature=0.7), Job(short, 3)]
     results, stats = run_together(served, jobs)
@@ -78,3 +79,37 @@ def test_a_transformers_checkpoint_is_left_padded_and_unchanged(tmp_path):
     together, stats = run_together(olmoe, [Job(p, 5) for p in prompts], pad=True)
     assert stats["largest_batch"] >= 3  # the three (the held job may have joined them)
     assert [r.text for r in together] == alone
+
+
+def test_a_dynroute_model_is_left_padded_and_unchanged(served):
+    """DynMoE models honour attention_mask (KV cache with left padding): prompts of
+    different lengths share a batch and each answers as it does alone."""
+    assert served.pad_batching
+    prompts = [served.encode(t) for t in ("def add(a, b):", "x = 1", "return")]
+    assert len({len(p) for p in prompts}) == 3
+    with GenerationEngine(served.model, served.tokenizer, pad_batching=True) as engine:
+        alone = [engine.submit(Job(p, 5)).result(timeout=120).text for p in prompts]
+    together, stats = run_together(served, [Job(p, 5) for p in prompts], pad=True)
+    assert stats["largest_batch"] >= 3
+    assert [r.text for r in together] == alone
+
+
+def test_graph_of_tokens_models_are_not_padded():
+    """A router that mixes a sequence's tokens would see the padding: no left padding."""
+    from dynroute.models import DynMoEConfig, DynMoEForCausalLM
+
+    def model(router: str) -> DynMoEForCausalLM:
+        return DynMoEForCausalLM(
+            DynMoEConfig(
+                vocab_size=40,
+                d_model=16,
+                n_layers=1,
+                n_heads=2,
+                d_ff=16,
+                num_experts=4,
+                router=router,
+            )
+        )
+
+    assert model("top_k").supports_left_padding
+    assert not model("graph_of_tokens").supports_left_padding

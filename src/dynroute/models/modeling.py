@@ -267,6 +267,14 @@ class DynMoEPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
 
     # every model of the family has ``embed`` and ``lm_head``; transformers asks for them
+    @property
+    def supports_left_padding(self) -> bool:
+        """Whether a left-padded row gets the same tokens as the prompt alone: true unless a
+        router mixes the tokens of a sequence (Graph of Tokens sees the padding)."""
+        return not any(
+            getattr(m.route, "mixes_tokens", False) for m in self.modules() if isinstance(m, MoE)
+        )
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed  # type: ignore[return-value]
 

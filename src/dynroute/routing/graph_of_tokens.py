@@ -21,6 +21,7 @@ Knobs: ``k`` = 2, ``alpha`` = 0.5, ``temperature`` τ = 1 (our defaults).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,8 @@ class GraphOfTokens(Router):
         >>> r.experts_per_token().tolist()
         [1, 1, 1, 1, 1, 1]
     """
+
+    mixes_tokens: ClassVar[bool] = True
 
     k: int = 2
     alpha: float = 0.5

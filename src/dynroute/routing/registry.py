@@ -85,6 +85,9 @@ class Router:
     """
 
     name: ClassVar[str] = ""
+    #: True when a token's experts depend on other tokens of its sequence (Graph of
+    #: Tokens): left padding and KV-cache decoding then change its routing.
+    mixes_tokens: ClassVar[bool] = False
 
     def __call__(self, logits: Tensor) -> Routing:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")

@@ -104,8 +104,10 @@ def load_served_model(
     context = int(
         getattr(config, "max_seq_len", None) or getattr(config, "max_position_embeddings", 2048)
     )
-    # dynroute's own models ignore attention_mask (no padding support): equal-length batches.
+    # DynMoE models say whether left padding is exact (not with Graph of Tokens); other
+    # models of ours (adaptive) ignore attention_mask: equal-length batches for those.
     own = getattr(config, "model_type", None) in MODEL_CLASSES
+    padding = bool(getattr(model, "supports_left_padding", not own))
     root = Path(path)
     default_name = (root.parent if root.name == "model" else root).resolve().name
-    return ServedModel(model, tokenizer, name or default_name, loaded.folder, context, not own)
+    return ServedModel(model, tokenizer, name or default_name, loaded.folder, context, padding)
