@@ -210,6 +210,8 @@ class LoadedModel:
                 )
             if self.windows is not None and split == "validation":
                 return self.windows.reshape(-1)
+            if not self._corpus_gone():  # text there, but cached under another tokenizer
+                return self.tokens(self.data.get("source") or "stdlib", split, max_tokens)
             raise FileNotFoundError(
                 f"the training corpus {self.data.get('source')} of {self.folder} is not there "
                 f"and {self.folder} holds no {EVAL_WINDOWS_FILE}; pass --data with held-out text"
@@ -226,11 +228,21 @@ class LoadedModel:
         return _encode(self.tokenizer, docs)
 
     def _prepare(self) -> PreparedData | None:
-        """The training corpus's cached tokens, or None when that text is gone."""
+        """The training corpus's cached tokens, or None when that text is gone or was
+        tokenized by another tokenizer than the model's (a bare folder with its own
+        tokenizer.json and no corpus settings: ids beyond its vocabulary otherwise)."""
         try:
-            return prepare_run_data(self.data)
+            prepared = prepare_run_data(self.data)
         except (FileNotFoundError, CorpusError):
             return None
+        mine = getattr(self.tokenizer, "to_str", None)
+        if mine is not None and prepared.tokenizer.to_str() != mine():
+            return None
+        return prepared
+
+    def _corpus_gone(self) -> bool:
+        source = self.data.get("source")
+        return source not in (None, "", "stdlib") and not Path(source).exists()
 
 
 def _encode(tokenizer: Any, docs: list[str]) -> np.ndarray:
