@@ -235,8 +235,8 @@ class LoadedModel:
             prepared = prepare_run_data(self.data)
         except (FileNotFoundError, CorpusError):
             return None
-        mine = getattr(self.tokenizer, "to_str", None)
-        if mine is not None and prepared.tokenizer.to_str() != mine():
+        vocab = getattr(self.tokenizer, "get_vocab", None)
+        if vocab is not None and prepared.tokenizer.get_vocab() != vocab():
             return None
         return prepared
 
