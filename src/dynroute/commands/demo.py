@@ -40,7 +40,9 @@ def demo_routers(p: float = PAPER_P) -> list[str]:
         f"top_p:p={p}",  # paper-faithful
         "top_p:p=0.4,normalize=true",  # renormalised: k̄ 1.55 at d_model 512 (issue 17)
         "dtop_p:target=1.5",  # controller holds k̄ at the target
-        "dtop_p:target=2.0",
+        # ReLU routing: the only rule below the top-k frontier beyond seed noise in the
+        # 3-seed sweep (BENCHMARKS.md section 9)
+        "relu:target=1.5",
     ]
 
 
