@@ -113,8 +113,8 @@ def describe_setup(base: RunConfig, seeds: Sequence[int], eval_tokens: int | Non
         f"layout {m.get('expert_layout', 'stacked')}; {t.steps} steps × {t.tokens_per_step:,} "
         f"= {t.steps * t.tokens_per_step:,} training tokens per run; seeds "
         f"{', '.join(map(str, seeds))}; every run evaluated on the same "
-        f"{eval_tokens:,} held-out tokens (the first windows of {t.batch_size}×{t.seq_len}, "
-        f"at most {t.eval_batches} batches)."
+        f"{eval_tokens:,} held-out tokens ({t.eval_batches} batches of {t.batch_size}×{t.seq_len} "
+        "windows evenly spaced over the validation split)."
     )
 
 

@@ -3,8 +3,9 @@
 Each run lives in ``out/<point>-s<seed>/``: a finished one is reused (and reported as
 reused), an interrupted one resumes from its checkpoint, bit for bit, so killing a
 sweep loses at most one checkpoint interval. Every run is evaluated once, at its last
-step, by the training loop itself on the first ``eval_batches`` windows of the held-out
-split: the same tokens for every run, and the numbers the table, plot and verdict show.
+step, by the training loop itself on ``eval_batches`` batches of windows evenly spaced
+over the held-out split: the same tokens for every run, and the numbers the table,
+plot and verdict show.
 
 Example:
     >>> from dynroute.train import load_config
