@@ -7,6 +7,7 @@ side-by-side comparison share the same code. Save with ``fig.savefig(path)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,23 @@ __all__ = [
     "plot_load",
     "plot_position",
     "plot_token_id",
+    "save_figure",
 ]
 
 Runs = Mapping[str, dict[str, Any]]
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (its folder created), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 STYLES = ("-", "--", ":", "-.")
 
 

@@ -81,6 +81,8 @@ def plot_frontier(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dynroute.analysis.plots import save_figure
+
     summaries = summarise(records)
     families = list(dict.fromkeys(s.family for s in summaries))
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -123,8 +125,4 @@ def plot_frontier(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -189,6 +189,8 @@ def plot_curves(runs: dict[str, Path], path: Path | str, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from dynroute.analysis.plots import save_figure
+
     fig, (ax_loss, ax_k) = plt.subplots(1, 2, figsize=(11, 4))
     for label, run in runs.items():
         evals = read_metrics(Path(run) / "metrics.jsonl", "eval")
@@ -214,11 +216,7 @@ def plot_curves(runs: dict[str, Path], path: Path | str, title: str = "") -> Pat
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_report(
