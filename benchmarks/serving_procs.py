@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from dynroute.serve.runner import free_port
+from dynroute.common.net import free_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

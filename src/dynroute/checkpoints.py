@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
+from dynroute.common.registry import Registry
 from dynroute.data import (
     CorpusError,
     PreparedData,
@@ -35,44 +37,65 @@ from dynroute.data import (
     load_corpus,
     prepare_data,
 )
+from dynroute.models import DynMoEForCausalLM
 
 __all__ = [
     "CHECKPOINT_NAMES",
     "DATA_FILE",
     "EVAL_WINDOWS_FILE",
-    "MODEL_CLASSES",
+    "MODEL_TYPES",
     "RUN_INFO_FILE",
     "CorruptFileError",
     "LoadedModel",
+    "is_own_model_type",
     "load_model",
     "model_class",
     "prepare_run_data",
     "read_json",
+    "register_model_type",
     "resolve_checkpoint",
     "router_text",
 ]
 
 CHECKPOINT_NAMES = ("final", "best", "last", "latest", "checkpoint", "model")
 
-#: dynroute's own model types (``config.json``'s ``model_type``) and their classes,
-#: imported on first use (``dynroute.adaptive`` sits above this module).
-MODEL_CLASSES = {
-    "dynmoe": ("dynroute.models", "DynMoEForCausalLM"),
-    "dynroute_adaptive": ("dynroute.adaptive", "AdaptiveForCausalLM"),
-}
+#: dynroute's own model types (``config.json``'s ``model_type``) and their classes. A model
+#: family registers itself (:func:`register_model_type`); ``dynroute.adaptive`` is found
+#: through its ``dynroute.plugins`` entry point the first time a folder of its type is read.
+MODEL_TYPES: Registry[PreTrainedModel] = Registry("model type", PreTrainedModel, set_name=False)
+
+
+def register_model_type(cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    """Class decorator: let :func:`load_model` read folders of ``cls.config_class.model_type``.
+
+    Example:
+        >>> MODEL_TYPES["dynmoe"].__name__
+        'DynMoEForCausalLM'
+    """
+    return MODEL_TYPES.register(cls.config_class.model_type)(cls)
 
 
 def model_class(model_type: str | None) -> Any:
-    """The class of one of dynroute's own model types (``MODEL_CLASSES``).
+    """The class of one of dynroute's own model types (:data:`MODEL_TYPES`).
 
     Example:
         >>> model_class("dynmoe").__name__
         'DynMoEForCausalLM'
     """
-    import importlib
+    return MODEL_TYPES.lookup(model_type or "dynmoe")
 
-    module, name = MODEL_CLASSES[model_type or "dynmoe"]
-    return getattr(importlib.import_module(module), name)
+
+def is_own_model_type(model_type: str | None) -> bool:
+    """Whether ``model_type`` is one of dynroute's own (else: a transformers family).
+
+    Example:
+        >>> is_own_model_type("dynmoe"), is_own_model_type("mixtral")
+        (True, False)
+    """
+    return MODEL_TYPES.knows(str(model_type))
+
+
+register_model_type(DynMoEForCausalLM)
 
 
 DATA_FILE = "dynroute_data.json"
@@ -314,7 +337,7 @@ def load_model(path: str | Path) -> LoadedModel:
         )  # fmt: skip
     folder = resolve_checkpoint(root)
     config = read_json(folder / "config.json", _rewrite_hint(folder))
-    if config.get("model_type") not in MODEL_CLASSES:
+    if not is_own_model_type(config.get("model_type")):
         return _load_hf(folder, config)
     return _load_dynroute_folder(folder)
 

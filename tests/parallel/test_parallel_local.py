@@ -92,12 +92,12 @@ def test_measure_comm_counts_every_exchange():
 
 
 def test_launch_command_is_a_loopback_torchrun():
-    cmd = launch_command(3, ["train", "--expert-parallel", "3"])
+    cmd = launch_command(3, ["train", "--expert-parallel", "3"], "dynroute.cli")
     assert cmd[cmd.index("--nproc-per-node") + 1] == "3"
     assert cmd[cmd.index("--master-addr") + 1] == "127.0.0.1"
     assert cmd[-5:] == ["-m", "dynroute.cli", "train", "--expert-parallel", "3"]
     with pytest.raises(ValueError, match="nproc"):
-        launch_command(0, [])
+        launch_command(0, [], "dynroute.cli")
 
 
 def test_deepcopy_shares_the_process_group():

@@ -106,7 +106,7 @@ def test_docs_example_runs_under_torchrun(tmp_path):
     code = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)[0]
     script = tmp_path / "ep_train.py"
     script.write_text(code)
-    cmd = launch_command(2, [str(script)])
+    cmd = launch_command(2, [str(script)], "dynroute.cli")
     at = cmd.index("dynroute.cli")
     del cmd[at - 1 : at + 1]  # run the script itself, not `-m dynroute.cli`
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -126,7 +126,9 @@ def test_dynroute_train_expert_parallel_once_wired(tmp_path):
     config = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
     out = tmp_path / "run"
     argv = ["train", "--config", str(config), "--out", str(out), "--steps", "4"]
-    rc = launch(2, [*argv, "--no-progress", "--expert-parallel", "2"], timeout_s=300)
+    rc = launch(
+        2, [*argv, "--no-progress", "--expert-parallel", "2"], "dynroute.cli", timeout_s=300
+    )
     assert rc == 0
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 4 and len(state["sampler_rngs"]) == 2

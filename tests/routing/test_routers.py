@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from dynroute.routing import (
     expert_capacity,
     expert_choice,
-    get_router,
+    make_router,
     null_experts,
     top_k,
     top_p,
@@ -213,8 +213,8 @@ def test_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="num_null"):
         null_experts(torch.zeros(2, 4), 2, 4)
     with pytest.raises(ValueError, match="unknown router"):
-        get_router("top_q")
+        make_router("top_q")
     with pytest.raises(TypeError, match="unknown argument"):
-        get_router("top_p", p=0.4, q=1)
+        make_router("top_p", p=0.4, q=1)
     with pytest.raises(TypeError, match="missing required"):
-        get_router("top_p")
+        make_router("top_p")

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynroute.common.files import atomic_torch_save
 from dynroute.models import DynMoEForCausalLM
 from dynroute.train import (
     RunConfig,
     apply_overrides,
-    atomic_save,
     load_checkpoint,
     load_config,
     lr_at,
@@ -127,14 +127,14 @@ def test_lr_schedule_warmup_then_cosine() -> None:
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
-    atomic_save({"step": 1}, path)
+    atomic_torch_save({"step": 1}, path)
 
     class Boom:
         def __reduce__(self) -> tuple:
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        atomic_save({"step": 2, "bad": Boom()}, path)
+        atomic_torch_save({"step": 2, "bad": Boom()}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp files left
 

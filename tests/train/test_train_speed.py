@@ -211,7 +211,7 @@ def test_nproc_2_fsdp_on_gloo_equals_one_process_with_the_doubled_batch(tmp_path
 @pytest.mark.slow
 def test_two_nodes_on_loopback_train_like_nproc_2(tmp_path: Path) -> None:
     """--nnodes 2 with one process per "machine" (both on 127.0.0.1) == --nproc 2."""
-    from dynroute.parallel import free_port
+    from dynroute.common.net import free_port
 
     config = write_config(tmp_path, steps=3, model_extra=NO_AUX, eval_interval=0)
     port = str(free_port())

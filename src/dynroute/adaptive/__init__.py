@@ -16,10 +16,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from dynroute.adaptive.config import BIG, ROUTINGS, SKIP, SMALL, AdaptiveConfig
 from dynroute.adaptive.model import AdaptiveFFN, AdaptiveForCausalLM, AdaptiveOutput, budget_loss
+from dynroute.checkpoints import register_model_type
 
-# So that transformers' Auto* classes open saved adaptive models too.
+# So that transformers' Auto* classes open saved adaptive models too, and dynroute's loader
+# (which finds this package through its `dynroute.plugins` entry point in pyproject.toml).
 AutoConfig.register(AdaptiveConfig.model_type, AdaptiveConfig, exist_ok=True)
 AutoModelForCausalLM.register(AdaptiveConfig, AdaptiveForCausalLM, exist_ok=True)
+register_model_type(AdaptiveForCausalLM)
 
 __all__ = [
     "BIG",

@@ -227,7 +227,7 @@ def register(app: typer.Typer) -> None:
                     threads=threads, expert_parallel=expert_parallel,
                     restart_from_model=restart_from_model or None, **settings,
                 )  # fmt: skip
-                raise typer.Exit(launch(world, argv, rendezvous=nodes))
+                raise typer.Exit(launch(world, argv, "dynroute.cli", rendezvous=nodes))
             interruptible = expert_parallel == 1 and nproc == 1
             with stop_on_sigint() if interruptible else contextlib.nullcontext():
                 result = run_training(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -200,17 +199,6 @@ class TokenDataset:
     """
 
     tokens: np.ndarray
-
-    @classmethod
-    def from_file(cls, path: Path | str, fingerprint: str | None = None) -> TokenDataset:
-        """Open a token ``.bin`` file (see ``dynroute.data.tokens.load_token_file``).
-
-        Example:
-            >>> TokenDataset.from_file("/tmp/t.bin")  # doctest: +SKIP
-        """
-        from dynroute.data.tokens import load_token_file
-
-        return cls(load_token_file(path, fingerprint))
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])

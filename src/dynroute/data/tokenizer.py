@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from dynroute.data.cache import atomic_write_text, fingerprint
+from dynroute.common.files import atomic_write_text
+from dynroute.data.cache import fingerprint
 from dynroute.data.splitting import cap_bytes_spread
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from dynroute.common.files import atomic_path, atomic_write_text
 from dynroute.data.batches import TokenDataset, get_batch, iter_eval_batches
-from dynroute.data.cache import atomic_path, atomic_write_text
 from dynroute.data.tokenizer import eos_id as tokenizer_eos_id
 
 __all__ = [

@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dynroute.data.cache import atomic_write_text
+from dynroute.common.files import atomic_write_text
 from dynroute.frontier.report import markdown_table, plot_frontier
 from dynroute.frontier.runs import check_frontier_config, run_frontier
 from dynroute.frontier.sweep import FRONTIER_FAMILY, TARGETS, Point, point_from_text, sweep_points

@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynroute.checkpoints import load_model
+from dynroute.common.files import atomic_torch_save, atomic_write_text
 from dynroute.data import get_batch, iter_eval_batches
-from dynroute.data.cache import atomic_write_text
 from dynroute.evaluation import evaluate_lm, logits_of
 from dynroute.lora.apply import add_lora_experts, save_lora_experts, trainable_parameters
 from dynroute.lora.data import load_domains
 from dynroute.lora.layer import lora_aux_loss, lora_layers
 from dynroute.routing import make_router, parse_router
-from dynroute.train import TrainConfig, atomic_save, load_checkpoint, lr_at
+from dynroute.train import TrainConfig, load_checkpoint, lr_at
 from dynroute.train.loop import ConfigMismatchError
 from dynroute.train.metrics import MetricsLog
 
@@ -289,7 +289,7 @@ def train_lora(
 
     def checkpoint() -> None:
         adapters = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        atomic_save({"adapters": adapters, "optimizer": optimizer.state_dict(),
+        atomic_torch_save({"adapters": adapters, "optimizer": optimizer.state_dict(),
                      "sampler_rng": sampler.get_state(), "torch_rng": torch.get_rng_state(),
                      "step": step}, ckpt)  # fmt: skip
         if lc.kind == "peft":

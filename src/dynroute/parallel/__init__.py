@@ -35,7 +35,6 @@ from dynroute.parallel.moe import (
 )
 from dynroute.parallel.runtime import (
     ParallelContext,
-    free_port,
     init_from_env,
     is_launched,
     launch,
@@ -58,7 +57,6 @@ __all__ = [
     "clip_grad_norm_",
     "exchange_counts",
     "expert_parameter_names",
-    "free_port",
     "full_optimizer_state_dict",
     "full_state_dict",
     "init_from_env",

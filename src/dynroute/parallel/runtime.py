@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from dynroute.common.net import free_port
 
 DEFAULT_TIMEOUT_S = 180.0
 """Collective timeout when neither the caller nor DYNROUTE_DIST_TIMEOUT says otherwise."""
@@ -71,7 +72,8 @@ def is_launched() -> bool:
     return all(v in os.environ for v in ("RANK", "WORLD_SIZE"))
 
 
-def _context(backend: str, group: dist.ProcessGroup | None = None) -> ParallelContext:
+def context_of(backend: str, group: dist.ProcessGroup | None = None) -> ParallelContext:
+    """This process's :class:`ParallelContext` in the running process group."""
     local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
     return ParallelContext(
@@ -99,13 +101,13 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
         model = shard_model_experts(build_model(seed=0), ctx.group)
     """
     if dist.is_initialized():
-        return _context(dist.get_backend())
+        return context_of(dist.get_backend())
     missing = [v for v in _TORCHRUN_VARS if v not in os.environ and v != "LOCAL_RANK"]
     if missing:
         raise RuntimeError(
             f"init_from_env: environment variable(s) {', '.join(missing)} are not set; start "
             "the program with `python -m torch.distributed.run --nproc-per-node N ...` "
-            "(or dynroute.parallel.launch(N, argv)), or call "
+            "(or dynroute.parallel.launch(N, argv, module)), or call "
             "torch.distributed.init_process_group yourself"
         )
     if backend is None:
@@ -113,7 +115,7 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=timeout_from_env(timeout_s))
-    return _context(backend)
+    return context_of(backend)
 
 
 @contextmanager
@@ -128,33 +130,21 @@ def local_group(timeout_s: float = 30.0) -> Iterator[ParallelContext]:
         1
     """
     if dist.is_initialized():
-        yield _context(dist.get_backend())
+        yield context_of(dist.get_backend())
         return
     dist.init_process_group(
         "gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout_from_env(timeout_s)
     )
     try:
-        yield _context("gloo")
+        yield context_of("gloo")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
-
-    Example:
-        >>> 0 < free_port() < 65536
-        True
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def launch_command(
     nproc: int,
     argv: Sequence[str],
-    module: str = "dynroute.cli",
+    module: str,
     rendezvous: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The torchrun command line ``launch`` runs: N processes on this machine, loopback rendezvous.
@@ -163,7 +153,7 @@ def launch_command(
     (``{"--nnodes": "2", "--node-rank": "0", "--master-addr": ..., "--master-port": ...}``).
 
     Example:
-        >>> cmd = launch_command(2, ["train", "--steps", "10"])
+        >>> cmd = launch_command(2, ["train", "--steps", "10"], "dynroute.cli")
         >>> cmd[1:5]
         ['-m', 'torch.distributed.run', '--nproc-per-node', '2']
         >>> cmd[-4:]
@@ -192,15 +182,15 @@ def launch_command(
 def launch(
     nproc: int,
     argv: Sequence[str],
-    module: str = "dynroute.cli",
+    module: str,
     timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
     rendezvous: Mapping[str, str] | None = None,
 ) -> int:
     """Re-run ``python -m <module> <argv>`` as ``nproc`` processes under torchrun; wait for them.
 
-    Meant for ``dynroute train --expert-parallel N``: the command calls
-    ``launch(N, sys.argv[1:])`` when ``is_launched()`` is False, and each child
+    Meant for ``dynroute train --nproc N``: the command calls
+    ``launch(N, argv, "dynroute.cli")`` when ``is_launched()`` is False, and each child
     (where it is True) calls ``init_from_env()``. CPU threads are split between the
     processes (OMP_NUM_THREADS), DYNROUTE_EXPERT_PARALLEL=N is set for the children.
 
@@ -218,7 +208,7 @@ def launch(
     Example::
 
         if expert_parallel > 1 and not is_launched():
-            raise typer.Exit(launch(expert_parallel, sys.argv[1:]))
+            raise typer.Exit(launch(expert_parallel, sys.argv[1:], "my_program"))
     """
     cmd = launch_command(nproc, argv, module, rendezvous)
     child_env = dict(os.environ)

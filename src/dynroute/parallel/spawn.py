@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dynroute.parallel.runtime import ParallelContext, _context, free_port, timeout_from_env
+from dynroute.common.net import free_port
+from dynroute.parallel.runtime import ParallelContext, context_of, timeout_from_env
 
 
 def _worker(
@@ -39,7 +40,7 @@ def _worker(
         "gloo", rank=rank, world_size=world_size, timeout=timeout_from_env(collective_timeout_s)
     )
     try:
-        result = fn(_context("gloo"), *args)
+        result = fn(context_of("gloo"), *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -32,16 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import os
-import pkgutil
-import sys
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
+from dynroute.common.registry import Registry
 from dynroute.routing.context import RouteContext
 from dynroute.routing.types import Routing
 
@@ -51,8 +47,8 @@ __all__ = [
     "Router",
     "RouterFn",
     "describe_router",
+    "discover",
     "extra_logits",
-    "get_router",
     "layer_router",
     "make_router",
     "parse_router",
@@ -61,9 +57,6 @@ __all__ = [
 ]
 
 RouterFn = Callable[[Tensor], Routing]
-#: Registered router classes by name (filled by :func:`register_router`).
-ROUTERS: dict[str, type[Router]] = {}
-PLUGINS_ENV = "DYNROUTE_PLUGINS"
 _MISSING = dataclasses.MISSING
 
 
@@ -184,6 +177,12 @@ class Router:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.key_params().items())})"
 
 
+#: Registered router classes by name (filled by :func:`register_router`; every module of
+#: ``dynroute.routing`` is imported on the first unknown name, then the plugins).
+ROUTERS: Registry[Router] = Registry(
+    "router", Router, package="dynroute.routing", frozen_dataclass=True, example="top_p:p=0.4"
+)
+
 R = TypeVar("R", bound=type[Router])
 
 
@@ -193,56 +192,12 @@ def register_router(name: str) -> Callable[[R], R]:
     Re-registering the same class (its module imported again) replaces it; another class
     under a taken name raises.
     """
-    if not name.isidentifier():
-        raise ValueError(f"register_router: {name!r} is not a valid name (letters, digits, _)")
-
-    def decorate(cls: R) -> R:
-        if not (isinstance(cls, type) and issubclass(cls, Router)):
-            raise TypeError(f"register_router({name!r}): {cls!r} must subclass Router")
-        params = getattr(cls, "__dataclass_params__", None)
-        if params is None or not params.frozen:
-            raise TypeError(
-                f"register_router({name!r}): decorate a frozen dataclass "
-                "(@register_router(...) above @dataclass(frozen=True))"
-            )
-        old = ROUTERS.get(name)
-        if old is not None and _origin(old) != _origin(cls):
-            raise ValueError(
-                f"register_router: {name!r} is taken by {old.__module__}.{old.__qualname__}"
-            )
-        cls.name = name
-        ROUTERS[name] = cls
-        return cls
-
-    return decorate
-
-
-def _origin(cls: type) -> tuple[str | None, str]:
-    # the defining file, not the module name: one file imported under two names (a test
-    # module seen by pytest's doctest collection and by an import) is the same router
-    module = sys.modules.get(cls.__module__)
-    return getattr(module, "__file__", cls.__module__), cls.__qualname__
+    return ROUTERS.register(name)
 
 
 def discover() -> None:
     """Import every module of ``dynroute.routing`` so their routers register themselves."""
-    package = importlib.import_module("dynroute.routing")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"dynroute.routing.{info.name}")
-
-
-def _load_plugins() -> None:
-    names = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ImportError(
-                f"{PLUGINS_ENV} names module {name!r}, which cannot be imported ({err}); "
-                "fix the name or put its folder on PYTHONPATH"
-            ) from err
-    for ep in entry_points(group="dynroute.plugins"):
-        ep.load()
+    ROUTERS.discover()
 
 
 def router_class(name: str) -> type[Router]:
@@ -252,28 +207,7 @@ def router_class(name: str) -> type[Router]:
         >>> router_class("top_p").__name__
         'TopP'
     """
-    if name not in ROUTERS:
-        _load_plugins()
-    if name not in ROUTERS:
-        raise ValueError(
-            f"unknown router {name!r}; choose one of {', '.join(sorted(ROUTERS))} "
-            f"(routers defined elsewhere: set {PLUGINS_ENV}=your.module)"
-        )
-    return ROUTERS[name]
-
-
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    return ROUTERS.lookup(name)
 
 
 def parse_router(text: str) -> dict[str, Any]:
@@ -286,35 +220,7 @@ def parse_router(text: str) -> dict[str, Any]:
         >>> parse_router("top_k")
         {'name': 'top_k'}
     """
-    name, _, rest = text.partition(":")
-    out: dict[str, Any] = {"name": name.strip()}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(
-                f"router {text!r}: expected name:key=value,key=value (e.g. top_p:p=0.4), "
-                f"got {item!r}"
-            )
-        out[key.strip()] = _parse_value(value.strip())
-    return out
-
-
-def _construct(cls: type[Router], params: Mapping[str, Any]) -> Router:
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names = [f.name for f in fields]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise TypeError(
-            f"{cls.name}: unknown argument(s) {unknown}; accepted: {', '.join(names) or 'none'}"
-        )
-    missing = [
-        f.name
-        for f in fields
-        if f.default is _MISSING and f.default_factory is _MISSING and f.name not in params
-    ]
-    if missing:
-        raise TypeError(f"{cls.name}: missing required argument(s) {missing}")
-    return cls(**params)
+    return ROUTERS.parse(text)
 
 
 def make_router(spec: str | Mapping[str, Any] | Router | RouterFn, **kwargs: Any) -> RouterFn:
@@ -332,14 +238,8 @@ def make_router(spec: str | Mapping[str, Any] | Router | RouterFn, **kwargs: Any
     """
     if isinstance(spec, Router):
         return dataclasses.replace(spec, **kwargs) if kwargs else spec  # type: ignore[type-var]
-    if isinstance(spec, str):
-        spec = parse_router(spec)
-    if isinstance(spec, Mapping):
-        params = dict(spec)
-        name = params.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"router {dict(spec)} has no 'name' (e.g. {{'name': 'top_p'}})")
-        return _construct(router_class(name), {**params, **kwargs})
+    if isinstance(spec, str | Mapping):
+        return ROUTERS.build(spec, **kwargs)
     if callable(spec):
         if kwargs:
             raise TypeError("router keyword arguments need a router name, not a callable")
@@ -362,22 +262,11 @@ def layer_router(
     return make_router(router, **kwargs)
 
 
-def get_router(name: str, **kwargs: Any) -> RouterFn:
-    """Build a named router (same as :func:`make_router`; kept for the function-style API).
-
-    Example:
-        >>> import torch
-        >>> get_router("top_p", p=0.4)(torch.zeros(2, 4)).experts_per_token().tolist()
-        [2, 2]
-    """
-    return make_router(name, **kwargs)
-
-
 def extra_logits(router: RouterFn) -> int:
     """How many router columns beyond the E real experts a router consumes (null experts).
 
     Example:
-        >>> extra_logits(get_router("null_experts", k=2, num_null=3))
+        >>> extra_logits(make_router("null_experts", k=2, num_null=3))
         3
     """
     if isinstance(router, functools.partial) and not router.args:

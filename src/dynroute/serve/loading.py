@@ -90,7 +90,7 @@ def load_served_model(
     """
     from tokenizers import Tokenizer
 
-    from dynroute.checkpoints import MODEL_CLASSES, load_model
+    from dynroute.checkpoints import is_own_model_type, load_model
     from dynroute.data.tokenizer import as_hf_tokenizer
 
     loaded = load_model(path)
@@ -106,7 +106,7 @@ def load_served_model(
     )
     # DynMoE models say whether left padding is exact (not with Graph of Tokens); other
     # models of ours (adaptive) ignore attention_mask: equal-length batches for those.
-    own = getattr(config, "model_type", None) in MODEL_CLASSES
+    own = is_own_model_type(getattr(config, "model_type", None))
     padding = bool(getattr(model, "supports_left_padding", not own))
     root = Path(path)
     default_name = (root.parent if root.name == "model" else root).resolve().name

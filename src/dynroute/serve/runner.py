@@ -4,6 +4,7 @@ Shared by ``dynroute serve`` and ``dynroute llm serve``: the port is checked bef
 (slow) model or router loading, so a port in use is reported at once.
 
 Example:
+    >>> from dynroute.common.net import free_port
     >>> port = free_port()
     >>> check_port("127.0.0.1", port)   # free: no error
 """
@@ -14,14 +15,7 @@ import errno
 import socket
 from typing import Any
 
-__all__ = ["check_port", "free_port", "run_app"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free on ``host`` now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+__all__ = ["check_port", "run_app"]
 
 
 def check_port(host: str, port: int) -> None:

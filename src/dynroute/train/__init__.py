@@ -7,7 +7,7 @@ Example:
     >>> evaluate_checkpoint("runs/tiny")["perplexity"]      # doctest: +SKIP
 """
 
-from dynroute.train.checkpoint import atomic_save, export_model, load_checkpoint
+from dynroute.train.checkpoint import export_model, load_checkpoint
 from dynroute.train.config import (
     DataConfig,
     RunConfig,
@@ -29,7 +29,6 @@ __all__ = [
     "TrainResult",
     "activated_parameters",
     "apply_overrides",
-    "atomic_save",
     "evaluate_checkpoint",
     "evaluate_model",
     "export_model",

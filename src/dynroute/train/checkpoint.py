@@ -40,7 +40,6 @@ from dynroute.checkpoints import (
 __all__ = [
     "CHECKPOINT_NAME",
     "MODEL_DIR",
-    "atomic_save",
     "export_model",
     "load_checkpoint",
     "model_folder_files",
@@ -52,36 +51,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_DIR = "model"
 
 
-def atomic_save(obj: Any, path: Path | str) -> None:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename onto ``path``.
-
-    Example:
-        >>> atomic_save({"step": 3}, "/tmp/ckpt-doctest.pt")
-        >>> torch.load("/tmp/ckpt-doctest.pt")["step"]
-        3
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save` (CPU tensors, full pickle).
+    """Load a checkpoint written by ``atomic_torch_save`` (CPU tensors, full pickle).
 
     The checkpoint holds RNG states and plain Python values besides tensors, so
     ``weights_only`` is off: only load checkpoints you wrote yourself.
 
     Example:
-        >>> atomic_save({"step": 3}, "/tmp/ckpt-doctest.pt")
+        >>> from dynroute.common.files import atomic_torch_save
+        >>> atomic_torch_save({"step": 3}, "/tmp/ckpt-doctest.pt")
         >>> load_checkpoint("/tmp/ckpt-doctest.pt")["step"]
         3
     """

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynroute.data.cache import atomic_write_text
+from dynroute.common.files import atomic_write_text
 from dynroute.routing import parse_router
 from dynroute.train.config import RunConfig
 from dynroute.train.evaluate import evaluate_checkpoint

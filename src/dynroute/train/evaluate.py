@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from dynroute.checkpoints import MODEL_CLASSES, LoadedModel, load_model, router_text
+from dynroute.checkpoints import LoadedModel, is_own_model_type, load_model, router_text
 from dynroute.data import eval_windows, iter_eval_batches
 from dynroute.evaluation import evaluate_lm
 
@@ -170,7 +170,7 @@ def evaluate_checkpoint(
     """
     loaded = path if isinstance(path, LoadedModel) else load_model(path)
     config = loaded.model.config
-    if getattr(config, "model_type", None) not in MODEL_CLASSES:
+    if not is_own_model_type(getattr(config, "model_type", None)):
         raise ValueError(
             f"{path}: evaluate_checkpoint reads dynroute models; evaluate a transformers "
             "checkpoint with dynroute.hf.evaluate_text"

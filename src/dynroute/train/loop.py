@@ -30,7 +30,7 @@ from rich.progress import (
 )
 
 from dynroute.checkpoints import read_json
-from dynroute.data.cache import atomic_write_text
+from dynroute.common.files import atomic_torch_save, atomic_write_text
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.parallel import TrainingRanks
 from dynroute.routing.state import step_routers
@@ -38,7 +38,6 @@ from dynroute.train.blocks import checkpoint_blocks, compile_blocks
 from dynroute.train.checkpoint import (
     CHECKPOINT_NAME,
     MODEL_DIR,
-    atomic_save,
     export_model,
     model_folder_files,
     resume_state,
@@ -268,7 +267,7 @@ def train(
         optimizer_state = to_cpu(ranks.optimizer_state(optimizer, model))
         samplers = ranks.gather(sampler.get_state())
         if ranks.is_main:
-            atomic_save(
+            atomic_torch_save(
                 {
                     "model": model_state,
                     "optimizer": optimizer_state,

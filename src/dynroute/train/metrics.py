@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dynroute.data.cache import atomic_write_text
+from dynroute.common.files import atomic_write_text
 
 __all__ = ["MetricsLog", "read_metrics"]
 
