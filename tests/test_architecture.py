@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from architecture import imports_of, measure, module_name, package_of
 
 ROOT = Path(__file__).resolve().parents[1]
