@@ -94,6 +94,10 @@ class CompletionRequest(GenerationParams):
             return [list(self.prompt)]  # type: ignore[list-item]
         return list(self.prompt)  # type: ignore[arg-type]
 
+    def prompt_text(self) -> str:
+        """The text a query router sees: the prompt (a list: its items, one a line)."""
+        return self.prompt if isinstance(self.prompt, str) else "\n".join(map(str, self.prompt))
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")

@@ -1,0 +1,142 @@
+"""From a request to the engine and back: check the model, build a job, run or stream it.
+
+Generation runs on the engine's worker thread; the event loop only awaits its future or,
+when streaming, relays each piece of text as a server-sent event (the frames come from a
+:class:`StreamFrames` of the endpoint: completions and chat differ only there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from fastapi.responses import StreamingResponse
+
+from dynroute.serve.engine import Completion, GenerationEngine, Job
+from dynroute.serve.errors import ApiError
+from dynroute.serve.loading import ServedModel
+from dynroute.serve.schemas import GenerationParams, Usage, error_body
+from dynroute.serve.sse import DONE, sse
+
+__all__ = [
+    "DEFAULT_CHAT_TOKENS",
+    "StreamFrames",
+    "check_model",
+    "make_job",
+    "run_job",
+    "stream_job",
+    "usage_of",
+]
+
+#: chat answers default to the rest of the context, at most this many tokens
+DEFAULT_CHAT_TOKENS = 256
+
+
+class StreamFrames(Protocol):
+    """The chunks of one streamed answer (one endpoint's body shape)."""
+
+    def opening(self) -> dict[str, Any] | None:
+        """Sent before any text (None: nothing)."""
+
+    def piece(self, text: str) -> dict[str, Any]:
+        """Carries one new piece of text."""
+
+    def ending(self, done: Completion) -> dict[str, Any]:
+        """Carries the finish reason."""
+
+    def usage(self, done: Completion) -> dict[str, Any]:
+        """Carries the token counts (sent when the client asked for them)."""
+
+
+def check_model(served: ServedModel, name: str) -> None:
+    """Raise a 404 unless ``name`` is the served model's."""
+    if name != served.name:
+        raise ApiError(
+            404,
+            f"model {name!r} does not exist; this server serves {served.name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def make_job(served: ServedModel, ids: list[int], req: GenerationParams, stops: list[str]) -> Job:
+    """A job completing ``ids`` with the request's settings.
+
+    Raises:
+        ApiError: 400 for an empty prompt or one that leaves no room for ``max_tokens``.
+    """
+    if not ids:
+        raise ApiError(400, "the prompt is empty (0 tokens)", param="prompt")
+    room = served.context_length - len(ids)
+    wanted = req.max_tokens if req.max_tokens is not None else min(DEFAULT_CHAT_TOKENS, room)
+    if room < 1 or wanted > room:
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {served.context_length} tokens; "
+            f"you requested {len(ids) + max(wanted, 1)} ({len(ids)} in the prompt, "
+            f"{max(wanted, 1)} for the completion): shorten the prompt or lower max_tokens",
+            param="max_tokens" if room >= 1 else "messages",
+            code="context_length_exceeded",
+        )
+    return Job(
+        ids,
+        max_tokens=wanted,
+        temperature=req.temperature or 0.0,
+        top_p=req.top_p if req.top_p is not None else 1.0,
+        stops=stops,
+    )
+
+
+def usage_of(done: Completion) -> dict[str, Any]:
+    return Usage.of(done.prompt_tokens, done.completion_tokens).model_dump()
+
+
+async def run_job(engine: GenerationEngine, job: Job) -> Completion:
+    """The job's completion (a failure in the model is a 500)."""
+    try:
+        return await asyncio.wrap_future(engine.submit(job))
+    except Exception as err:
+        raise ApiError(500, f"generation failed: {err}", kind="server_error") from err
+
+
+def stream_job(
+    engine: GenerationEngine, job: Job, frames: StreamFrames, include_usage: bool
+) -> StreamingResponse:
+    """Stream the job's text as it is generated, framed by ``frames``, then ``[DONE]``."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+    done = asyncio.wrap_future(engine.submit(job))
+    # Scheduled after every on_text of this job (same thread, FIFO), so it comes last.
+    done.add_done_callback(lambda _: pieces.put_nowait(None))
+    return StreamingResponse(
+        events(job, pieces, done, frames, include_usage), media_type="text/event-stream"
+    )
+
+
+async def events(
+    job: Job,
+    pieces: asyncio.Queue[str | None],
+    done: asyncio.Future[Completion],
+    frames: StreamFrames,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """The events of :func:`stream_job` (``pieces`` ends with None once ``done`` is)."""
+    try:
+        first = frames.opening()
+        if first is not None:
+            yield sse(first)
+        while (text := await pieces.get()) is not None:
+            yield sse(frames.piece(text))
+        try:
+            result = done.result()
+        except Exception as err:
+            yield sse(error_body(f"generation failed: {err}", "server_error"))
+            return
+        yield sse(frames.ending(result))
+        if include_usage:
+            yield sse(frames.usage(result))
+        yield DONE
+    finally:
+        job.cancelled.set()  # the client left: stop generating for it
