@@ -125,3 +125,15 @@ def test_killed_backend_requests_go_to_the_other_then_503(stack):
     assert time.monotonic() - start < 30
     health = httpx.get(stack["fault_proxy"].url + "/health", timeout=10).json()
     assert health["backends"][BIG] == "cooling down"
+
+
+def test_a_backends_4xx_is_passed_back_and_logged(stack):
+    r = httpx.post(
+        stack["proxy"].url + "/v1/completions",
+        json={"model": SMALL, "prompt": POEM, "max_tokens": 100000},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "context length" in r.json()["error"]["message"]
+    assert r.headers["x-dynroute-model"] == SMALL
+    row = json.loads(stack["log"].read_text().splitlines()[-1])
+    assert row["status"] == 400 and row["chosen"] == SMALL and row["cost"] == 0.0

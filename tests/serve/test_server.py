@@ -133,3 +133,25 @@ def test_sampling_honours_its_settings(client):
         temperature=0.8,
     )
     assert chat.usage.completion_tokens <= 3
+
+
+def test_prompt_lists_token_ids_and_echo(stack, client):
+    one = client.completions.create(model=SMALL, prompt="def f(x):", max_tokens=4)
+    both = client.completions.create(model=SMALL, prompt=["def f(x):", "def g(y):"], max_tokens=4)
+    assert [c.index for c in both.choices] == [0, 1]
+    assert both.choices[0].text == one.choices[0].text
+    assert both.usage.prompt_tokens > one.usage.prompt_tokens
+    echoed = client.completions.create(model=SMALL, prompt="def f(x):", max_tokens=4, echo=True)
+    assert echoed.choices[0].text == "def f(x):" + one.choices[0].text
+    ids = httpx.post(
+        stack["small"].url + "/v1/completions",
+        json={"model": SMALL, "prompt": [5, 6, 7], "max_tokens": 2},
+        timeout=30,
+    ).json()
+    assert ids["usage"]["prompt_tokens"] == 3
+    refused = httpx.post(
+        stack["small"].url + "/v1/completions",
+        json={"model": SMALL, "prompt": ["a", "b"], "stream": True},
+        timeout=30,
+    )
+    assert refused.status_code == 400 and "one prompt" in refused.json()["error"]["message"]
