@@ -80,7 +80,7 @@ def _select(layers: Iterable[int | str] | None, index: int | None, name: str) ->
 
 def apply_routing(
     model: nn.Module,
-    router: str | Router | Callable[[Tensor], Routing] = "top_k",
+    router: str | Router | RouterSpec | Callable[[Tensor], Routing] = "top_k",
     *,
     layers: Iterable[int | str] | None = None,
     dispatch: str = "grouped",
@@ -100,7 +100,7 @@ def apply_routing(
             optional ``k``/``num_null``, default the model's k), ``"expert_choice"``
             (``capacity_factor``; not causal), any other registered router by name
             (``"my_router"`` or ``"my_router:k=1"``; a field ``k`` left out is the model's
-            k), a :class:`~dynroute.routing.Router`, or a callable
+            k), a :class:`~dynroute.routing.Router`, a :class:`RouterSpec`, or a callable
             ``logits [N, E] -> Routing`` that gets the gate's raw logits and whose weights
             are used unchanged.
         layers: decoder-layer indices (or block names) to change; None = every block.
