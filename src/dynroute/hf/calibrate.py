@@ -47,45 +47,6 @@ def _key(block: Any) -> Any:
     return block.layer_index if block.layer_index is not None else block.layer_name
 
 
-@dataclass
-class _Brackets:
-    """Bisection state per key (a layer, or ``"all"``): the bracket [lo, hi] on p and the
-    p whose mean came closest to the target so far."""
-
-    keys: list[Any]
-    target: float
-    lo: dict[Any, float] = field(init=False)
-    hi: dict[Any, float] = field(init=False)
-    best: dict[Any, tuple[float, float]] = field(init=False, default_factory=dict)  # (err, p)
-
-    def __post_init__(self) -> None:
-        self.lo = dict.fromkeys(self.keys, 0.0)
-        self.hi = dict.fromkeys(self.keys, 1.0)
-
-    def mids(self) -> dict[Any, float]:
-        return {k: (self.lo[k] + self.hi[k]) / 2 for k in self.keys}
-
-    def update(self, mids: dict[Any, float], means: dict[Any, float]) -> None:
-        """Keep the better p and halve each bracket: the mean grows with p."""
-        for k in self.keys:
-            err = abs(means[k] - self.target)
-            if k not in self.best or err < self.best[k][0]:
-                self.best[k] = (err, mids[k])
-            if means[k] < self.target:
-                self.lo[k] = mids[k]
-            else:
-                self.hi[k] = mids[k]
-
-    def within(self, means: dict[Any, float], tol: float) -> bool:
-        return all(abs(means[k] - self.target) <= tol for k in self.keys)
-
-    def narrower_than(self, resolution: float) -> bool:
-        return all(self.hi[k] - self.lo[k] < resolution for k in self.keys)
-
-    def chosen(self) -> dict[Any, float]:
-        return {k: self.best[k][1] for k in self.keys}
-
-
 def _check_target(target_experts: float, blocks: list[Any], max_experts: int | None) -> None:
     ceiling = min(max_experts or b.num_experts for b in blocks)
     if not 1.0 <= target_experts <= ceiling:
@@ -98,27 +59,39 @@ def _check_target(target_experts: float, blocks: list[Any], max_experts: int | N
 def _bisect(
     model: nn.Module,
     batches: list[torch.Tensor],
-    brackets: _Brackets,
+    keys: list[Any],
+    target: float,
     set_p: Callable[[dict[Any, float]], None],
     steps: Iterable[int],
     tol: float,
     p_resolution: float,
     per_layer: bool,
-) -> list[dict[str, Any]]:
-    """Bisect every bracket together (one forward over ``batches`` per step); the trials."""
+) -> tuple[dict[Any, float], list[dict[str, Any]]]:
+    """Bisect p per key (a layer, or ``"all"``) together, one forward over ``batches`` per
+    step; returns the p closest to the target per key and every trial."""
+    lo = dict.fromkeys(keys, 0.0)
+    hi = dict.fromkeys(keys, 1.0)
+    best: dict[Any, tuple[float, float]] = {}  # key -> (error, p)
     trials: list[dict[str, Any]] = []
     for _ in steps:
-        mids = brackets.mids()
+        mids = {k: (lo[k] + hi[k]) / 2 for k in keys}
         set_p(mids)
         stats = _measure(model, batches)
         means = {"all": stats["mean_experts"]} if not per_layer else stats["per_layer"]
         trials.append({"p": dict(mids) if per_layer else mids["all"], "mean_experts": means})
-        brackets.update(mids, means)
-        if brackets.within(means, tol):
+        for k in keys:
+            err = abs(means[k] - target)
+            if k not in best or err < best[k][0]:
+                best[k] = (err, mids[k])
+            if means[k] < target:  # the mean grows with p
+                lo[k] = mids[k]
+            else:
+                hi[k] = mids[k]
+        if all(abs(means[k] - target) <= tol for k in keys):
             break
-        if brackets.narrower_than(p_resolution):
+        if all(hi[k] - lo[k] < p_resolution for k in keys):
             break  # the mean is a step function of p: a finer p changes nothing useful
-    return trials
+    return {k: best[k][1] for k in keys}, trials
 
 
 def calibrate_p(
@@ -172,7 +145,7 @@ def calibrate_p(
         apply_routing(model, "top_k")
     blocks = adapted_blocks(model)
     _check_target(target_experts, blocks, max_experts)
-    brackets = _Brackets([_key(b) for b in blocks] if per_layer else ["all"], target_experts)
+    keys = [_key(b) for b in blocks] if per_layer else ["all"]
     was_training = model.training
     model.eval()
 
@@ -188,8 +161,9 @@ def calibrate_p(
         from rich.progress import track
 
         iterator = track(iterator, description="calibrating p", transient=True)
-    steps = _bisect(model, batches, brackets, set_p, iterator, tol, p_resolution, per_layer)
-    chosen = brackets.chosen()
+    chosen, steps = _bisect(
+        model, batches, keys, target_experts, set_p, iterator, tol, p_resolution, per_layer
+    )
     set_p(chosen)
     final = _measure(model, batches)
     model.train(was_training)
