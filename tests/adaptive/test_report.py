@@ -80,6 +80,20 @@ def test_token_difficulty_rejects_bad_shape() -> None:
         token_difficulty(np.zeros(3))
 
 
+def test_report_page_from_a_forced_oracle(tmp_path: Path) -> None:
+    from dynroute.adaptive.report import render_adaptive_report
+    from dynroute.common.html import CSS
+
+    page = render_adaptive_report(_forced(), tmp_path).read_text()
+    assert CSS in page  # the one stylesheet of dynroute.common.html
+    # budget 0: oracle mean (3 + 2 + 1 + 5) / 4, random mean 4, no router
+    assert '<tr><td>0</td><td class="num">2.7500</td>' in page
+    assert '<td class="num">4.0000</td><td class="num">3.5000</td><td class="num">–</td>' in page
+    assert page.count('src="data:image/png;base64,') == 4
+    data = json.loads((tmp_path / "adaptive_report.json").read_text())
+    assert data["difficulty"]["mean"] == pytest.approx(0.75)
+
+
 @pytest.fixture(scope="module")
 def router_run(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dynroute.adaptive import AdaptiveConfig

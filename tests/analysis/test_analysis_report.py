@@ -1,5 +1,6 @@
 """Report and figures are built from stats.json alone; comparisons share the code."""
 
+import base64
 import json
 import re
 
@@ -18,6 +19,7 @@ from dynroute.analysis import (
     write_stats,
 )
 from dynroute.analysis.plots import FIGURES
+from dynroute.common.html import CSS
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,10 @@ def test_report_is_self_contained(two_runs, tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "Spearman(experts, token loss)" in page and "top2" in page
     assert "Top tokens per expert" in page
+    assert CSS in page  # the one stylesheet of dynroute.common.html
+    # the embedded figure is the file written next to the page, byte for byte
+    png = (tmp_path / "figures" / "load.png").read_bytes()
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
 
 
 def test_compare_report_from_two_analysis_folders(two_runs, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dynroute.hf import (
+    RouterSpec,
     UnsupportedModelError,
     adapted_blocks,
     apply_routing,
@@ -100,6 +101,20 @@ def test_per_layer_settings_and_stats(tiny):
         "0": {"router": "top_k"},
         "1": {"router": "top_k", "k": 1},
     }
+
+
+def test_a_router_spec_applies_as_its_name_and_arguments(tiny):
+    # a spec read back from config.json is applied as is (what load_patched does)
+    spec = RouterSpec.from_dict({"router": "top_p", "p": 0.3, "normalize": True})
+    by_spec = apply_routing(tiny("olmoe"), spec, layers=[1])
+    by_name = apply_routing(tiny("olmoe"), "top_p:p=0.3", normalize=True, layers=[1])
+    assert routing_config(by_spec) == routing_config(by_name)
+    saved = routing_config(by_spec)["layers"]["1"]
+    assert saved == {"router": "top_p", "p": 0.3, "normalize": True}
+    with torch.no_grad():
+        torch.testing.assert_close(by_spec(IDS).logits, by_name(IDS).logits, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="put them into the spec"):
+        apply_routing(tiny("olmoe"), spec, p=0.5)
 
 
 def test_routing_callback_and_last_routing(tiny):

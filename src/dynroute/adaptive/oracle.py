@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,16 @@ def random_patterns(
 def _chunk_windows(frontier: int, heads: int, t: int) -> int:
     """Windows per chunk so that F·B·H·T·T attention scores stay within budget."""
     return max(1, _SCORE_BUDGET // max(frontier * heads * t * t, 1))
+
+
+def _chunks(
+    windows: Iterable[tuple[Tensor, Tensor]], frontier: int, heads: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``windows`` cut into chunks of :func:`_chunk_windows` windows (memory bound)."""
+    for inputs, targets in windows:
+        step = _chunk_windows(frontier, heads, inputs.shape[1])
+        for s in range(0, inputs.shape[0], step):
+            yield inputs[s : s + step], targets[s : s + step]
 
 
 @torch.no_grad()
@@ -243,6 +253,112 @@ def _context_routes(model: AdaptiveForCausalLM, context: str, shape: tuple[int, 
     return torch.full((*shape, len(model.blocks)), BIG if context == "big" else SMALL)
 
 
+def _checked_budgets(budgets: list[int] | None, layers: int) -> list[int]:
+    """The budgets asked for, sorted and unique (default 0..L); out of range raises."""
+    budgets = list(range(layers + 1)) if budgets is None else sorted(set(budgets))
+    bad = [k for k in budgets if not 0 <= k <= layers]
+    if bad:
+        raise ValueError(f"budgets {bad} out of range: the model has {layers} layers (0..{layers})")
+    return budgets
+
+
+@dataclass
+class _Tally:
+    """What :func:`run_oracle` collects chunk by chunk (lists of per-chunk tensors)."""
+
+    static_sum: Tensor  # [U] summed loss of each distinct random static pattern
+    token_ids: list[Tensor] = field(default_factory=list)
+    positions: list[Tensor] = field(default_factory=list)
+    targets: list[Tensor] = field(default_factory=list)
+    context: list[Tensor] = field(default_factory=list)
+    oracle: list[Tensor] = field(default_factory=list)  # [K, n]
+    oracle_big: list[Tensor] = field(default_factory=list)  # [K, n, L] bool as float
+    router: list[Tensor] = field(default_factory=list)  # [n]
+    router_big: list[Tensor] = field(default_factory=list)  # [n] big layers per token
+    router_big_total: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(i) for i in self.token_ids)
+
+
+def _best_per_budget(losses: Tensor, pats: Tensor, budgets: list[int]) -> tuple[Tensor, Tensor]:
+    """Per budget k, each token's lowest loss among patterns with k big layers, and where
+    that pattern runs big: ([K, N], [K, N, L])."""
+    counts = big_counts(pats)
+    best, best_big = [], []
+    for k in budgets:
+        masked = losses.masked_fill(counts != k, float("inf"))
+        value, arg = masked.min(0)  # [B, T]
+        best.append(value)
+        chosen = pats.gather(0, arg[None, ..., None].expand(1, *arg.shape, pats.shape[-1]))[0]
+        best_big.append((chosen == BIG).float().flatten(0, 1))  # [N, L]
+    return torch.stack(best).flatten(1), torch.stack(best_big)
+
+
+def _score_chunk(
+    model: AdaptiveForCausalLM,
+    x: Tensor,
+    ctx: Context,
+    tally: _Tally,
+    budgets: list[int],
+    statics: Tensor,
+    skip: bool,
+    width: int | None,
+) -> None:
+    """Context, oracle, random-static and router losses of one chunk of windows ``x``."""
+    ctx_loss, _ = probe_choices(model, ctx, lambda i, h: ctx.routes[None, ..., i])
+    oracle, oracle_big = _best_per_budget(*search(model, ctx, skip, width), budgets)
+    tally.oracle.append(oracle)
+    tally.oracle_big.append(oracle_big)
+    fixed = statics.to(x.device)
+    static, _ = probe_choices(
+        model, ctx, lambda i, h: fixed[:, i, None, None].expand(h.shape[:3]), slots=len(statics)
+    )
+    tally.static_sum += static.double().flatten(1).sum(1)
+    if model.config.routing == "router":
+        r_loss, r_routes = probe_choices(
+            model, ctx, lambda i, h: model.blocks[i].ffn.gate(h).argmax(-1)
+        )
+        tally.router.append(r_loss.flatten())
+        tally.router_big.append((r_routes == BIG).sum(-1).flatten())
+        tally.router_big_total += float((r_routes == BIG).sum())
+    tally.token_ids.append(x.flatten())
+    tally.positions.append(torch.arange(x.shape[1]).expand(x.shape).flatten())
+    tally.targets.append(ctx.targets.flatten())
+    tally.context.append(ctx_loss.flatten())
+
+
+def _nearest(budgets: list[int], big_layers: float) -> int:
+    """The budget nearest to ``big_layers`` rounded (the first of a tie)."""
+    return min(budgets, key=lambda b: abs(b - round(big_layers)))
+
+
+def _budget_rows(
+    budgets: list[int],
+    oracle: Tensor,
+    static_mean: Tensor,
+    router_losses: Tensor | None,
+    router_big_mean: float,
+) -> list[dict[str, Any]]:
+    """One row per budget; the router's loss on the row nearest its mean big layers."""
+    rows = []
+    for j, k in enumerate(budgets):
+        row: dict[str, Any] = {
+            "budget": k,
+            "oracle_loss": float(oracle[j].mean()),
+            "random_mean_loss": float(static_mean[j].mean()),
+            "random_best_loss": float(static_mean[j].min()),
+            "router_loss": None,
+        }
+        row["oracle_ppl"] = math.exp(min(row["oracle_loss"], 50.0))
+        if router_losses is not None and k == _nearest(budgets, router_big_mean):
+            row["router_loss"] = float(router_losses.mean())
+            row["router_big_layers"] = router_big_mean
+        rows.append(row)
+    return rows
+
+
 @torch.no_grad()
 def run_oracle(
     model: AdaptiveForCausalLM,
@@ -285,83 +401,27 @@ def run_oracle(
     """
     model.eval()
     layers = len(model.blocks)
-    budgets = list(range(layers + 1)) if budgets is None else sorted(set(budgets))
-    bad = [k for k in budgets if not 0 <= k <= layers]
-    if bad:
-        raise ValueError(f"budgets {bad} out of range: the model has {layers} layers (0..{layers})")
+    budgets = _checked_budgets(budgets, layers)
     exhaustive = layers <= max_exhaustive_layers
     width = None if exhaustive else beam_width
     c = 3 if skip else 2
     frontier = c**layers if exhaustive else (layers + 1) * beam_width * c
-    heads = model.config.n_heads
+    # every random static pattern of every budget, each distinct one probed once
     statics = torch.cat([random_patterns(layers, k, num_random, skip, seed) for k in budgets])
     unique, inverse = statics.unique(dim=0, return_inverse=True)
-    is_router = model.config.routing == "router"
-
-    ids_all, pos_all, tgt_all, ctx_all, orc_all, big_all, rtr_all = [], [], [], [], [], [], []
-    rbig_all: list[Tensor] = []
-    static_sum = torch.zeros(len(unique), dtype=torch.float64)
-    router_big = 0.0
-    for inputs, targets in windows:
-        t = inputs.shape[1]
-        step = _chunk_windows(max(frontier, len(unique)), heads, t)
-        for s in range(0, inputs.shape[0], step):
-            x, y = inputs[s : s + step], targets[s : s + step]
-            ctx = default_context(model, x, y, _context_routes(model, context, tuple(x.shape)))
-            ctx_loss, _ = probe_choices(model, ctx, lambda i, h, ctx=ctx: ctx.routes[None, ..., i])
-            losses, pats = search(model, ctx, skip, width)
-            counts = big_counts(pats)
-            best, best_big = [], []
-            for k in budgets:
-                masked = losses.masked_fill(counts != k, float("inf"))
-                value, arg = masked.min(0)  # [B, T]
-                best.append(value)
-                chosen = pats.gather(0, arg[None, ..., None].expand(1, *arg.shape, layers))[0]
-                best_big.append((chosen == BIG).float().flatten(0, 1))  # [N, L]
-            orc_all.append(torch.stack(best).flatten(1))
-            big_all.append(torch.stack(best_big))
-            fixed = unique.to(x.device)
-            static, _ = probe_choices(
-                model, ctx, lambda i, h, fixed=fixed: fixed[:, i, None, None].expand(h.shape[:3]),
-                slots=len(unique),
-            )  # fmt: skip
-            static_sum += static.double().flatten(1).sum(1)
-            if is_router:
-                r_loss, r_routes = probe_choices(
-                    model, ctx, lambda i, h: model.blocks[i].ffn.gate(h).argmax(-1)
-                )
-                rtr_all.append(r_loss.flatten())
-                rbig_all.append((r_routes == BIG).sum(-1).flatten())
-                router_big += float((r_routes == BIG).sum())
-            ids_all.append(x.flatten())
-            pos_all.append(torch.arange(t).expand(x.shape).flatten())
-            tgt_all.append(y.flatten())
-            ctx_all.append(ctx_loss.flatten())
-    if not ids_all:
+    tally = _Tally(static_sum=torch.zeros(len(unique), dtype=torch.float64))
+    for x, y in _chunks(windows, max(frontier, len(unique)), model.config.n_heads):
+        ctx = default_context(model, x, y, _context_routes(model, context, tuple(x.shape)))
+        _score_chunk(model, x, ctx, tally, budgets, unique, skip, width)
+    if not tally.token_ids:
         raise ValueError("run_oracle: no windows to score")
-
-    n = sum(len(i) for i in ids_all)
-    oracle = torch.cat(orc_all, 1)  # [K, N]
-    static_mean = (static_sum / n)[inverse].view(len(budgets), num_random)
-    router_losses = torch.cat(rtr_all) if rtr_all else None
-    router_row = round(router_big / n) if is_router else None
-    rows = []
-    for j, k in enumerate(budgets):
-        row: dict[str, Any] = {
-            "budget": k,
-            "oracle_loss": float(oracle[j].mean()),
-            "random_mean_loss": float(static_mean[j].mean()),
-            "random_best_loss": float(static_mean[j].min()),
-            "router_loss": None,
-        }
-        row["oracle_ppl"] = math.exp(min(row["oracle_loss"], 50.0))
-        if router_losses is not None and k == min(budgets, key=lambda b: abs(b - router_row)):
-            row["router_loss"] = float(router_losses.mean())
-            row["router_big_layers"] = router_big / n
-        rows.append(row)
-    context_losses = torch.cat(ctx_all)
+    n = tally.tokens
+    oracle = torch.cat(tally.oracle, 1)  # [K, N]
+    static_mean = (tally.static_sum / n)[inverse].view(len(budgets), num_random)
+    router_losses = torch.cat(tally.router) if tally.router else None
+    context_losses = torch.cat(tally.context)
     return OracleReport(
-        rows=rows,
+        rows=_budget_rows(budgets, oracle, static_mean, router_losses, tally.router_big_total / n),
         method="exhaustive" if exhaustive else "beam",
         beam_width=width,
         layers=layers,
@@ -369,12 +429,12 @@ def run_oracle(
         context=context,
         tokens=n,
         context_loss=float(context_losses.mean()),
-        oracle_big_share=torch.cat(big_all, 1).mean(1).tolist(),
-        token_ids=torch.cat(ids_all).numpy(),
-        positions=torch.cat(pos_all).numpy(),
-        targets=torch.cat(tgt_all).numpy(),
+        oracle_big_share=torch.cat(tally.oracle_big, 1).mean(1).tolist(),
+        token_ids=torch.cat(tally.token_ids).numpy(),
+        positions=torch.cat(tally.positions).numpy(),
+        targets=torch.cat(tally.targets).numpy(),
         context_losses=context_losses.numpy(),
         oracle_losses=oracle.numpy(),
         router_losses=None if router_losses is None else router_losses.numpy(),
-        router_big=torch.cat(rbig_all).numpy() if rbig_all else None,
+        router_big=torch.cat(tally.router_big).numpy() if tally.router_big else None,
     )

@@ -9,8 +9,6 @@ histogram and its relation to raw loss, position and target frequency. PNGs are 
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from pathlib import Path
@@ -21,7 +19,9 @@ from matplotlib.figure import Figure
 
 from dynroute.adaptive.difficulty import difficulty_stats
 from dynroute.adaptive.oracle import OracleReport
-from dynroute.analysis.report import REPORT_FILE, _atomic_write, _png, _table, write_page
+from dynroute.analysis.report import FIGURES_DIR, REPORT_FILE
+from dynroute.common.files import atomic_write_text
+from dynroute.common.html import escape, figure, heading, table, write_figure, write_page
 
 __all__ = ["JSON_FILE", "REPORT_FILE", "plot_curve", "plot_difficulty", "render_adaptive_report"]
 
@@ -127,6 +127,70 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _oracle_table(report: OracleReport) -> str:
+    """Per budget: oracle, random (mean, best) and router loss."""
+    header = ["budget", "oracle", "oracle ppl", "random mean", "random best", "router"]
+    rows = [
+        [
+            str(r["budget"]),
+            _fmt(r["oracle_loss"], 4),
+            _fmt(r.get("oracle_ppl"), 2),
+            _fmt(r["random_mean_loss"], 4),
+            _fmt(r["random_best_loss"], 4),
+            _fmt(r["router_loss"], 4)
+            + (f" ({r['router_big_layers']:.2f} big)" if "router_big_layers" in r else ""),
+        ]
+        for r in report.rows
+    ]
+    return table(header, rows)
+
+
+def _difficulty_table(stats: dict[str, Any]) -> str:
+    """The difficulty statistics of :func:`~dynroute.adaptive.difficulty.difficulty_stats`."""
+    summary = [
+        ["tokens", str(stats["tokens"])],
+        ["baseline budget", str(stats["budgets"][0])],
+        ["mean difficulty (nats)", _fmt(stats["mean"], 4)],
+        ["share of tokens gaining nothing", _fmt(stats["share_zero"])],
+        ["ρ(difficulty, raw loss)", _fmt(stats["corr_raw_loss"])],
+        ["ρ(difficulty, position)", _fmt(stats["corr_position"])],
+        ["ρ(difficulty, log target frequency)", _fmt(stats["corr_log_target_frequency"])],
+        ["mean difficulty, first half of positions", _fmt(stats["mean_early_positions"], 4)],
+        ["mean difficulty, second half of positions", _fmt(stats["mean_late_positions"], 4)],
+    ]
+    return table(["statistic", "value"], summary)
+
+
+def _setup_note(report: OracleReport) -> str:
+    """What was searched, on how many tokens, with which context route."""
+    method = report.method
+    if method != "exhaustive":
+        method = f"BEAM search (width {report.beam_width})"
+    return (
+        f'<p class="note">{report.tokens:,} tokens, {report.layers} layers, '
+        f"{'big/small/skip' if report.skip else 'big/small'} patterns, {method}; the other "
+        f"positions run the <code>{escape(report.context)}</code> route (loss "
+        f"{report.context_loss:.4f}).</p>"
+    )
+
+
+def _figures(report: OracleReport, stats: dict[str, Any], figdir: Path) -> list[str]:
+    """The four figures: written to ``figdir/<name>.png`` and embedded."""
+    figures = {
+        "curve": ("Oracle vs random patterns vs trained routers", plot_curve(report)),
+        "layers": ("Which layers the oracle runs big, per budget", plot_layers(report)),
+        "hist": ("Histogram of difficulty", plot_difficulty(stats)),
+        "relations": (
+            "Difficulty vs raw loss, position and token frequency",
+            plot_relations(stats),
+        ),
+    }
+    return [
+        figure(write_figure(fig, figdir / f"{name}.png"), title, NOTES[name], anchor=name)
+        for name, (title, fig) in figures.items()
+    ]
+
+
 def render_adaptive_report(
     report: OracleReport,
     out_dir: str | Path,
@@ -147,65 +211,14 @@ def render_adaptive_report(
     """
     stats = difficulty_stats(report, token_counts)
     out = Path(out_dir)
-    figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
     title = title or "Adaptive computation (Duo-LLM): oracle and token difficulty"
-    method = report.method
-    if method != "exhaustive":
-        method = f"BEAM search (width {report.beam_width})"
     sections = [
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">{report.tokens:,} tokens, {report.layers} layers, '
-        f"{'big/small/skip' if report.skip else 'big/small'} patterns, {method}; the other "
-        f"positions run the <code>{html.escape(report.context)}</code> route (loss "
-        f"{report.context_loss:.4f}).</p>",
+        heading(title, 1),
+        _setup_note(report),
+        heading("Oracle per budget", anchor="oracle") + _oracle_table(report),
+        heading("Token difficulty", anchor="difficulty") + _difficulty_table(stats),
+        *_figures(report, stats, out / FIGURES_DIR),
     ]
-    header = ["budget", "oracle", "oracle ppl", "random mean", "random best", "router"]
-    rows = [
-        [
-            str(r["budget"]),
-            _fmt(r["oracle_loss"], 4),
-            _fmt(r.get("oracle_ppl"), 2),
-            _fmt(r["random_mean_loss"], 4),
-            _fmt(r["random_best_loss"], 4),
-            _fmt(r["router_loss"], 4)
-            + (f" ({r['router_big_layers']:.2f} big)" if "router_big_layers" in r else ""),
-        ]
-        for r in report.rows
-    ]
-    sections.append('<h2 id="oracle">Oracle per budget</h2>' + _table(header, rows))
-    summary = [
-        ["tokens", str(stats["tokens"])],
-        ["baseline budget", str(stats["budgets"][0])],
-        ["mean difficulty (nats)", _fmt(stats["mean"], 4)],
-        ["share of tokens gaining nothing", _fmt(stats["share_zero"])],
-        ["ρ(difficulty, raw loss)", _fmt(stats["corr_raw_loss"])],
-        ["ρ(difficulty, position)", _fmt(stats["corr_position"])],
-        ["ρ(difficulty, log target frequency)", _fmt(stats["corr_log_target_frequency"])],
-        ["mean difficulty, first half of positions", _fmt(stats["mean_early_positions"], 4)],
-        ["mean difficulty, second half of positions", _fmt(stats["mean_late_positions"], 4)],
-    ]
-    sections.append(
-        '<h2 id="difficulty">Token difficulty</h2>' + _table(["statistic", "value"], summary)
-    )
-    figures = {
-        "curve": ("Oracle vs random patterns vs trained routers", plot_curve(report)),
-        "layers": ("Which layers the oracle runs big, per budget", plot_layers(report)),
-        "hist": ("Histogram of difficulty", plot_difficulty(stats)),
-        "relations": (
-            "Difficulty vs raw loss, position and token frequency",
-            plot_relations(stats),
-        ),
-    }
-    for name, (heading, fig) in figures.items():
-        png = _png(fig)
-        _atomic_write(figdir / f"{name}.png", png)
-        b64 = base64.b64encode(png).decode("ascii")
-        sections.append(
-            f'<h2 id="{name}">{html.escape(heading)}</h2>'
-            f'<p class="note">{html.escape(NOTES[name])}</p>'
-            f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{b64}">'
-        )
     payload = {"oracle": report.to_dict(), "difficulty": stats}
-    _atomic_write(out / JSON_FILE, json.dumps(payload, indent=2).encode("utf-8"))
-    return write_page(out, title, sections)
+    atomic_write_text(out / JSON_FILE, json.dumps(payload, indent=2))
+    return write_page(out / REPORT_FILE, title, sections)

@@ -1,11 +1,12 @@
 """Figures of ``stats.json`` (matplotlib, no pyplot state: each function returns a Figure).
 
 Every function takes ``runs``: a mapping label -> stats dict, so one run and a
-side-by-side comparison share the same code. Save with ``fig.savefig(path)``.
+side-by-side comparison share the same code. Save with :func:`save_figure`.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+from dynroute.common.files import atomic_write_bytes
 
 __all__ = [
     "FIGURES",
@@ -30,12 +33,14 @@ Runs = Mapping[str, dict[str, Any]]
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (its folder created), close it, return the path."""
+    """Write ``fig`` to ``path`` atomically (the format from its suffix, its folder created),
+    close it, return the path."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or None, dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
     plt.close(fig)
     return path
 

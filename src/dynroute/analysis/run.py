@@ -9,8 +9,6 @@ summarize, save. ``analyze_model`` does the same for a model you already hold in
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ from torch import Tensor, nn
 
 from dynroute.analysis.recorder import RecorderConfig, RoutingRecorder
 from dynroute.analysis.summary import summarize
-from dynroute.checkpoints import CHECKPOINT_NAMES, load_model, router_text
+from dynroute.checkpoints import CHECKPOINT_NAMES, LoadedModel, load_model, router_text
+from dynroute.common.files import atomic_write_text
 from dynroute.data import iter_eval_batches, num_eval_windows
 from dynroute.evaluation import evaluate_lm
 
@@ -108,14 +107,9 @@ def analyze_model(
 
 def write_stats(stats: dict[str, Any], out_dir: str | Path) -> Path:
     """Atomically write ``out_dir/stats.json`` (never a half-written file)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".stats-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(stats, f, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-    os.replace(tmp, out / STATS_FILE)
-    return out / STATS_FILE
+    path = Path(out_dir) / STATS_FILE
+    atomic_write_text(path, json.dumps(stats, indent=1))
+    return path
 
 
 def load_stats(path: str | Path) -> dict[str, Any]:
@@ -171,10 +165,7 @@ def analyze_checkpoint(
         >>> stats["experts_per_layer"]  # doctest: +SKIP
         [1.9, 1.7, 1.6, 1.5]
     """
-    if split not in ("validation", "train"):
-        raise ValueError(f"analyze: split must be 'validation' or 'train', got {split!r}")
-    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"analyze: device {device!r} asked for, but CUDA is not available here")
+    _check_request(split, device)
     loaded = load_model(checkpoint)
     own_set = data is None and split == "validation" and seq_len in (None, loaded.seq_len)
     if own_set and max_tokens is None and loaded.kind != "hf-moe":
@@ -184,26 +175,7 @@ def analyze_checkpoint(
         tokens = loaded.tokens(data, split, max_tokens)
     if device is not None:
         loaded.model.to(device)
-    cfg = loaded.model.config
-    vocab = int(getattr(cfg, "vocab_size", 0)) or None
-    if vocab is not None and tokens.size and int(tokens.max()) >= vocab:
-        raise ValueError(
-            f"analyze: token id {int(tokens.max())} is outside the model's vocabulary "
-            f"({vocab}); the tokenizer does not match the checkpoint — put the training "
-            "tokenizer.json next to config.json"
-        )
-    folder = loaded.folder
-    router = router_text(loaded.model)
-    name = folder.parent.name if folder.name in CHECKPOINT_NAMES else folder.name
-    meta = {
-        "name": name,
-        "checkpoint": str(folder),
-        "split": split,
-        "router": router,
-        "model_type": getattr(cfg, "model_type", None),
-        "data": str(loaded.data["source"] if data is None else data),
-        "kind": loaded.kind,
-    }
+    _check_vocabulary(loaded, tokens)
     tok = loaded.tokenizer
     stats = analyze_model(
         loaded.model,
@@ -213,8 +185,41 @@ def analyze_checkpoint(
         max_tokens=max_tokens,
         config=config,
         decode=lambda i: tok.decode([i]),
-        meta=meta,
+        meta=_checkpoint_meta(loaded, data, split),
         progress=progress,
     )
     write_stats(stats, out_dir)
     return stats
+
+
+def _check_request(split: str, device: str | torch.device | None) -> None:
+    """Refuse a split or a device that cannot work, before loading anything."""
+    if split not in ("validation", "train"):
+        raise ValueError(f"analyze: split must be 'validation' or 'train', got {split!r}")
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"analyze: device {device!r} asked for, but CUDA is not available here")
+
+
+def _check_vocabulary(loaded: LoadedModel, tokens: np.ndarray) -> None:
+    """Token ids past the model's vocabulary mean the tokenizer is not the checkpoint's."""
+    vocab = int(getattr(loaded.model.config, "vocab_size", 0)) or None
+    if vocab is not None and tokens.size and int(tokens.max()) >= vocab:
+        raise ValueError(
+            f"analyze: token id {int(tokens.max())} is outside the model's vocabulary "
+            f"({vocab}); the tokenizer does not match the checkpoint — put the training "
+            "tokenizer.json next to config.json"
+        )
+
+
+def _checkpoint_meta(loaded: LoadedModel, data: str | Path | None, split: str) -> dict[str, Any]:
+    """What ``stats["meta"]`` records about the checkpoint and the text it read."""
+    folder = loaded.folder
+    return {
+        "name": folder.parent.name if folder.name in CHECKPOINT_NAMES else folder.name,
+        "checkpoint": str(folder),
+        "split": split,
+        "router": router_text(loaded.model),
+        "model_type": getattr(loaded.model.config, "model_type", None),
+        "data": str(loaded.data["source"] if data is None else data),
+        "kind": loaded.kind,
+    }

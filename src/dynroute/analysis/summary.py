@@ -130,6 +130,114 @@ def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
     return t if t.numel() >= size else torch.cat([t, t.new_zeros(size - t.numel())])
 
 
+def _require_routing(recorder: RoutingRecorder) -> None:
+    if not recorder.layers:
+        raise ValueError(
+            "summarize: the recorder saw no routing; was it attached to the model's MoE "
+            "layers (recorder.attach_model(model)) before the forward pass?"
+        )
+
+
+def _layer_summaries(
+    recorder: RoutingRecorder,
+    indices: list[int],
+    sizes: list[int],
+    min_count: int,
+    top: int,
+    decode: Callable[[int], str] | None,
+) -> list[dict[str, Any]]:
+    """:func:`_layer_summary` of the layers ``indices``, in that order."""
+    width = recorder.config.loss_bin_width
+    occurrences = recorder.token_occurrences
+    return [
+        _layer_summary(recorder.layers[i], occurrences, width, sizes, min_count, top, decode)
+        for i in indices
+    ]
+
+
+def _pooled_difficulty(recorder: RoutingRecorder) -> dict[str, Any]:
+    """Experts a token runs in all layers together vs its loss."""
+    total = recorder.total_loss_experts
+    width = recorder.config.loss_bin_width
+    return _difficulty(total, width, np.arange(total.shape[1], dtype=np.float64))
+
+
+def _pooled_consistency(
+    layers: list[dict[str, Any]], sizes: list[int]
+) -> tuple[list[str], dict[str, dict[str, float | None]], dict[str, float | None]]:
+    """Segment lengths S seen in any layer, the mean over layers of SCH per (S, C) and of
+    SRP's best F1 per S (a layer without a value does not count)."""
+    segs = sorted({s for lay in layers for s in lay["cache_hit_rate"]}, key=int)
+    cache = {
+        s: {
+            str(c): _nanmean([lay["cache_hit_rate"].get(s, {}).get(str(c)) for lay in layers])
+            for c in sizes
+        }
+        for s in segs
+    }
+    srp = {s: _nanmean([lay["srp"].get(s, {}).get("f1") for lay in layers]) for s in segs}
+    return segs, cache, srp
+
+
+def _pooled_hist(layers: list[dict[str, Any]]) -> list[int]:
+    """Tokens per number of experts, summed over layers (layers may differ in E)."""
+    hist_len = max(len(lay["experts_hist"]) for lay in layers)
+    overall_hist = np.zeros(hist_len, dtype=np.int64)
+    for lay in layers:
+        overall_hist[: len(lay["experts_hist"])] += lay["experts_hist"]
+    return overall_hist.tolist()
+
+
+def _pooled_entropy(recorder: RoutingRecorder, max_e: int) -> dict[str, Any]:
+    """Experts vs router entropy over every layer's (entropy bin, experts) counts."""
+    ent_rows = max(lay_c.entropy_experts.shape[0] for lay_c in recorder.layers.values())
+    ent_table = torch.zeros(ent_rows, max_e + 1, dtype=torch.long)
+    for lc in recorder.layers.values():
+        ent_table[:, : lc.num_experts + 1] += lc.entropy_experts
+    return _difficulty(ent_table, 1.0 / ent_rows, np.arange(max_e + 1, dtype=np.float64))
+
+
+def _pooled_positions(
+    recorder: RoutingRecorder, pos_len: int
+) -> tuple[list[float | None], list[float | None]]:
+    """Mean experts per token and capacity drop rate by position, over every layer."""
+    pos_tokens = torch.zeros(pos_len, dtype=torch.float64)
+    pos_assign = torch.zeros(pos_len, dtype=torch.float64)
+    pos_drop = torch.zeros(pos_len, dtype=torch.float64)
+    for lc in recorder.layers.values():
+        t = lc.pos_tokens.numel()
+        pos_tokens[:t] += lc.pos_tokens
+        pos_assign[:t] += lc.pos_assignments
+        pos_drop[:t] += lc.pos_dropped
+    mean_experts = _rl((pos_assign / pos_tokens.clamp(min=1)).tolist(), 4)
+    return mean_experts, _rl((pos_drop / pos_assign.clamp(min=1)).tolist(), 4)
+
+
+def _meta(
+    recorder: RoutingRecorder,
+    layers: list[dict[str, Any]],
+    indices: list[int],
+    segs: list[str],
+    sizes: list[int],
+    min_token_count: int,
+    pos_len: int,
+) -> dict[str, Any]:
+    """What was measured and with which settings (``stats["meta"]``, before the caller's)."""
+    return {
+        "num_tokens": recorder.num_tokens,
+        "num_sequences": recorder.num_sequences,
+        "num_layers": len(layers),
+        "layer_indices": indices,
+        "num_experts": [lay["num_experts"] for lay in layers],
+        "capacity_factor": recorder.config.capacity_factor,
+        "segment_lengths": [int(s) for s in segs],
+        "cache_sizes": sizes,
+        "min_token_count": min_token_count,
+        "loss_bin_width": recorder.config.loss_bin_width,
+        "max_position": pos_len,
+    }
+
+
 def summarize(
     recorder: RoutingRecorder,
     *,
@@ -169,76 +277,27 @@ def summarize(
         >>> summarize(rec)["experts_per_layer"]
         [2.0]
     """
-    if not recorder.layers:
-        raise ValueError(
-            "summarize: the recorder saw no routing; was it attached to the model's MoE "
-            "layers (recorder.attach_model(model)) before the forward pass?"
-        )
+    _require_routing(recorder)
     indices = sorted(recorder.layers)
     max_e = max(lc.num_experts for lc in recorder.layers.values())
     sizes = list(cache_sizes) if cache_sizes else default_cache_sizes(max_e)
-    width = recorder.config.loss_bin_width
-    layers = [
-        _layer_summary(
-            recorder.layers[i],
-            recorder.token_occurrences,
-            width,
-            sizes,
-            min_token_count,
-            top_tokens,
-            decode,
-        )
-        for i in indices
-    ]
-    total = recorder.total_loss_experts
-    overall = _difficulty(total, width, np.arange(total.shape[1], dtype=np.float64))
-    segs = sorted({s for lay in layers for s in lay["cache_hit_rate"]}, key=int)
-    cache = {
-        s: {
-            str(c): _nanmean([lay["cache_hit_rate"].get(s, {}).get(str(c)) for lay in layers])
-            for c in sizes
-        }
-        for s in segs
-    }
-    srp = {s: _nanmean([lay["srp"].get(s, {}).get("f1") for lay in layers]) for s in segs}
+    layers = _layer_summaries(recorder, indices, sizes, min_token_count, top_tokens, decode)
+    overall = _pooled_difficulty(recorder)
+    entropy = _pooled_entropy(recorder, max_e)
+    segs, cache, srp = _pooled_consistency(layers, sizes)
     pos_len = max(len(lay["position_mean_experts"]) for lay in layers)
-    hist_len = max(len(lay["experts_hist"]) for lay in layers)
-    overall_hist = np.zeros(hist_len, dtype=np.int64)
-    for lay in layers:
-        overall_hist[: len(lay["experts_hist"])] += lay["experts_hist"]
-    ent_rows = max(lay_c.entropy_experts.shape[0] for lay_c in recorder.layers.values())
-    ent_table = torch.zeros(ent_rows, max_e + 1, dtype=torch.long)
-    pos_tokens = torch.zeros(pos_len, dtype=torch.float64)
-    pos_assign = torch.zeros(pos_len, dtype=torch.float64)
-    pos_drop = torch.zeros(pos_len, dtype=torch.float64)
-    for lc in recorder.layers.values():
-        ent_table[:, : lc.num_experts + 1] += lc.entropy_experts
-        t = lc.pos_tokens.numel()
-        pos_tokens[:t] += lc.pos_tokens
-        pos_assign[:t] += lc.pos_assignments
-        pos_drop[:t] += lc.pos_dropped
-    entropy = _difficulty(ent_table, 1.0 / ent_rows, np.arange(max_e + 1, dtype=np.float64))
-    cfg = recorder.config
+    pos_experts, pos_drops = _pooled_positions(recorder, pos_len)
+    loss = _r(recorder.loss_sum / recorder.loss_tokens) if recorder.loss_tokens else None
     return {
         "version": STATS_VERSION,
         "meta": {
-            "num_tokens": recorder.num_tokens,
-            "num_sequences": recorder.num_sequences,
-            "num_layers": len(layers),
-            "layer_indices": indices,
-            "num_experts": [lay["num_experts"] for lay in layers],
-            "capacity_factor": cfg.capacity_factor,
-            "segment_lengths": [int(s) for s in segs],
-            "cache_sizes": sizes,
-            "min_token_count": min_token_count,
-            "loss_bin_width": width,
-            "max_position": pos_len,
+            **_meta(recorder, layers, indices, segs, sizes, min_token_count, pos_len),
             **(meta or {}),
         },
-        "mean_loss": _r(recorder.loss_sum / recorder.loss_tokens) if recorder.loss_tokens else None,
+        "mean_loss": loss,
         "experts_per_token": _nanmean([lay["mean_experts"] for lay in layers]),
         "experts_per_layer": [lay["mean_experts"] for lay in layers],
-        "experts_hist": overall_hist.tolist(),
+        "experts_hist": _pooled_hist(layers),
         "difficulty_spearman": overall["spearman"],
         "difficulty_spearman_per_layer": [lay["loss"]["spearman"] for lay in layers],
         "difficulty": overall,
@@ -252,7 +311,7 @@ def summarize(
         "cache_hit_rate": cache,
         "srp": srp,
         "drop_rate": [lay["drop_rate"] for lay in layers],
-        "position_mean_experts": _rl((pos_assign / pos_tokens.clamp(min=1)).tolist(), 4),
-        "position_drop_rate": _rl((pos_drop / pos_assign.clamp(min=1)).tolist(), 4),
+        "position_mean_experts": pos_experts,
+        "position_drop_rate": pos_drops,
         "layers": layers,
     }

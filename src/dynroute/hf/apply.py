@@ -80,7 +80,7 @@ def _select(layers: Iterable[int | str] | None, index: int | None, name: str) ->
 
 def apply_routing(
     model: nn.Module,
-    router: str | Router | Callable[[Tensor], Routing] = "top_k",
+    router: str | Router | RouterSpec | Callable[[Tensor], Routing] = "top_k",
     *,
     layers: Iterable[int | str] | None = None,
     dispatch: str = "grouped",
@@ -100,7 +100,7 @@ def apply_routing(
             optional ``k``/``num_null``, default the model's k), ``"expert_choice"``
             (``capacity_factor``; not causal), any other registered router by name
             (``"my_router"`` or ``"my_router:k=1"``; a field ``k`` left out is the model's
-            k), a :class:`~dynroute.routing.Router`, or a callable
+            k), a :class:`~dynroute.routing.Router`, a :class:`RouterSpec`, or a callable
             ``logits [N, E] -> Routing`` that gets the gate's raw logits and whose weights
             are used unchanged.
         layers: decoder-layer indices (or block names) to change; None = every block.
@@ -128,38 +128,51 @@ def apply_routing(
         [0, 1]
     """
     spec = RouterSpec.build(router, **router_kwargs)
-    targets: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if isinstance(module, DynamicMoEBlock) or family_of(module) is not None:
-            targets.append((name, module))
-    if not targets:
-        raise _unsupported_error(model)
-    chosen = [(n, m) for n, m in targets if _select(layers, _layer_index(n), n)]
+    targets = _moe_blocks(model)
+    chosen = {n for n, _ in targets if _select(layers, _layer_index(n), n)}
     if not chosen:
         names = [(_layer_index(n), n) for n, _ in targets]
         raise ValueError(f"apply_routing: layers={layers!r} matched no MoE block; blocks: {names}")
-    chosen_names = {n for n, _ in chosen}
     own = RouterSpec.build("top_k")
     for name, module in targets:
-        if name not in chosen_names and isinstance(module, DynamicMoEBlock):
+        if name not in chosen and isinstance(module, DynamicMoEBlock):
             continue
         # Blocks outside ``layers`` get the model's own routing (identical outputs), so
         # every MoE layer is counted in the statistics and recorded in the saved config.
-        block_spec = spec if name in chosen_names else own
-        if isinstance(module, DynamicMoEBlock):
-            block = module
-        else:
-            family = family_of(module)
-            block = DynamicMoEBlock(module, family, block_spec, name, _layer_index(name), dispatch)
-        expert_weights(block.experts)  # unsupported expert layouts fail here, not mid-forward
-        # Dry run on two zero tokens: bad values (p=1.5, k > E) fail now with the router's message.
-        zeros = block.gate.weight.new_zeros(2, block.num_experts)
-        route(block_spec, block.family, block.gate, zeros)
-        block.set_router(block_spec, dispatch)
-        if block is not module:
-            _set_module(model, name, block)
+        _adapt(model, name, module, spec if name in chosen else own, dispatch)
     _sync_config(model)
     return model
+
+
+def _moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every sparse MoE block, adapted or of a supported family."""
+    blocks = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, DynamicMoEBlock) or family_of(module) is not None
+    ]
+    if not blocks:
+        raise _unsupported_error(model)
+    return blocks
+
+
+def _adapt(model: nn.Module, name: str, module: nn.Module, spec: RouterSpec, dispatch: str) -> None:
+    """Route block ``name`` with ``spec``: wrap a transformers block, or re-route an adapted one.
+
+    Checks first, so a bad setting fails here rather than mid-forward.
+    """
+    if isinstance(module, DynamicMoEBlock):
+        block = module
+    else:
+        family = family_of(module)
+        block = DynamicMoEBlock(module, family, spec, name, _layer_index(name), dispatch)
+    expert_weights(block.experts)  # unsupported expert layouts fail here, not mid-forward
+    # Dry run on two zero tokens: bad values (p=1.5, k > E) fail now with the router's message.
+    zeros = block.gate.weight.new_zeros(2, block.num_experts)
+    route(spec, block.family, block.gate, zeros)
+    block.set_router(spec, dispatch)
+    if block is not module:
+        _set_module(model, name, block)
 
 
 def remove_routing(model: nn.Module) -> nn.Module:

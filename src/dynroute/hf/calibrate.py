@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from dynroute.hf.apply import adapted_blocks, apply_routing, reset_routing_stats, routing_stats
-from dynroute.hf.evaluate import TextInput, _batches, _windows, as_token_ids
+from dynroute.hf.evaluate import TextInput, as_token_ids, token_windows, window_batches
 
 __all__ = ["Calibration", "calibrate_p"]
 
@@ -44,6 +45,53 @@ def _measure(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:
 
 def _key(block: Any) -> Any:
     return block.layer_index if block.layer_index is not None else block.layer_name
+
+
+def _check_target(target_experts: float, blocks: list[Any], max_experts: int | None) -> None:
+    ceiling = min(max_experts or b.num_experts for b in blocks)
+    if not 1.0 <= target_experts <= ceiling:
+        raise ValueError(
+            f"calibrate_p: target_experts must be in [1, {ceiling}] (top-p keeps at least one "
+            f"expert and at most {'max_experts' if max_experts else 'E'}), got {target_experts}"
+        )
+
+
+def _bisect(
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    keys: list[Any],
+    target: float,
+    set_p: Callable[[dict[Any, float]], None],
+    steps: Iterable[int],
+    tol: float,
+    p_resolution: float,
+    per_layer: bool,
+) -> tuple[dict[Any, float], list[dict[str, Any]]]:
+    """Bisect p per key (a layer, or ``"all"``) together, one forward over ``batches`` per
+    step; returns the p closest to the target per key and every trial."""
+    lo = dict.fromkeys(keys, 0.0)
+    hi = dict.fromkeys(keys, 1.0)
+    best: dict[Any, tuple[float, float]] = {}  # key -> (error, p)
+    trials: list[dict[str, Any]] = []
+    for _ in steps:
+        mids = {k: (lo[k] + hi[k]) / 2 for k in keys}
+        set_p(mids)
+        stats = _measure(model, batches)
+        means = {"all": stats["mean_experts"]} if not per_layer else stats["per_layer"]
+        trials.append({"p": dict(mids) if per_layer else mids["all"], "mean_experts": means})
+        for k in keys:
+            err = abs(means[k] - target)
+            if k not in best or err < best[k][0]:
+                best[k] = (err, mids[k])
+            if means[k] < target:  # the mean grows with p
+                lo[k] = mids[k]
+            else:
+                hi[k] = mids[k]
+        if all(abs(means[k] - target) <= tol for k in keys):
+            break
+        if all(hi[k] - lo[k] < p_resolution for k in keys):
+            break  # the mean is a step function of p: a finer p changes nothing useful
+    return {k: best[k][1] for k in keys}, trials
 
 
 def calibrate_p(
@@ -92,21 +140,12 @@ def calibrate_p(
         True
     """
     ids = as_token_ids(texts, tokenizer)
-    batches = list(_batches(_windows(ids, seq_len, max_tokens), batch_size))
+    batches = list(window_batches(token_windows(ids, seq_len, max_tokens), batch_size))
     if not adapted_blocks(model):
         apply_routing(model, "top_k")
     blocks = adapted_blocks(model)
-    ceiling = min(max_experts or b.num_experts for b in blocks)
-    if not 1.0 <= target_experts <= ceiling:
-        raise ValueError(
-            f"calibrate_p: target_experts must be in [1, {ceiling}] (top-p keeps at least one "
-            f"expert and at most {'max_experts' if max_experts else 'E'}), got {target_experts}"
-        )
+    _check_target(target_experts, blocks, max_experts)
     keys = [_key(b) for b in blocks] if per_layer else ["all"]
-    lo = dict.fromkeys(keys, 0.0)
-    hi = dict.fromkeys(keys, 1.0)
-    best: dict[Any, tuple[float, float]] = {}  # key -> (error, p)
-    steps: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
 
@@ -117,30 +156,14 @@ def calibrate_p(
                 model, "top_p", p=p, max_experts=max_experts, layers=layers, **router_kwargs
             )
 
-    iterator = range(iters)
+    iterator: Iterable[int] = range(iters)
     if progress:
         from rich.progress import track
 
         iterator = track(iterator, description="calibrating p", transient=True)
-    for _ in iterator:
-        mids = {k: (lo[k] + hi[k]) / 2 for k in keys}
-        set_p(mids)
-        stats = _measure(model, batches)
-        means = {"all": stats["mean_experts"]} if not per_layer else stats["per_layer"]
-        steps.append({"p": dict(mids) if per_layer else mids["all"], "mean_experts": means})
-        for k in keys:
-            err = abs(means[k] - target_experts)
-            if k not in best or err < best[k][0]:
-                best[k] = (err, mids[k])
-            if means[k] < target_experts:
-                lo[k] = mids[k]
-            else:
-                hi[k] = mids[k]
-        if all(abs(means[k] - target_experts) <= tol for k in keys):
-            break
-        if all(hi[k] - lo[k] < p_resolution for k in keys):
-            break  # the mean is a step function of p: a finer p changes nothing useful
-    chosen = {k: best[k][1] for k in keys}
+    chosen, steps = _bisect(
+        model, batches, keys, target_experts, set_p, iterator, tol, p_resolution, per_layer
+    )
     set_p(chosen)
     final = _measure(model, batches)
     model.train(was_training)

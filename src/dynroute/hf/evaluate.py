@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynroute.evaluation import evaluate_lm
+from dynroute.evaluation import EvalResult, evaluate_lm
 from dynroute.hf.apply import (
     adapted_blocks,
     apply_routing,
@@ -21,9 +21,18 @@ from dynroute.hf.apply import (
 )
 from dynroute.hf.io import load_patched, load_tokenizer
 
-__all__ = ["as_token_ids", "evaluate_ids", "evaluate_text", "measured"]
+__all__ = [
+    "TextInput",
+    "as_token_ids",
+    "evaluate_ids",
+    "evaluate_text",
+    "measured",
+    "token_windows",
+    "window_batches",
+]
 
 TextInput = str | Sequence[str] | Tensor
+"""Text, texts (with a tokenizer) or token ids: what the evaluation functions accept."""
 
 
 def as_token_ids(texts: TextInput, tokenizer: Any = None) -> Tensor:
@@ -55,7 +64,22 @@ def as_token_ids(texts: TextInput, tokenizer: Any = None) -> Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _windows(ids: Tensor, seq_len: int, max_tokens: int | None) -> list[Tensor]:
+def token_windows(ids: Tensor, seq_len: int, max_tokens: int | None = None) -> list[Tensor]:
+    """Cut ids [T] into non-overlapping windows of ``seq_len`` (the last may be shorter;
+    a window of fewer than 2 tokens predicts nothing and is dropped).
+
+    Args:
+        ids: token ids [T].
+        seq_len: window length.
+        max_tokens: use at most the first this many ids (None: all).
+
+    Raises:
+        ValueError: fewer than 2 tokens to evaluate.
+
+    Example:
+        >>> [w.tolist() for w in token_windows(torch.arange(7), 3)]
+        [[0, 1, 2], [3, 4, 5]]
+    """
     if max_tokens is not None:
         ids = ids[:max_tokens]
     wins = [w for w in ids.split(seq_len) if w.numel() >= 2]
@@ -64,8 +88,15 @@ def _windows(ids: Tensor, seq_len: int, max_tokens: int | None) -> list[Tensor]:
     return wins
 
 
-def _batches(wins: list[Tensor], batch_size: int) -> Iterator[Tensor]:
-    # Full windows share a length and batch together; a shorter last window runs alone.
+def window_batches(wins: list[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """Stack consecutive windows into batches [b, seq_len] of at most ``batch_size``.
+
+    Full windows share a length and batch together; a shorter last window runs alone.
+
+    Example:
+        >>> [b.shape[0] for b in window_batches(token_windows(torch.arange(11), 3), 2)]
+        [2, 1, 1]
+    """
     i = 0
     while i < len(wins):
         batch = [wins[i]]
@@ -127,18 +158,10 @@ def evaluate_ids(
         >>> out["tokens"], out["mean_experts"]
         (37, 2.0)
     """
-    wins = _windows(ids.reshape(-1), seq_len, max_tokens)
+    wins = token_windows(ids.reshape(-1), seq_len, max_tokens)
     with measured(model):
         reset_routing_stats(model)
-        batches = list(_batches(wins, batch_size))
-        if max_batches is not None and max_batches < len(batches):
-            # Evenly spaced over the text, as for dynroute runs; full batches first (a
-            # short last window would count as a whole batch).
-            from dynroute.data.batches import eval_window_starts
-
-            full = [b for b in batches if b.shape == batches[0].shape]
-            pool = full if len(full) >= max_batches else batches
-            batches = [pool[i] for i in eval_window_starts(len(pool), max_batches)]
+        batches = _spaced(list(window_batches(wins, batch_size)), max_batches)
         # Each window scores itself: its logits but the last against its ids but the first.
         run = evaluate_lm(
             model,
@@ -147,11 +170,40 @@ def evaluate_ids(
             progress=progress and len(batches) > 1,
             total=len(batches),
         )
-        stats = routing_stats(model)
-        named = all(b.spec.serializable for b in adapted_blocks(model))
-        settings = routing_config(model) if named else None
-        routers = sorted({b.spec.describe() for b in adapted_blocks(model)})
-        expert_ratio, activated_ratio = _param_ratios(model)
+        routing = _routing_summary(model)
+    return _eval_result(run, routing)
+
+
+def _spaced(batches: list[Tensor], max_batches: int | None) -> list[Tensor]:
+    """At most ``max_batches`` batches, evenly spaced over the text, as for dynroute runs;
+    full batches first (a short last window would count as a whole batch)."""
+    if max_batches is None or max_batches >= len(batches):
+        return batches
+    from dynroute.data.batches import eval_window_starts
+
+    full = [b for b in batches if b.shape == batches[0].shape]
+    pool = full if len(full) >= max_batches else batches
+    return [pool[i] for i in eval_window_starts(len(pool), max_batches)]
+
+
+def _routing_summary(model: nn.Module) -> dict[str, Any]:
+    """Experts-per-token counters, routing settings and parameter ratios of an adapted model."""
+    blocks = adapted_blocks(model)
+    named = all(b.spec.serializable for b in blocks)
+    routers = sorted({b.spec.describe() for b in blocks})
+    expert_ratio, activated_ratio = _param_ratios(model)
+    return {
+        "stats": routing_stats(model),
+        "settings": routing_config(model) if named else None,
+        "router": routers[0] if len(routers) == 1 else "; ".join(routers),
+        "expert_param_ratio": expert_ratio,
+        "activated_param_ratio": activated_ratio,
+    }
+
+
+def _eval_result(run: EvalResult, routing: dict[str, Any]) -> dict[str, Any]:
+    """The dict :func:`evaluate_ids` returns (its own keys, then ``dynroute eval``'s)."""
+    stats = routing["stats"]
     mean_nll, predicted = run.loss, run.tokens
     per_layer = [v for _, v in sorted(stats["per_layer"].items(), key=lambda kv: str(kv[0]))]
     return {
@@ -164,16 +216,16 @@ def evaluate_ids(
         "mean_experts_per_layer": {str(k): v for k, v in stats["per_layer"].items()},
         "tokens_per_s": run.tokens_per_second,
         "seconds": run.seconds,
-        "routing": settings,
+        "routing": routing["settings"],
         # the same names as dynroute.train.evaluate, so `dynroute eval` prints either
         "val_loss": mean_nll,
         "mean_experts_per_token": stats["mean_experts"],
         "experts_per_layer": per_layer,
         "tokens_per_second": run.tokens_per_second,
         "eval_tokens": predicted,
-        "router": routers[0] if len(routers) == 1 else "; ".join(routers),
-        "expert_param_ratio": expert_ratio,
-        "activated_param_ratio": activated_ratio,
+        "router": routing["router"],
+        "expert_param_ratio": routing["expert_param_ratio"],
+        "activated_param_ratio": routing["activated_param_ratio"],
     }
 
 

@@ -87,15 +87,7 @@ def reapply_routing(model: nn.Module, settings: dict[str, Any] | None = None) ->
     dispatch = settings.get("dispatch", "grouped")
     for key, entry in settings.get("layers", {}).items():
         layer: int | str = int(key) if key.isdigit() else key
-        spec = RouterSpec.from_dict(entry)
-        apply_routing(
-            model,
-            spec.name or "top_k",
-            layers=[layer],
-            dispatch=dispatch,
-            **spec.kwargs,
-            **({"normalize": spec.normalize} if spec.normalize is not None else {}),
-        )
+        apply_routing(model, RouterSpec.from_dict(entry), layers=[layer], dispatch=dispatch)
     return model
 
 

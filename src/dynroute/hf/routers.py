@@ -48,8 +48,14 @@ class RouterSpec:
     normalize: bool | None = None
 
     @staticmethod
-    def build(router: str | Router | Callable[[Tensor], Routing], **kwargs: Any) -> RouterSpec:
-        """Check a router (name, ``name:key=value``, Router or callable) and its arguments.
+    def build(
+        router: str | Router | RouterSpec | Callable[[Tensor], Routing], **kwargs: Any
+    ) -> RouterSpec:
+        """Check a router (name, ``name:key=value``, Router, RouterSpec or callable) and its
+        arguments. Parsing and checking are :data:`dynroute.routing.ROUTERS`'s
+        (``make_router``); what is added here: ``None`` arguments mean the default, ``k``
+        left out means the model's own k, and routers that need extra gate columns
+        (null experts without ``null_logit``) are refused.
 
         Raises before any forward pass.
 
@@ -61,6 +67,13 @@ class RouterSpec:
             >>> RouterSpec.build("top_p:p=0.5").kwargs
             {'p': 0.5}
         """
+        if isinstance(router, RouterSpec):
+            if kwargs:
+                raise TypeError(
+                    f"apply_routing: keyword arguments {sorted(kwargs)} with a RouterSpec; "
+                    "put them into the spec (RouterSpec.build(name, **kwargs))"
+                )
+            return router
         if isinstance(router, Router):
             router, kwargs = router.name, {**router.key_params(), **kwargs}
         elif callable(router) and not isinstance(router, str):
