@@ -8,7 +8,7 @@ routers defined elsewhere are found through ``DYNROUTE_PLUGINS=your.module`` (or
 
 Example:
     >>> from dynroute.llm.routers import QUERY_ROUTERS, make_query_router
-    >>> sorted(QUERY_ROUTERS)
+    >>> sorted(n for n, cls in QUERY_ROUTERS.items() if cls.__module__.startswith("dynroute"))
     ['best_single', 'cascade', 'dc', 'knn', 'mf', 'mlp', 'oracle', 'random', 'sw_ranking']
     >>> make_query_router("cascade:scorer=mlp,threshold=0.4")
     Cascade(seed=0, scorer='mlp', threshold=0.4)
