@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynroute.llm import DATASETS, ROUTERS, evaluate, load_dataset
+from dynroute.llm import DATASETS, QUERY_ROUTERS, evaluate, load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_routing.json"
 
@@ -25,7 +25,7 @@ def run(seed: int = 0, datasets: list[str] | None = None) -> dict[str, Any]:
     for name in datasets or list(DATASETS):
         t0 = time.perf_counter()
         train, test = load_dataset(name, seed=seed)
-        res = evaluate(sorted(ROUTERS), train, test, seed=seed)
+        res = evaluate(sorted(QUERY_ROUTERS), train, test, seed=seed)
         res["seconds"] = time.perf_counter() - t0
         out[name] = res
     return out
@@ -36,7 +36,7 @@ def table(results: dict[str, Any]) -> str:
     names = list(results)
     head = "| router | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     aiqs = {n: {r["router"]: r for r in results[n]["routers"]} for n in names}
-    order = sorted(ROUTERS, key=lambda r: -sum(aiqs[n][r]["aiq"] for n in names))
+    order = sorted(QUERY_ROUTERS, key=lambda r: -sum(aiqs[n][r]["aiq"] for n in names))
     lines = []
     for router in order:
         if router == "oracle":
@@ -63,7 +63,7 @@ def two_model_table(results: dict[str, Any]) -> str:
         + "\n"
     )
     lines = []
-    for router in sorted(ROUTERS):
+    for router in sorted(QUERY_ROUTERS):
         cells = []
         for n in names:
             r = next(x for x in results[n]["routers"] if x["router"] == router)

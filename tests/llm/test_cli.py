@@ -1,18 +1,26 @@
 """`dynroute llm ...` in a subprocess: one happy path, and bad input without tracebacks."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from dynroute.common.registry import PLUGINS_ENV
 
-def run(*args, cwd=None):
+
+def run(*args, cwd=None, plugins=None):
+    env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
+    if plugins is not None:  # a module in ``cwd``
+        env[PLUGINS_ENV] = plugins
+        env["PYTHONPATH"] = os.pathsep.join([str(cwd), *sys.path])
     return subprocess.run(
         [sys.executable, "-m", "dynroute.cli", "llm", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=300,
     )
 
@@ -79,7 +87,9 @@ def test_eval_fit_route_report(tables, tmp_path):
     assert (tmp_path / "rep" / "cost_quality.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("problem", ["missing", "nocost", "nan", "unknown_model", "router"])
+@pytest.mark.parametrize(
+    "problem", ["missing", "nocost", "nan", "unknown_model", "router", "router_param"]
+)
 def test_bad_input_is_one_line_exit_2(tables, tmp_path, problem):
     rows = [json.loads(x) for x in (tables / "test.jsonl").read_text().splitlines()]
     bad = tmp_path / f"{problem}.jsonl"
@@ -92,16 +102,74 @@ def test_bad_input_is_one_line_exit_2(tables, tmp_path, problem):
         rows = [dict(r, model="gpt-9" if r["model"] == "big" else r["model"]) for r in rows]
     elif problem == "router":
         args[-1] = "nope"
+    elif problem == "router_param":
+        args[-1] = "knn:kk=3"
     if problem != "missing":
         bad.write_text("\n".join(json.dumps(r) for r in rows))
     r = run(*args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 3
-    if problem != "router":
-        assert bad.name in r.stderr
+    if problem == "router":
+        assert "unknown query router 'nope'" in r.stderr
+    elif problem == "router_param":
+        assert "knn: unknown argument(s) ['kk']; accepted: seed, k" in r.stderr
     else:
-        assert "unknown router" in r.stderr
+        assert bad.name in r.stderr
+
+
+PLUGIN = """
+import dataclasses
+
+import torch
+
+from dynroute.llm import QueryRouter, register_query_router
+
+
+@register_query_router("cli_words")
+@dataclasses.dataclass(eq=False)
+class Words(QueryRouter):
+    \"\"\"Queries with 'sum' go to the first model, the rest to the second.\"\"\"
+
+    uses_embedding = False
+    word: str = "sum"
+
+    def _fit(self, train, z):
+        pass
+
+    def _predict(self, queries, z):
+        hit = torch.tensor([[float(self.word in q.split())] for q in queries])  # [Q, 1]
+        return torch.cat([hit, 1 - hit], 1)
+"""
+
+
+def test_a_plugin_router_through_fit_and_route(tables, tmp_path):
+    (tmp_path / "my_routers.py").write_text(PLUGIN)
+    train = tables / "train.jsonl"
+    r = run(
+        "fit",
+        "--train",
+        train,
+        "--router",
+        "cli_words:word=sum",
+        "--out",
+        "m",
+        cwd=tmp_path,
+        plugins="my_routers",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["router"] == {
+        "name": "cli_words",
+        "seed": 0,
+        "word": "sum",
+    }
+    queries = ["add 7 and 8 sum", "capital of country 3 geography"]
+    r = run("route", "m", *queries, cwd=tmp_path, plugins="my_routers")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["small", "big"]
+    r = run("route", "m", *queries, cwd=tmp_path)  # the plugin not named: one clear line
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown query router 'cli_words'" in r.stderr and PLUGINS_ENV in r.stderr
 
 
 def test_route_without_a_fitted_router(tmp_path):

@@ -1,4 +1,4 @@
-"""Every router: shapes, save/load round trips, decisions."""
+"""Every registered query router: shapes, save/load round trips, decisions."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynroute.llm import (
-    ROUTERS,
+    QUERY_ROUTERS,
     OutcomeTable,
     calibrate_to_budget,
     calibrate_to_share,
@@ -15,11 +15,17 @@ from dynroute.llm import (
     evaluate,
     load_router,
     make_embedder,
-    make_router,
+    make_query_router,
 )
 from dynroute.llm.routers.cascade import run_cascade
 
-FAST = {"mlp": "mlp:steps=40", "mf": "mf:steps=40", "dc": "dc:steps=40,clusters=4"}
+#: Every registered query router (the shipped ones and any plugin loaded at collection).
+NAMES = sorted(QUERY_ROUTERS)
+
+
+def quick(name):
+    """The spec of router ``name`` with its hyperparameters for a fast fit on a tiny table."""
+    return {"name": name, **QUERY_ROUTERS[name].quick_params}
 
 
 def toy(n=60, seed=0):
@@ -41,10 +47,10 @@ def toy(n=60, seed=0):
 def fitted():
     train, test = toy(60, 0), toy(20, 1)
     emb = make_embedder({"name": "tfidf_svd", "dim": 16}).fit(train.queries)
-    return train, test, {n: make_router(FAST.get(n, n)).fit(train, emb) for n in ROUTERS}
+    return train, test, {n: make_query_router(quick(n)).fit(train, emb) for n in NAMES}
 
 
-@pytest.mark.parametrize("name", sorted(ROUTERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_predict_shape_and_roundtrip(fitted, name, tmp_path):
     _, test, routers = fitted
     r = routers[name]
@@ -60,8 +66,8 @@ def test_predict_shape_and_roundtrip(fitted, name, tmp_path):
     assert set(r.route(test.queries)) <= set(test.models)
 
 
-@pytest.mark.parametrize("name", ["knn", "mlp", "mf", "sw_ranking", "dc"])
-def test_learned_routers_learn_the_toy_task(fitted, name):
+@pytest.mark.parametrize("name", [n for n in NAMES if QUERY_ROUTERS[n].uses_embedding])
+def test_routers_reading_the_query_learn_the_toy_task(fitted, name):
     _, test, routers = fitted
     pred = routers[name].predict(test.queries)
     right = torch.tensor([0 if "add" in q else 1 for q in test.queries])
@@ -71,7 +77,7 @@ def test_learned_routers_learn_the_toy_task(fitted, name):
 
 def test_oracle_beats_everyone_and_random_is_below(fitted):
     train, test, _ = fitted
-    r = evaluate([FAST.get(n, n) for n in sorted(ROUTERS)], train, test)
+    r = evaluate([quick(n) for n in NAMES], train, test)
     by = {x["router"]: x["aiq"] for x in r["routers"]}
     assert max(by.values()) == pytest.approx(r["baselines"]["oracle"]["aiq"])
     assert by["knn"] > r["baselines"]["zero_router"]["aiq"]
@@ -81,7 +87,7 @@ def test_oracle_beats_everyone_and_random_is_below(fitted):
 
 def test_cascade_chain_and_cost():
     train = toy(40)
-    c = make_router("cascade").fit(train)
+    c = make_query_router("cascade").fit(train)
     assert c.chain[-1] == "big" and len(c.chain) >= 2
     pred = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
     cost = torch.tensor([[1.0, 10.0], [1.0, 10.0]])
@@ -89,13 +95,17 @@ def test_cascade_chain_and_cost():
     assert stop.tolist() == [0, 1] and paid.tolist() == [1.0, 11.0]
 
 
-def test_unknown_router_and_params():
-    with pytest.raises(ValueError, match="unknown router"):
-        make_router("nope")
-    with pytest.raises(ValueError, match="no parameter"):
-        make_router("knn:kk=3")
+def test_cascade_scorer_is_any_query_router_spec():
+    train = toy(40)
+    c = make_query_router({"name": "cascade", "scorer": "knn:k=3"}).fit(train)
+    assert c.base is not None and c.base.to_dict() == {"name": "knn", "seed": 0, "k": 3}
+
+
+def test_unfitted_router_cannot_be_saved(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a fitted router"):
-        load_router("/nonexistent/dir")
+        load_router(tmp_path / "nonexistent")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        make_query_router("knn").save(tmp_path / "r")
 
 
 matrices = st.integers(1, 6).flatmap(

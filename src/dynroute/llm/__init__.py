@@ -1,7 +1,8 @@
 """Routing queries among LLMs: outcome tables, embedders, routers, decisions, metrics.
 
-Pick, per query, the model that answers well enough for the least cost: routers predict
-each model's quality ``[Q, M]``; :func:`decide` picks ``argmax quality − λ·cost``;
+Pick, per query, the model that answers well enough for the least cost: query routers
+(:data:`QUERY_ROUTERS`, built by :func:`make_query_router`) predict each model's quality
+``[Q, M]``; :func:`decide` picks ``argmax quality − λ·cost``;
 :func:`evaluate` sweeps λ and scores the cost–quality curve with RouterBench's AIQ
 against the zero router (mixing single models) and the oracle.
 
@@ -25,11 +26,17 @@ from dynroute.llm.decide import calibrate_to_budget, calibrate_to_share, decide,
 from dynroute.llm.embed import Embedder, TfidfSvd, make_embedder
 from dynroute.llm.evaluate import baselines, evaluate, evaluate_router
 from dynroute.llm.metrics import aiq, apgr_cpt, cost_at_quality, upper_hull, zero_router
-from dynroute.llm.routers import ROUTERS, QueryRouter, load_router, make_router
+from dynroute.llm.routers import (
+    QUERY_ROUTERS,
+    QueryRouter,
+    load_router,
+    make_query_router,
+    register_query_router,
+)
 
 __all__ = [
     "DATASETS",
-    "ROUTERS",
+    "QUERY_ROUTERS",
     "Embedder",
     "OutcomeTable",
     "QueryRouter",
@@ -49,7 +56,8 @@ __all__ = [
     "load_router",
     "load_table",
     "make_embedder",
-    "make_router",
+    "make_query_router",
+    "register_query_router",
     "split_by_query",
     "upper_hull",
     "zero_router",

@@ -163,6 +163,35 @@ class OutcomeTable:
             self.source,
         )
 
+    def aligned_to(self, models: Sequence[str]) -> OutcomeTable:
+        """The table with its model columns in the order of ``models``, which must be the
+        same pool (a fitted router's, a training table's): routers index models by position.
+
+        Raises:
+            TableError: naming the table, the models it has that ``models`` lacks and those
+                it misses.
+
+        Example:
+            >>> t = OutcomeTable.from_rows(["q"], ["a", "b"], [[0, 1]], [[1, 2]])
+            >>> t.aligned_to(["b", "a"]).quality.tolist()
+            [[1.0, 0.0]]
+            >>> try:
+            ...     t.aligned_to(["a", "c"])
+            ... except TableError as err:
+            ...     print(str(err).split("; ")[0])
+            <memory>: model pool differs from the router's: unknown ['b'], missing ['c']
+        """
+        if tuple(self.models) == tuple(models):
+            return self
+        unknown = [m for m in self.models if m not in models]
+        missing = [m for m in models if m not in self.models]
+        if unknown or missing:
+            raise TableError(
+                f"{self.source}: model pool differs from the router's: unknown {unknown}, "
+                f"missing {missing}; evaluate on a table with models {list(models)}"
+            )
+        return self.select_models(models)
+
     def single_model_points(self) -> list[tuple[str, float, float]]:
         """``(model, mean cost, mean quality)`` of always calling each model."""
         return [

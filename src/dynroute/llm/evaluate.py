@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,7 @@ import numpy as np
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.embed import Embedder, make_embedder
 from dynroute.llm.metrics import aiq, apgr_cpt, cost_at_quality, zero_router
-from dynroute.llm.routers import QueryRouter, make_router
-from dynroute.llm.routers.base import _align
+from dynroute.llm.routers import QueryRouter, make_query_router
 
 __all__ = ["baselines", "evaluate", "evaluate_router"]
 
@@ -47,7 +46,7 @@ def baselines(test: OutcomeTable) -> dict[str, Any]:
     points = test.single_model_points()
     max_cost = max(c for _, c, _ in points)
     hull = zero_router([c for _, c, _ in points], [q for _, _, q in points])
-    oracle = make_router("oracle").fit(test)
+    oracle = make_query_router("oracle").fit(test)
     opts = oracle.sweep(test)
     best = _best_single(test)
     return {
@@ -71,7 +70,7 @@ def evaluate_router(
 ) -> dict[str, Any]:
     """Points, AIQ, oracle gap, cost saved at the best single model's quality and (two
     models) APGR/CPT of a fitted ``router`` on ``test``."""
-    test = _align(test, router.models)
+    test = test.aligned_to(router.models)
     t0 = time.perf_counter()
     pts = router.sweep(test)
     seconds = time.perf_counter() - t0
@@ -105,7 +104,7 @@ def evaluate_router(
 
 
 def evaluate(
-    names: Sequence[str],
+    names: Sequence[str | Mapping[str, Any]],
     train: OutcomeTable,
     test: OutcomeTable,
     *,
@@ -113,11 +112,12 @@ def evaluate(
     embedder: Embedder | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit each router in ``names`` (``"name"`` or ``"name:k=v"``) on ``train`` and
-    evaluate on ``test``. One embedder is fitted on ``train`` and shared."""
-    test = _align(test, train.models)
+    """Fit each query router in ``names`` (``"name"``, ``"name:k=v"`` or a dict spec, see
+    :func:`~dynroute.llm.routers.make_query_router`) on ``train`` and evaluate on
+    ``test``. One embedder is fitted on ``train`` and shared."""
+    test = test.aligned_to(train.models)
     base = baselines(test)
-    routers = [make_router(n) for n in names]
+    routers = [make_query_router(n) for n in names]
     for r in routers:
         r.seed = seed if r.seed == 0 else r.seed
     if embedder is None and any(r.uses_embedding for r in routers):

@@ -1,22 +1,26 @@
 """HTML report of an evaluation: a cost–quality plot and an AIQ table.
 
 Routers are drawn as the hulls of their operating points (what λ can reach), single
-models as points, the zero router as a dashed hull and the oracle as a star.
+models as points, the zero router as a dashed hull and the oracle as a star. The page is
+built with :mod:`dynroute.common.html` (the plot embedded, so ``report.html`` is one
+self-contained file; ``cost_quality.png`` is written beside it too).
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
+from dynroute.common.files import atomic_write_bytes
+from dynroute.common.html import figure, heading, note, png_bytes, table, write_page
 from dynroute.llm.metrics import upper_hull
 
 __all__ = ["plot_cost_quality", "write_report"]
 
 
-def plot_cost_quality(result: dict[str, Any], path: str | Path) -> Path:
-    """Save the cost–quality PNG of an :func:`~dynroute.llm.evaluate.evaluate` result."""
+def plot_cost_quality(result: dict[str, Any], path: str | Path) -> bytes:
+    """Save the cost–quality PNG of an :func:`~dynroute.llm.evaluate.evaluate` result
+    (atomically) and return its bytes."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -63,10 +67,10 @@ def plot_cost_quality(result: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=120)
+    png = png_bytes(fig, dpi=120)
     plt.close(fig)
-    return out
+    atomic_write_bytes(path, png)
+    return png
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -75,11 +79,9 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.4f}"
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``report.html`` and ``cost_quality.png`` into ``out_dir``; return the HTML."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_cost_quality(result, out / "cost_quality.png")
+def _router_table(result: dict[str, Any]) -> str:
+    """The routers' AIQ table (best first, then the zero router) of an evaluation result;
+    RouteLLM's APGR and CPT columns when the pool has two models."""
     base = result["baselines"]
     two = len(result["models"]) == 2
     head = [
@@ -111,37 +113,32 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
         ["zero router", _fmt(base["zero_router"]["aiq"]), "", "", "", ""]
         + ([""] * 3 if two else [])
     )
-    table = (
-        "<tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr>\n"
-        + "\n".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-            for row in rows
-        )
-    )
-    singles = "\n".join(
-        f"<tr><td>{html.escape(s['model'])}</td><td>{s['cost']:.3g}</td>"
-        f"<td>{s['quality']:.4f}</td></tr>"
-        for s in base["single_models"]
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>dynroute llm report</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.25em .6em}}</style>
-</head><body>
-<h1>Routing queries among LLMs</h1>
-<p>Train: {html.escape(result["train"]["source"])} ({result["train"]["queries"]} queries);
-test: {html.escape(result["test"]["source"])} ({result["test"]["queries"]} queries).
-AIQ: area under the non-decreasing convex hull of (cost, quality), cost normalised by the
-most expensive single model (RouterBench). The zero router mixes single models.</p>
-<img src="cost_quality.png" alt="cost-quality plot">
-<h2>Routers</h2><table>{table}</table>
-<p>Oracle: AIQ {base["oracle"]["aiq"]:.4f}, quality {base["oracle"]["quality"]:.4f}.</p>
-<h2>Single models (mean cost in USD per query, mean quality)</h2>
-<table><tr><th>model</th><th>cost</th><th>quality</th></tr>{singles}</table>
-</body></html>
-"""
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return table(head, rows)
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``report.html`` and ``cost_quality.png`` into ``out_dir``; return the HTML."""
+    out = Path(out_dir)
+    png = plot_cost_quality(result, out / "cost_quality.png")
+    base, train, test = result["baselines"], result["train"], result["test"]
+    oracle = base["oracle"]
+    singles = [
+        [s["model"], f"{s['cost']:.3g}", f"{s['quality']:.4f}"] for s in base["single_models"]
+    ]
+    sections = [
+        heading("Routing queries among LLMs", 1),
+        note(
+            f"Train: {train['source']} ({train['queries']} queries); "
+            f"test: {test['source']} ({test['queries']} queries). "
+            "AIQ: area under the non-decreasing convex hull of (cost, quality), cost "
+            "normalised by the most expensive single model (RouterBench). The zero router "
+            "mixes single models."
+        ),
+        figure(png, "Cost–quality plot"),
+        heading("Routers"),
+        _router_table(result),
+        note(f"Oracle: AIQ {oracle['aiq']:.4f}, quality {oracle['quality']:.4f}."),
+        heading("Single models (mean cost in USD per query, mean quality)"),
+        table(["model", "cost", "quality"], singles),
+    ]
+    return write_page(out / "report.html", "dynroute llm report", sections)

@@ -1,9 +1,15 @@
 """The query-router interface, its registry, and save/load (safetensors + JSON).
 
-A router is a dataclass whose fields are its hyperparameters, registered by name with
-:func:`register_router`. ``fit(train)`` learns from an :class:`OutcomeTable`;
-``predict(queries) -> [Q, M]`` predicts each model's quality; the decision rule in
-:mod:`dynroute.llm.decide` turns predictions and costs into a choice. Every router also
+A query router is a dataclass whose fields are its hyperparameters, registered by name
+with :func:`register_query_router` in :data:`QUERY_ROUTERS` (a
+:class:`~dynroute.common.registry.Registry`: every module of ``dynroute.llm.routers`` is
+imported on the first unknown name, then the plugins named in ``DYNROUTE_PLUGINS`` or a
+``dynroute.plugins`` entry point). :func:`make_query_router` builds one from
+``"name:key=value,..."`` or ``{"name": ..., **params}``.
+
+``fit(train)`` learns from an :class:`OutcomeTable`; ``predict(queries) -> [Q, M]``
+predicts each model's quality; the decision rule in :mod:`dynroute.llm.decide` turns
+predictions and costs into a choice. Every router also
 fits a per-model cost model (cost ≈ a + b · characters of the query) so that
 :meth:`QueryRouter.route` can decide for a new query whose cost nobody measured.
 
@@ -12,10 +18,10 @@ embedder and cost model) and ``tensors.safetensors``; no pickle.
 
 Example:
     >>> from dynroute.llm.data import OutcomeTable
-    >>> from dynroute.llm.routers import make_router
+    >>> from dynroute.llm.routers import make_query_router
     >>> t = OutcomeTable.from_rows(["a", "b"], ["small", "big"], [[0, 1], [1, 1]],
     ...                            [[1, 2], [1, 2]])
-    >>> make_router("best_single").fit(t).route(["c"])
+    >>> make_query_router("best_single").fit(t).route(["c"])
     ['big']
 """
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -32,34 +38,38 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from dynroute.llm.data import OutcomeTable, TableError
+from dynroute.common.files import atomic_path, atomic_write_text
+from dynroute.common.registry import Registry
+from dynroute.llm.data import OutcomeTable
 from dynroute.llm.decide import decide, lambda_grid
 from dynroute.llm.embed import Embedder, make_embedder
 
-__all__ = ["ROUTERS", "QueryRouter", "load_router", "make_router", "register_router"]
+__all__ = [
+    "QUERY_ROUTERS",
+    "QueryRouter",
+    "load_router",
+    "make_query_router",
+    "register_query_router",
+]
 
-#: Registered query routers by name (filled by :func:`register_router`).
-ROUTERS: dict[str, type[QueryRouter]] = {}
 FORMAT = 1
-R = TypeVar("R", bound="type[QueryRouter]")
-
-
-def register_router(cls: R) -> R:
-    """Class decorator: make ``cls`` available by its ``name``."""
-    ROUTERS[cls.name] = cls
-    return cls
 
 
 @dataclasses.dataclass(eq=False)
 class QueryRouter:
-    """Base class: subclasses set ``name``, add hyperparameter fields and implement
-    ``_fit(train, z)`` and ``_predict(queries, z)`` (``z``: ``[Q, d]`` embeddings when
-    ``uses_embedding``, else None). Fitted tensors live in ``self.tensors``."""
+    """Base class: subclasses add hyperparameter fields and implement ``_fit(train, z)``
+    and ``_predict(queries, z)`` (``z``: ``[Q, d]`` embeddings when ``uses_embedding``,
+    else None). Fitted tensors live in ``self.tensors``; ``name`` is set by
+    :func:`register_query_router`."""
 
     name: ClassVar[str] = ""
+    #: Whether ``_fit``/``_predict`` read the query embeddings (``z``); False: ``z`` is None.
     uses_embedding: ClassVar[bool] = True
     #: What the sweep varies: "lambda" (argmax quality − λ·cost) or "threshold".
     knob: ClassVar[str] = "lambda"
+    #: Hyperparameters that fit in well under a second on a tiny table (a few dozen
+    #: queries); the registry-driven tests build every router with them.
+    quick_params: ClassVar[Mapping[str, Any]] = {}
 
     seed: int = 0
 
@@ -129,7 +139,7 @@ class QueryRouter:
 
     def sweep(self, table: OutcomeTable, n: int = 64) -> list[dict[str, float]]:
         """Operating points ``[{"lambda", "cost", "quality"}]`` on ``table`` over λ."""
-        table = _align(table, self.models)
+        table = table.aligned_to(self.models)
         pred = self.predict_table(table)
         # Decide with the cost known before any model runs (estimated from the prompt);
         # score with the cost the table says was paid.
@@ -161,14 +171,14 @@ class QueryRouter:
         if not self.fitted:
             raise RuntimeError(f"router {self.name!r} is not fitted; nothing to save")
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
         tensors = {f"router.{k}": v.contiguous() for k, v in self.tensors.items()}
         if self.embedder is not None:
             tensors.update(
                 {f"embedder.{k}": v.contiguous() for k, v in self.embedder.state().items()}
             )
         tensors["cost_coef"] = torch.from_numpy(self.cost_coef.copy())
-        save_file(tensors, out / "tensors.safetensors")
+        with atomic_path(out / "tensors.safetensors") as tmp:
+            save_file(tensors, tmp)
         config = {
             "format": FORMAT,
             "router": self.to_dict(),
@@ -177,49 +187,55 @@ class QueryRouter:
             "embedder": None if self.embedder is None else self.embedder.config(),
             "extra": self.config(),
         }
-        (out / "config.json").write_text(json.dumps(config, indent=1))
+        atomic_write_text(out / "config.json", json.dumps(config, indent=1))
         return out
 
 
-def _align(table: OutcomeTable, models: Sequence[str]) -> OutcomeTable:
-    if tuple(table.models) == tuple(models):
-        return table
-    unknown = [m for m in table.models if m not in models]
-    missing = [m for m in models if m not in table.models]
-    if unknown or missing:
-        raise TableError(
-            f"{table.source}: model pool differs from the router's: unknown {unknown}, "
-            f"missing {missing}; evaluate on a table with models {list(models)}"
-        )
-    return table.select_models(models)
+#: Registered query routers by name (filled by :func:`register_query_router`; every module
+#: of ``dynroute.llm.routers`` is imported on the first unknown name, then the plugins).
+QUERY_ROUTERS: Registry[QueryRouter] = Registry(
+    "query router", QueryRouter, package="dynroute.llm.routers", example="knn:k=10"
+)
+
+R = TypeVar("R", bound=type[QueryRouter])
 
 
-def make_router(spec: str | dict[str, Any]) -> QueryRouter:
-    """A router from ``"name"``, ``"name:key=value,..."`` or ``{"name": ..., **params}``.
+def register_query_router(name: str) -> Callable[[R], R]:
+    """Class decorator: register a :class:`QueryRouter` dataclass under ``name`` (and set
+    its ``name``). Re-registering the same class (its module imported again) replaces it;
+    another class under a taken name raises ``ValueError``.
 
     Example:
-        >>> make_router("knn:k=5")
-        KNN(seed=0, k=5)
+        >>> @register_query_router("doc_first")
+        ... @dataclasses.dataclass(eq=False)
+        ... class First(QueryRouter):  # always the first model of the pool
+        ...     uses_embedding = False
+        ...     def _fit(self, train, z): pass
+        ...     def _predict(self, queries, z):
+        ...         return torch.eye(len(self.models))[[0] * len(queries)]
+        >>> make_query_router("doc_first").name
+        'doc_first'
+        >>> del QUERY_ROUTERS["doc_first"]  # keep the registry as shipped for other examples
     """
-    if isinstance(spec, str):
-        name, _, rest = spec.partition(":")
-        params: dict[str, Any] = {}
-        for item in filter(None, rest.split(",")):
-            key, _, value = item.partition("=")
-            try:
-                params[key.strip()] = json.loads(value)
-            except json.JSONDecodeError:
-                params[key.strip()] = value
-    else:
-        params = dict(spec)
-        name = params.pop("name")
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}")
-    fields = {f.name for f in dataclasses.fields(ROUTERS[name])}
-    bad = sorted(set(params) - fields)
-    if bad:
-        raise ValueError(f"router {name!r} has no parameter(s) {bad}; it has {sorted(fields)}")
-    return ROUTERS[name](**params)
+    return QUERY_ROUTERS.register(name)
+
+
+def make_query_router(spec: str | Mapping[str, Any], **kwargs: Any) -> QueryRouter:
+    """A router from ``"name"``, ``"name:key=value,..."`` or ``{"name": ..., **params}``;
+    ``kwargs`` add to and override the spec's parameters.
+
+    Raises:
+        ValueError: an unknown name (listing the known ones and how to add a plugin) or a
+            malformed spec (naming it and an example).
+        TypeError: unknown or missing parameters (listing the accepted ones).
+
+    Example:
+        >>> make_query_router("knn:k=5")
+        KNN(seed=0, k=5)
+        >>> make_query_router({"name": "knn", "k": 5}, seed=1)
+        KNN(seed=1, k=5)
+    """
+    return QUERY_ROUTERS.build(spec, **kwargs)
 
 
 def load_router(directory: str | Path) -> QueryRouter:
@@ -237,7 +253,10 @@ def load_router(directory: str | Path) -> QueryRouter:
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_path} is not valid JSON ({err}); refit the router") from None
     tensors = load_file(ten_path)
-    router = make_router(config["router"])
+    try:
+        router = make_query_router(config["router"])
+    except (TypeError, ValueError) as err:  # e.g. a plugin's router without its plugin
+        raise ValueError(f"{cfg_path}: {err}") from None
     router.models = tuple(config["models"])
     router.lam = float(config["lambda"])
     router.cost_coef = tensors.pop("cost_coef").numpy()

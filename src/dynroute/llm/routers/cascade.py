@@ -2,9 +2,10 @@
 the first whose answer is predicted good enough.
 
 The chain is the training set's cost–quality frontier (the models on the zero-router
-hull), cheapest first. A scorer — any registered router, ``knn`` by default — predicts
-P(good answer | query, model); the cascade stops at the first model whose prediction
-reaches ``threshold`` and always accepts the last. A cascade pays for every model it
+hull), cheapest first. A scorer — any registered query router (a name or a spec such as
+``knn:k=5``), ``knn`` by default — predicts P(good answer | query, model); the cascade
+stops at the first model whose prediction reaches ``threshold`` and always accepts the
+last. A cascade pays for every model it
 called. Our scorer sees only the query, not the answer (the tables hold no answers), so
 this is a pessimistic cascade: an answer-aware scorer can only do better.
 
@@ -32,7 +33,7 @@ from torch import Tensor
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.embed import Embedder
 from dynroute.llm.metrics import upper_hull
-from dynroute.llm.routers.base import ROUTERS, QueryRouter, _align, register_router
+from dynroute.llm.routers.base import QueryRouter, make_query_router, register_query_router
 
 __all__ = ["Cascade", "run_cascade"]
 
@@ -56,12 +57,11 @@ def run_cascade(
     return chain_t[step], paid
 
 
-@register_router
+@register_query_router("cascade")
 @dataclasses.dataclass(eq=False)
 class Cascade(QueryRouter):
     """Cheapest first; escalate while the scorer's predicted quality < ``threshold``."""
 
-    name = "cascade"
     knob = "threshold"
     scorer: str = "knn"
     threshold: float = 0.5
@@ -90,7 +90,7 @@ class Cascade(QueryRouter):
             ),
             key=lambda j: points[j][1],
         )
-        self.base = ROUTERS[self.scorer](seed=self.seed)
+        self.base = make_query_router(self.scorer, seed=self.seed)
         self.base.fit(train, self.embedder)
         self.tensors = {f"base.{k}": v for k, v in self.base.tensors.items()}
 
@@ -114,7 +114,7 @@ class Cascade(QueryRouter):
 
     def sweep(self, table: OutcomeTable, n: int = 64) -> list[dict[str, float]]:
         """Points over thresholds (reported under ``"lambda"``, the sweep's knob)."""
-        table = _align(table, self.models)
+        table = table.aligned_to(self.models)
         pred = self.predict_table(table).double()
         quality, cost = torch.from_numpy(table.quality), torch.from_numpy(table.cost)
         qs = torch.quantile(
@@ -141,7 +141,7 @@ class Cascade(QueryRouter):
 
     def load_config(self, config: dict[str, Any]) -> None:
         self.chain_idx = list(config["chain"])
-        base = ROUTERS[self.scorer](seed=self.seed)
+        base = make_query_router(self.scorer, seed=self.seed)
         base.models, base.embedder, base.cost_coef = self.models, self.embedder, self.cost_coef
         base.tensors = {k[5:]: v for k, v in self.tensors.items() if k.startswith("base.")}
         base.load_config(config["base"])

@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.routers._optim import minimise, seeded
-from dynroute.llm.routers.base import QueryRouter, register_router
+from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["DC", "kmeans", "sample_llm_loss", "sample_sample_loss"]
 
@@ -78,12 +79,12 @@ def sample_sample_loss(e: Tensor, labels: Tensor, tau: float) -> Tensor:
     return (log_all - log_pos)[has].mean()
 
 
-@register_router
+@register_query_router("dc")
 @dataclasses.dataclass(eq=False)
 class DC(QueryRouter):
     """Dual-contrastive query–model embedding router."""
 
-    name = "dc"
+    quick_params: ClassVar[Mapping[str, Any]] = {"steps": 40, "clusters": 4}
     dim: int = 64
     hidden: int = 256
     tau: float = 0.2

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.routers.base import QueryRouter, register_router
+from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["KNN", "cosine_chunks"]
 
@@ -29,12 +29,11 @@ def cosine_chunks(z: Tensor, keys: Tensor, chunk: int = 1024):
         yield s, z[s : s + chunk] @ keys.T
 
 
-@register_router
+@register_query_router("knn")
 @dataclasses.dataclass(eq=False)
 class KNN(QueryRouter):
     """Predicted quality = mean quality of the ``k`` nearest training queries (cosine)."""
 
-    name = "knn"
     k: int = 20
 
     def _fit(self, train: OutcomeTable, z: Tensor | None) -> None:

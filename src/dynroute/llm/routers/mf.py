@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.routers._optim import minimise, seeded
-from dynroute.llm.routers.base import QueryRouter, register_router
+from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["MF", "pairwise_loss"]
 
@@ -41,12 +42,12 @@ def pairwise_loss(scores: Tensor, quality: Tensor) -> Tensor:
     return -(F.logsigmoid(diff) * wins).sum() / n
 
 
-@register_router
+@register_query_router("mf")
 @dataclasses.dataclass(eq=False)
 class MF(QueryRouter):
     """Query–model matrix factorisation trained on pairwise wins plus pointwise quality."""
 
-    name = "mf"
+    quick_params: ClassVar[Mapping[str, Any]] = {"steps": 40}
     dim: int = 64
     steps: int = 300
     lr: float = 3e-3

@@ -15,7 +15,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,17 +24,17 @@ from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.routers._optim import minimise, seeded
-from dynroute.llm.routers.base import QueryRouter, register_router
+from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["MLP"]
 
 
-@register_router
+@register_query_router("mlp")
 @dataclasses.dataclass(eq=False)
 class MLP(QueryRouter):
     """``sigmoid(W2 · gelu(W1 · z + b1) + b2)`` ``[Q, M]``."""
 
-    name = "mlp"
+    quick_params: ClassVar[Mapping[str, Any]] = {"steps": 40}
     hidden: int = 256
     steps: int = 300
     lr: float = 3e-3

@@ -19,18 +19,17 @@ import torch
 from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.routers.base import QueryRouter, register_router
+from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["BestSingle", "Oracle", "RandomRouter"]
 
 
-@register_router
+@register_query_router("random")
 @dataclasses.dataclass(eq=False)
 class RandomRouter(QueryRouter):
     """Uniform random scores per (query, model), a deterministic hash of both and the
     seed — so the same query always gets the same scores, before and after save/load."""
 
-    name = "random"
     uses_embedding = False
 
     def _fit(self, train: OutcomeTable, z: Tensor | None) -> None:
@@ -48,13 +47,12 @@ class RandomRouter(QueryRouter):
         return torch.from_numpy(out)
 
 
-@register_router
+@register_query_router("best_single")
 @dataclasses.dataclass(eq=False)
 class BestSingle(QueryRouter):
     """Every query gets the training mean quality of each model: the sweep visits the
     single models that are best at each λ (a staircase on the zero router)."""
 
-    name = "best_single"
     uses_embedding = False
 
     def _fit(self, train: OutcomeTable, z: Tensor | None) -> None:
@@ -64,13 +62,12 @@ class BestSingle(QueryRouter):
         return self.tensors["mean"].expand(len(queries), -1).clone()
 
 
-@register_router
+@register_query_router("oracle")
 @dataclasses.dataclass(eq=False)
 class Oracle(QueryRouter):
     """The upper bound: on an evaluation table it reads the true outcomes. For other
     queries it recalls the outcomes it was fitted on, else the training mean."""
 
-    name = "oracle"
     uses_embedding = False
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.routers.base import QueryRouter, register_router
+from dynroute.llm.routers.base import QueryRouter, register_query_router
 from dynroute.llm.routers.knn import cosine_chunks
 
 __all__ = ["SWRanking", "battles", "bradley_terry"]
@@ -55,12 +55,11 @@ def bradley_terry(wins: Tensor, steps: int = 200, ridge: float = 0.05) -> Tensor
     return r
 
 
-@register_router
+@register_query_router("sw_ranking")
 @dataclasses.dataclass(eq=False)
 class SWRanking(QueryRouter):
     """Bradley–Terry ratings per query from similarity-weighted training battles."""
 
-    name = "sw_ranking"
     temperature: float = 10.0
     steps: int = 200
     ridge: float = 0.05
