@@ -53,11 +53,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def setup(work: Path, models: list[str]) -> tuple[list[Proc], Proc]:
     """Backends and the proxy, started and ready."""
-    from dynroute.llm import load_dataset, make_router
+    from dynroute.llm import load_dataset, make_query_router
     from dynroute.serve.tiny import write_tiny_model
 
     train, _ = load_dataset("routellm-gsm8k", seed=0)
-    router = make_router("knn").fit(train)
+    router = make_query_router("knn").fit(train)
     router.lam = 25.0  # sends a part of the traffic to each model (see "by_backend")
     router.save(work / "router")
     dirs = [

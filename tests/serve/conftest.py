@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dynroute.llm.routers import make_router
+from dynroute.llm.routers import make_query_router
 from dynroute.serve.tiny import write_tiny_model
 from serve_helpers import BIG, SMALL, toy_table
 from serving_procs import Proc, start_all, stop_all
@@ -25,7 +25,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    router = make_router("knn:k=3").fit(toy_table())
+    router = make_query_router("knn:k=3").fit(toy_table())
     router.lam = 20.0  # a poem is worth the big model (1 > 20 * 0.009), a sum is not
     return router.save(tmp_path_factory.mktemp("router") / "knn")
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dynroute.llm.routers import make_router
+from dynroute.llm.routers import make_query_router
 from dynroute.serve.backends import (
     Backend,
     load_backend_file,
@@ -23,7 +23,7 @@ POEM, SUM = "write a poem about fire and love", "what is 7 plus 2"
 
 @pytest.fixture(scope="module")
 def router():
-    r = make_router("knn:k=3").fit(toy_table())
+    r = make_query_router("knn:k=3").fit(toy_table())
     r.lam = 20.0
     return r
 
