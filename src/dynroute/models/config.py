@@ -97,7 +97,7 @@ class DynMoEConfig(PretrainedConfig):
             )
         try:
             params = {k: kwargs.pop(k) for k in router_fields(self.router) if k in kwargs}
-            self.router = router_config(self.router, self.num_experts, **params)
+            self.router = router_config(self.router, params, num_experts=self.num_experts)
             self.experts = check_experts_spec(self.experts)
             with torch.device("meta"):  # every check of a real build; no memory, no draws
                 layer_experts(
@@ -166,7 +166,9 @@ def router_fields(router: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def router_config(router: Any, num_experts: int = 8, **params: Any) -> dict[str, Any]:
+def router_config(
+    router: Any, params: Mapping[str, Any] | None = None, *, num_experts: int = 8
+) -> dict[str, Any]:
     """A router setting as ``{"name": ..., **params}`` (every field, as ``config.json`` keeps it).
 
     ``router``: a name (``"top_p"``, ``"top_p:p=0.4"``), a dict or a Router; ``params``
@@ -177,15 +179,15 @@ def router_config(router: Any, num_experts: int = 8, **params: Any) -> dict[str,
         ValueError, TypeError: unknown router, unknown or missing parameters.
 
     Example:
-        >>> router_config("top_p", p=0.3)
+        >>> router_config("top_p", {"p": 0.3})
         {'name': 'top_p', 'p': 0.3, 'max_experts': None, 'normalize': False}
         >>> router_config("top_k")
         {'name': 'top_k', 'k': 2, 'normalize': True}
-        >>> router_config({"name": "top_k", "k": 1}, normalize=False)
+        >>> router_config({"name": "top_k", "k": 1}, {"normalize": False})
         {'name': 'top_k', 'k': 1, 'normalize': False}
     """
     if isinstance(router, Router):
         router = router.to_dict()
     if not isinstance(router, str | Mapping):
         raise TypeError(f"router must be a name, a dict or a Router, got {router!r}")
-    return layer_router(router, num_experts, **params).to_dict()  # type: ignore[union-attr]
+    return layer_router(router, num_experts, **(params or {})).to_dict()  # type: ignore[union-attr]

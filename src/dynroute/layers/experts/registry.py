@@ -115,8 +115,9 @@ def make_experts(
         TypeError: unknown or missing parameters.
 
     Example:
-        >>> make_experts({"name": "swiglu"}, d_model=8, d_ff=16, num_experts=2, layout="per_expert")
-        SwiGLUExperts(num_experts=2, d_model=8, d_ff=16, layout=per_expert)
+        >>> swiglu = make_experts("swiglu", d_model=8, d_ff=16, num_experts=2, layout="per_expert")
+        >>> swiglu.layout, make_experts({"name": "mlp", "d_ff": 4}, d_model=8, num_experts=2)
+        ('per_expert', MLPExperts(num_experts=2, d_model=8, d_ff=4))
     """
     cls, params = _kind_and_params(spec)
     fill = {"d_model": d_model, "d_ff": d_ff, "num_experts": num_experts, **defaults}
