@@ -128,7 +128,7 @@ def test_a_spec_fills_the_layer_sizes_and_may_override_d_ff():
 
 
 def test_bad_specs_say_what_is_wrong():
-    with pytest.raises(ValueError, match="unknown expert kind 'mpl'; known: mixed, mlp, swiglu"):
+    with pytest.raises(ValueError, match=r"unknown expert kind 'mpl'; known: .*mixed, mlp"):
         MoE(D, 16, 4, experts="mpl")
     with pytest.raises(TypeError, match=r"mlp: unknown argument\(s\) \['width'\]"):
         MoE(D, 16, 4, experts={"name": "mlp", "width": 3})
