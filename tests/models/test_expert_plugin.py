@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,15 +44,17 @@ SIZES = dict(d_model=16, n_layers=1, n_heads=2, d_ff=24, num_experts=4)
 
 
 @pytest.fixture
-def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The plugin module in a temporary folder on sys.path, named in DYNROUTE_PLUGINS."""
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The plugin module in a temporary folder on sys.path, named in DYNROUTE_PLUGINS;
+    unknown before each test, unregistered after it."""
     (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent(PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("DYNROUTE_PLUGINS", MODULE)
-    monkeypatch.delitem(sys.modules, MODULE, raising=False)
-    if KIND in EXPERT_KINDS:  # registered by an earlier test: start unknown again
-        monkeypatch.delitem(EXPERT_KINDS, KIND)
-    return tmp_path
+    EXPERT_KINDS.pop(KIND, None)
+    sys.modules.pop(MODULE, None)
+    yield tmp_path
+    EXPERT_KINDS.pop(KIND, None)
+    sys.modules.pop(MODULE, None)
 
 
 def test_a_plugin_kind_is_found_by_name_and_runs_in_the_layer(plugin: Path) -> None:

@@ -15,8 +15,8 @@ Example:
     >>> moe = MoE(8, experts=MixedExperts([SwiGLUExperts(8, 32, 2), MLPExperts(8, 4, 2)]))
     >>> moe(torch.randn(3, 8))[0].shape
     torch.Size([3, 8])
-    >>> sorted(EXPERT_KINDS)
-    ['mixed', 'mlp', 'swiglu']
+    >>> EXPERT_KINDS["mlp"] is MLPExperts, make_experts("mlp", d_model=8, d_ff=4, num_experts=2)
+    (True, MLPExperts(num_experts=2, d_model=8, d_ff=4))
 """
 
 from dynroute.layers.experts.base import Experts
