@@ -1,4 +1,4 @@
-"""Expert kinds through the seam: MLP, mixed widths, a test-only kind; checkpointing."""
+"""Expert kinds through the seam: every registered kind, a test-only kind; checkpointing."""
 
 import copy
 
@@ -10,13 +10,34 @@ from torch import nn
 
 from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers import MoE
-from dynroute.layers.experts import Experts, ExpertWeights, MixedExperts, MLPExperts, SwiGLUExperts
+from dynroute.layers.experts import (
+    EXPERT_KINDS,
+    Experts,
+    ExpertWeights,
+    MixedExperts,
+    MLPExperts,
+    SwiGLUExperts,
+    make_experts,
+)
 from dynroute.parallel import local_group, shard_experts
 from dynroute.parallel.ddp import expert_parameter_names, full_state_dict
 from dynroute.routing import top_k
 
 D = 8
 ROUTERS = [("top_k", {"k": 2}), ("top_p", {"p": 0.5}), ("expert_choice", {"capacity_factor": 1.0})]
+
+
+def registered_kinds() -> dict[str, dict]:
+    """A spec per example of every registered kind (the registry, not a hand list), by id."""
+    EXPERT_KINDS.discover()
+    return {
+        f"{name}-{i}": {"name": name, **params}
+        for name, cls in sorted(EXPERT_KINDS.items())
+        for i, params in enumerate(cls.examples)
+    }
+
+
+KINDS = registered_kinds()
 
 
 class ScaledIdentityExperts(Experts):
@@ -41,13 +62,6 @@ def mixed():
     return MixedExperts([SwiGLUExperts(D, 32, 2), MLPExperts(D, 4, 2), SwiGLUExperts(D, 4, 1)])
 
 
-def scaled():
-    return ScaledIdentityExperts(D, 3)
-
-
-KINDS = {"mlp": mlp, "mixed": mixed, "scaled": scaled}
-
-
 def run(moe, x, dispatch):
     """Output and every gradient (x and all parameters) of one forward/backward."""
     moe = copy.deepcopy(moe)
@@ -70,19 +84,74 @@ def assert_agree(moe, x, dispatches=(grouped,)):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_built_in_kinds_are_registered():
+    assert {"swiglu", "mlp", "mixed"} <= set(EXPERT_KINDS)
+    assert EXPERT_KINDS["swiglu"] is SwiGLUExperts and EXPERT_KINDS["mixed"] is MixedExperts
+
+
+@pytest.mark.parametrize("spec", KINDS.values(), ids=KINDS.keys())
 @pytest.mark.parametrize(("router", "kwargs"), ROUTERS)
-def test_kinds_agree_with_loop_on_every_dispatch(kind, router, kwargs):
-    moe = MoE(D, experts=KINDS[kind](), router=router, **kwargs)
+def test_every_registered_kind_agrees_with_loop_on_every_dispatch(spec, router, kwargs):
+    moe = MoE(D, 16, 4, experts=spec, router=router, **kwargs)
+    assert moe.experts.name == spec["name"] and moe.experts.num_experts == 4
 
     assert_agree(moe, torch.randn(13, D), (grouped, dense))
 
 
-@given(st.integers(0, 40), st.sampled_from(ROUTERS), st.sampled_from(["mlp", "mixed"]))
-def test_kinds_match_loop_property(n, router, kind):
+def test_a_kind_defined_only_here_agrees_with_loop():
+    for router, kwargs in ROUTERS:
+        assert_agree(MoE(D, experts=ScaledIdentityExperts(D, 3), router=router, **kwargs),
+                     torch.randn(13, D), (grouped, dense))  # fmt: skip
+
+
+@given(st.integers(0, 40), st.sampled_from(ROUTERS), st.sampled_from(list(KINDS.values())))
+def test_registered_kinds_match_loop_property(n, router, spec):
     torch.manual_seed(n)
     name, kwargs = router
-    assert_agree(MoE(D, experts=KINDS[kind](), router=name, **kwargs), torch.randn(n, D))
+    assert_agree(MoE(D, 16, 4, experts=spec, router=name, **kwargs), torch.randn(n, D))
+
+
+def test_a_spec_fills_the_layer_sizes_and_may_override_d_ff():
+    torch.manual_seed(0)
+    by_spec = make_experts("mlp:d_ff=12,activation=relu", d_model=D, d_ff=16, num_experts=4)
+    torch.manual_seed(0)
+    by_module = MLPExperts(D, 12, 4, torch.relu)
+    assert by_spec.d_ff == 12 and by_spec.activation is torch.nn.functional.relu
+    for (name, a), (_, b) in zip(
+        by_spec.state_dict().items(), by_module.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    moe = MoE(D, 16, 4, experts="mlp:d_ff=12", router="top_k", k=1)
+    assert (moe.experts.d_model, moe.experts.d_ff, moe.experts.num_experts) == (D, 12, 4)
+    swiglu = make_experts("swiglu", d_model=D, d_ff=16, num_experts=3, layout="per_expert")
+    assert swiglu.layout == "per_expert" and len(swiglu.gate_up) == 3
+
+
+def test_bad_specs_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"unknown expert kind 'mpl'; known: .*mixed, mlp"):
+        MoE(D, 16, 4, experts="mpl")
+    with pytest.raises(TypeError, match=r"mlp: unknown argument\(s\) \['width'\]"):
+        MoE(D, 16, 4, experts={"name": "mlp", "width": 3})
+    with pytest.raises(TypeError, match="d_model comes from the model"):
+        MoE(D, 16, 4, experts="mlp:d_model=4")
+    with pytest.raises(ValueError, match="holds 3 experts, the layer has num_experts=4"):
+        MoE(D, 16, 4, experts="mlp:num_experts=3")
+    with pytest.raises(ValueError, match="the expert kind mlp has no layout"):
+        MoE(D, 16, 4, experts="mlp", expert_layout="per_expert")
+    with pytest.raises(ValueError, match="unknown activation 'relux'"):
+        MoE(D, 16, 4, experts="mlp:activation=relux")
+    with pytest.raises(ValueError, match="cannot share the 3 experts"):
+        MoE(D, 16, 4, experts={"name": "mixed", "parts": ["swiglu:num_experts=1", "mlp", "mlp"]})
+    parts = ["mlp:num_experts=2", "mlp:num_experts=3"]
+    with pytest.raises(ValueError, match="the parts hold 5 experts"):
+        MoE(D, 16, 4, experts={"name": "mixed", "parts": parts})
+
+
+def test_mixed_parts_from_specs_share_the_layer_experts():
+    spec = {"name": "mixed", "parts": [{"name": "swiglu", "d_ff": 32, "num_experts": 2}, "mlp"]}
+    experts = MoE(D, 16, 8, experts=spec).experts
+    widths = [(type(p).__name__, p.num_experts, p.d_ff) for p in experts.parts]
+    assert widths == [("SwiGLUExperts", 2, 32), ("MLPExperts", 6, 16)]
 
 
 def test_mixed_runs_each_part_on_its_slice_only():
@@ -111,13 +180,15 @@ def test_mlp_has_no_fused_paths():
 def test_moe_checks_experts_fit():
     with pytest.raises(ValueError, match="experts hold 4 experts"):
         MoE(D, num_experts=5, experts=mlp())
-    with pytest.raises(TypeError, match="give d_ff and num_experts"):
+    with pytest.raises(TypeError, match="give num_experts"):
         MoE(D)
+    with pytest.raises(TypeError, match=r"swiglu: missing required argument\(s\) \['d_ff'\]"):
+        MoE(D, num_experts=4)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "mixed"])
+@pytest.mark.parametrize("kind", [mlp, mixed])
 def test_shard_copies_a_slice_of_experts(kind):
-    experts = KINDS[kind]()
+    experts = kind()
     part = experts.shard(1, 3)
     assert part.num_experts == 2
     rows = torch.randn(3, D)

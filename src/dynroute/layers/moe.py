@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dynroute.common.registry import spec_name
 from dynroute.dispatch import DispatchFn, get_dispatch
-from dynroute.layers.experts import Experts, SwiGLUExperts
+from dynroute.layers.experts import Experts, ExpertsSpec, make_experts
 from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_logits, layer_router
 from dynroute.routing.context import RouteContext
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT, router_loss
@@ -93,12 +94,42 @@ def add_router_loss(losses: dict[str, Tensor], extra: Tensor) -> dict[str, Tenso
     }
 
 
+def layer_experts(
+    spec: ExpertsSpec, d_model: int, d_ff: int | None, num_experts: int, expert_layout: str
+) -> Experts:
+    """:func:`~dynroute.layers.experts.make_experts` for a layer: the built experts must
+    hold ``num_experts`` experts, and a ``"per_expert"`` layout needs a kind that has it.
+
+    Example:
+        >>> layer_experts("mlp", 8, 16, 4, "per_expert")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: MoE: expert_layout='per_expert', but the expert kind mlp has no layout; ...
+    """
+    experts = make_experts(
+        spec, d_model=d_model, d_ff=d_ff, num_experts=num_experts, layout=expert_layout
+    )
+    if experts.num_experts != num_experts:
+        raise ValueError(
+            f"MoE: expert kind {spec_name(spec)} holds {experts.num_experts} experts, the "
+            f"layer has num_experts={num_experts}; drop num_experts from the spec"
+        )
+    layout = getattr(experts, "layout", None)
+    if expert_layout != "stacked" and layout != expert_layout:
+        has = "no layout" if layout is None else f"layout {layout!r}"
+        raise ValueError(
+            f"MoE: expert_layout={expert_layout!r}, but the expert kind {spec_name(spec)} "
+            f"has {has}; leave expert_layout at 'stacked' or use a kind with that layout "
+            "(swiglu)"
+        )
+    return experts
+
+
 class MoE(nn.Module):
     """A Mixture-of-Experts FFN with any router and any dispatch path.
 
     Args:
-        d_model: model width; d_ff: width of each SwiGLU expert; num_experts: E
-            (both may be omitted when ``experts`` is given).
+        d_model: model width; d_ff: hidden width of each expert; num_experts: E
+            (both may be omitted when ``experts`` is a module).
         router: a registered router: a name (``"top_p"``, ``"top_p:p=0.4"``, with
             ``router_kwargs``), a dict ``{"name": ..., **params}`` or a
             :class:`~dynroute.routing.Router`; or any callable ``logits [N, E] -> Routing``.
@@ -108,10 +139,13 @@ class MoE(nn.Module):
             auxiliary losses summed into ``aux.loss`` (defaults: the paper's).
         expert_layout: "stacked" (default; grouped GEMMs, transformers' layout) or
             "per_expert" (a parameter pair per expert: only experts that got tokens get
-            gradients; faster training with few tokens per expert on CPU). See
+            gradients; faster training with few tokens per expert on CPU), for a kind
+            built from a spec that takes a ``layout`` (SwiGLU). See
             :class:`~dynroute.layers.experts.SwiGLUExperts`.
-        experts: any :class:`~dynroute.layers.experts.Experts` module (MLP, mixed widths,
-            your own kind) instead of the default ``SwiGLUExperts(d_model, d_ff, E)``.
+        experts: the expert kind: a registered kind's spec (``"mlp"``,
+            ``"mlp:d_ff=64"``, ``{"name": "mlp", ...}``; ``d_model``, ``d_ff`` and
+            ``num_experts`` filled from the layer's), or any
+            :class:`~dynroute.layers.experts.Experts` module. Default: ``"swiglu"``.
         **router_kwargs: arguments of a named router, e.g. ``p=0.4``.
 
     Shapes:
@@ -126,6 +160,8 @@ class MoE(nn.Module):
         >>> from dynroute.layers.experts import MLPExperts
         >>> MoE(16, experts=MLPExperts(16, 32, 4), router="top_k", k=1)(torch.randn(5, 16))[0].shape
         torch.Size([5, 16])
+        >>> MoE(16, 32, 4, experts="mlp:d_ff=8").experts
+        MLPExperts(num_experts=4, d_model=16, d_ff=8)
     """
 
     def __init__(
@@ -139,20 +175,20 @@ class MoE(nn.Module):
         dynamic_weight: float = DYNAMIC_WEIGHT,
         z_loss_weight: float = 0.0,
         expert_layout: str = "stacked",
-        experts: Experts | None = None,
+        experts: Experts | ExpertsSpec = "swiglu",
         **router_kwargs: Any,
     ) -> None:
         super().__init__()
-        if experts is None:
-            if d_ff is None or num_experts is None:
-                raise TypeError("MoE: give d_ff and num_experts, or an experts module")
-        elif num_experts not in (None, experts.num_experts) or experts.d_model != d_model:
-            raise ValueError(
-                f"MoE: experts hold {experts.num_experts} experts of width {experts.d_model}, "
-                f"the layer was given num_experts={num_experts}, d_model={d_model}"
-            )
-        else:
+        if isinstance(experts, Experts):
+            if num_experts not in (None, experts.num_experts) or experts.d_model != d_model:
+                raise ValueError(
+                    f"MoE: experts hold {experts.num_experts} experts of width "
+                    f"{experts.d_model}, the layer was given num_experts={num_experts}, "
+                    f"d_model={d_model}"
+                )
             num_experts = experts.num_experts
+        elif num_experts is None:
+            raise TypeError("MoE: give num_experts (and d_ff), or an experts module")
         self.route: RouterFn = layer_router(router, num_experts, **router_kwargs)
         self.dispatch: DispatchFn = get_dispatch(dispatch)
         self.num_experts = num_experts
@@ -160,13 +196,8 @@ class MoE(nn.Module):
         # built after the gate: seeded models keep their initial weights
         self.experts: Experts = (
             experts
-            if experts is not None
-            else SwiGLUExperts(
-                d_model,
-                d_ff,
-                num_experts,
-                layout=expert_layout,  # type: ignore[arg-type]
-            )
+            if isinstance(experts, Experts)
+            else layer_experts(experts, d_model, d_ff, num_experts, expert_layout)
         )
         self.load_balance_weight = load_balance_weight
         self.dynamic_weight = dynamic_weight

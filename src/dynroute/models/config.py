@@ -1,4 +1,4 @@
-"""`DynMoEConfig`: every knob of the small MoE language model, router included."""
+"""`DynMoEConfig`: every knob of the small MoE language model, router and experts included."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from transformers import PretrainedConfig
 
-from dynroute.layers.experts import LAYOUTS
-from dynroute.routing import Router, make_router, parse_router, router_class
+from dynroute.common.registry import spec_name
+from dynroute.layers.experts import LAYOUTS, check_experts_spec
+from dynroute.layers.moe import layer_experts
+from dynroute.routing import Router, layer_router, make_router, router_class
 
-__all__ = ["DynMoEConfig"]
+__all__ = ["DynMoEConfig", "router_config"]
 
 
 class DynMoEConfig(PretrainedConfig):
@@ -23,23 +26,28 @@ class DynMoEConfig(PretrainedConfig):
     Args:
         vocab_size: V, size of the embedding table.
         d_model: model width; n_layers: transformer blocks; n_heads: attention heads.
-        d_ff: hidden width of each SwiGLU expert (and of the dense FFN in non-MoE layers).
+        d_ff: hidden width of each expert (unless ``experts`` sets its own) and of the
+            dense SwiGLU FFN in non-MoE layers.
         num_experts: E, experts per MoE layer.
         moe_every: put an MoE FFN in every ``moe_every``-th layer (1 = every layer,
             as in "Harder Tasks Need More Experts"); other layers get a dense SwiGLU.
         router: the router of every MoE layer: ``{"name": "top_p", "p": 0.4}``, a name
             with parameters (``"top_p:p=0.4"``) or a :class:`~dynroute.routing.Router`;
             stored as ``{"name": ..., **params}`` so that any registered router, built-in
-            or added later, survives ``save_pretrained`` / ``from_pretrained``. The flat
-            keys of earlier versions (``router="top_p", p=0.4``; also ``k``,
-            ``max_experts``, ``normalize``, ``num_null``, ``capacity_factor``) are still
-            read: those that are fields of the named router go into it, with the old
-            defaults k=2, p=0.4, num_null=4, capacity_factor=2.0.
+            or added later, survives ``save_pretrained`` / ``from_pretrained``. As for
+            ``MoE``, the router's parameters may also be keyword arguments
+            (``router="top_p", p=0.4``), and a bare ``"top_k"`` means k = min(2, E).
+        experts: the expert kind of every MoE layer, as ``{"name": "mlp", **params}`` or
+            ``"mlp:d_ff=64"`` (any kind registered with ``register_experts``; see
+            :mod:`dynroute.layers.experts`); ``d_model``, ``d_ff`` and ``num_experts``
+            come from this config unless the spec sets ``d_ff`` or ``num_experts``.
+            Default ``{"name": "swiglu"}``; stored as a dict in ``config.json``.
         load_balance_weight: α, weight of the load-balance loss (paper: 1e-2).
         dynamic_weight: β, weight of the dynamic (entropy) loss (paper: 1e-4).
         z_loss_weight: weight of the router z-loss (0 = off).
         dispatch: ``"grouped"`` (default), ``"loop"`` or ``"dense"``.
-        expert_layout: ``"stacked"`` (default) or ``"per_expert"`` (see
+        expert_layout: ``"stacked"`` (default) or ``"per_expert"``: the weight layout of
+            a kind that has one (``swiglu``; see
             :class:`~dynroute.layers.experts.SwiGLUExperts`).
         max_seq_len: longest sequence (sets the RoPE table size).
         rope_theta: RoPE base.
@@ -51,8 +59,10 @@ class DynMoEConfig(PretrainedConfig):
         >>> cfg = DynMoEConfig(vocab_size=64, d_model=32, n_layers=2, router="top_p:p=0.3")
         >>> cfg.router
         {'name': 'top_p', 'p': 0.3, 'max_experts': None, 'normalize': False}
-        >>> DynMoEConfig(router="top_p", p=0.3).router == cfg.router  # the older flat form
+        >>> DynMoEConfig(router="top_p", p=0.3).router == cfg.router  # keyword form, as MoE
         True
+        >>> cfg.experts, DynMoEConfig(experts="mlp:d_ff=64").experts
+        ({'name': 'swiglu'}, {'name': 'mlp', 'd_ff': 64})
     """
 
     model_type = "dynmoe"
@@ -65,6 +75,7 @@ class DynMoEConfig(PretrainedConfig):
     num_experts: int = 8
     moe_every: int = 1
     router: Any = "top_k"
+    experts: Any = "swiglu"
     load_balance_weight: float = 1e-2
     dynamic_weight: float = 1e-4
     z_loss_weight: float = 0.0
@@ -79,15 +90,21 @@ class DynMoEConfig(PretrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
-        try:
-            self.router = router_config(self.router, kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"DynMoEConfig: {err}") from None
         if self.expert_layout not in LAYOUTS:
             raise ValueError(
                 f"DynMoEConfig: unknown expert_layout {self.expert_layout!r}; "
                 f"choose one of {list(LAYOUTS)}"
             )
+        try:
+            params = {k: kwargs.pop(k) for k in router_fields(self.router) if k in kwargs}
+            self.router = router_config(self.router, params, num_experts=self.num_experts)
+            self.experts = check_experts_spec(self.experts)
+            with torch.device("meta"):  # every check of a real build; no memory, no draws
+                layer_experts(
+                    self.experts, self.d_model, self.d_ff, self.num_experts, self.expert_layout
+                )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"DynMoEConfig: {err}") from None
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"DynMoEConfig: d_model ({self.d_model}) must be divisible by "
@@ -134,41 +151,43 @@ class DynMoEConfig(PretrainedConfig):
         return make_router(self.router)  # type: ignore[return-value]
 
 
-#: Flat router keys of earlier configs, and the defaults they had there.
-LEGACY_ROUTER_KEYS = {
-    "k": 2,
-    "p": 0.4,
-    "max_experts": None,
-    "normalize": None,
-    "num_null": 4,
-    "capacity_factor": 2.0,
-}
-
-
-def router_config(router: Any, flat: dict[str, Any]) -> dict[str, Any]:
-    """Normalise a router setting to ``{"name": ..., **params}``, folding in flat legacy keys.
-
-    ``flat`` holds the config's other keyword arguments; the legacy router keys are
-    removed from it. A flat key that is a field of the router sets that field; a bare
-    router name also gets the old defaults of its fields.
+def router_fields(router: Any) -> list[str]:
+    """The parameter names of a router setting's class (a name, a dict or a Router).
 
     Example:
-        >>> router_config("top_p", {"p": 0.3, "k": 2})
-        {'name': 'top_p', 'p': 0.3, 'max_experts': None, 'normalize': False}
-        >>> router_config({"name": "top_k", "k": 1}, {})
-        {'name': 'top_k', 'k': 1, 'normalize': True}
+        >>> router_fields("top_p:p=0.4")
+        ['p', 'max_experts', 'normalize']
     """
-    given = {k: flat.pop(k) for k in list(flat) if k in LEGACY_ROUTER_KEYS}
+    cls = type(router) if isinstance(router, Router) else None
+    if cls is None:
+        if not isinstance(router, str | Mapping):
+            raise TypeError(f"router must be a name, a dict or a Router, got {router!r}")
+        cls = router_class(spec_name(router))
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def router_config(
+    router: Any, params: Mapping[str, Any] | None = None, *, num_experts: int = 8
+) -> dict[str, Any]:
+    """A router setting as ``{"name": ..., **params}`` (every field, as ``config.json`` keeps it).
+
+    ``router``: a name (``"top_p"``, ``"top_p:p=0.4"``), a dict or a Router; ``params``
+    add to and override its parameters. A bare ``"top_k"`` means k = min(2, num_experts),
+    as in ``MoE``.
+
+    Raises:
+        ValueError, TypeError: unknown router, unknown or missing parameters.
+
+    Example:
+        >>> router_config("top_p", {"p": 0.3})
+        {'name': 'top_p', 'p': 0.3, 'max_experts': None, 'normalize': False}
+        >>> router_config("top_k")
+        {'name': 'top_k', 'k': 2, 'normalize': True}
+        >>> router_config({"name": "top_k", "k": 1}, {"normalize": False})
+        {'name': 'top_k', 'k': 1, 'normalize': False}
+    """
     if isinstance(router, Router):
         router = router.to_dict()
-    if isinstance(router, str):
-        spec = parse_router(router)
-        if ":" not in router:  # the flat form: the old defaults apply
-            given = {**LEGACY_ROUTER_KEYS, **given}
-    elif isinstance(router, Mapping):
-        spec = dict(router)
-    else:
+    if not isinstance(router, str | Mapping):
         raise TypeError(f"router must be a name, a dict or a Router, got {router!r}")
-    fields = {f.name for f in dataclasses.fields(router_class(spec.get("name", "")))}
-    spec.update({k: v for k, v in given.items() if k in fields and v is not None})
-    return make_router(spec).to_dict()  # type: ignore[union-attr]
+    return layer_router(router, num_experts, **(params or {})).to_dict()  # type: ignore[union-attr]

@@ -5,7 +5,8 @@
     ─ RMSNorm ─ LM head ─ logits
 
 The FFN of every ``moe_every``-th layer is a :class:`dynroute.layers.MoE`, so any router
-(top-k, top-p, null experts, expert choice) drops in through the config. Forward hooks
+(top-k, top-p, null experts, expert choice) and any registered expert kind (SwiGLU, MLP,
+mixed widths, yours) drop in through the config (``router``, ``experts``). Forward hooks
 on those MoE modules see their ``(y, aux)`` output, which is how analysis code reads
 routing decisions without touching this file.
 
@@ -189,6 +190,7 @@ class Block(nn.Module):
                 dynamic_weight=config.dynamic_weight,
                 z_loss_weight=config.z_loss_weight,
                 expert_layout=config.expert_layout,
+                experts=config.experts,
             )
         else:
             self.ffn = SwiGLU(config.d_model, config.d_ff)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ class Experts(nn.Module):
             q/k/v projection; dispatch sizes its output by it).
         stacked: True when every parameter is [E, ...] (expert e at index e): then
             ``shard`` slices them and expert parallelism gathers them along dim 0.
+        examples: spec parameters the registry-driven tests build a registered kind with
+            (``d_model``, ``d_ff``, ``num_experts`` are filled by the test); ``({},)``:
+            the kind's defaults alone.
 
     Example:
         >>> class Scaled(Experts):
@@ -42,6 +46,7 @@ class Experts(nn.Module):
     """
 
     stacked: bool = True
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
     def __init__(self, num_experts: int, d_model: int) -> None:
         super().__init__()

@@ -11,14 +11,19 @@ from torch import Tensor, nn
 
 from dynroute.dispatch.gemm import grouped_linear
 from dynroute.layers.experts.base import Experts
+from dynroute.layers.experts.registry import register_experts
 
 
+@register_experts("mlp")
 class MLPExperts(Experts):
     """E MLP experts with stacked parameters, run as two grouped GEMMs.
 
+    Expert kind ``"mlp"``: ``{"name": "mlp"}``, ``"mlp:d_ff=64,activation=relu"``.
+
     Args:
         d_model: model width; d_ff: hidden width; num_experts: E;
-        activation: between the two layers (GELU by default).
+        activation: between the two layers: a function, or the name of one in
+            ``torch.nn.functional`` (``"gelu"``, the default; ``"relu"``, ``"silu"``, ...).
 
     Attributes:
         w1: Parameter [E, d_model, d_ff]; w2: Parameter [E, d_ff, d_model].
@@ -38,10 +43,10 @@ class MLPExperts(Experts):
         d_model: int,
         d_ff: int,
         num_experts: int,
-        activation: Callable[[Tensor], Tensor] = F.gelu,
+        activation: Callable[[Tensor], Tensor] | str = "gelu",
     ) -> None:
         super().__init__(num_experts, d_model)
-        self.d_ff, self.activation = d_ff, activation
+        self.d_ff, self.activation = d_ff, activation_function(activation)
         self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
         self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
         self.reset_parameters()
@@ -61,3 +66,21 @@ class MLPExperts(Experts):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, d_ff={self.d_ff}"
+
+
+def activation_function(activation: Callable[[Tensor], Tensor] | str) -> Callable[[Tensor], Tensor]:
+    """A function as is, or ``torch.nn.functional``'s function of that name.
+
+    Example:
+        >>> activation_function("relu") is F.relu, activation_function(F.gelu) is F.gelu
+        (True, True)
+    """
+    if callable(activation):
+        return activation
+    fn = getattr(F, str(activation), None)
+    if not callable(fn) or str(activation).startswith("_"):
+        raise ValueError(
+            f"mlp: unknown activation {activation!r}; name a function of "
+            "torch.nn.functional (gelu, relu, silu, ...)"
+        )
+    return fn  # type: ignore[no-any-return]

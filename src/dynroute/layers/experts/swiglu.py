@@ -8,19 +8,24 @@ delegates, including the fused fast path (``swiglu_fused.py``).
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from dynroute.layers.experts.base import Experts
+from dynroute.layers.experts.registry import register_experts
 from dynroute.layers.experts.swiglu_weights import ExpertWeights
 from dynroute.routing import Routing
 
 LAYOUTS = ("stacked", "per_expert")
 
 
+@register_experts("swiglu")
 class SwiGLUExperts(Experts):
     """E SwiGLU FFNs: two stacked parameters (grouped GEMMs) or a parameter pair per expert.
+
+    The default expert kind: ``{"name": "swiglu"}`` (``"swiglu:layout=per_expert"``).
 
     Args:
         d_model: model width; d_ff: hidden width of each expert; num_experts: E.
@@ -43,6 +48,8 @@ class SwiGLUExperts(Experts):
         >>> len(SwiGLUExperts(8, 16, 4, layout="per_expert").weights().gate_up)
         4
     """
+
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({}, {"layout": "per_expert"})
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, layout: str = "stacked") -> None:
         super().__init__(num_experts, d_model)

@@ -1,7 +1,9 @@
 """SwiGLU experts' own fast path: gather → GEMMs → weight → scatter as one autograd op.
 
-``ExpertWeights.fused`` (and so ``SwiGLUExperts``) hands ``grouped`` this op instead of
-the generic permute → experts → combine. Why a custom ``autograd.Function``:
+``ExpertWeights.fused`` (``swiglu_weights.py``, and so ``SwiGLUExperts``) chooses a path
+and hands ``grouped`` this op instead of the generic permute → experts → combine. This
+module works on plain tensors and imports nothing of the weights' module. Why a custom
+``autograd.Function``:
 
 - memory: autograd would keep the gathered rows [A, d], the gate/up projection [A, 2f],
   silu(gate) [A, f] and the hidden [A, f]. Here only the projection [A, 2f] (and the
@@ -34,23 +36,12 @@ GEMMs, less fixed cost per call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynroute.dispatch.combine import Combiner
-from dynroute.dispatch.gemm import (
-    group_sizes,
-    grouped_linear,
-    grouped_mm_supported,
-    grouped_outer,
-)
-
-if TYPE_CHECKING:
-    from dynroute.layers.experts.swiglu_weights import ExpertWeights
-    from dynroute.routing import Routing
+from dynroute.dispatch.gemm import grouped_linear, grouped_outer
 
 PATHS = ("auto", "grouped_mm", "slices", "autograd", "per_expert")
 #: Forward-only calls with at most this many assignments take the "autograd" path.
@@ -66,80 +57,6 @@ def is_silu(activation: object) -> bool:
         (True, False)
     """
     return activation is F.silu or isinstance(activation, nn.SiLU)
-
-
-def choose_path(x: Tensor, experts: ExpertWeights) -> str:
-    """The execution path ``grouped(..., path="auto")`` takes for these SwiGLU weights.
-
-    Example:
-        >>> import torch
-        >>> from dynroute.layers.experts import ExpertWeights
-        >>> w = ExpertWeights(torch.randn(4, 8, 32), torch.randn(4, 16, 8))
-        >>> choose_path(torch.randn(5, 8), w), choose_path(torch.randn(5, 8).double(), w)
-        ('grouped_mm', 'slices')
-        >>> choose_path(torch.randn(5, 8), ExpertWeights(tuple(w.gate_up), tuple(w.down)))
-        'per_expert'
-    """
-    if experts.per_expert:
-        return "per_expert"
-    if not is_silu(experts.activation):
-        return "autograd"
-    gate_up, down = experts.gate_up, experts.down
-    gu_t, down_t = gate_up.transpose(1, 2), down.transpose(1, 2)  # type: ignore[union-attr]
-    # the [A, d] and [A, f] activations are operands too: their row strides must align
-    row_bytes = (experts.d_model * x.element_size(), experts.d_ff * x.element_size())
-    aligned = all(b % 16 == 0 for b in row_bytes)
-    if aligned and grouped_mm_supported(x, gate_up, down, gu_t, down_t):  # type: ignore[arg-type]
-        return "grouped_mm"
-    return "slices"
-
-
-def fused_swiglu(x: Tensor, routing: Routing, experts: ExpertWeights, path: str) -> Tensor | None:
-    """Run :class:`FusedSwiGLUDispatch` for ``path`` (see module doc), or None for "autograd".
-
-    None tells ``grouped`` to take the generic composed path (per-expert weights, other
-    activations, small forward-only calls). Raises for a path that cannot take the weights.
-    """
-    if path not in PATHS:
-        raise ValueError(f"grouped: unknown path {path!r}; choose one of {', '.join(PATHS)}")
-    if path == "auto":
-        path = choose_path(x, experts)
-        if path != "per_expert" and routing.num_assignments <= SMALL_FORWARD:
-            # a decoding-size call: the fused op's fixed cost (sparse combine, autograd
-            # bookkeeping) is a visible share of a few rows' GEMMs; nothing to save for backward
-            inputs = (x, routing.weight, experts.gate_up, experts.down)
-            if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):  # type: ignore[union-attr]
-                path = "autograd"
-    elif (path == "per_expert") != experts.per_expert:
-        raise ValueError(
-            f"grouped: path {path!r} does not fit "
-            f"{'per-expert' if experts.per_expert else 'stacked'} weights; "
-            "'per_expert' is the path for per-expert weights; use path='auto'"
-        )
-    elif path not in ("autograd", "per_expert") and not is_silu(experts.activation):
-        raise ValueError(f"grouped: path {path!r} is fused SwiGLU with SiLU; use path='autograd'")
-    elif path == "grouped_mm" and choose_path(x, experts) != "grouped_mm":
-        raise ValueError(
-            "grouped: grouped_mm cannot take these operands (needs float32/bf16/fp16 and "
-            "16-byte aligned strides); use path='slices' or 'auto'"
-        )
-    if path in ("autograd", "per_expert"):
-        return None
-    offs = routing.expert_offsets()
-    use_grouped_mm = path == "grouped_mm"
-    # the slice loop needs rows per expert as Python ints: read them once (one host sync)
-    # for the forward and backward GEMMs; grouped_mm takes the offsets on the device
-    counts = None if use_grouped_mm else group_sizes(offs)
-    return FusedSwiGLUDispatch.apply(
-        x,
-        routing.weight,
-        experts.gate_up,
-        experts.down,
-        routing.token,
-        offs,
-        counts,
-        use_grouped_mm,
-    )
 
 
 class FusedSwiGLUDispatch(torch.autograd.Function):
