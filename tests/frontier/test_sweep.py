@@ -79,11 +79,12 @@ def test_sweep_folder_names_are_distinct_and_safe() -> None:
 
 
 def test_sweeps_aim_at_the_issue_targets_in_order() -> None:
+    # (a larger k̄ needs a larger knob for every built-in rule; a threshold runs the other way)
     for family, sweep in SWEEPS.items():
         assert set(sweep.values) <= set(TARGETS), family
         # a knob at its default is left out of the router (one run folder for both spellings)
         knob = [make_router(dict(p.router)).params()[sweep.knob] for p in sweep.points(family)]
-        assert knob == sorted(knob), f"{family}: a larger k̄ needs a larger {sweep.knob}"
+        assert knob in (sorted(knob), sorted(knob, reverse=True)), f"{family}: k̄ not monotone"
 
 
 def test_families_group_settings_that_differ_only_in_the_knob() -> None:
