@@ -92,8 +92,8 @@ class Router:
     #: Specs (``"name:key=value"``) that the registry-driven tests run: the Routing
     #: invariants, the dispatch agreement (grouped = loop = dense), the layer and model
     #: tests, config validation and the sync count. Each must be valid for every even
-    #: E >= 4 experts (and d_model = E). Empty: the default construction, if the router
-    #: has one (:meth:`example_specs`).
+    #: number of experts E >= 4 and any d_model >= E. Empty: the default construction, if
+    #: the router has one (:meth:`example_specs`).
     examples: ClassVar[tuple[str, ...]] = ()
     #: Frontier sweep families: family name -> :class:`~dynroute.routing.sweep.SweepSpec`
     #: (the knob that sets k̄ and its value per target); ``dynroute.frontier.SWEEPS`` is
