@@ -1,28 +1,39 @@
-"""Shared dispatch test cases: small shapes, every router, seeded weights."""
+"""Shared dispatch test cases: small shapes, every registered router's examples, seeded
+weights."""
+
+from __future__ import annotations
+
+import functools
 
 import torch
 
-from dynroute.routing import expert_choice, null_experts, top_k, top_p
-from stateful_cases import STATEFUL, route_fresh
+from dynroute.routing import Routing, make_router
+from router_cases import EXAMPLES, route_fresh
 
 E, D, F = 6, 8, 12
+#: added to the logits of a router's extra gate columns (null experts): some tokens then
+#: pick no real expert at all
+EXTRA_BIAS = 4.0
 
-ROUTERS = {
-    "top_k1": lambda x: top_k(x, 1),
-    "top_k2": lambda x: top_k(x, 2, normalize=False),
-    "top_p": lambda x: top_p(x, 0.5),
-    "top_p_norm_cap": lambda x: top_p(x, 0.7, max_experts=3, normalize=True),
-    # a bias towards the nulls so that some tokens pick no real expert at all
-    "null_experts": lambda x: null_experts(x + torch.tensor([0.0] * E + [4.0, 4.0]), 2, 2),
-    "expert_choice": lambda x: expert_choice(x, 0.75),
-    # routers with a layer state and a context (fresh, seeded state on each call)
-    **{name: (lambda x, spec=spec: route_fresh(spec, x)) for name, spec in STATEFUL.items()},
-}
+
+def route_case(spec: str, logits: torch.Tensor) -> Routing:
+    """Route logits [N, E + extra] with a fresh, seeded state (routers with a layer state or
+    a context get one on each call); the extra columns get :data:`EXTRA_BIAS`."""
+    extra = make_router(spec).extra_logits
+    if extra:
+        bias = [0.0] * (logits.shape[1] - extra) + [EXTRA_BIAS] * extra
+        logits = logits + torch.tensor(bias, dtype=logits.dtype)
+    return route_fresh(spec, logits)
+
+
+#: case name (a router spec) -> logits [N, E + extra] -> Routing
+ROUTERS = {spec: functools.partial(route_case, spec) for spec in EXAMPLES}
 
 
 def make_case(n: int, router: str, seed: int = 0, dtype=torch.float32):
+    """Tokens [n, D], a gate [D, E + extra] for ``router`` (a spec) and SwiGLU weights."""
     g = torch.Generator().manual_seed(seed)
-    extra = 2 if router == "null_experts" else 0
+    extra = make_router(router).extra_logits
     x = torch.randn(n, D, generator=g, dtype=dtype)
     gate = torch.randn(D, E + extra, generator=g, dtype=dtype) * 0.7
     gate_up = torch.randn(E, D, 2 * F, generator=g, dtype=dtype) * 0.3

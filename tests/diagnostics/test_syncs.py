@@ -14,18 +14,12 @@ from dynroute.diagnostics import SyncCounter
 from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers.moe import MoE
 from dynroute.routing import make_router
+from router_cases import EXAMPLES, declared
 
-# router spec -> syncs of one forward + backward on the device paths: 0 where A = N·k is
-# static, 1 (the nonzero that sizes A) where the number of assignments depends on the data
-DEVICE_SYNCS = {
-    "top_k:k=2": 0,
-    "top_k:k=1,normalize=false": 0,
-    "expert_choice": 0,
-    "top_p:p=0.4": 1,
-    "top_p:p=0.6,max_experts=3,normalize=true": 1,
-    "null_experts:k=2,num_null=2": 1,
-    "dynmole": 1,
-}
+#: every router example whose router pins its syncs (``Router.host_syncs``: one forward +
+#: backward on the device paths: 0 where A = N·k is static, 1 for the nonzero that sizes A
+#: where the number of assignments depends on the data)
+PINNED = [spec for spec in EXAMPLES if declared(spec).host_syncs is not None]
 # dispatch path -> (dispatch, expert layout, extra syncs: the paths that read group sizes on
 # the host to loop over experts, which the CUDA bf16 path never takes)
 PATHS = {
@@ -59,16 +53,27 @@ def layer_syncs(router: str, path: str, tokens: int = 48, device: str = "cpu") -
     return syncs
 
 
-CASES = [(r, p) for r in ("top_k:k=2", "top_p:p=0.4") for p in PATHS] + [
-    (r, "grouped_mm") for r in DEVICE_SYNCS if r not in ("top_k:k=2", "top_p:p=0.4")
-]
+# every path with one router of static and one of data-dependent A; every pinned router
+# example on the grouped_mm path
+CASES = list(
+    dict.fromkeys(
+        [(r, p) for r in ("top_k:k=2", "top_p:p=0.4") for p in PATHS]
+        + [(r, "grouped_mm") for r in PINNED]
+    )
+)
 
 
 @pytest.mark.parametrize(("router", "path"), CASES)
 def test_layer_syncs_exact(router: str, path: str) -> None:
     syncs = layer_syncs(router, path)
-    expected = DEVICE_SYNCS[router] + PATHS[path][2]
+    expected = declared(router).host_syncs + PATHS[path][2]
     assert syncs.total == expected, syncs.sites
+
+
+def test_most_routers_pin_their_syncs() -> None:
+    """The table is the routers' own declarations; it covers static and dynamic rules."""
+    counts = {declared(spec).host_syncs for spec in PINNED}
+    assert {0, 1} <= counts and len(PINNED) >= len(EXAMPLES) // 2
 
 
 def test_top_k_grouped_has_no_sync_and_top_p_only_nonzero() -> None:

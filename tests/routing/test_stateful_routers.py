@@ -1,5 +1,6 @@
-"""The routers with layer state or context: the properties every router has, then each
-router's own rule (controller, bias update, L1 adaptation, schedule, causality, ...)."""
+"""The routers with layer state or context: each router's own rule (controller, bias
+update, L1 adaptation, schedule, causality, ...). What every router must do is in
+test_every_router.py."""
 
 from __future__ import annotations
 
@@ -9,92 +10,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynroute.layers import MoE
-from dynroute.routing import RouteContext, make_router, router_layers, step_routers
+from dynroute.routing import RouteContext, make_router, step_routers
 from dynroute.routing.deepseek_v3 import group_limited_top_k
 from dynroute.routing.graph_of_tokens import mix_similar_logits
-from routing_checks import check_invariants
-from stateful_cases import RANDOM_ROUTERS, STATEFUL, route_fresh
+from router_cases import route_fresh
 from strategies import logits as logits_st
 
-#: routers that need a context (sequences, training) but keep no state
-STATELESS = {"graph_of_tokens", "thor"}
 
+@given(logits_st(min_experts=4), st.booleans())
+def test_each_routers_own_rule_on_experts_per_token(logits, training):
+    """The count each rule promises (the Routing invariants of every router are in
+    test_every_router.py)."""
+    logits = logits[:, : logits.shape[1] // 2 * 2]  # deepseek_v3's two groups need an even E
 
-@given(logits_st(min_experts=4), st.sampled_from(sorted(STATEFUL)), st.booleans())
-def test_routing_invariants(logits, name, training):
-    n, e = logits.shape
-    spec = STATEFUL[name] if name != "deepseek_v3" or e % 2 == 0 else "deepseek_v3:k=2"
-    r = route_fresh(spec, logits, training=training)
-    check_invariants(r, n)
-    assert r.num_experts == e
-    counts = r.experts_per_token()
-    if name in ("deepseek_v3", "rmoe", "graph_of_tokens"):
-        assert torch.all(counts == 2)
-    elif name == "thor":
-        assert torch.all(counts == (2 if training else 1))
-    elif name == "smoe_dropout":
-        assert torch.all(counts == 2)  # k_start until the first step
-    elif name == "dtop_p":
-        assert torch.all(counts >= 1)
-    elif name == "relu":
-        assert torch.equal(counts, (logits > 0).sum(dim=1))
-        torch.testing.assert_close(r.weight, torch.relu(logits)[r.token, r.expert])
+    def counts(spec: str) -> torch.Tensor:
+        return route_fresh(spec, logits, training=training).experts_per_token()
 
-
-@pytest.mark.parametrize("name", sorted(STATEFUL))
-def test_weights_and_grads(name):
-    logits = (torch.randn(24, 6) * 2).requires_grad_()
-    r = route_fresh(STATEFUL[name], logits, seq_len=6)
-    assert torch.isfinite(r.weight).all() and r.weight.dtype == torch.float32
-    if name in RANDOM_ROUTERS:  # constant weights: no gradient reaches the logits
-        assert not r.weight.requires_grad
-        return
-    (r.weight * torch.arange(r.num_assignments)).sum().backward()
-    assert logits.grad is not None and torch.isfinite(logits.grad).all()
-    assert logits.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("name", sorted(STATEFUL))
-def test_empty_input_and_bf16_logits(name):
-    assert route_fresh(STATEFUL[name], torch.zeros(0, 4)).num_assignments == 0
-    r = route_fresh(STATEFUL[name], torch.randn(5, 4).to(torch.bfloat16))
-    assert r.weight.dtype == torch.float32 and r.probs.dtype == torch.float32
-
-
-@pytest.mark.parametrize("name", sorted(STATEFUL))
-def test_layer_paths_agree_and_state_is_a_submodule(name):
-    x = torch.randn(2, 7, 16)
-    outs, grads = [], []
-    for dispatch in ("loop", "grouped", "dense"):
-        torch.manual_seed(0)
-        moe = MoE(16, 24, 4, router=STATEFUL[name], dispatch=dispatch).train()
-        y, aux = moe(x)
-        ((y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum() + aux.loss).backward()
-        outs.append(y)
-        grads.append([p.grad for p in moe.parameters()])
-    for y, g in zip(outs[1:], grads[1:], strict=True):
-        torch.testing.assert_close(y, outs[0], atol=1e-5, rtol=1e-5)
-        for a, b in zip(g, grads[0], strict=True):
-            if b is None:
-                assert a is None
-            else:
-                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    if name in STATELESS:
-        assert moe.router_state is None and router_layers(moe) == []
-    else:
-        state_keys = [k for k in moe.state_dict() if k.startswith("router_state.")]
-        assert state_keys, "the router's state is saved with the layer"
-        assert router_layers(moe) == [(moe.route, moe.router_state)]
-    if name not in RANDOM_ROUTERS:
-        assert grads[0][0].abs().sum() > 0, "the gate learns"
-
-
-def test_stateless_routers_are_unchanged_by_the_seam():
-    moe = MoE(16, 24, 4, router="top_p:p=0.4")
-    assert moe.router_state is None and not make_router("top_p:p=0.4").stateful
-    step_routers(moe, 1, 10)  # a no-op
-    for name, spec in STATEFUL.items():
-        assert make_router(spec).stateful == (name not in STATELESS)
+    for spec in ("deepseek_v3:k=2,n_group=2,topk_group=1", "rmoe:k=2", "graph_of_tokens:k=2"):
+        assert torch.all(counts(spec) == 2), spec
+    assert torch.all(counts("thor") == (2 if training else 1))
+    assert torch.all(counts("smoe_dropout:k_start=2,k_end=3") == 2)  # k_start until a step
+    assert torch.all(counts("dtop_p:target=1.5") >= 1)
+    r = route_fresh("relu:target=2", logits, training=training)
+    assert torch.equal(r.experts_per_token(), (logits > 0).sum(dim=1))
+    torch.testing.assert_close(r.weight, torch.relu(logits)[r.token, r.expert])
 
 
 # --- DTop-p -------------------------------------------------------------------------

@@ -17,11 +17,13 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynroute.routing import make_router, parse_router
+from dynroute.common.registry import load_plugins
+from dynroute.routing import ROUTERS, make_router, parse_router
+from dynroute.routing.sweep import SweepSpec
 
 __all__ = [
     "FRONTIER_FAMILY",
@@ -29,6 +31,7 @@ __all__ = [
     "TARGETS",
     "Point",
     "Sweep",
+    "SweepTable",
     "point_from_text",
     "sweep_points",
 ]
@@ -83,7 +86,8 @@ class Point:
 
 @dataclass(frozen=True)
 class Sweep:
-    """How one router family reaches each target k̄.
+    """How one router family reaches each target k̄: a router's
+    :class:`~dynroute.routing.sweep.SweepSpec` with the router's name.
 
     Attributes:
         router: the registered router name.
@@ -101,6 +105,16 @@ class Sweep:
     per_value: Mapping[Any, Mapping[str, Any]] = field(default_factory=dict)
     source: str = ""
 
+    @classmethod
+    def declared(cls, router: str, spec: SweepSpec) -> Sweep:
+        """The sweep a router declares in ``Router.sweeps``.
+
+        Example:
+            >>> Sweep.declared("top_p", SweepSpec("p", {2.0: 0.3})).values
+            {2.0: 0.3}
+        """
+        return cls(router, spec.knob, spec.values, spec.fixed, spec.per_value, spec.source)
+
     def points(self, family: str, targets: Iterable[float] = TARGETS) -> list[Point]:
         """The points of this sweep at ``targets`` (those it can reach), in k̄ order.
 
@@ -109,16 +123,11 @@ class Sweep:
             [{'name': 'top_k', 'k': 1, 'normalize': False}]
         """
         wanted = {float(t) for t in targets}
+        spec = SweepSpec(self.knob, self.values, self.fixed, self.per_value)
         return [
-            Point(
-                family,
-                _canonical(
-                    {"name": self.router, **self.fixed, self.knob: v, **self.per_value.get(v, {})}
-                ),
-                float(t),
-            )
-            for t, v in sorted(self.values.items())
-            if float(t) in wanted
+            Point(family, _canonical({"name": self.router, **params}), target)
+            for target, params in spec.settings()
+            if target in wanted
         ]
 
 
@@ -128,66 +137,68 @@ def _canonical(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": spec["name"], **make_router(dict(spec)).key_params()}  # type: ignore[union-attr]
 
 
-#: Sweep table keyed by family name. A router added later (``dtop_p`` and the other
-#: routers of issue 17) plugs in with one entry; ``tests/frontier`` builds every entry
-#: with :func:`~dynroute.routing.make_router`, so a wrong name or knob fails there.
-SWEEPS: dict[str, Sweep] = {
-    # k = 1 as in Switch Transformer: the weight is the router's probability, not
-    # renormalised to 1 (which would leave the router no gradient from the LM loss).
-    "top_k": Sweep(
-        "top_k",
-        "k",
-        {1.0: 1, 2.0: 2, 3.0: 3},
-        per_value={1: {"normalize": False}},
-        source="exact: k̄ = k",
-    ),
-    # Paper-faithful top-p (weights not renormalised). k̄ at p = 0.2 / 0.3 / 0.5 measured
-    # on configs/demo.toml (BENCHMARKS.md, section 2: 1.51 / 1.82 / 2.89); p = 0.05 aims
-    # at 1 from below (top-p always keeps one expert).
-    "top_p": Sweep(
-        "top_p",
-        "p",
-        {1.0: 0.05, 1.5: 0.2, 2.0: 0.3, 3.0: 0.5},
-        source="BENCHMARKS.md section 2 (k̄ 1.51 / 1.82 / 2.89 at p 0.2 / 0.3 / 0.5)",
-    ),
-    # Renormalised top-p: k̄ 1.55 at p = 0.4 and 2.29 at 0.55 (d_model 512, 31M tokens,
-    # issue 17); 2.18 at p = 0.4 on configs/demo.toml. Smaller p for k̄ 1, larger for 3.
-    "top_p_normalized": Sweep(
-        "top_p",
-        "p",
-        {1.0: 0.1, 1.5: 0.3, 2.0: 0.4, 3.0: 0.6},
-        fixed={"normalize": True},
-        source="issue 17 (k̄ 1.55 at p 0.4, d_model 512) and BENCHMARKS.md section 2",
-    ),
-    # Null experts (AdaMoE): top-k over E real + num_null empty experts; a token's real
-    # experts are those of its k picks that are not null, so k̄ <= k.
-    "null_experts": Sweep(
-        "null_experts",
-        "k",
-        {1.5: 2, 2.0: 3, 3.0: 4},
-        fixed={"num_null": 4},
-        source="aimed: k̄ ≈ k minus the null picks; measured k̄ is what counts",
-    ),
-    # Sparsity-controlled top-p (routers17): its PI controller holds k̄ at `target`.
-    "dtop_p": Sweep(
-        "dtop_p", "target", {1.0: 1.0, 1.5: 1.5, 2.0: 2.0, 3.0: 3.0}, source="controller"
-    ),
-    # ReLU routing (ReMoE): the adaptive L1 weight aims at `target`, but only pushes toward
-    # sparsity (BENCHMARKS.md section 8: target 2 gave k̄ 1.53), so measured k̄ may fall short.
-    "relu": Sweep("relu", "target", {1.5: 1.5, 2.0: 2.0, 3.0: 3.0}, source="L1 controller"),
-    # Fixed-k rules: k̄ = k exactly; they compete with top-k at equal compute.
-    "deepseek_v3": Sweep("deepseek_v3", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
-    "rmoe": Sweep("rmoe", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
-    "graph_of_tokens": Sweep(
-        "graph_of_tokens", "k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"
-    ),
-    # SMoE-Dropout: k grows from 1 to k_end during training and is k_end at evaluation.
-    "smoe_dropout": Sweep(
-        "smoe_dropout", "k_end", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact at evaluation: k_end"
-    ),
-    # THOR has no knob for k̄: two random experts in training, one at inference (k̄ = 1).
-    "thor": Sweep("thor", "consistency_weight", {1.0: 1.0}, source="the rule: one expert"),
-}
+class SweepTable(MutableMapping[str, Sweep]):
+    """Family name -> :class:`Sweep`: every registered router's ``Router.sweeps``, read
+    from the registry on each use (a router registered later, a plugin, is in it), the
+    frontier's family first, then in the order the routers registered.
+
+    Entries set by hand (``SWEEPS["expert_choice"] = Sweep(...)``) add a family or
+    override a declared one for this process; declared families cannot be deleted.
+
+    Example:
+        >>> list(SWEEPS)[0], SWEEPS["top_p_normalized"].fixed
+        ('top_k', {'normalize': True})
+    """
+
+    def __init__(self) -> None:
+        self._set: dict[str, Sweep] = {}
+
+    def _declared(self) -> dict[str, Sweep]:
+        declared: dict[str, Sweep] = {}
+        for cls in list(ROUTERS.values()):
+            for family, spec in cls.sweeps.items():
+                other = declared.get(family)
+                if other is not None and other.router != cls.name:
+                    raise ValueError(
+                        f"sweep family {family!r} is declared by routers {other.router!r} and "
+                        f"{cls.name!r}; rename it in one of their `sweeps`"
+                    )
+                declared[family] = Sweep.declared(cls.name, spec)
+        # the frontier first (a stable sort keeps the others in registration order)
+        return dict(sorted(declared.items(), key=lambda item: item[0] != FRONTIER_FAMILY))
+
+    def _table(self) -> dict[str, Sweep]:
+        return {**self._declared(), **self._set}
+
+    def __getitem__(self, family: str) -> Sweep:
+        return self._table()[family]
+
+    def __setitem__(self, family: str, sweep: Sweep) -> None:
+        self._set[family] = sweep
+
+    def __delitem__(self, family: str) -> None:
+        if family in self._declared():
+            raise KeyError(
+                f"sweep family {family!r} is declared by router "
+                f"{self._declared()[family].router!r}; change its `sweeps` instead"
+            )
+        del self._set[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return f"SweepTable({self._table()!r})"
+
+
+#: Sweep table keyed by family name, built from the routers' own declarations
+#: (``Router.sweeps`` in each router's module): a new router brings its sweep with it.
+#: ``tests/frontier`` builds every entry with :func:`~dynroute.routing.make_router`, so a
+#: wrong name or knob fails there.
+SWEEPS: MutableMapping[str, Sweep] = SweepTable()
 
 
 def sweep_points(families: Iterable[str], targets: Iterable[float] = TARGETS) -> list[Point]:
@@ -201,9 +212,11 @@ def sweep_points(families: Iterable[str], targets: Iterable[float] = TARGETS) ->
     points: list[Point] = []
     for family in families:
         if family not in SWEEPS:
+            load_plugins()  # a router of the user's own may declare it
+        if family not in SWEEPS:
             raise ValueError(
                 f"no sweep for router {family!r}; known: {', '.join(SWEEPS)} "
-                "(add one to dynroute.frontier.SWEEPS)"
+                "(a router declares its sweeps in its class: `sweeps = {family: SweepSpec(...)}`)"
             )
         points += SWEEPS[family].points(family, targets)
     return points

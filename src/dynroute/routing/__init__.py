@@ -3,7 +3,8 @@
 Every module in this folder is imported here, so a router class decorated with
 :func:`register_router` in a new module is found by name with no other edit. Routers with
 state (DTop-p, DeepSeek-V3, ...) keep it in their layer (``Router.make_state``); a training
-loop calls :func:`step_routers` once per optimizer step.
+loop calls :func:`step_routers` once per optimizer step. Each router class also declares
+what the tests and the frontier sweep need (``Router.examples``, ``Router.sweeps``, ...).
 
 Example:
     >>> import torch
@@ -30,7 +31,8 @@ from dynroute.routing.registry import (
     register_router,
     router_class,
 )
-from dynroute.routing.state import route_logits, router_layers, step_routers
+from dynroute.routing.state import check_router, route_logits, router_layers, step_routers
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.top_k import TopK, top_k
 from dynroute.routing.top_p import TopP, top_p, top_p_mask
 from dynroute.routing.types import Routing
@@ -45,8 +47,10 @@ __all__ = [
     "Router",
     "RouterFn",
     "Routing",
+    "SweepSpec",
     "TopK",
     "TopP",
+    "check_router",
     "describe_router",
     "expert_capacity",
     "expert_choice",

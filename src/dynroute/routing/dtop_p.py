@@ -30,7 +30,9 @@ loss is added beyond the layer's usual ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 __all__ = ["DTopP", "DTopPState", "threshold_mask"]
@@ -100,6 +103,15 @@ class DTopP(Router):
         >>> router.route(torch.zeros(3, 4), state).experts_per_token().tolist()
         [2, 2, 2]
     """
+
+    examples: ClassVar[tuple[str, ...]] = ("dtop_p:target=1.5",)
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # its PI controller holds k̄ at `target`
+        "dtop_p": SweepSpec(
+            "target", {1.0: 1.0, 1.5: 1.5, 2.0: 2.0, 3.0: 3.0}, source="controller"
+        ),
+    }
+    host_syncs: ClassVar[int | None] = 1  # the nonzero of the mask
 
     target: float
     p_init: float | None = None

@@ -17,6 +17,7 @@ load-balance loss every dynroute layer already adds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -130,6 +131,9 @@ class DynMoLE(Router):
         >>> router.describe()
         'dynmole(threshold=0.8, p=0.6, k=2)'
     """
+
+    examples: ClassVar[tuple[str, ...]] = ("dynmole", "dynmole:threshold=0.8,p=0.6,k=2")
+    host_syncs: ClassVar[int | None] = 1  # the nonzero of the mask
 
     q: float = 1.1
     threshold: float = 0.9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -75,6 +76,11 @@ class ExpertChoice(Router):
         >>> ExpertChoice(1.0)(torch.zeros(4, 2)).num_assignments
         4
     """
+
+    examples: ClassVar[tuple[str, ...]] = ("expert_choice:capacity_factor=0.75", "expert_choice")
+    host_syncs: ClassVar[int | None] = 0  # E·C assignments
+    #: an expert takes the batch's top tokens, later ones included
+    causal: ClassVar[bool] = False
 
     capacity_factor: float = 1.0
 

@@ -20,6 +20,7 @@ Knobs: ``k`` = 2, ``alpha`` = 0.5, ``temperature`` τ = 1 (our defaults).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.top_k import top_k
 from dynroute.routing.types import Routing
 
@@ -73,6 +75,12 @@ class GraphOfTokens(Router):
     """
 
     mixes_tokens: ClassVar[bool] = True
+    examples: ClassVar[tuple[str, ...]] = ("graph_of_tokens:k=2,alpha=0.5",)
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # a fixed-k rule: k̄ = k exactly; it competes with top-k at equal compute
+        "graph_of_tokens": SweepSpec("k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
+    }
+    host_syncs: ClassVar[int | None] = 0  # N·k assignments
 
     k: int = 2
     alpha: float = 0.5

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 
@@ -80,6 +83,22 @@ class NullExperts(Router):
         >>> route(torch.tensor([[5.0, -5.0]])).num_assignments
         1
     """
+
+    examples: ClassVar[tuple[str, ...]] = (
+        "null_experts:k=2,num_null=2",  # null columns from the gate
+        "null_experts:k=2,num_null=2,null_logit=0.0",  # a constant null logit (HF form)
+    )
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # Null experts (AdaMoE): top-k over E real + num_null empty experts; a token's real
+        # experts are those of its k picks that are not null, so k̄ <= k.
+        "null_experts": SweepSpec(
+            "k",
+            {1.5: 2, 2.0: 3, 3.0: 4},
+            fixed={"num_null": 4},
+            source="aimed: k̄ ≈ k minus the null picks; measured k̄ is what counts",
+        ),
+    }
+    host_syncs: ClassVar[int | None] = 1  # the nonzero that drops the null picks
 
     k: int
     num_null: int

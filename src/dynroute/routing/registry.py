@@ -11,6 +11,11 @@ unknown name is asked for.
 A router round-trips through ``{"name": ..., **params}`` (configs, ``config.json``) and
 through ``"name:key=value,key=value"`` (command lines).
 
+A router also *declares* what the project needs to know about it, as class attributes
+with safe defaults (see :class:`Router`): ``examples`` (the specs the registry-driven
+tests run), ``sweeps`` (its frontier sweep families), ``host_syncs``,
+``constant_weights`` and ``causal``. Nothing outside the router's module names it.
+
 A router whose behaviour changes during training keeps its knobs here and its state in
 the layer: optional hooks ``make_state`` (parameters/buffers the layer owns),
 ``route(logits, state, ctx)`` (with a :class:`RouteContext`), ``combine``,
@@ -31,14 +36,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
 from dynroute.common.registry import Registry
 from dynroute.routing.context import RouteContext
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 __all__ = [
@@ -81,6 +87,46 @@ class Router:
     #: True when a token's experts depend on other tokens of its sequence (Graph of
     #: Tokens): left padding and KV-cache decoding then change its routing.
     mixes_tokens: ClassVar[bool] = False
+
+    # --- declarations: what the tests and the frontier read (nothing else names a router) ---
+    #: Specs (``"name:key=value"``) that the registry-driven tests run: the Routing
+    #: invariants, the dispatch agreement (grouped = loop = dense), the layer and model
+    #: tests, config validation and the sync count. Each must be valid for every even
+    #: number of experts E >= 4 and any d_model >= E. Empty: the default construction, if
+    #: the router has one (:meth:`example_specs`).
+    examples: ClassVar[tuple[str, ...]] = ()
+    #: Frontier sweep families: family name -> :class:`~dynroute.routing.sweep.SweepSpec`
+    #: (the knob that sets k̄ and its value per target); ``dynroute.frontier.SWEEPS`` is
+    #: built from them. Empty: the router has no sweep (it can still be trained as a
+    #: single setting, ``--routers name:key=value``).
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = MappingProxyType({})
+    #: Device-to-host syncs of one layer forward + backward on the ``grouped_mm`` path
+    #: (0 where the number of assignments is static, 1 for the ``nonzero`` that sizes it);
+    #: ``tests/diagnostics/test_syncs.py`` pins it. None: not pinned.
+    host_syncs: ClassVar[int | None] = None
+    #: True when the combine weights are constants (random or frozen routing: THOR,
+    #: SMoE-Dropout): no gradient reaches the gate through them.
+    constant_weights: ClassVar[bool] = False
+    #: False when a token's experts depend on later tokens of the batch (expert choice):
+    #: the causality test of the models then leaves the router out.
+    causal: ClassVar[bool] = True
+
+    @classmethod
+    def example_specs(cls) -> tuple[str, ...]:
+        """:attr:`examples`, or the bare name when the router builds with no arguments
+        (a router that declares nothing), or () when it needs arguments.
+
+        Example:
+            >>> router_class("top_k").example_specs()[0]
+            'top_k:k=2'
+        """
+        if cls.examples:
+            return cls.examples
+        try:
+            cls()
+        except (TypeError, ValueError):
+            return ()
+        return (cls.name,)
 
     def __call__(self, logits: Tensor) -> Routing:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")
@@ -263,17 +309,13 @@ def layer_router(
 
 
 def extra_logits(router: RouterFn) -> int:
-    """How many router columns beyond the E real experts a router consumes (null experts).
+    """How many router columns beyond the E real experts a router consumes (null experts);
+    0 for a plain callable without an ``extra_logits`` attribute.
 
     Example:
         >>> extra_logits(make_router("null_experts", k=2, num_null=3))
         3
     """
-    if isinstance(router, functools.partial) and not router.args:
-        # functools.partial(null_experts, k=2, num_null=3): the registered router of that name
-        cls = ROUTERS.get(getattr(router.func, "__name__", ""))
-        if cls is not None:
-            return make_router({"name": cls.name, **router.keywords}).extra_logits  # type: ignore[union-attr]
     return int(getattr(router, "extra_logits", 0))
 
 

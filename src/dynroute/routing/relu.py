@@ -22,7 +22,9 @@ step, so it takes ~80 steps before the penalty bites: short runs sit near E / 2 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 __all__ = ["ReLURouter", "ReLUState"]
@@ -61,6 +64,14 @@ class ReLURouter(Router):
         >>> r.experts_per_token().tolist(), r.weight.tolist()
         ([2, 0], [1.0, 0.5])
     """
+
+    examples: ClassVar[tuple[str, ...]] = ("relu:target=2",)
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # the adaptive L1 weight aims at `target`, but only pushes toward sparsity
+        # (BENCHMARKS.md section 8: target 2 gave k̄ 1.53), so measured k̄ may fall short
+        "relu": SweepSpec("target", {1.5: 1.5, 2.0: 2.0, 3.0: 3.0}, source="L1 controller"),
+    }
+    host_syncs: ClassVar[int | None] = 1  # the nonzero of the positive gates
 
     target: float = 2.0
     l1_init: float = 1e-8

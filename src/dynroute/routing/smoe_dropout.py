@@ -20,7 +20,9 @@ Knobs: ``k_start`` = 1, ``k_end`` (None: all E experts, the paper's end point),
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 __all__ = ["SMoEDropout", "SMoEDropoutState"]
@@ -57,6 +60,17 @@ class SMoEDropout(Router):
         >>> [router.k_at(t, 9, 4) for t in range(10)]
         [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
     """
+
+    examples: ClassVar[tuple[str, ...]] = ("smoe_dropout:k_start=2,k_end=3",)
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # k grows from 1 to k_end during training and is k_end at evaluation
+        "smoe_dropout": SweepSpec(
+            "k_end", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact at evaluation: k_end"
+        ),
+    }
+    # reading k (a buffer) once per layer call, and the nonzero of the mask
+    host_syncs: ClassVar[int | None] = 2
+    constant_weights: ClassVar[bool] = True  # a frozen random router
 
     k_start: int = 1
     k_end: int | None = None

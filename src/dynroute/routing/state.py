@@ -3,20 +3,22 @@
 A layer that owns a router keeps it as ``route`` and the router's state (from
 :meth:`Router.make_state`) as its ``router_state`` submodule. :func:`route_logits` is the
 one call layers make; :func:`step_routers` is the one call a training loop makes after
-``optimizer.step()``.
+``optimizer.step()``; :func:`check_router` runs a router the way a layer would, to check
+a configuration before anything is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router
 from dynroute.routing.types import Routing
 
-__all__ = ["route_logits", "router_layers", "step_routers"]
+__all__ = ["check_router", "route_logits", "router_layers", "step_routers"]
 
 
 def route_logits(
@@ -85,3 +87,37 @@ def step_routers(model: nn.Module, step: int, total_steps: int) -> None:
         router.after_step(states)
         for state in states:
             router.on_progress(state, step, total_steps)
+
+
+def check_router(router: Router, num_experts: int, d_model: int, tokens: int = 6) -> None:
+    """Route a few random tokens the way a layer of ``num_experts`` experts over
+    ``d_model`` features would (``make_state``, then ``route`` with a :class:`RouteContext`,
+    in training and in evaluation), so the router's own checks raise now, not at step 1.
+
+    Every registered router works here, those that need their layer's state included
+    (RMoE, SMoE-Dropout refuse a bare ``router(logits)``). The global RNG is left as it
+    was (a state's initialisation draws from it).
+
+    Raises:
+        ValueError / TypeError: the router's own message (a knob that does not fit E).
+
+    Example:
+        >>> from dynroute.routing import make_router
+        >>> check_router(make_router("rmoe:k=2"), num_experts=4, d_model=8)
+        >>> check_router(make_router("dtop_p:target=9"), num_experts=4, d_model=8)
+        Traceback (most recent call last):
+        ValueError: dtop_p: target 9 exceeds the layer's 4 experts; choose target in [1, 4]
+    """
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(tokens, num_experts + router.extra_logits, generator=g)
+    hidden = torch.randn(tokens, d_model, generator=g)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        state = router.make_state(num_experts, d_model)
+        for training in (True, False):
+            ctx = RouteContext(batch_shape=(2, tokens // 2), hidden=hidden, training=training)
+            routing = router.route(logits, state, ctx)
+            if routing.num_experts != num_experts:
+                raise ValueError(
+                    f"{router.describe()}: routed over {routing.num_experts} experts, "
+                    f"the layer has {num_experts}"
+                )

@@ -24,8 +24,9 @@ ours), ``seed`` (0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 __all__ = ["Thor"]
@@ -58,6 +60,15 @@ class Thor(Router):
         >>> router(torch.zeros(3, 4)).experts_per_token().tolist()  # inference
         [1, 1, 1]
     """
+
+    examples: ClassVar[tuple[str, ...]] = ("thor",)
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # no knob for k̄: two random experts in training, one at inference (k̄ = 1)
+        "thor": SweepSpec("consistency_weight", {1.0: 1.0}, source="the rule: one expert"),
+    }
+    # host_syncs not pinned: the CPU count (1) is the copy of the CPU-drawn pair to the
+    # logits' device, not a device-to-host sync
+    constant_weights: ClassVar[bool] = True  # ½ and ½ (1 at inference), whatever the gate
 
     consistency_weight: float = 1.0
     seed: int = 0

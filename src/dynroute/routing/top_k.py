@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 
@@ -55,6 +58,24 @@ class TopK(Router):
         >>> TopK(k=1)(torch.tensor([[0.0, 3.0]])).expert.tolist()
         [1]
     """
+
+    examples: ClassVar[tuple[str, ...]] = (
+        "top_k:k=2",  # Mixtral: renormalised
+        "top_k:k=1",  # renormalised top-1: every weight is 1
+        "top_k:k=1,normalize=false",  # Switch: the weight is the router's probability
+        "top_k:k=2,normalize=false",  # OLMoE
+    )
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # k = 1 as in Switch Transformer: the weight is the router's probability, not
+        # renormalised to 1 (which would leave the router no gradient from the LM loss).
+        "top_k": SweepSpec(
+            "k",
+            {1.0: 1, 2.0: 2, 3.0: 3},
+            per_value={1: {"normalize": False}},
+            source="exact: k̄ = k",
+        ),
+    }
+    host_syncs: ClassVar[int | None] = 0  # N·k assignments: nothing to size on the host
 
     k: int
     normalize: bool = True

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.registry import Router, register_router
+from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 
@@ -89,6 +92,30 @@ class TopP(Router):
         >>> TopP(p=0.4)(torch.zeros(1, 4)).num_assignments
         2
     """
+
+    examples: ClassVar[tuple[str, ...]] = (
+        "top_p:p=0.5",
+        "top_p:p=0.7,max_experts=3,normalize=true",  # the cap and renormalised weights
+    )
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
+        # Paper-faithful top-p (weights not renormalised). k̄ at p = 0.2 / 0.3 / 0.5 measured
+        # on configs/demo.toml (BENCHMARKS.md, section 2: 1.51 / 1.82 / 2.89); p = 0.05 aims
+        # at 1 from below (top-p always keeps one expert).
+        "top_p": SweepSpec(
+            "p",
+            {1.0: 0.05, 1.5: 0.2, 2.0: 0.3, 3.0: 0.5},
+            source="BENCHMARKS.md section 2 (k̄ 1.51 / 1.82 / 2.89 at p 0.2 / 0.3 / 0.5)",
+        ),
+        # Renormalised top-p: k̄ 1.55 at p = 0.4 and 2.29 at 0.55 (d_model 512, 31M tokens,
+        # issue 17); 2.18 at p = 0.4 on configs/demo.toml. Smaller p for k̄ 1, larger for 3.
+        "top_p_normalized": SweepSpec(
+            "p",
+            {1.0: 0.1, 1.5: 0.3, 2.0: 0.4, 3.0: 0.6},
+            fixed={"normalize": True},
+            source="issue 17 (k̄ 1.55 at p 0.4, d_model 512) and BENCHMARKS.md section 2",
+        ),
+    }
+    host_syncs: ClassVar[int | None] = 1  # the nonzero that sizes the assignments
 
     p: float
     max_experts: int | None = None

@@ -62,19 +62,17 @@ def _check_train(cfg: RunConfig, origin: str, flags: Collection[str]) -> None:
 
 
 def _check_model(cfg: RunConfig, origin: str, flags: Collection[str]) -> None:
-    """Build the model config and route a few random tokens: the router's own checks run."""
-    import torch
-
+    """Build the model config and route a few random tokens through the router the way
+    its layer will (state, context; training and evaluation): the router's own checks run,
+    for every registered router."""
     from dynroute.models import DynMoEConfig
+    from dynroute.routing import check_router
 
     model = dict(cfg.model)
     check_probability(model.get("p"), "--p" if "p" in flags else f"{origin} [model] p")
     try:
         config = DynMoEConfig(vocab_size=cfg.data.vocab_size, **model)
-        router = config.router_spec()
-        width = config.num_experts + router.extra_logits
-        with torch.no_grad():
-            router(torch.randn(4, width, generator=torch.Generator().manual_seed(0)))
+        check_router(config.router_spec(), config.num_experts, config.d_model)
     except (TypeError, ValueError) as err:
         given = [f"--{name}" for name in ("router", "k", "p") if name in flags]
         raise ValueError(f"{'/'.join(given) or origin + ' [model]'}: {err}") from None
