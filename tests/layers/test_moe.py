@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynroute.layers import MoE
-from dynroute.routing import null_experts, top_k, top_p
+from dynroute.routing import top_k, top_p
 
 ROUTER_ARGS = [
     ("top_k", {"k": 2}),
@@ -37,7 +37,7 @@ def test_dispatch_paths_agree_including_router_gradients(router, kwargs):
 def test_router_as_callable_and_null_gate_width():
     moe = MoE(8, 16, 4, router=functools.partial(top_p, p=0.5))
     assert moe.gate.out_features == 4
-    moe = MoE(8, 16, 4, router=functools.partial(null_experts, k=2, num_null=3))
+    moe = MoE(8, 16, 4, router="null_experts:k=2,num_null=3")
     assert moe.gate.out_features == 7
     _, aux = moe(torch.randn(5, 8))
     assert aux.routing.num_experts == 4 and aux.logits.shape == (5, 7)
