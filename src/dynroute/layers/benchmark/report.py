@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from dynbench.layer import HF_IMPLS, Record, record_key
+from dynroute.layers.benchmark.cells import HF_IMPLS, Record, record_key
 
 IMPL_ORDER = (
     "grouped",
