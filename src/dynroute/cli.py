@@ -1,8 +1,9 @@
 """The `dynroute` command line: thin recipes over the library.
 
 Each command lives in ``dynroute/commands/<name>.py``, which defines the command
-functions at module level and a ``register(app)`` function that adds them (and a ``RANK``:
-where ``dynroute --help`` lists it, lowest first; unranked modules come last, by name).
+functions at module level and a ``register(app)`` function that adds them, and a ``RANK``:
+where ``dynroute --help`` lists it, lowest first (unranked modules come last, by name;
+typer lists single commands before groups, so groups such as ``llm`` rank above 50).
 Adding a module there adds the command. Shared flags and the one error path are in
 ``dynroute/commands/options.py``. Command modules import heavy dependencies inside
 their functions so that ``dynroute --help`` stays fast.

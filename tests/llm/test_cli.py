@@ -40,7 +40,7 @@ def test_eval_fit_route_report(tables, tmp_path):
         tables / "train.jsonl",
         "--test",
         tables / "test.jsonl",
-        "--router",
+        "--query-router",
         "knn",
         "--json",
     )
@@ -54,7 +54,7 @@ def test_eval_fit_route_report(tables, tmp_path):
         "fit",
         "--train",
         tables / "train.jsonl",
-        "--router",
+        "--query-router",
         "knn:k=3",
         "--out",
         tmp_path / "m",
@@ -69,8 +69,10 @@ def test_eval_fit_route_report(tables, tmp_path):
         "report",
         "--train",
         tables / "train.jsonl",
-        "--router",
-        "knn+best_single",
+        "--query-router",
+        "knn",
+        "--query-router",
+        "best_single",
         "--out",
         tmp_path / "rep",
     )
@@ -83,7 +85,7 @@ def test_eval_fit_route_report(tables, tmp_path):
 def test_bad_input_is_one_line_exit_2(tables, tmp_path, problem):
     rows = [json.loads(x) for x in (tables / "test.jsonl").read_text().splitlines()]
     bad = tmp_path / f"{problem}.jsonl"
-    args = ["eval", "--train", tables / "train.jsonl", "--test", bad, "--router", "knn"]
+    args = ["eval", "--train", tables / "train.jsonl", "--test", bad, "--query-router", "knn"]
     if problem == "nocost":
         rows = [{k: v for k, v in r.items() if k != "cost"} for r in rows]
     elif problem == "nan":

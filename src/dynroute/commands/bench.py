@@ -20,7 +20,7 @@ from dynroute.commands.options import (
     user_errors,
 )
 
-RANK = 50
+RANK = 60
 
 LAYER_LEGEND = (
     "✅ / ❌ in the layer tables: ✅ when dynroute's time for a cell (forward, or forward + "

@@ -9,7 +9,7 @@ import typer
 
 from dynroute.commands.options import Device, Threads, command, set_threads
 
-RANK = 60
+RANK = 50
 
 ModelDir = Annotated[
     Path,

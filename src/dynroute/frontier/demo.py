@@ -172,7 +172,10 @@ def prepare_demo(
     threads: int | None = None,
     routers: list[str] | None = None,
 ) -> tuple[Any, list[Any], list[int]]:
-    """Every check of the demo's arguments, before anything is trained or written (< 1 s).
+    """Every check of the demo's setup, before anything is trained or written (< 1 s).
+
+    The command checks its flags' ranges first (``dynroute demo --p 1.5`` answers before
+    torch is imported); here the config, the corpus, the routers and the run settings.
 
     Returns:
         (RunConfig, points, seeds).
@@ -181,22 +184,11 @@ def prepare_demo(
         ValueError / FileNotFoundError: one line naming the bad argument or file.
 
     Example:
-        >>> prepare_demo(p=1.5)
+        >>> prepare_demo(data="NOPE/texts")
         Traceback (most recent call last):
         ...
-        ValueError: --p must be in (0, 1] (top-p's probability mass), got 1.5
+        FileNotFoundError: corpus NOPE/texts does not exist; pass --data with a text file or folder
     """
-    # the cheap checks first: they answer before torch is even imported
-    if p is not None and not 0.0 < p <= 1.0:
-        raise ValueError(f"--p must be in (0, 1] (top-p's probability mass), got {p}")
-    if p is not None and routers:
-        raise ValueError("--p sets the default list's top-p; with --routers write top_p:p=...")
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if steps is not None and steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
-    if threads is not None and threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     data = _check_corpus_flag(data)
     from dynroute.frontier.benchmark import check_settings, parse_routers
     from dynroute.train import RunConfig, apply_overrides, load_config
@@ -293,13 +285,14 @@ def run_demo(
     """
     import json
 
+    console = console or Console()
+    # first: a bad argument answers before torch is even imported
+    base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
     import torch
 
     from dynroute.frontier import judge
     from dynroute.frontier.benchmark import run_benchmark
 
-    console = console or Console()
-    base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
     if base.train.threads:  # the caller's process: dynroute.train never sets threads
         torch.set_num_threads(base.train.threads)
     t = base.train
