@@ -76,12 +76,14 @@ def demo(
     """
     from rich.console import Console
 
-    from dynroute.frontier.demo import routing_demo, run_demo
-
     if routing_only or tokens is not None or num_experts is not None:
+        from dynroute.frontier.demo import routing_demo
+
         Console().print(routing_demo(tokens or 2048, num_experts or 16, 0))
         return
     check_flags(p, routers, seeds, steps, threads)  # before torch is even imported
+    from dynroute.frontier.demo import run_demo
+
     console = Console(stderr=json_out)
     resume = f"interrupted; finished runs are kept in {out}: rerun the same command to resume"
     with user_errors(interrupted=resume):

@@ -183,9 +183,8 @@ def fail(message: str, code: int = USAGE_ERROR, style: str = "red") -> typer.Exi
     The message is never read as rich markup, so ``x.toml [model]: ...`` keeps its brackets.
 
     Example:
-        >>> raise fail("x.toml [model]: unknown key(s) ['width']")
-        Traceback (most recent call last):
-        click.exceptions.Exit: 2
+        >>> fail("x.toml [model]: unknown key(s) ['width']").exit_code  # stderr: the line
+        2
     """
     from rich.console import Console
     from rich.text import Text
@@ -207,10 +206,12 @@ def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
     """Turn user errors into one line and exit code 2; Ctrl-C into ``interrupted`` and 130.
 
     Example:
-        >>> with user_errors():
-        ...     raise ValueError("x.toml [model]: unknown key(s) ['width']")
-        Traceback (most recent call last):
-        click.exceptions.Exit: 2
+        >>> try:
+        ...     with user_errors():
+        ...         raise ValueError("x.toml [model]: unknown key(s) ['width']")
+        ... except typer.Exit as stop:
+        ...     stop.exit_code
+        2
     """
     try:
         yield
