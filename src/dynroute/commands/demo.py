@@ -17,6 +17,7 @@ from dynroute.commands.options import (
     Progress,
     Steps,
     Threads,
+    check_threads,
     command,
     print_json,
     user_errors,
@@ -113,8 +114,7 @@ def check_flags(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    if threads is not None and threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    check_threads(threads)
 
 
 def register(app: typer.Typer) -> None:

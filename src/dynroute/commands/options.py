@@ -60,6 +60,7 @@ __all__ = [
     "Seed",
     "Steps",
     "Threads",
+    "check_threads",
     "command",
     "fail",
     "print_json",
@@ -99,7 +100,6 @@ Threads = Annotated[
     int | None,
     typer.Option(
         "--threads",
-        min=0,
         help="torch CPU threads of this process (unset or 0: the config's, else torch's "
         "default; 1 is fastest for small models on a busy machine).",
     ),
@@ -239,8 +239,21 @@ def command(func: F) -> F:
 # ---------------------------------------------------------------------------- output
 
 
+def check_threads(threads: int | None) -> None:
+    """``--threads`` is an integer >= 0 (0: torch's default).
+
+    Example:
+        >>> check_threads(-3)
+        Traceback (most recent call last):
+        ValueError: --threads must be >= 0 (0: torch's default), got -3
+    """
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+
+
 def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads`` when given: a process setting, so the command's to make."""
+    check_threads(threads)
     if threads:
         import torch
 
