@@ -10,7 +10,8 @@ from pathlib import Path
 import dynroute
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "layer.py"
-SMALL = ["--tokens", "8", "--d-model", "32", "--d-ff", "64", "--experts", "4", "--repeats", "1"]
+SMALL = ["--tokens", "8", "--d-model", "32", "--d-ff", "64", "--num-experts", "4"]
+SMALL += ["--repeats", "1"]
 
 
 def _env() -> dict[str, str]:

@@ -116,7 +116,7 @@ def frontier(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     short_help="The MoE layer speed suite; says what ✅/❌ compare against.",
     help="The MoE layer speed suite (dynroute.layers.benchmark); its flags (--full, "
-    "--experts 8, --tokens 512, --threads 1, --device cuda, --suite gpu, ...) are listed "
+    "--num-experts 8, --tokens 512, --threads 1, --device cuda, --suite gpu, ...) are listed "
     "by `python -m dynroute.layers.benchmark --help`. " + LAYER_LEGEND,
 )
 @command

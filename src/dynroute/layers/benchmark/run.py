@@ -2,7 +2,7 @@
 
     dynroute bench layer                 # --quick grid (E=8, N in {8, 512})
     dynroute bench layer --full          # the whole issue-#7 grid (hours on 2 CPU cores)
-    dynroute bench layer --full --experts 8 --tokens 512 4096 --modes fwd+bwd
+    dynroute bench layer --full --num-experts 8 --tokens 512 4096 --modes fwd+bwd
     dynroute bench layer --device cuda --dtype bfloat16 \
         --out benchmarks/results/layer_cuda.json --chart benchmarks/results/layer_cuda.png
     dynroute bench layer --suite gpu     # Mixtral/OLMoE/Qwen3 layers, bf16, CUDA events
@@ -49,7 +49,7 @@ def parser(results: Path = RESULTS) -> argparse.ArgumentParser:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small grid (default)")
     size.add_argument("--full", action="store_true", help="the whole issue grid")
-    ap.add_argument("--experts", type=int, nargs="+", help="restrict E")
+    ap.add_argument("--num-experts", type=int, nargs="+", help="restrict E")
     ap.add_argument("--tokens", type=int, nargs="+", help="restrict N")
     ap.add_argument("--routers", nargs="+", choices=ROUTERS)
     ap.add_argument("--modes", nargs="+", choices=MODES)
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None, results: Path = RESULTS) -> int:
         torch.set_num_threads(args.threads)
     base = FULL if args.full else QUICK
     cells = grid(
-        args.experts or base["experts"],
+        args.num_experts or base["experts"],
         args.tokens or base["tokens"],
         args.routers or base["routers"],
         args.modes or base["modes"],
