@@ -107,3 +107,18 @@ def test_train_with_missing_config_fails_cleanly(tmp_path: Path) -> None:
     args = ["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_train_with_an_expert_kind(config: Path, tmp_path: Path) -> None:
+    """`--experts name:key=value` lands in the run's [model] experts (expert-kind registry
+    and `apply_overrides(cfg, experts=...)`); an unknown kind is one line, exit 2."""
+    from dynroute.common.registry import spec_name
+
+    out = tmp_path / "mlp"
+    args = ["train", "--config", str(config), "--out", str(out), "--steps", "2", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--experts", "mlp"])
+    assert result.exit_code == 0, result.output
+    assert spec_name(json.loads((out / "run.json").read_text())["model"]["experts"]) == "mlp"
+    elsewhere = [*args[:4], str(tmp_path / "bad"), *args[5:]]
+    bad = CliRunner().invoke(app, [*elsewhere, "--experts", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output
