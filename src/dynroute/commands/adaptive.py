@@ -33,9 +33,7 @@ Routing = Annotated[
 ]
 InitFrom = Annotated[
     Path | None,
-    typer.Option(
-        "--init-from", help="Start from this adaptive run's weights (routers fresh)."
-    ),
+    typer.Option("--init-from", help="Start from this adaptive run's weights (routers fresh)."),
 ]
 RoutersOnly = Annotated[
     bool | None, typer.Option("--routers-only/--all-weights", help="Train only the routers.")

@@ -40,12 +40,8 @@ Corpus = Annotated[str | None, typer.Option("--data", help="Corpus (default: std
 Analysis = Annotated[
     bool, typer.Option("--analysis/--no-analysis", help="Routing analysis report.")
 ]
-RoutingOnly = Annotated[
-    bool, typer.Option("--routing-only", help="Only route one random batch.")
-]
-Tokens = Annotated[
-    int | None, typer.Option(help="Routing table: tokens (implies --routing-only).")
-]
+RoutingOnly = Annotated[bool, typer.Option("--routing-only", help="Only route one random batch.")]
+Tokens = Annotated[int | None, typer.Option(help="Routing table: tokens (implies --routing-only).")]
 ExpertCount = Annotated[
     int | None,
     typer.Option("--num-experts", help="Routing table: experts (implies --routing-only)."),

@@ -22,8 +22,7 @@ RANK = 20
 Checkpoint = Annotated[
     Path,
     typer.Argument(
-        help="A `dynroute train` --out folder, its model/ folder, or a transformers MoE "
-        "checkpoint."
+        help="A `dynroute train` --out folder, its model/ folder, or a transformers MoE checkpoint."
     ),
 ]
 BatchSize = Annotated[

@@ -20,9 +20,7 @@ ModelDir = Annotated[
 ]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
 Host = Annotated[str, typer.Option(help="Address to bind (loopback by default).")]
-Name = Annotated[
-    str | None, typer.Option(help="Model id clients send (default: the folder name).")
-]
+Name = Annotated[str | None, typer.Option(help="Model id clients send (default: the folder name).")]
 MaxBatch = Annotated[int, typer.Option(min=1, help="Most concurrent requests per generate call.")]
 BatchWait = Annotated[
     float, typer.Option(min=0.0, help="How long an idle server waits to fill a batch.")

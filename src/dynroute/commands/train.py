@@ -76,7 +76,9 @@ RestartFromModel = Annotated[
         "OUT/checkpoint.pt is damaged.",
     ),
 ]
-RESUME = "interrupted; rerun the same command to resume (from the last checkpoint, if one was written)"  # noqa: E501
+RESUME = (
+    "interrupted; rerun the same command to resume (from the last checkpoint, if one was written)"
+)
 
 
 @command
