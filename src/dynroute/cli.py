@@ -1,38 +1,52 @@
 """The `dynroute` command line: thin recipes over the library.
 
-Each subcommand lives in ``dynroute/commands/<name>.py`` and registers itself
-through a ``register(app)`` function; adding a module there adds the command.
-Command modules import heavy dependencies inside their functions so that
-``dynroute --help`` stays fast.
+Each command lives in ``dynroute/commands/<name>.py``, which defines the command
+functions at module level and a ``register(app)`` function that adds them, and a ``RANK``:
+where ``dynroute --help`` lists it, lowest first (unranked modules come last, by name;
+typer lists single commands before groups, so groups such as ``llm`` rank above 50).
+Adding a module there adds the command. Shared flags and the one error path are in
+``dynroute/commands/options.py``. Command modules import heavy dependencies inside
+their functions so that ``dynroute --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from types import ModuleType
 
 import typer
 
 import dynroute.commands
 
+UNRANKED = 1000
+
 app = typer.Typer(
     name="dynroute",
-    help="Dynamic routing for Mixture-of-Experts: train, evaluate, analyze, patch.",
+    help="Dynamic routing for Mixture-of-Experts: train, evaluate, analyze, patch, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
 
-ORDER = ["demo", "train", "eval", "analyze", "patch"]
+
+def command_modules() -> list[ModuleType]:
+    """Every module of ``dynroute.commands`` with a ``register(app)``, in ``RANK`` order.
+
+    Example:
+        >>> [m.__name__.rsplit(".", 1)[1] for m in command_modules()][:3]
+        ['demo', 'train', 'eval']
+    """
+    found = [
+        importlib.import_module(f"dynroute.commands.{info.name}")
+        for info in pkgutil.iter_modules(dynroute.commands.__path__)
+    ]
+    modules = [m for m in found if callable(getattr(m, "register", None))]
+    return sorted(modules, key=lambda m: (getattr(m, "RANK", UNRANKED), m.__name__))
 
 
-def _command_modules() -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(dynroute.commands.__path__)]
-    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
-
-
-for _name in _command_modules():
-    importlib.import_module(f"dynroute.commands.{_name}").register(app)
+for _module in command_modules():
+    _module.register(app)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def test_train_resume_router_eval(config: Path, tmp_path: Path) -> None:
     metrics = json.loads(evaluated.stdout)
     assert metrics["router"].startswith("adaptive(routing=router")
 
-    oracle = ["adaptive", "oracle", str(router), "--budgets", "0", "1", "2", "--json"]
+    oracle = ["adaptive", "oracle", str(router), "--big-layers", "0", "1", "2", "--json"]
     result = runner.invoke(app, [*oracle, "--windows", "4", "--random", "5"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
@@ -53,9 +53,9 @@ def test_train_resume_router_eval(config: Path, tmp_path: Path) -> None:
     plain = runner.invoke(app, [*oracle[:3], "--windows", "2", "--random", "3", "--skip"])
     assert plain.exit_code == 0 and "exhaustive" in plain.output
 
-    bad = runner.invoke(app, [*oracle[:3], "--budgets", "0", "7"])
+    bad = runner.invoke(app, [*oracle[:3], "--big-layers", "0", "7"])
     assert bad.exit_code == 2 and "out of range" in bad.output and "Traceback" not in bad.output
-    bad = runner.invoke(app, [*oracle[:3], "--budgets", "x"])
+    bad = runner.invoke(app, [*oracle[:3], "--big-layers", "x"])
     assert bad.exit_code == 2 and "integers" in bad.output
 
 

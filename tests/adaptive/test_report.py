@@ -116,7 +116,7 @@ def router_run(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_command_writes_html(router_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    args = ["adaptive", "report", str(router_run), "--out", str(out), "--budgets", "0", "1", "2"]
+    args = ["adaptive", "report", str(router_run), "--out", str(out), "--big-layers", "0", "1", "2"]
     result = CliRunner().invoke(app, [*args, "--windows", "4", "--random", "5", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "report.html" in result.output
@@ -140,8 +140,8 @@ def test_report_command_writes_html(router_run: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--budgets", "0", "9"], "out of range"),
-        (["--budgets", "x"], "integers"),
+        (["--big-layers", "0", "9"], "out of range"),
+        (["--big-layers", "x"], "integers"),
         (["--context", "nope"], "--context must be one of"),
     ],
 )

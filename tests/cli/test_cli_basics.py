@@ -1,21 +1,104 @@
-"""The console script works after install."""
+"""Every registered command answers --help; a shared flag name means one thing everywhere.
 
+The commands are found by walking what ``dynroute.cli`` registered (never a list here),
+so a new module in ``dynroute/commands`` is covered as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import typer
 from typer.testing import CliRunner
 
-from dynroute.cli import app
+from dynroute.cli import app, command_modules
+from dynroute.commands import options
 
 runner = CliRunner()
 
 
-def test_help_lists_commands():
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    # `dynroute bench` is gone: its suite is `python benchmarks/layer.py` (see tests/bench)
-    for command in ("demo", "train", "eval", "analyze", "patch"):
-        assert command in result.output
+def leaf_commands() -> dict[str, typing.Any]:
+    """``"llm eval"`` -> its click command, for every command registered on ``app``."""
+    found: dict[str, typing.Any] = {}
+
+    def walk(cmd: typing.Any, path: tuple[str, ...]) -> None:
+        if hasattr(cmd, "commands"):  # a group (typer ships its own click)
+            for name, sub in cmd.commands.items():
+                walk(sub, (*path, name))
+        else:
+            found[" ".join(path)] = cmd
+
+    walk(typer.main.get_command(app), ())
+    return found
 
 
-def test_demo_prints_a_table():
-    result = runner.invoke(app, ["demo", "--tokens", "64", "--experts", "8"])
+COMMANDS = leaf_commands()
+
+
+def test_the_walk_finds_every_module_and_the_nested_commands() -> None:
+    tops = {name.split()[0] for name in COMMANDS}
+    assert len(tops) == len(command_modules())  # one top-level name per command module
+    assert {"train", "eval", "llm eval", "llm serve", "bench layer", "lora train"} <= set(COMMANDS)
+
+
+def test_commands_are_listed_in_rank_order() -> None:
+    listed = list(typer.main.get_command(app).commands)  # what --help shows, in order
+    ranks = {m.__name__.rsplit(".", 1)[1]: getattr(m, "RANK", 1000) for m in command_modules()}
+    ordered = [ranks[name] for name in listed if name in ranks]
+    assert ordered == sorted(ordered) and listed[:3] == ["demo", "train", "eval"]
+    result = runner.invoke(app, ["--help"], terminal_width=200)
+    assert result.exit_code == 0 and all(name in result.output for name in listed)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help(name: str) -> None:
+    result = runner.invoke(app, [*name.split(), "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def _help(alias: typing.Any) -> str:
+    return typing.get_args(alias)[1].help
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_shared_flags_have_one_meaning(name: str) -> None:
+    """A command that has a shared flag name declares it with the shared alias."""
+    for param in COMMANDS[name].params:
+        for flag in param.opts:
+            if flag in options.SHARED_FLAGS:
+                assert param.help == _help(options.SHARED_FLAGS[flag]), (name, flag)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_shared_aliases_declared_are_flags(name: str) -> None:
+    """Every parameter annotated with a shared alias shows up as that flag."""
+    callback = COMMANDS[name].callback
+    hints = typing.get_type_hints(callback, include_extras=True)
+    flags = {flag for param in COMMANDS[name].params for flag in param.opts}
+    for alias_flag, alias in options.SHARED_FLAGS.items():
+        declared = [p for p, hint in hints.items() if _help(alias) == _meta_help(hint)]
+        assert not declared or alias_flag in flags, (name, alias_flag)
+
+
+def _meta_help(hint: typing.Any) -> str | None:
+    extras = typing.get_args(hint)[1:] if typing.get_origin(hint) is typing.Annotated else ()
+    return next((getattr(e, "help", None) for e in extras), None)
+
+
+def test_commands_that_train_or_evaluate_share_the_resource_flags() -> None:
+    # every command that takes --progress runs for a while: it takes --threads too
+    for name, cmd in COMMANDS.items():
+        flags = {flag for param in cmd.params for flag in param.opts}
+        if "--progress" in flags:
+            assert "--threads" in flags, name
+    for name in ("eval", "analyze", "patch"):
+        flags = {flag for param in COMMANDS[name].params for flag in param.opts}
+        assert {"--threads", "--progress", "--json"} <= flags, name
+
+
+def test_routing_table_demo_prints_a_table() -> None:
+    result = runner.invoke(app, ["demo", "--tokens", "64", "--num-experts", "8"])
     assert result.exit_code == 0, result.output
     assert "top_p" in result.output and "mean experts" in result.output

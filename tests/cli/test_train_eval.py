@@ -55,20 +55,20 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_train_resume_eval(config: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "run"
-    args = ["train", "--config", str(config), "--out", str(out), "--router", "top_p"]
-    args += ["--p", "0.3", "--steps", "8", "--seed", "1", "--no-progress"]
+    args = ["train", "--config", str(config), "--out", str(out), "--router", "top_p:p=0.3"]
+    args += ["--steps", "8", "--seed", "1", "--no-progress"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "val loss" in first.output
     run = json.loads((out / "run.json").read_text())
-    assert run["model"]["router"] == "top_p" and run["model"]["p"] == 0.3
+    assert run["model"]["router"] == {"name": "top_p", "p": 0.3}
     assert (run["train"]["steps"], run["train"]["seed"]) == (8, 1)
     assert (out / "model" / "model.safetensors").is_file()
 
     rerun = runner.invoke(app, args)  # same command: resumes a finished run, no new steps
     assert rerun.exit_code == 0 and rerun.output.startswith("resuming from step 8")
 
-    clash = runner.invoke(app, [*args[:-1], "--p", "0.5"])
+    clash = runner.invoke(app, [*args[:6], "top_p:p=0.5", *args[7:]])
     assert clash.exit_code == 2 and "different configuration" in clash.output
 
     result = runner.invoke(app, ["eval", str(out), "--json", "--max-batches", "2"])
@@ -107,3 +107,18 @@ def test_train_with_missing_config_fails_cleanly(tmp_path: Path) -> None:
     args = ["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_train_with_an_expert_kind(config: Path, tmp_path: Path) -> None:
+    """`--experts name:key=value` lands in the run's [model] experts (expert-kind registry
+    and `apply_overrides(cfg, experts=...)`); an unknown kind is one line, exit 2."""
+    from dynroute.common.registry import spec_name
+
+    out = tmp_path / "mlp"
+    args = ["train", "--config", str(config), "--out", str(out), "--steps", "2", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--experts", "mlp"])
+    assert result.exit_code == 0, result.output
+    assert spec_name(json.loads((out / "run.json").read_text())["model"]["experts"]) == "mlp"
+    elsewhere = [*args[:4], str(tmp_path / "bad"), *args[5:]]
+    bad = CliRunner().invoke(app, [*elsewhere, "--experts", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output

@@ -1,4 +1,4 @@
-"""`dynroute bench frontier` end to end in a subprocess, and `dynroute bench layer`."""
+"""`dynroute bench frontier` end to end in a subprocess, and `dynroute bench layer --help`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from dynroute.cli import app
-from dynroute.commands import bench
 
 from .conftest import dynroute
 
@@ -84,28 +83,3 @@ def test_bench_layer_explains_the_marks() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "✅" in text and "❌" in text and "1.10" in text and "dense SwiGLU GEMM" in text
-
-
-def test_bench_layer_outside_a_checkout_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(bench, "REPO_ROOT", tmp_path / "site-packages")
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["bench", "layer", "--quick"])
-    assert result.exit_code == 2
-    assert "source checkout" in result.output and "benchmarks/layer.py" in result.output
-
-
-def test_bench_layer_finds_the_script_of_this_checkout() -> None:
-    script = bench.layer_script()
-    assert script is not None and script.name == "layer.py" and script.parent.name == "benchmarks"
-
-
-def test_ctrl_c_says_how_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import typer
-
-    with pytest.raises(typer.Exit) as stop, bench.interrupted(tmp_path / "runs"):
-        raise KeyboardInterrupt
-    assert stop.value.exit_code == 130
-    err = capsys.readouterr().err
-    assert "rerun the same command to resume" in err and str(tmp_path / "runs") in err

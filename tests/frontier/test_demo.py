@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dynroute.cli import app
-from dynroute.commands.demo import demo_routers
+from dynroute.frontier.demo import demo_routers
 from dynroute.routing import make_router
 
 from .conftest import dynroute

@@ -121,7 +121,7 @@ def test_evaluate_text_leaves_an_unpatched_model_unpatched(tiny_dir, text_file):
 
 def test_patch_command_saves_a_patched_checkpoint(tiny_dir, text_file, tmp_path):
     out_dir = tmp_path / "patched"
-    args = ["patch", str(tiny_dir), "--router", "top_p", "--p", "0.3", "--text", str(text_file)]
+    args = ["patch", str(tiny_dir), "--router", "top_p:p=0.3", "--data", str(text_file)]
     result = CliRunner().invoke(app, [*args, "--seq-len", "64", "--out", str(out_dir)])
     assert result.exit_code == 0, result.output
     assert "original (top_k)" in result.output and "top_p(p=0.3)" in result.output
@@ -146,6 +146,6 @@ def test_patch_command_calibrates_to_a_target(tiny_dir):
 
 def test_patch_command_needs_a_tokenizer(tmp_path):
     build_tiny("olmoe").save_pretrained(tmp_path / "m")
-    result = CliRunner().invoke(app, ["patch", str(tmp_path / "m"), "--p", "0.5"])
+    result = CliRunner().invoke(app, ["patch", str(tmp_path / "m"), "--router", "top_p:p=0.5"])
     assert result.exit_code == 2
     assert "has no tokenizer" in " ".join(result.output.split())  # rich wraps lines

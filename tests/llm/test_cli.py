@@ -48,7 +48,7 @@ def test_eval_fit_route_report(tables, tmp_path):
         tables / "train.jsonl",
         "--test",
         tables / "test.jsonl",
-        "--router",
+        "--query-router",
         "knn",
         "--json",
     )
@@ -62,7 +62,7 @@ def test_eval_fit_route_report(tables, tmp_path):
         "fit",
         "--train",
         tables / "train.jsonl",
-        "--router",
+        "--query-router",
         "knn:k=3",
         "--out",
         tmp_path / "m",
@@ -77,8 +77,10 @@ def test_eval_fit_route_report(tables, tmp_path):
         "report",
         "--train",
         tables / "train.jsonl",
-        "--router",
-        "knn+best_single",
+        "--query-router",
+        "knn",
+        "--query-router",
+        "best_single",
         "--out",
         tmp_path / "rep",
     )
@@ -93,7 +95,7 @@ def test_eval_fit_route_report(tables, tmp_path):
 def test_bad_input_is_one_line_exit_2(tables, tmp_path, problem):
     rows = [json.loads(x) for x in (tables / "test.jsonl").read_text().splitlines()]
     bad = tmp_path / f"{problem}.jsonl"
-    args = ["eval", "--train", tables / "train.jsonl", "--test", bad, "--router", "knn"]
+    args = ["eval", "--train", tables / "train.jsonl", "--test", bad, "--query-router", "knn"]
     if problem == "nocost":
         rows = [{k: v for k, v in r.items() if k != "cost"} for r in rows]
     elif problem == "nan":

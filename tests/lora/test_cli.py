@@ -71,7 +71,7 @@ def _config(tmp: Path, data: Path, router: str = "top_p:p=0.5") -> Path:
 def test_train_resume_and_load(setup, tmp_path) -> None:
     base, data = setup
     config, out = _config(tmp_path, data, "dynmole:threshold=0.8"), tmp_path / "run"
-    args = ["lora", "train", "--base", str(base), "--config", str(config), "--out", str(out)]
+    args = ["lora", "train", str(base), "--config", str(config), "--out", str(out)]
     result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "code" in result.output and "experts/token" in result.output
@@ -105,10 +105,11 @@ def test_train_resume_and_load(setup, tmp_path) -> None:
 def test_bad_input_is_one_line_exit_2(setup, tmp_path, change: str, needle: str) -> None:
     base, data = setup
     config = _config(tmp_path, data)
-    args = {"--base": str(base), "--config": str(config), "--out": str(tmp_path / "run")}
+    base_arg = str(base)
+    args = {"--config": str(config), "--out": str(tmp_path / "run")}
     extra: list[str] = []
     if change == "base":
-        args["--base"] = str(tmp_path / "missing")
+        base_arg = str(tmp_path / "missing")
     elif change == "config":
         args["--config"] = str(tmp_path / "missing.toml")
     elif change == "router":
@@ -118,7 +119,7 @@ def test_bad_input_is_one_line_exit_2(setup, tmp_path, change: str, needle: str)
     else:
         config.write_text("[lora\n")
     flat = [x for kv in args.items() for x in kv]
-    result = runner.invoke(app, ["lora", "train", *flat, *extra, "--no-progress"])
+    result = runner.invoke(app, ["lora", "train", base_arg, *flat, *extra, "--no-progress"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and needle in result.output
     named = {"base": "missing", "config": "missing.toml", "data": "no_domains", "toml": "lora.toml"}
@@ -170,7 +171,7 @@ def test_train_from_saved_dataset_with_domain_column(setup, tmp_path) -> None:
         assert splits["train"] and splits["validation"]
         assert sum(len(t.encode()) for t in splits["train"]) <= 3000
     config, out = _config(tmp_path, folder), tmp_path / "run"
-    args = ["lora", "train", "--base", str(base), "--config", str(config), "--out", str(out),
+    args = ["lora", "train", str(base), "--config", str(config), "--out", str(out),
             "--data", str(saved), "--domain-column", "source", "--no-progress"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

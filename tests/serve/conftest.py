@@ -54,7 +54,6 @@ def stack(
                 [
                     "llm",
                     "serve",
-                    "--router",
                     str(router_dir),
                     "--backend",
                     f"{SMALL}={small.url}",
@@ -66,7 +65,6 @@ def stack(
                 [
                     "llm",
                     "serve",
-                    "--router",
                     str(router_dir),
                     "--backend",
                     f"{SMALL}={small.url}",

@@ -21,22 +21,21 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_models, router_dir):
         "missing model": (["serve", str(tmp_path / "nope"), *free], str(tmp_path / "nope")),
         "port in use": (["serve", str(tiny_models["small"]), "--port", port], f"port {port}"),
         "missing router": (
-            ["llm", "serve", "--router", str(tmp_path / "r"), "--backend", "a=http://h", *free],
+            ["llm", "serve", str(tmp_path / "r"), "--backend", "a=http://h", *free],
             str(tmp_path / "r"),
         ),
         "unknown backend": (
-            ["llm", "serve", "--router", str(router_dir), "--backend", "gpt=http://h", *free],
+            ["llm", "serve", str(router_dir), "--backend", "gpt=http://h", *free],
             "['small', 'big']",
         ),
         "no url": (
-            ["llm", "serve", "--router", str(router_dir), "--backend", "small", *free],
+            ["llm", "serve", str(router_dir), "--backend", "small", *free],
             "NAME=URL",
         ),
         "bad prices": (
             [
                 "llm",
                 "serve",
-                "--router",
                 str(router_dir),
                 "--backend",
                 "small=http://h",

@@ -157,6 +157,6 @@ def test_patch_rejects_a_bad_p_before_loading(tmp_path: Path) -> None:
     from dynroute.cli import app
 
     start = time.perf_counter()
-    done = CliRunner().invoke(app, ["patch", str(tmp_path), "--p", "1.5"])
+    done = CliRunner().invoke(app, ["patch", str(tmp_path), "--router", "top_p:p=1.5"])
     assert time.perf_counter() - start < 1.0
     assert done.exit_code != 0 and "p must be in (0, 1]" in done.output

@@ -1,4 +1,4 @@
-"""`dynroute adaptive`: Duo-LLM (big / small / skip per token and layer): train, oracle."""
+"""`dynroute adaptive`: Duo-LLM (big / small / skip per token and layer): train, oracle, report."""
 
 from __future__ import annotations
 
@@ -7,32 +7,128 @@ from typing import Annotated, Any
 
 import typer
 
+from dynroute.commands.options import (
+    Config,
+    Device,
+    Json,
+    Progress,
+    RunFolder,
+    Seed,
+    Steps,
+    Threads,
+    command,
+    print_json,
+    set_threads,
+)
+
+RANK = 70
+
 sub = typer.Typer(
     help="Adaptive computation per token and layer (Duo-LLM): big module, small module or skip.",
     no_args_is_help=True,
 )
 
+Routing = Annotated[
+    str | None, typer.Option(help="random | router | big | small (default: the config's).")
+]
+InitFrom = Annotated[
+    Path | None,
+    typer.Option("--init-from", help="Start from this adaptive run's weights (routers fresh)."),
+]
+RoutersOnly = Annotated[
+    bool | None, typer.Option("--routers-only/--all-weights", help="Train only the routers.")
+]
+BigShare = Annotated[
+    float | None,
+    typer.Option(
+        "--big-share", help="Router: target share of big modules over tokens and layers (0..1)."
+    ),
+]
+Run = Annotated[Path, typer.Argument(help="An adaptive run folder (or its model/ folder).")]
+BigLayers = Annotated[
+    str | None,
+    typer.Option(
+        "--big-layers",
+        help="Budgets as numbers of big layers: --big-layers 0 1 2 4 (or 0,1,2); default 0..L.",
+    ),
+]
+Skip = Annotated[bool, typer.Option("--skip", help="Search big/small/skip (3^L).")]
+Windows = Annotated[int, typer.Option(min=1, help="Validation windows to score.")]
+SeqLen = Annotated[int | None, typer.Option(help="Window length (default: the run's).")]
+NumRandom = Annotated[
+    int, typer.Option("--random", min=1, help="Random static patterns per budget.")
+]
+Context = Annotated[str, typer.Option(help="Route of the other positions: big | small | model.")]
+BeamWidth = Annotated[int, typer.Option(min=1, help="Beam per budget when L > 8.")]
+ReportFile = Annotated[
+    Path | None, typer.Option("--out", help="Also write the full report (JSON) here.")
+]
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": False}  # --big-layers 0 1 2
 
-def _fail(err: Exception) -> typer.Exit:
+
+@sub.command("train")
+@command
+def train_cmd(
+    config: Config,
+    out: RunFolder,
+    routing: Routing = None,
+    init_from: InitFrom = None,
+    routers_only: RoutersOnly = None,
+    big_share: BigShare = None,
+    steps: Steps = None,
+    seed: Seed = None,
+    threads: Threads = None,
+    device: Device = None,
+    progress: Progress = True,
+) -> None:
+    """Train (or resume) an adaptive model: checkpoints, resume and eval as `dynroute train`."""
+    from dynroute.adaptive.training import train_adaptive
+
+    model_flags = {
+        "routing": routing,
+        "init_from": None if init_from is None else str(init_from.resolve()),
+        "train_routers_only": routers_only,
+        "budget_target": big_share,
+    }
+    train_flags = {"steps": steps, "seed": seed, "threads": threads, "device": device}
+    cfg = adaptive_config(config, model_flags, train_flags)
+    set_threads(cfg.train.threads)
+    result = train_adaptive(cfg, out, progress=progress)
+    if result.resumed_from:
+        print(f"resumed from step {result.resumed_from}")
+    if result.final is not None:
+        f, routing = result.final, cfg.model.get("routing", "random")
+        print(
+            f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
+            f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  ({routing} routing; "
+            f"evaluation: {'all big' if routing == 'random' else 'hard routes'})"
+        )
+
+
+def adaptive_config(config: Path, model_flags: dict[str, Any], train_flags: dict[str, Any]) -> Any:
+    """The adaptive run config with the given flags, checked before the run folder is made."""
+    from dynroute.adaptive.config import AdaptiveConfig
+    from dynroute.adaptive.training import load_adaptive_config
+    from dynroute.train import RunConfig
+
+    raw = load_adaptive_config(config).to_dict()
+    raw["model"].update({k: v for k, v in model_flags.items() if v is not None})
+    raw["train"].update({k: v for k, v in train_flags.items() if v is not None})
+    cfg = RunConfig.from_dict(raw, origin=str(config), model_config=AdaptiveConfig)
+    try:
+        AdaptiveConfig(**cfg.model)
+    except ValueError as err:
+        raise ValueError(f"{config} [model]: {err}") from None
+    return cfg
+
+
+def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool) -> tuple[Any, Any]:
+    """Load ``run`` and run the oracle on its validation windows: (LoadedModel, OracleReport).
+
+    ``texts``: the --big-layers values; ``settings``: skip, windows, seq_len, num_random,
+    context, beam_width, seed.
+    """
     from rich.console import Console
-
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}")
-    return typer.Exit(2)
-
-
-def _score(
-    run: Path,
-    budget_texts: list[str],
-    skip: bool,
-    windows: int,
-    seq_len: int | None,
-    num_random: int,
-    context: str,
-    beam_width: int,
-    seed: int,
-    progress: bool,
-) -> tuple[Any, Any]:
-    """Load ``run`` and run the oracle on its validation windows: (LoadedModel, OracleReport)."""
     from rich.progress import track
 
     from dynroute.adaptive.model import AdaptiveForCausalLM
@@ -41,11 +137,12 @@ def _score(
     from dynroute.data import iter_eval_batches
 
     try:
-        ks = [int(v) for text in budget_texts for v in text.replace(",", " ").split()]
+        ks = [int(v) for text in texts for v in text.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"--budgets takes integers, got {' '.join(budget_texts)!r}") from None
-    if context not in CONTEXTS:
-        raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {context!r}")
+        raise ValueError(f"--big-layers takes integers, got {' '.join(texts)!r}") from None
+    s = dict(settings)
+    if s["context"] not in CONTEXTS:
+        raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {s['context']!r}")
     if not run.exists():
         raise FileNotFoundError(f"{run}: no such run folder")
     loaded = load_model(run)
@@ -54,189 +151,91 @@ def _score(
             f"{run} holds a {type(loaded.model).__name__}, not an adaptive model; "
             "pass a `dynroute adaptive train` run folder"
         )
-    length = seq_len or loaded.seq_len
+    length = s.pop("seq_len") or loaded.seq_len
+    windows = s.pop("windows")
     batches = list(iter_eval_batches(loaded.tokens(), 8, length, -(-windows // 8)))
     if not batches:
         raise ValueError(f"{run}: its validation text is too short for one window of {length}")
     scored = track(
-        batches, description="oracle", disable=not progress, transient=True, console=_err()
-    )
-    report = run_oracle(
-        loaded.model,
-        scored,
-        budgets=ks or None,
-        skip=skip,
-        num_random=num_random,
-        context=context,
-        beam_width=beam_width,
-        seed=seed,
-    )
-    return loaded, report
+        batches, description="oracle", disable=not progress, transient=True,
+        console=Console(stderr=True),
+    )  # fmt: skip
+    return loaded, run_oracle(loaded.model, scored, budgets=ks or None, **s)
 
 
-def _err() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-@sub.command("train")
-def train_cmd(
-    config: Annotated[
-        Path, typer.Option("--config", help="TOML run config, e.g. configs/adaptive_tiny.toml.")
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", help="Run folder; rerun the same command to resume.")
-    ],
-    routing: Annotated[
-        str | None, typer.Option(help="random | router | big | small (default: the config's).")
-    ] = None,
-    init_from: Annotated[
-        Path | None,
-        typer.Option("--init-from", help="Start from this adaptive run's weights (routers fresh)."),
-    ] = None,
-    routers_only: Annotated[
-        bool | None,
-        typer.Option("--routers-only/--all-weights", help="Train only the routers."),
-    ] = None,
-    budget: Annotated[
-        float | None, typer.Option(help="Router: target share of big modules (0..1).")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for init, data and routing.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
-    """Train (or resume) an adaptive model: checkpoints, resume and eval as `dynroute train`."""
-    import torch
-    from rich.console import Console
-
-    from dynroute.adaptive.config import AdaptiveConfig
-    from dynroute.adaptive.training import load_adaptive_config, train_adaptive
-    from dynroute.train import RunConfig
-    from dynroute.train.loop import ConfigMismatchError
-
-    try:
-        raw = load_adaptive_config(config).to_dict()
-        model_flags = {
-            "routing": routing,
-            "init_from": None if init_from is None else str(init_from.resolve()),
-            "train_routers_only": routers_only,
-            "budget_target": budget,
-        }
-        raw["model"].update({k: v for k, v in model_flags.items() if v is not None})
-        train_flags = {"steps": steps, "seed": seed, "threads": threads}
-        raw["train"].update({k: v for k, v in train_flags.items() if v is not None})
-        cfg = RunConfig.from_dict(raw, origin=str(config), model_config=AdaptiveConfig)
-        try:  # a bad value fails here, before the run folder is made
-            AdaptiveConfig(**cfg.model)
-        except ValueError as err:
-            raise ValueError(f"{config} [model]: {err}") from None
-        if cfg.train.threads:  # a process setting: the command's, not the library's
-            torch.set_num_threads(cfg.train.threads)
-        result = train_adaptive(cfg, out, progress=progress)
-    except (FileNotFoundError, ValueError, TypeError, ConfigMismatchError) as err:
-        raise _fail(err) from err
-    console = Console()
-    if result.resumed_from:
-        console.print(f"resumed from step {result.resumed_from}")
-    if result.final is not None:
-        f = result.final
-        console.print(
-            f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
-            f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  "
-            f"({cfg.model.get('routing', 'random')} routing; evaluation: "
-            f"{'all big' if cfg.model.get('routing', 'random') == 'random' else 'hard routes'})"
-        )
-
-
-@sub.command("oracle", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@sub.command("oracle", context_settings=EXTRA)
+@command
 def oracle_cmd(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="An adaptive run folder (or its model/ folder).")],
-    budgets: Annotated[
-        str | None,
-        typer.Option(help="Numbers of big layers: --budgets 0 1 2 4 (or 0,1,2); default 0..L."),
-    ] = None,
-    skip: Annotated[bool, typer.Option("--skip", help="Search big/small/skip (3^L).")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON list of rows.")] = False,
-    windows: Annotated[int, typer.Option(min=1, help="Validation windows to score.")] = 32,
-    seq_len: Annotated[int | None, typer.Option(help="Window length (default: the run's).")] = None,
-    num_random: Annotated[
-        int, typer.Option("--random", min=1, help="Random static patterns per budget.")
-    ] = 100,
-    context: Annotated[
-        str, typer.Option(help="Route of the other positions: big | small | model.")
-    ] = "big",
-    beam_width: Annotated[int, typer.Option(min=1, help="Beam per budget when L > 8.")] = 8,
-    out: Annotated[
-        Path | None, typer.Option(help="Also write the full report (JSON) here.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random patterns.")] = 0,
+    run: Run,
+    big_layers: BigLayers = None,
+    skip: Skip = False,
+    json_out: Json = False,
+    windows: Windows = 32,
+    seq_len: SeqLen = None,
+    num_random: NumRandom = 100,
+    context: Context = "big",
+    beam_width: BeamWidth = 8,
+    out: ReportFile = None,
+    seed: Seed = None,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Oracle loss per budget of big layers, next to random patterns and the trained router.
 
     Each token gets the best pattern for itself alone; every other position runs the
     context route (default: big everywhere). Exhaustive for L <= 8, beam search above.
+    --json prints the list of rows.
     """
     import json
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    try:
-        texts = ([budgets] if budgets is not None else []) + list(ctx.args)
-        _, report = _score(
-            run, texts, skip, windows, seq_len, num_random, context, beam_width, seed, False
-        )
-    except (FileNotFoundError, ValueError) as err:
-        raise _fail(err) from err
+    set_threads(threads)
+    texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
+    settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
+                    context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
+    _, report = score(run, texts, settings, progress and not json_out)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_dict(), indent=2))
     if json_out:
-        print(json.dumps(report.rows))
+        print_json(report.rows)
         return
     flag = "exhaustive" if report.method == "exhaustive" else f"BEAM (width {report.beam_width})"
     table = Table(
-        title=f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
-        f"context {report.context} (loss {report.context_loss:.4f})"
-    )
+        title=escape(f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
+                     f"context {report.context} (loss {report.context_loss:.4f})")
+    )  # fmt: skip
     for name in ("budget", "oracle", "random mean", "random best", "router"):
         table.add_column(name, justify="right")
     for r in report.rows:
         router = "" if r["router_loss"] is None else f"{r['router_loss']:.4f}"
         table.add_row(
-            str(r["budget"]),
-            f"{r['oracle_loss']:.4f}",
-            f"{r['random_mean_loss']:.4f}",
-            f"{r['random_best_loss']:.4f}",
-            router,
-        )
+            str(r["budget"]), f"{r['oracle_loss']:.4f}", f"{r['random_mean_loss']:.4f}",
+            f"{r['random_best_loss']:.4f}", router,
+        )  # fmt: skip
     Console().print(table)
 
 
-@sub.command("report", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@sub.command("report", context_settings=EXTRA)
+@command
 def report_cmd(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="An adaptive run folder (or its model/ folder).")],
+    run: Run,
     out: Annotated[Path, typer.Option("--out", help="Folder for report.html (created).")],
-    budgets: Annotated[
-        str | None,
-        typer.Option(help="Numbers of big layers: --budgets 0 1 2 4 (or 0,1,2); default 0..L."),
-    ] = None,
-    skip: Annotated[bool, typer.Option("--skip", help="Search big/small/skip (3^L).")] = False,
-    windows: Annotated[int, typer.Option(min=1, help="Validation windows to score.")] = 32,
-    seq_len: Annotated[int | None, typer.Option(help="Window length (default: the run's).")] = None,
-    num_random: Annotated[
-        int, typer.Option("--random", min=1, help="Random static patterns per budget.")
-    ] = 100,
-    context: Annotated[
-        str, typer.Option(help="Route of the other positions: big | small | model.")
-    ] = "big",
-    beam_width: Annotated[int, typer.Option(min=1, help="Beam per budget when L > 8.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the random patterns.")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    big_layers: BigLayers = None,
+    skip: Skip = False,
+    windows: Windows = 32,
+    seq_len: SeqLen = None,
+    num_random: NumRandom = 100,
+    context: Context = "big",
+    beam_width: BeamWidth = 8,
+    seed: Seed = None,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """HTML report: oracle curve, oracle layers per budget, per-token difficulty.
 
@@ -245,23 +244,20 @@ def report_cmd(
     on the run's training split.
     """
     import numpy as np
-    from rich.console import Console
 
     from dynroute.adaptive.report import render_adaptive_report
 
+    set_threads(threads)
+    texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
+    settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
+                    context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
+    loaded, report = score(run, texts, settings, progress)
     try:
-        texts = ([budgets] if budgets is not None else []) + list(ctx.args)
-        loaded, report = _score(
-            run, texts, skip, windows, seq_len, num_random, context, beam_width, seed, progress
-        )
-        try:
-            counts = np.bincount(np.asarray(loaded.tokens(split="train")))
-        except (FileNotFoundError, ValueError):
-            counts = None  # no training split: count over the scored targets
-        path = render_adaptive_report(report, out, counts, title=f"Adaptive computation: {run}")
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise _fail(err) from err
-    Console().print(f"wrote {path} ({report.tokens:,} tokens, {report.method})")
+        counts = np.bincount(np.asarray(loaded.tokens(split="train")))
+    except (FileNotFoundError, ValueError):
+        counts = None  # no training split: count over the scored targets
+    path = render_adaptive_report(report, out, counts, title=f"Adaptive computation: {run}")
+    print(f"wrote {path} ({report.tokens:,} tokens, {report.method})")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,133 +3,156 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from dynroute.commands.options import (
+    Corpus,
+    Device,
+    Json,
+    Progress,
+    Threads,
+    command,
+    print_json,
+    set_threads,
+)
 
-def _segments(text: str) -> tuple[int, ...]:
+RANK = 30
+
+Checkpoint = Annotated[
+    str | None,
+    typer.Argument(
+        help="`dynroute train` run folder, DynMoE save_pretrained folder, or transformers "
+        "MoE checkpoint."
+    ),
+]
+Out = Annotated[
+    Path | None, typer.Option(help="Output folder (default: analysis/<checkpoint name>).")
+]
+Compare = Annotated[
+    tuple[str, str] | None,
+    typer.Option(help="Two checkpoints (or analysis folders) side by side in one report."),
+]
+Render = Annotated[
+    Path | None,
+    typer.Option(help="Re-render DIR/report.html from DIR/stats.json (no model run)."),
+]
+MaxTokens = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Analyse at most this many tokens (default: a dynroute run's evaluation set, "
+        "the windows `dynroute train` and `dynroute eval` score; else 65,536).",
+    ),
+]
+SeqLen = Annotated[int | None, typer.Option(help="Window length (default: min(256, model max)).")]
+CapacityFactor = Annotated[
+    float, typer.Option(help="Capacity factor of the drop-by-position plot (0 = off).")
+]
+Segments = Annotated[str, typer.Option(help="Segment lengths S for the expert-cache hit rates.")]
+
+
+def segment_lengths(text: str) -> tuple[int, ...]:
+    """``--segments 4,16,64`` as integers.
+
+    Example:
+        >>> segment_lengths("4, 16,64")
+        (4, 16, 64)
+        >>> segment_lengths("4,x")
+        Traceback (most recent call last):
+        ValueError: --segments: expected comma-separated integers like 4,16,64, got '4,x'
+    """
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise typer.BadParameter(
-            f"expected comma-separated integers like 4,16,64, got {text!r}"
-        ) from err
+    except ValueError:
+        raise ValueError(
+            f"--segments: expected comma-separated integers like 4,16,64, got {text!r}"
+        ) from None
     if not values or min(values) < 1:
-        raise typer.BadParameter(f"segment lengths must be positive integers, got {text!r}")
+        raise ValueError(f"--segments: lengths must be positive integers, got {text!r}")
     return values
 
 
-def _run_name(path: Path) -> str:
+def run_name(path: Path) -> str:
     """``runs/topp`` and ``runs/topp/model`` both give ``topp``."""
     path = path.resolve()
     return path.parent.name if path.name == "model" else path.name
 
 
+@command
+def analyze(
+    checkpoint: Checkpoint = None,
+    data: Corpus = None,
+    out: Out = None,
+    compare: Compare = None,
+    render: Render = None,
+    split: Annotated[str, typer.Option(help="Part of --data to read.")] = "validation",
+    max_tokens: MaxTokens = None,
+    seq_len: SeqLen = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    capacity_factor: CapacityFactor = 1.25,
+    segments: Segments = "4,16,64",
+    device: Device = None,
+    threads: Threads = None,
+    progress: Progress = True,
+    json_out: Json = False,
+) -> None:
+    """Where a checkpoint spends its experts: report.html, stats.json, figures.
+
+    Experts per token and per layer, difficulty vs experts, load, token-id
+    specialization, expert-cache hit rates (offloading) and drops by position.
+    --json prints {"report": ..., "runs": {label: stats}}.
+    """
+    from rich.console import Console
+
+    from dynroute.analysis import RecorderConfig, findings, summary_table
+
+    if sum([checkpoint is not None, compare is not None, render is not None]) != 1:
+        raise ValueError("give exactly one of CHECKPOINT, --compare A B, or --render DIR")
+    set_threads(threads)
+    config = RecorderConfig(
+        segment_lengths=segment_lengths(segments),
+        capacity_factor=capacity_factor if capacity_factor > 0 else None,
+    )
+    settings = dict(
+        data=data, split=split, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size,
+        config=config, device=device, progress=progress and not json_out,
+    )  # fmt: skip
+    report, runs = run_analysis(checkpoint, compare, render, out, settings)
+    if json_out:
+        print_json({"report": str(report), "runs": runs})
+        return
+    console = Console()
+    console.print(summary_table(runs))
+    for label, stats in runs.items():
+        console.print(label, style="bold", markup=False)
+        for line in findings(stats):
+            console.print(f"  • {line}", markup=False)
+    console.print(f"report: {report}  (stats: {report.parent / 'stats.json'})", markup=False)
+
+
+def run_analysis(
+    checkpoint: str | None,
+    compare: tuple[str, str] | None,
+    render: Path | None,
+    out: Path | None,
+    settings: dict[str, Any],
+) -> tuple[Path, dict[str, Any]]:
+    """(report.html, label -> stats) of one of the three modes."""
+    from dynroute.analysis import compare_report, load_runs, render_dir
+    from dynroute.analysis.workflow import analyze as analyze_checkpoint
+
+    if render is not None:
+        return render_dir(render), load_runs(render)
+    if compare is not None:
+        out = out or Path("analysis") / "compare"
+        return compare_report(compare[0], compare[1], out, **settings), load_runs(out)
+    assert checkpoint is not None
+    out = out or Path("analysis") / run_name(Path(checkpoint))
+    analyze_checkpoint(checkpoint, out, **settings)
+    return out / "report.html", load_runs(out)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def analyze(
-        checkpoint: Annotated[
-            str | None,
-            typer.Argument(
-                help="`dynroute train` run folder, DynMoE save_pretrained folder, or transformers "
-                "MoE checkpoint."
-            ),
-        ] = None,
-        data: Annotated[
-            str | None,
-            typer.Option(help="Held-out text: file, folder or saved dataset (default: stdlib)."),
-        ] = None,
-        out: Annotated[
-            Path | None, typer.Option(help="Output folder (default: analysis/<checkpoint name>).")
-        ] = None,
-        compare: Annotated[
-            tuple[str, str] | None,
-            typer.Option(help="Two checkpoints (or analysis folders) side by side in one report."),
-        ] = None,
-        render: Annotated[
-            Path | None,
-            typer.Option(help="Re-render DIR/report.html from DIR/stats.json (no model run)."),
-        ] = None,
-        split: Annotated[str, typer.Option(help="Part of --data to read.")] = "validation",
-        max_tokens: Annotated[
-            int | None,
-            typer.Option(
-                min=1,
-                help="Analyse at most this many tokens (default: a dynroute run's evaluation "
-                "set, the windows `dynroute train` and `dynroute eval` score; else 65,536).",
-            ),
-        ] = None,
-        seq_len: Annotated[
-            int | None, typer.Option(help="Window length (default: min(256, model max)).")
-        ] = None,
-        batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-        capacity_factor: Annotated[
-            float, typer.Option(help="Capacity factor of the drop-by-position plot (0 = off).")
-        ] = 1.25,
-        segments: Annotated[
-            str, typer.Option(help="Segment lengths S for the expert-cache hit rates.")
-        ] = "4,16,64",
-        device: Annotated[
-            str | None, typer.Option(help="Run the model on this device, e.g. cuda.")
-        ] = None,
-    ) -> None:
-        """Where a checkpoint spends its experts: report.html, stats.json, figures.
-
-        Experts per token and per layer, difficulty vs experts, load, token-id
-        specialization, expert-cache hit rates (offloading) and drops by position.
-        """
-        from rich.console import Console
-        from rich.markup import escape
-
-        from dynroute.analysis import (
-            RecorderConfig,
-            compare_report,
-            findings,
-            load_runs,
-            render_dir,
-            summary_table,
-        )
-        from dynroute.analysis.workflow import analyze as run_analysis
-
-        console = Console()
-        modes = sum([checkpoint is not None, compare is not None, render is not None])
-        if modes != 1:
-            raise typer.BadParameter(
-                "give exactly one of CHECKPOINT, --compare A B, or --render DIR"
-            )
-        config = RecorderConfig(
-            segment_lengths=_segments(segments),
-            capacity_factor=capacity_factor if capacity_factor > 0 else None,
-        )
-        kwargs = {
-            "data": data,
-            "split": split,
-            "max_tokens": max_tokens,
-            "seq_len": seq_len,
-            "batch_size": batch_size,
-            "config": config,
-            "device": device,
-        }
-        try:
-            if render is not None:
-                report = render_dir(render)
-                runs = load_runs(render)
-            elif compare is not None:
-                out = out or Path("analysis") / "compare"
-                report = compare_report(compare[0], compare[1], out, **kwargs)
-                runs = load_runs(out)
-            else:
-                out = out or Path("analysis") / _run_name(Path(checkpoint))
-                run_analysis(checkpoint, out, **kwargs)
-                report = out / "report.html"
-                runs = load_runs(out)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
-            console.print(f"[red]error:[/red] {escape(str(err))}")
-            raise typer.Exit(1) from err
-        console.print(summary_table(runs))
-        for label, stats in runs.items():
-            console.print(f"[bold]{label}[/bold]")
-            for line in findings(stats):
-                console.print(f"  • {line}")
-        console.print(f"report: [bold]{report}[/bold]  (stats: {report.parent / 'stats.json'})")
+    app.command()(analyze)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.text import Text
+
+from dynroute.commands.options import (
+    Json,
+    OptionalConfig,
+    Progress,
+    Steps,
+    Threads,
+    command,
+    print_json,
+    set_threads,
+    user_errors,
+)
+
+RANK = 60
 
 LAYER_LEGEND = (
     "✅ / ❌ in the layer tables: ✅ when dynroute's time for a cell (forward, or forward + "
@@ -22,166 +31,106 @@ LAYER_LEGEND = (
     "'× best hf' with the fastest transformers expert implementation measured in the same "
     "cell (below 1 = dynroute faster)."
 )
-REPO_ROOT = Path(__file__).resolve().parents[3]
+
+bench = typer.Typer(
+    help="Benchmarks: the compute–quality frontier of routers, the MoE layer's speed.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SweepRouters = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Sweep families (top_k, top_p, top_p_normalized, null_experts, dtop_p, ...: "
+        "their knob at each --targets k̄) or single MoE router settings (top_p:p=0.4); "
+        "repeat or comma-separate. Default: every family of the sweep table."
+    ),
+]
+Seeds = Annotated[int, typer.Option(help="Seeds per setting (0, 1, ...).")]
+Targets = Annotated[str, typer.Option(help="k̄ the sweeps aim at, comma-separated.")]
+Results = Annotated[
+    Path | None,
+    typer.Option(help="Results JSON (plot beside it); default OUT/frontier.json."),
+]
+Corpus = Annotated[str | None, typer.Option("--data", help="Corpus (default: the config's).")]
 
 
-def error_exit(message: str, code: int = 2) -> typer.Exit:
-    """Print ``error: message`` (one line, no markup parsing) on stderr; the Exit to raise."""
-    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "red"), message))
-    return typer.Exit(code)
+@bench.command()
+@command
+def frontier(
+    routers: SweepRouters = None,
+    seeds: Seeds = 3,
+    steps: Steps = None,
+    out: Annotated[Path, typer.Option(help="Folder of the run folders.")] = Path("runs/frontier"),
+    results: Results = None,
+    targets: Targets = "1,1.5,2,3",
+    config: OptionalConfig = None,
+    data: Corpus = None,
+    threads: Threads = None,
+    progress: Progress = True,
+    json_out: Json = False,
+) -> None:
+    """Train router settings on the same data, steps and seeds; judge them against top-k.
+
+    The frontier is top-k's points (k = 1, 2, 3) joined in the plane of validation loss
+    vs active expert FLOPs per token (measured k̄ × MoE layers × 6·d_model·d_ff); a
+    setting beats it when it lies below by more than 2 standard errors over seeds.
+    Finished runs in OUT are reused, interrupted ones resumed. Config: --config (default
+    configs/demo.toml); --json prints the results file.
+    """
+    import json
+
+    from rich.console import Console
+
+    from dynroute.frontier.benchmark import run_benchmark
+    from dynroute.frontier.demo import prepare_sweep
+
+    base, points, seed_list = prepare_sweep(routers, seeds, targets, config, data, steps, threads)
+    set_threads(base.train.threads)
+    console = Console(stderr=json_out)
+    console.print(
+        f"Frontier: {len(points)} router settings × {seeds} seed(s) -> {out} "
+        f"({base.train.steps * base.train.tokens_per_step:,} tokens per run)",
+        markup=False,
+    )
+    resume = f"interrupted; finished runs are kept in {out}: rerun the same command to resume"
+    with user_errors(interrupted=resume):
+        outcome = run_benchmark(
+            base, points, seed_list, out, results or out / "frontier.json",
+            title=f"compute–quality frontier, {seeds} seed(s)", progress=progress,
+            console=console, command="dynroute bench frontier " + " ".join(sys.argv[3:]),
+        )  # fmt: skip
+    if json_out:
+        print_json(json.loads(outcome.results.read_text(encoding="utf-8")))
+        return
+    console.print(outcome.table, markup=False, soft_wrap=True)
+    console.print(outcome.verdict, markup=False, soft_wrap=True)
+    console.print(
+        f"reused {len(outcome.reused)} finished run(s); results: {outcome.results}  "
+        f"plot: {outcome.plot}  ({outcome.seconds:.0f} s)",
+        markup=False,
+    )
 
 
-@contextlib.contextmanager
-def interrupted(out: Path) -> Iterator[None]:
-    """Turn Ctrl-C into one line saying that a rerun resumes (exit status 130)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise error_exit(
-            f"interrupted; finished runs are kept in {out}: rerun the same command to resume",
-            130,
-        ) from None
+@bench.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    short_help="The MoE layer speed suite; says what ✅/❌ compare against.",
+    help="The MoE layer speed suite (dynroute.layers.benchmark); its flags (--full, "
+    "--num-experts 8, --tokens 512, --threads 1, --device cuda, --suite gpu, ...) are listed "
+    "by `python -m dynroute.layers.benchmark --help`. " + LAYER_LEGEND,
+)
+@command
+def layer(ctx: typer.Context) -> None:
+    from rich.console import Console
 
+    from dynroute.layers.benchmark.run import main
 
-def layer_script(cwd: Path | None = None) -> Path | None:
-    """``benchmarks/layer.py`` of the source checkout this package runs from, or of ``cwd``."""
-    for root in (REPO_ROOT, cwd or Path.cwd()):
-        script = root / "benchmarks" / "layer.py"
-        if script.is_file():
-            return script
-    return None
+    console = Console()
+    console.print(LAYER_LEGEND, markup=False, soft_wrap=True)
+    code = main(ctx.args)
+    console.print(LAYER_LEGEND, markup=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    bench = typer.Typer(
-        help="Benchmarks: the compute–quality frontier of routers, the MoE layer's speed.",
-        no_args_is_help=True,
-        add_completion=False,
-    )
     app.add_typer(bench, name="bench")
-
-    @bench.command()
-    def frontier(
-        routers: Annotated[
-            list[str] | None,
-            typer.Option(
-                help="Sweep families (top_k, top_p, top_p_normalized, null_experts, dtop_p, "
-                "...: their knob at each --targets k̄) or single settings (top_p:p=0.4); "
-                "repeat or comma-separate. Default: every family of the sweep table."
-            ),
-        ] = None,
-        seeds: Annotated[int, typer.Option(help="Seeds per setting (0, 1, ...).")] = 3,
-        steps: Annotated[int | None, typer.Option(help="Training steps per run.")] = None,
-        out: Annotated[Path, typer.Option(help="Folder of the run folders.")] = Path(
-            "runs/frontier"
-        ),
-        results: Annotated[
-            Path | None,
-            typer.Option(help="Results JSON (plot beside it); default OUT/frontier.json."),
-        ] = None,
-        targets: Annotated[
-            str, typer.Option(help="k̄ the sweeps aim at, comma-separated.")
-        ] = "1,1.5,2,3",
-        config: Annotated[
-            Path | None, typer.Option(help="Run config (default configs/demo.toml).")
-        ] = None,
-        data: Annotated[str | None, typer.Option(help="Corpus (default: the config's).")] = None,
-        threads: Annotated[int | None, typer.Option(help="CPU threads (0: torch's).")] = None,
-        progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    ) -> None:
-        """Train router settings on the same data, steps and seeds; judge them against top-k.
-
-        The frontier is top-k's points (k = 1, 2, 3) joined in the plane of validation loss
-        vs active expert FLOPs per token (measured k̄ × MoE layers × 6·d_model·d_ff); a
-        setting beats it when it lies below by more than 2 standard errors over seeds.
-        Finished runs in OUT are reused, interrupted ones resumed.
-        """
-        console = Console()
-        try:  # cheap checks first: they answer before torch is imported
-            if seeds < 1:
-                raise ValueError(f"--seeds must be >= 1, got {seeds}")
-            try:
-                aims = [float(t) for t in targets.split(",") if t.strip()]
-            except ValueError:
-                raise ValueError(f"--targets {targets}: expected numbers like 1,1.5,2") from None
-            if config is not None and not config.is_file():
-                raise FileNotFoundError(
-                    f"config file {config} not found; pass --config with a TOML file such as "
-                    "configs/demo.toml"
-                )
-            if data is not None and data != "stdlib" and not Path(data).exists():
-                raise FileNotFoundError(
-                    f"corpus {data} does not exist; pass --data with a text file or folder"
-                )
-            from dynroute.frontier import SWEEPS
-            from dynroute.frontier.benchmark import check_settings, parse_routers
-
-            base = _base_config(config, data, steps, threads)
-            points = parse_routers(routers or list(SWEEPS), aims)
-            check_settings(base, points, list(range(seeds)))
-        except (FileNotFoundError, ValueError) as err:
-            raise error_exit(str(err)) from err
-        from dynroute.frontier.benchmark import run_benchmark
-
-        _set_threads(base.train.threads)
-        console.print(
-            f"Frontier: {len(points)} router settings × {seeds} seed(s) -> {out} "
-            f"({base.train.steps * base.train.tokens_per_step:,} tokens per run)"
-        )
-        with interrupted(out):
-            outcome = run_benchmark(
-                base,
-                points,
-                list(range(seeds)),
-                out,
-                results or out / "frontier.json",
-                title=f"compute–quality frontier, {seeds} seed(s)",
-                progress=progress,
-                console=console,
-                command="dynroute bench frontier " + " ".join(sys.argv[3:]),
-            )
-        console.print(outcome.table, markup=False, soft_wrap=True)
-        console.print(outcome.verdict, markup=False, soft_wrap=True)
-        console.print(
-            f"reused {len(outcome.reused)} finished run(s); results: {outcome.results}  "
-            f"plot: {outcome.plot}  ({outcome.seconds:.0f} s)"
-        )
-
-    @bench.command(
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        short_help="Run benchmarks/layer.py (source checkout); says what ✅/❌ compare against.",
-        help="Run benchmarks/layer.py (source checkout only); extra arguments go to it "
-        "(--full, --experts 8, --tokens 512, --threads 1, ...: `python benchmarks/layer.py "
-        "--help`). " + LAYER_LEGEND,
-    )
-    def layer(ctx: typer.Context) -> None:
-        script = layer_script()
-        if script is None:
-            raise error_exit(
-                "dynroute bench layer runs benchmarks/layer.py, which ships with the source "
-                f"checkout only (not found under {REPO_ROOT} or {Path.cwd()}); clone the "
-                "repository and run it from there"
-            )
-        console = Console()
-        console.print(LAYER_LEGEND, markup=False, soft_wrap=True)
-        code = subprocess.call([sys.executable, str(script), *ctx.args])
-        console.print(LAYER_LEGEND, markup=False, soft_wrap=True)
-        raise typer.Exit(code)
-
-
-def _base_config(config: Path | None, data: str | None, steps: int | None, threads: int | None):  # type: ignore[no-untyped-def]
-    from dynroute.commands.demo import find_config
-    from dynroute.train import apply_overrides, load_config
-
-    if data is not None and Path(data).exists():
-        data = str(Path(data).resolve())
-    return apply_overrides(
-        load_config(find_config(config)), data=data, steps=steps, threads=threads
-    )
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:  # commands set threads; the library never does
-        import torch
-
-        torch.set_num_threads(threads)

@@ -1,143 +1,107 @@
 """`dynroute demo`: the main job — which router gives the lowest loss for its compute?
 
-Trains top-1, top-2 and top-3 MoE language models (the top-k frontier) and dynamic
-routers at matched experts per token (k̄) on the same corpus (the Python standard library
-by default), steps and seed(s); evaluates every model on one held-out token set; plots
-validation loss against active expert FLOPs per token and says which routers lie below
-the frontier. Writes ``report.md``, ``results.json``, ``frontier.png`` and a routing
-analysis of top-2 beside the best dynamic router. Finished runs are reused on a rerun.
+The recipe is :func:`dynroute.frontier.demo.run_demo`.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-DEFAULT_CONFIG = "configs/demo.toml"
-PAPER_P = 0.4  # "Harder Tasks Need More Experts": top-p with p = 0.4, weights not renormalised
+from dynroute.commands.options import (
+    Json,
+    OptionalConfig,
+    Progress,
+    Steps,
+    Threads,
+    check_threads,
+    command,
+    print_json,
+    user_errors,
+)
+
+RANK = 0
+
+Routers = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="MoE router settings instead of the default list (repeat or comma-separate; "
+        "at least two top_k:k=N form the frontier)."
+    ),
+]
+PaperP = Annotated[
+    float | None, typer.Option("--p", help="Paper-faithful top-p threshold (default 0.4).")
+]
+Seeds = Annotated[int, typer.Option(help="Seeds per router (noise estimate: >= 2).")]
+Corpus = Annotated[str | None, typer.Option("--data", help="Corpus (default: stdlib).")]
+Analysis = Annotated[
+    bool, typer.Option("--analysis/--no-analysis", help="Routing analysis report.")
+]
+RoutingOnly = Annotated[bool, typer.Option("--routing-only", help="Only route one random batch.")]
+Tokens = Annotated[int | None, typer.Option(help="Routing table: tokens (implies --routing-only).")]
+ExpertCount = Annotated[
+    int | None,
+    typer.Option("--num-experts", help="Routing table: experts (implies --routing-only)."),
+]
 
 
-def demo_routers(p: float = PAPER_P) -> list[str]:
-    """The demo's routers: the top-k frontier, the paper's top-p, dynamic routers at k̄ 1.5-2.
+@command
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    config: OptionalConfig = None,
+    data: Corpus = None,
+    routers: Routers = None,
+    p: PaperP = None,
+    seeds: Seeds = 1,
+    steps: Steps = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Tiny model, seconds.")] = False,
+    threads: Threads = None,
+    analysis: Analysis = True,
+    progress: Progress = True,
+    json_out: Json = False,
+    routing_only: RoutingOnly = False,
+    tokens: Tokens = None,
+    num_experts: ExpertCount = None,
+) -> None:
+    """Train top-1/2/3 and dynamic routers on the same data; who is below the frontier?
 
-    Every name must be registered (``tests/cli/test_demo.py`` builds each one); the
-    demo refuses to start otherwise, it never skips one.
-
-    Example:
-        >>> demo_routers(0.3)[3]  # the paper-faithful top-p
-        'top_p:p=0.3'
+    Config: --config (default configs/demo.toml). Writes OUT/report.md, OUT/results.json
+    (what --json prints) and OUT/frontier.png; a rerun reuses finished runs.
     """
-    return [
-        "top_k:k=1,normalize=false",  # Switch: weight = router probability
-        "top_k:k=2",
-        "top_k:k=3",
-        f"top_p:p={p}",  # paper-faithful
-        "top_p:p=0.4,normalize=true",  # renormalised: k̄ 1.55 at d_model 512 (issue 17)
-        "dtop_p:target=1.5",  # controller holds k̄ at the target
-        # ReLU routing: the only rule below the top-k frontier beyond seed noise in the
-        # 3-seed sweep (BENCHMARKS.md section 9)
-        "relu:target=1.5",
-    ]
+    from rich.console import Console
+
+    if routing_only or tokens is not None or num_experts is not None:
+        from dynroute.frontier.demo import routing_demo
+
+        Console().print(routing_demo(tokens or 2048, num_experts or 16, 0))
+        return
+    check_flags(p, routers, seeds, steps, threads)  # before torch is even imported
+    from dynroute.frontier.demo import run_demo
+
+    console = Console(stderr=json_out)
+    resume = f"interrupted; finished runs are kept in {out}: rerun the same command to resume"
+    with user_errors(interrupted=resume):
+        results = run_demo(
+            out, config, data, p, steps, seeds, fast, progress, console, threads, routers,
+            analysis, command=" ".join(["dynroute", *sys.argv[1:]]),
+        )  # fmt: skip
+    if json_out:
+        print_json(results)
 
 
-# --fast: a few-second version of the same comparison (tests, first try on a slow box).
-FAST_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "num_experts": 4}
-FAST_TRAIN = {
-    "steps": 24,
-    "batch_size": 4,
-    "seq_len": 32,
-    "warmup_steps": 4,
-    "log_interval": 2,
-    "eval_batches": 8,
-    "checkpoint_interval": 8,
-    "threads": 1,  # a model this small gains nothing from more
-}
-
-
-def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
-    """Route one random batch with each router and tabulate experts per token and losses.
+def check_flags(
+    p: float | None, routers: list[str] | None, seeds: int, steps: int | None, threads: int | None
+) -> None:
+    """The demo's flag values, checked in well under a second.
 
     Example:
-        >>> routing_demo(tokens=16, experts=4).row_count
-        5
-    """
-    import torch
-
-    from dynroute.layers import MoE
-
-    torch.manual_seed(seed)
-    x = torch.randn(tokens, 64)
-    table = Table(title=f"{tokens} random tokens, {experts} experts, one MoE layer")
-    for col in ("router", "mean experts/token", "min", "max", "load balance", "entropy"):
-        table.add_column(col, justify="right" if col != "router" else "left")
-    settings = [
-        ("top_k", {"k": 2}),
-        ("top_p", {"p": 0.4}),
-        ("top_p", {"p": 0.6}),
-        ("null_experts", {"k": 3, "num_null": 4}),
-        ("expert_choice", {"capacity_factor": 2.0}),
-    ]
-    for name, kwargs in settings:
-        torch.manual_seed(seed)
-        moe = MoE(64, 128, experts, router=name, **kwargs)
-        with torch.no_grad():
-            _, aux = moe(x)
-        per_token = aux.routing.experts_per_token()
-        label = name + "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
-        table.add_row(
-            label,
-            f"{aux.mean_experts:.2f}",
-            str(int(per_token.min())),
-            str(int(per_token.max())),
-            f"{aux.load_balance.item():.3f}",
-            f"{aux.dynamic.item():.3f}",
-        )
-    return table
-
-
-def find_config(path: Path | None) -> Path:
-    """The demo config: ``path``, else ./configs/demo.toml, else the repository's copy."""
-    if path is not None:
-        return path
-    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).parents[3] / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{DEFAULT_CONFIG} not found; run from the repository root or pass --config FILE"
-    )
-
-
-def prepare_demo(
-    config: Path | None = None,
-    data: str | None = None,
-    p: float | None = None,
-    steps: int | None = None,
-    seeds: int = 1,
-    fast: bool = False,
-    threads: int | None = None,
-    routers: list[str] | None = None,
-) -> tuple[Any, list[Any], list[int]]:
-    """Every check of the demo's arguments, before anything is trained or written (< 1 s).
-
-    Returns:
-        (RunConfig, points, seeds).
-
-    Raises:
-        ValueError / FileNotFoundError: one line naming the bad argument or file.
-
-    Example:
-        >>> prepare_demo(p=1.5)
+        >>> check_flags(1.5, None, 1, None, None)
         Traceback (most recent call last):
-        ...
         ValueError: --p must be in (0, 1] (top-p's probability mass), got 1.5
     """
-    # the cheap checks first: they answer before torch is even imported
     if p is not None and not 0.0 < p <= 1.0:
         raise ValueError(f"--p must be in (0, 1] (top-p's probability mass), got {p}")
     if p is not None and routers:
@@ -146,262 +110,8 @@ def prepare_demo(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    if threads is not None and threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
-    if data is not None:
-        if not (data == "stdlib" or Path(data).exists()):
-            raise FileNotFoundError(
-                f"corpus {data} does not exist; pass --data with a text file or folder"
-            )
-        data = data if data == "stdlib" else str(Path(data).resolve())
-    from dynroute.frontier.benchmark import check_settings, parse_routers
-    from dynroute.train import RunConfig, apply_overrides, load_config
-
-    raw = load_config(find_config(config)).to_dict()
-    if fast:
-        raw["model"].update(FAST_MODEL)
-        raw["train"].update(FAST_TRAIN)
-        raw["data"]["vocab_size"] = min(raw["data"]["vocab_size"], 512)
-    base = apply_overrides(RunConfig.from_dict(raw), data=data, steps=steps, threads=threads)
-    if routers:
-        points = parse_routers(routers)
-    else:
-        try:
-            points = parse_routers(demo_routers(PAPER_P if p is None else p))
-        except ValueError as err:  # a default router not registered: never skipped silently
-            raise ValueError(
-                f"the demo's default {str(err).removeprefix('--routers ')}; pass --routers "
-                "to choose others"
-            ) from None
-    seed_list = [base.train.seed + i for i in range(seeds)]
-    check_settings(base, points, seed_list)
-    return base, points, seed_list
-
-
-def run_demo(
-    out: Path,
-    config: Path | None = None,
-    data: str | None = None,
-    p: float | None = None,
-    steps: int | None = None,
-    seeds: int = 1,
-    fast: bool = False,
-    progress: bool = True,
-    console: Console | None = None,
-    threads: int | None = None,
-    routers: list[str] | None = None,
-    analysis: bool = True,
-) -> dict[str, Any]:
-    """Train (or reuse) the demo's runs, judge them against top-k, write the report.
-
-    Args:
-        out: output folder (``runs/demo``); rerunning reuses finished runs, resumes others.
-        config: TOML config (default ``configs/demo.toml``); data: another corpus;
-        p: the paper-faithful top-p threshold (default 0.4); steps, threads: override
-        the config; seeds: seeds per router (the config's seed, +1, ...); fast: tiny
-        model and budget (seconds); routers: instead of :func:`demo_routers`;
-        analysis: also write the side-by-side routing analysis.
-
-    Returns:
-        dict: the contents of ``results.json``.
-    """
-    import json
-
-    import torch
-
-    from dynroute.frontier import judge
-    from dynroute.frontier.benchmark import describe_setup, run_benchmark
-
-    console = console or Console()
-    base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
-    if base.train.threads:  # the command sets threads; dynroute.train never does
-        torch.set_num_threads(base.train.threads)
-    t = base.train
-    console.print(
-        f"Training {len(points)} MoE language models x {len(seed_list)} seed(s) "
-        f"({t.steps * t.tokens_per_step:,} tokens each) on [bold]{base.data.source}[/bold] "
-        f"-> {out}"
-    )
-    outcome = run_benchmark(
-        base,
-        points,
-        seed_list,
-        out,
-        out / "results.json",
-        plot=out / "frontier.png",
-        title=f"dynroute demo: loss vs compute, {t.steps * t.tokens_per_step:,} tokens per run",
-        progress=progress,
-        console=console,
-        command=" ".join(["dynroute", *sys.argv[1:]]),
-    )
-    records = outcome.records
-    eval_tokens = records[0]["eval_tokens"]
-    judgements = judge(records)
-    link = ""
-    if analysis:
-        link = _analysis_link(out, records, judgements, eval_tokens, progress, console)
-    report = "\n".join(
-        [
-            "# dynroute demo: which router gives the lowest loss for its compute?",
-            "",
-            describe_setup(base, seed_list, eval_tokens),
-            "",
-            outcome.table,
-            "",
-            "Margin: the top-k frontier's loss at the router's compute minus its loss, paired "
-            "by seed (positive = below the frontier = better for its compute); ± 2 standard "
-            "errors over seeds. Compute: active expert FLOPs per token = measured k̄ × MoE "
-            "layers × 6·d_model·d_ff.",
-            "",
-            "![validation loss vs active expert FLOPs per token](frontier.png)",
-            "",
-            "## Verdict",
-            "",
-            outcome.verdict,
-            "",
-            "## Routing analysis",
-            "",
-            link or "(skipped: --no-analysis)",
-            "",
-        ]
-    )
-    (out / "report.md").write_text(report, encoding="utf-8")
-
-    table = Table(
-        show_edge=False,
-        title=f"loss vs compute ({len(seed_list)} seed(s); validation on the same "
-        f"{eval_tokens:,} tokens for every model)",
-        caption="margin: frontier loss at this compute minus this loss (+ = below the "
-        "top-k frontier)",
-    )
-    for col in ("router", "experts/token", "expert MFLOPs/token", "val loss", "margin", "verdict"):
-        table.add_column(
-            col, justify="left" if col in ("router", "verdict") else "right", overflow="fold"
-        )
-    verdicts = {j.summary.name: j for j in judgements}
-    from dynroute.frontier import summarise
-
-    for s in summarise(records):
-        j = verdicts.get(s.name)
-        margin = "—" if j is None or math.isnan(j.margin) else f"{j.margin:+.3f}"
-        table.add_row(
-            s.label,
-            f"{s.mean_experts:.2f}",
-            f"{s.expert_flops / 1e6:.2f}",
-            f"{s.val_loss:.4f}",
-            margin,
-            "frontier" if j is None else j.verdict,
-        )
-    console.print(table)
-    if outcome.reused:
-        console.print(f"Reused {len(outcome.reused)} finished run(s): {', '.join(outcome.reused)}")
-    console.print(outcome.verdict, soft_wrap=True)
-    console.print(
-        f"report: {out / 'report.md'}  plot: {outcome.plot}  data: {outcome.results}  "
-        f"({outcome.seconds:.0f} s)"
-    )
-    return json.loads(outcome.results.read_text(encoding="utf-8"))
-
-
-def _analysis_link(
-    out: Path,
-    records: list[dict[str, Any]],
-    judgements: list[Any],
-    max_tokens: int,
-    progress: bool,
-    console: Console,
-) -> str:
-    """``dynroute analyze --compare`` of top-2 and the best dynamic router (first seed)."""
-    from dynroute.analysis import compare_report
-
-    judged = [j for j in judgements if not math.isnan(j.margin)]
-    top2 = [r for r in records if r["router"] == {"name": "top_k", "k": 2}]
-    if not judged or not top2:
-        return "(no dynamic router in the compute range of top-k to compare with top-2)"
-    best = max(judged, key=lambda j: j.margin).summary
-    seed = top2[0]["seed"]
-    run = next(r for r in records if r["name"] == best.name and r["seed"] == seed)
-    console.print(f"Analysing where top-2 and {best.label} spend their experts ...")
-    html = compare_report(
-        top2[0]["run_dir"],
-        run["run_dir"],
-        out / "analysis",
-        labels=("top2", best.name),
-        max_tokens=None,  # each run's own evaluation set: the windows the table scored
-        progress=progress,
-    )
-    rel = html.relative_to(out)
-    return (
-        f"Side-by-side routing report of top-2 and {best.label} (seed {seed}; the same "
-        f"{max_tokens:,} held-out tokens): experts per layer, difficulty vs experts, load, "
-        f"token-id specialization, expert-cache hit rates: [{rel}]({rel}). Re-render with "
-        f"`dynroute analyze --render {out / 'analysis'}`."
-    )
+    check_threads(threads)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def demo(
-        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
-        config: Annotated[
-            Path | None, typer.Option(help="Run config (default configs/demo.toml).")
-        ] = None,
-        data: Annotated[str | None, typer.Option(help="Corpus (default: stdlib).")] = None,
-        routers: Annotated[
-            list[str] | None,
-            typer.Option(
-                help="Router settings instead of the default list (repeat or comma-separate; "
-                "at least two top_k:k=N form the frontier)."
-            ),
-        ] = None,
-        p: Annotated[
-            float | None, typer.Option(help="Paper-faithful top-p threshold (default 0.4).")
-        ] = None,
-        seeds: Annotated[int, typer.Option(help="Seeds per router (noise estimate: >= 2).")] = 1,
-        steps: Annotated[int | None, typer.Option(help="Training steps per model.")] = None,
-        fast: Annotated[bool, typer.Option("--fast", help="Tiny model, seconds.")] = False,
-        threads: Annotated[
-            int | None, typer.Option(help="CPU threads (1 is fastest on a busy shared machine).")
-        ] = None,
-        analysis: Annotated[
-            bool, typer.Option("--analysis/--no-analysis", help="Routing analysis report.")
-        ] = True,
-        progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-        routing_only: Annotated[
-            bool, typer.Option("--routing-only", help="Only route one random batch.")
-        ] = False,
-        tokens: Annotated[
-            int | None, typer.Option(help="Routing table: tokens (implies --routing-only).")
-        ] = None,
-        experts: Annotated[
-            int | None, typer.Option(help="Routing table: experts (implies --routing-only).")
-        ] = None,
-    ) -> None:
-        """Train top-1/2/3 and dynamic routers on the same data; who is below the frontier?"""
-        console = Console()
-        if routing_only or tokens is not None or experts is not None:
-            console.print(routing_demo(tokens or 2048, experts or 16, 0))
-            return
-        try:
-            prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
-        except (FileNotFoundError, ValueError) as err:
-            from dynroute.commands.bench import error_exit
-
-            raise error_exit(str(err)) from err
-        from dynroute.commands.bench import interrupted
-
-        with interrupted(out):
-            run_demo(
-                out,
-                config,
-                data,
-                p,
-                steps,
-                seeds,
-                fast,
-                progress,
-                console,
-                threads,
-                routers,
-                analysis,
-            )
+    app.command()(demo)

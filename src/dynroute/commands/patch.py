@@ -9,171 +9,203 @@ from typing import Annotated, Any
 
 import typer
 
+from dynroute.commands.options import (
+    Json,
+    Progress,
+    Router,
+    Threads,
+    command,
+    print_json,
+    set_threads,
+)
 
-def register(app: typer.Typer) -> None:
-    app.command("patch")(patch)
+RANK = 40
+
+ModelDir = Annotated[Path, typer.Argument(help="Local transformers checkpoint folder.")]
+TargetExperts = Annotated[
+    float | None,
+    typer.Option(
+        help="Calibrate top-p's p to this mean experts per token on the text (instead of "
+        "giving p in --router)."
+    ),
+]
+PerLayer = Annotated[bool, typer.Option(help="With --target-experts: one p per layer.")]
+SampleText = Annotated[
+    Path | None,
+    typer.Option("--data", help="Sample text file (default: a few Python stdlib source files)."),
+]
+MaxTokens = Annotated[int, typer.Option(help="Tokens of sample text to measure on.")]
+SeqLen = Annotated[int, typer.Option(help="Window length for the measurement.")]
+DType = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16.")]
+Out = Annotated[
+    Path | None, typer.Option(help="Save the patched checkpoint here (else report only).")
+]
+Force = Annotated[bool, typer.Option(help="Overwrite --out if it exists.")]
 
 
-def _router_kwargs(router: str, **shorthands: Any) -> tuple[str, dict[str, Any]]:
-    """Split ``name:key=value,...`` and merge the shorthand flags that were given."""
-    from dynroute.routing import parse_router
-
-    try:
-        spec = parse_router(router)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--router") from None
-    name = spec.pop("name")
-    return name, {**spec, **{k: v for k, v in shorthands.items() if v is not None}}
-
-
+@command
 def patch(
-    model_dir: Annotated[Path, typer.Argument(help="Local transformers checkpoint folder.")],
-    router: str = typer.Option(
-        "top_p",
-        help="A registered router with its parameters, name:key=value,... (e.g. top_p:p=0.4, "
-        "null_experts:null_logit=0.5, your own); the flags below are shorthands.",
-    ),
-    p: float = typer.Option(None, help="top_p threshold in (0, 1]."),
-    target_experts: float = typer.Option(
-        None, help="Instead of --p: calibrate p to this mean experts per token on the text."
-    ),
-    per_layer: bool = typer.Option(False, help="With --target-experts: one p per layer."),
-    k: int = typer.Option(None, help="top_k / null_experts slots (default: the model's k)."),
-    max_experts: int = typer.Option(None, help="top_p: cap on experts per token."),
-    null_logit: float = typer.Option(None, help="null_experts: logit of every null expert."),
-    num_null: int = typer.Option(None, help="null_experts: how many null experts."),
-    capacity_factor: float = typer.Option(None, help="expert_choice capacity factor."),
-    normalize: bool = typer.Option(
-        None, "--normalize/--no-normalize", help="Renormalise kept weights (default: as the model)."
-    ),
-    text: Annotated[
-        Path | None,
-        typer.Option(help="Sample text file (default: a few Python stdlib source files)."),
-    ] = None,
-    max_tokens: int = typer.Option(4096, help="Tokens of sample text to measure on."),
-    seq_len: int = typer.Option(256, help="Window length for the measurement."),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16."),
-    out: Annotated[
-        Path | None, typer.Option(help="Save the patched checkpoint here (else report only).")
-    ] = None,
-    force: bool = typer.Option(False, help="Overwrite --out if it exists."),
+    model_dir: ModelDir,
+    router: Router = None,
+    target_experts: TargetExperts = None,
+    per_layer: PerLayer = False,
+    data: SampleText = None,
+    max_tokens: MaxTokens = 4096,
+    seq_len: SeqLen = 256,
+    dtype: DType = "auto",
+    out: Out = None,
+    force: Force = False,
+    threads: Threads = None,
+    progress: Progress = True,
+    json_out: Json = False,
 ) -> None:
     """Apply a router to MODEL_DIR, report experts per token on sample text, save to --out.
 
     The settings go into OUT/config.json (dynroute_routing). Load the result with dynroute.hf.load_patched(OUT): plain from_pretrained gives the original routing.
     """  # noqa: E501 (one line, so that --help does not break it mid-sentence)
-    import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from dynroute.hf import (
-        CheckpointError,
-        RouterSpec,
-        apply_routing,
-        as_token_ids,
-        calibrate_p,
-        evaluate_ids,
-        load_patched,
-        load_tokenizer,
-        routing_config,
-        sample_texts,
-        save_patched,
-    )
+    name, kwargs = router_settings(router, target_experts, out, force)
+    if data is not None and not data.is_file():
+        raise FileNotFoundError(f"--data {data}: no such text file")
+    set_threads(threads)
+    console = Console(stderr=json_out)
+    model, tokenizer = load(model_dir, dtype, console)
+    ids, source = sample(data, tokenizer, max_tokens)
+    measure = {"seq_len": seq_len, "max_tokens": max_tokens, "progress": progress}
+    report = measure_patch(model, ids, name, kwargs, target_experts, per_layer, measure, console)
+    report = {"source": source, **report}
+    if out is not None:
+        save(model, tokenizer, report, out)
+    if json_out:
+        print_json({**report, "out": None if out is None else str(out)})
+        return
+    print_report(model, model_dir, ids.numel(), report, out, console)
 
-    console = Console()
-    router, kwargs = _router_kwargs(
-        router,
-        p=p,
-        k=k,
-        max_experts=max_experts,
-        null_logit=null_logit,
-        num_null=num_null,
-        capacity_factor=capacity_factor,
-        normalize=normalize,
-    )
-    p = kwargs.get("p")
+
+def router_settings(
+    router: str | None, target_experts: float | None, out: Path | None, force: bool
+) -> tuple[str, dict[str, Any]]:
+    """(router name, parameters) from --router, checked before the model is loaded."""
+    from dynroute.hf import RouterSpec
+    from dynroute.routing import parse_router
+
     if out is not None and out.exists() and any(out.iterdir()) and not force:
-        raise typer.BadParameter(f"{out} exists and is not empty; pass --force to overwrite")
-    if target_experts is not None and p is not None:
-        raise typer.BadParameter("give either --p or --target-experts, not both")
-    if target_experts is not None and router != "top_p":
-        raise typer.BadParameter("--target-experts calibrates top_p; use --router top_p")
-    if router == "top_p" and p is None and target_experts is None:
-        raise typer.BadParameter("--router top_p needs --p or --target-experts")
+        raise ValueError(f"--out {out} exists and is not empty; pass --force to overwrite")
+    if router is None and target_experts is None:
+        raise ValueError("pass --router name:key=value (e.g. top_p:p=0.4) or --target-experts")
+    spec = parse_router(router or "top_p")
+    name = spec.pop("name")
+    if target_experts is not None and name != "top_p":
+        raise ValueError("--target-experts calibrates top_p's p; use --router top_p")
+    if target_experts is not None and "p" in spec:
+        raise ValueError("give either p (--router top_p:p=...) or --target-experts, not both")
+    if name == "top_p" and "p" not in spec and target_experts is None:
+        raise ValueError("--router top_p needs p (e.g. top_p:p=0.4) or --target-experts")
     if target_experts is None:
         try:  # bad names and values fail now, before the model is loaded and measured
-            RouterSpec.build(router, **kwargs)
+            RouterSpec.build(name, **spec)
         except (TypeError, ValueError) as err:
-            console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(2) from err
-    try:
-        tokenizer = load_tokenizer(model_dir)
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        with console.status(f"loading {model_dir}"):
-            model = load_patched(model_dir, dtype=torch_dtype)
-    except CheckpointError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+            raise ValueError(f"--router {router}: {err}") from None
+    return name, spec
 
-    if text is not None:
-        if not text.is_file():
-            raise typer.BadParameter(f"no text file at {text}")
-        texts = [text.read_text(encoding="utf-8", errors="replace")]
-        source = str(text)
-    else:
+
+def load(model_dir: Path, dtype: str, console: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of a local checkpoint folder."""
+    import torch
+
+    from dynroute.hf import load_patched, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    with console.status(f"loading {model_dir}"):
+        return load_patched(model_dir, dtype=torch_dtype), tokenizer
+
+
+def sample(data: Path | None, tokenizer: Any, max_tokens: int) -> tuple[Any, str]:
+    """(token ids, where they came from) of the sample text."""
+    from dynroute.hf import as_token_ids, sample_texts
+
+    if data is None:
         texts, source = sample_texts(), "Python stdlib sources (built-in sample)"
-    ids = as_token_ids(texts, tokenizer)[:max_tokens]
-    measure = {"seq_len": seq_len, "max_tokens": max_tokens}
+    else:
+        texts, source = [data.read_text(encoding="utf-8", errors="replace")], str(data)
+    return as_token_ids(texts, tokenizer)[:max_tokens], source
+
+
+def measure_patch(
+    model: Any,
+    ids: Any,
+    name: str,
+    kwargs: dict[str, Any],
+    target_experts: float | None,
+    per_layer: bool,
+    measure: dict[str, Any],
+    console: Any,
+) -> dict[str, Any]:
+    """Measure the model's own top-k, apply (or calibrate) the router, measure again."""
+    from dynroute.hf import apply_routing, calibrate_p, evaluate_ids
 
     apply_routing(model, "top_k")
-    before = evaluate_ids(model, ids, progress=True, **measure)
-    try:
-        if target_experts is not None:
-            kwargs.pop("p", None)
-            cal = calibrate_p(
-                model, ids, target_experts, per_layer=per_layer, progress=True, **measure, **kwargs
-            )
-            console.print(f"calibrated p = {cal.p} (mean experts {cal.mean_experts:.3f})")
-        else:
-            apply_routing(model, router, **kwargs)
-    except (TypeError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
-    after = evaluate_ids(model, ids, progress=True, **measure)
+    before = evaluate_ids(model, ids, **measure)
+    if target_experts is not None:
+        cal = calibrate_p(model, ids, target_experts, per_layer=per_layer, **measure, **kwargs)
+        console.print(f"calibrated p = {cal.p} (mean experts {cal.mean_experts:.3f})")
+    else:
+        apply_routing(model, name, **kwargs)
+    return {"original": before, "patched": evaluate_ids(model, ids, **measure)}
 
-    table = Table(title=f"{model_dir.name} on {ids.numel()} tokens of {source}")
+
+def save(model: Any, tokenizer: Any, report: dict[str, Any], out: Path) -> None:
+    """Write the patched checkpoint; only a complete one ever appears under ``out``."""
+    from dynroute.hf import save_patched
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_patched(model, partial, tokenizer)
+    (partial / "dynroute_patch_report.json").write_text(json.dumps(report, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+
+
+def print_report(
+    model: Any,
+    model_dir: Path,
+    tokens: int,
+    report: dict[str, Any],
+    out: Path | None,
+    console: Any,
+) -> None:
+    """The before/after table, experts per layer, and where the checkpoint was saved."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dynroute.hf import adapted_blocks, routing_config
+
+    names = sorted({b.spec.describe() for b in adapted_blocks(model)})
+    label = names[0] if len(names) == 1 else f"{len(names)} per-layer settings"
+    table = Table(title=escape(f"{model_dir.name} on {tokens} tokens of {report['source']}"))
     for col in ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s"):
         table.add_column(col, justify="right" if col != "routing" else "left")
-    for label, res in (("original (top_k)", before), (_describe(model), after)):
+    for row_label, res in (("original (top_k)", report["original"]), (label, report["patched"])):
         table.add_row(
-            label,
+            escape(row_label),
             f"{res['mean_experts']:.3f}",
             f"{res['expert_fraction']:.1%}",
             f"{res['perplexity']:.3f}",
             f"{res['tokens_per_s']:.0f}",
         )
     console.print(table)
-    layers = ", ".join(f"{k}: {v:.2f}" for k, v in after["mean_experts_per_layer"].items())
-    console.print(f"per layer: {layers}")
-
+    after = report["patched"]["mean_experts_per_layer"]
+    console.print("per layer: " + ", ".join(f"{k}: {v:.2f}" for k, v in after.items()))
     if out is None:
         console.print("not saved (pass --out DIR to save the patched checkpoint)")
         return
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_patched(model, partial, tokenizer)
-    report = {"source": source, "original": before, "patched": after}
-    (partial / "dynroute_patch_report.json").write_text(json.dumps(report, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)  # only a complete checkpoint ever appears under --out
-    settings = routing_config(model)
-    console.print(f"saved to {out} (config.json: dynroute_routing = {json.dumps(settings)})")
-    console.print(f"load it with: dynroute.hf.load_patched({str(out)!r})")
+    settings = json.dumps(routing_config(model))
+    console.print(f"saved to {out} (config.json: dynroute_routing = {settings})", markup=False)
+    console.print(f"load it with: dynroute.hf.load_patched({str(out)!r})", markup=False)
 
 
-def _describe(model: Any) -> str:
-    from dynroute.hf import adapted_blocks
-
-    names = sorted({b.spec.describe() for b in adapted_blocks(model)})
-    return names[0] if len(names) == 1 else f"{len(names)} per-layer settings"
+def register(app: typer.Typer) -> None:
+    app.command("patch")(patch)

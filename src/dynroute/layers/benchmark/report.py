@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from dynbench.layer import HF_IMPLS, Record, record_key
+from dynroute.common.files import atomic_write_text
+from dynroute.layers.benchmark.cells import HF_IMPLS, Record, record_key
 
 IMPL_ORDER = (
     "grouped",
@@ -47,10 +47,7 @@ def load_records(path: Path) -> list[Record]:
 
 def save_records(path: Path, records: list[Record]) -> None:
     """Write records atomically (a crash mid-write never leaves a truncated file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(records, indent=1))
 
 
 def append_records(path: Path, new: list[Record]) -> list[Record]:

@@ -1,0 +1,270 @@
+"""What every `dynroute` command shares: its flags, its error path and its output helpers.
+
+One meaning per flag name across commands. A command takes a shared flag by annotating
+a parameter with the alias below (``json_out: Json = False``), so the name, type and help
+are the same everywhere; ``tests/cli`` checks that no command declares one of these
+names any other way.
+
+=================  =====================================================================
+flag               meaning
+=================  =====================================================================
+``--json``         print the result as one JSON object on stdout (messages: stderr)
+``--progress``     progress bars and per-step lines (``--no-progress``: quiet)
+``--threads``      torch CPU threads of this process
+``--device``       where the model runs: auto, cpu, cuda, cuda:I
+``--data``         the data to read: a corpus (LM commands), domains (lora), an outcome
+                   table's dataset (llm)
+``--seed``         the random seed
+``--steps``        optimizer steps
+``--router``       an MoE router spec, ``name:key=value,...`` (``dynroute.routing``)
+``--experts``      an expert-kind spec, ``name:key=value,...`` (``dynroute.layers``)
+``--query-router`` a query router spec (``dynroute.llm``), repeatable where compared
+=================  =====================================================================
+
+The model or run folder a command works on is its first positional argument
+(``dynroute eval RUN``, ``dynroute lora train BASE``, ``dynroute llm serve ROUTER``).
+
+Errors: :func:`command` wraps every command in :func:`user_errors`, which turns the
+library's user errors (a bad value, a missing file, an unknown name, a plugin that does
+not import) into one red ``error: ...`` line on stderr, printed as plain text (a
+``[model]`` in the message stays), with exit code 2; Ctrl-C exits with 130 and says how to
+resume. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+__all__ = [
+    "SHARED_FLAGS",
+    "USAGE_ERROR",
+    "USER_ERRORS",
+    "Config",
+    "Corpus",
+    "Device",
+    "Experts",
+    "Json",
+    "OptionalConfig",
+    "Progress",
+    "QueryRouters",
+    "Router",
+    "RunFolder",
+    "Seed",
+    "Steps",
+    "Threads",
+    "check_threads",
+    "command",
+    "fail",
+    "print_json",
+    "set_threads",
+    "user_errors",
+]
+
+USAGE_ERROR = 2  # click's code for a bad command line; ours for every user error
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+# The library's user errors: ConfigMismatchError, CorruptFileError, CorpusError,
+# CheckpointError, TableError, UnsupportedModelError are ValueErrors; a bad router
+# parameter is a TypeError; a missing file or a busy port an OSError; a plugin that does
+# not import an ImportError. (Caught by base class: importing the library's classes here
+# would import torch before `dynroute --help` prints.)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ----------------------------------------------------------------------------- flags
+
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the result as one JSON object on stdout (messages go to stderr)."
+    ),
+]
+Progress = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show progress bars and per-step lines (off with --json on stdout).",
+    ),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="torch CPU threads of this process (unset or 0: the config's, else torch's "
+        "default; 1 is fastest for small models on a busy machine).",
+    ),
+]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the model runs: auto (CUDA when present) | cpu | cuda | cuda:I "
+        "(default: the config's, else auto).",
+    ),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option("--seed", help="Random seed (default: the config's, else 0)."),
+]
+Steps = Annotated[
+    int | None,
+    typer.Option("--steps", help="Optimizer steps (default: the config's)."),
+]
+Router = Annotated[
+    str | None,
+    typer.Option(
+        "--router",
+        help="MoE router as name:key=value,... (e.g. top_p:p=0.4, null_experts:k=2,num_null=4, "
+        "or one of your own); default: the config's.",
+    ),
+]
+Experts = Annotated[
+    str | None,
+    typer.Option(
+        "--experts",
+        help="Expert kind as name:key=value,... (e.g. swiglu, mlp, or one of your own); "
+        "default: the config's.",
+    ),
+]
+QueryRouters = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--query-router",
+        help="Query router as name:key=value,... (e.g. knn:k=10); repeat it to compare "
+        "several, or pass all for every registered one.",
+    ),
+]
+Corpus = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Text: a file (read whole), a folder of text files, a saved datasets folder, "
+        "or stdlib (default: the config's, or the run's).",
+    ),
+]
+_CONFIG_HELP = "TOML run config (see configs/)."
+Config = Annotated[Path, typer.Option("--config", help=_CONFIG_HELP)]
+OptionalConfig = Annotated[Path | None, typer.Option("--config", help=_CONFIG_HELP)]
+RunFolder = Annotated[
+    Path, typer.Option("--out", help="Run folder; rerun the same command to resume.")
+]
+
+# flag name -> alias: one declaration per name (tests/cli iterates this)
+SHARED_FLAGS: dict[str, Any] = {
+    "--json": Json,
+    "--progress": Progress,
+    "--threads": Threads,
+    "--device": Device,
+    "--seed": Seed,
+    "--steps": Steps,
+    "--router": Router,
+    "--experts": Experts,
+    "--query-router": QueryRouters,
+    "--config": Config,
+}
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def fail(message: str, code: int = USAGE_ERROR, style: str = "red") -> typer.Exit:
+    """Print ``error: message`` on stderr as one plain line; the ``typer.Exit`` to raise.
+
+    The message is never read as rich markup, so ``x.toml [model]: ...`` keeps its brackets.
+
+    Example:
+        >>> fail("x.toml [model]: unknown key(s) ['width']").exit_code  # stderr: the line
+        2
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    prefix = "error: " if code == USAGE_ERROR else ""
+    Console(stderr=True, soft_wrap=True).print(Text(prefix + message, style=style))
+    return typer.Exit(code)
+
+
+def _training_interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is the training engine's Ctrl-C stop (checkpoint written)."""
+    module = sys.modules.get("dynroute.train.interrupt")  # raised only once it was imported
+    cls = getattr(module, "TrainingInterrupted", None)
+    return cls is not None and isinstance(err, cls)
+
+
+@contextlib.contextmanager
+def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
+    """Turn user errors into one line and exit code 2; Ctrl-C into ``interrupted`` and 130.
+
+    Example:
+        >>> try:
+        ...     with user_errors():
+        ...         raise ValueError("x.toml [model]: unknown key(s) ['width']")
+        ... except typer.Exit as stop:
+        ...     stop.exit_code
+        2
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise fail(interrupted, INTERRUPTED, "yellow") from None
+    except USER_ERRORS as err:
+        raise fail(str(err)) from None
+    except Exception as err:
+        if _training_interrupted(err):
+            raise fail(str(err), INTERRUPTED, "yellow") from None
+        raise
+
+
+def command(func: F) -> F:
+    """Decorator of every command function: runs it inside :func:`user_errors`."""
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return func(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads`` is an integer >= 0 (0: torch's default).
+
+    Example:
+        >>> check_threads(-3)
+        Traceback (most recent call last):
+        ValueError: --threads must be >= 0 (0: torch's default), got -3
+    """
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` when given: a process setting, so the command's to make."""
+    check_threads(threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def print_json(payload: Any) -> None:
+    """The ``--json`` output: one line of JSON on stdout.
+
+    Example:
+        >>> print_json({"val_loss": 1.5})
+        {"val_loss": 1.5}
+    """
+    print(json.dumps(payload))
