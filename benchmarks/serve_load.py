@@ -77,7 +77,6 @@ def setup(work: Path, models: list[str]) -> tuple[list[Proc], Proc]:
                 [
                     "llm",
                     "serve",
-                    "--router",
                     str(work / "router"),
                     "--log",
                     str(work / "decisions.jsonl"),

@@ -62,13 +62,13 @@ def query_router_specs(given: list[str] | None, default: str) -> list[str]:
         >>> "knn" in query_router_specs(None, "all")
         True
     """
-    from dynroute.llm.routers import ROUTERS
+    from dynroute.llm.routers import QUERY_ROUTERS
 
     specs = given or [default]
     if "all" in specs:
         if len(specs) > 1:
             raise ValueError("--query-router all stands alone (it means every query router)")
-        return sorted(ROUTERS)
+        return sorted(QUERY_ROUTERS)
     return specs
 
 
@@ -186,10 +186,10 @@ def fit_router(
 
     from dynroute.llm.data import resolve_tables
     from dynroute.llm.decide import calibrate_to_budget, calibrate_to_share
-    from dynroute.llm.routers import make_router
+    from dynroute.llm.routers import make_query_router
 
     tr, _ = resolve_tables(data, train, None, seed=seed)
-    r = make_router(spec)
+    r = make_query_router(spec)
     r.seed = seed
     r.fit(tr)
     r.lam = lam
