@@ -52,10 +52,10 @@ MODES = [
 
 BAD_INPUTS = [
     (["--data", "/nonexistent/texts"], "/nonexistent/texts"),
-    (["--p", "1.5"], "--p must be in (0, 1], got 1.5"),
+    (["--router", "top_p:p=1.5"], "p must be in (0, 1], got 1.5"),
     (["--threads", "-3"], "--threads must be an integer >= 0, got -3"),
     (["--router", "top_q"], "unknown router 'top_q'"),
-    (["--k", "9", "--router", "top_k"], "k must be in [1, 4], got 9"),
+    (["--router", "top_k:k=9"], "k must be in [1, 4], got 9"),
     (["--steps", "-5"], "--steps must be a positive integer, got -5"),
     (["--steps", "0"], "--steps must be a positive integer, got 0"),
     (["--data", "{work}/empty.txt"], "empty.txt is empty"),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dynroute.common.registry import parse_spec
+from dynroute.routing import Router, make_router, router_class
 
 __all__ = [
     "RESOURCE_KEYS",
@@ -232,15 +233,25 @@ def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | N
         raise ValueError(
             f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
         )
-    try:  # a wrong router fails here, before a run folder is touched (as the model reads it)
-        if "router" in model:
-            (model_config or DynMoEConfig)(router=model["router"])
+    try:  # a wrong router fails here, before a run folder is touched
+        _check_router(model.get("router"))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{origin} [model]: {err}") from None
     if "vocab_size" in model:
         raise ValueError(
             f"{origin} [model]: vocab_size comes from the tokenizer; set [data] vocab_size instead"
         )
+
+
+def _check_router(router: Any) -> None:
+    """A spec with parameters is built (its own checks run); a bare name must be registered
+    (the model config decides its parameters)."""
+    if router is None or isinstance(router, Router):
+        return
+    if isinstance(router, str) and ":" not in router:
+        router_class(router.strip())
+    else:
+        make_router(router)
 
 
 def load_config(path: Path | str, model_config: type | None = None) -> RunConfig:

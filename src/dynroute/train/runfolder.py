@@ -46,13 +46,15 @@ def check_run_folder(
 
     Example:
         >>> import tempfile
+        >>> from dynroute.train.config import RunConfig, apply_overrides
         >>> folder = Path(tempfile.mkdtemp())
-        >>> check_run_folder(folder, {"train": {"steps": 3}})
-        >>> (folder / "checkpoint.pt").touch()
-        >>> check_run_folder(folder, {"train": {"steps": 4}})
+        >>> check_run_folder(folder, RunConfig().to_dict())
+        >>> (folder / "checkpoint.pt").touch()  # a started run
+        >>> check_run_folder(folder, apply_overrides(RunConfig(), threads=2).to_dict())
+        >>> check_run_folder(folder, apply_overrides(RunConfig(), steps=7).to_dict())
         Traceback (most recent call last):
         ...
-        dynroute.train.runfolder.ConfigMismatchError: ... (train.steps: 3 -> 4); use a new ...
+        dynroute.train.runfolder.ConfigMismatchError: ... (train.steps: 200 -> 7); use a new ...
     """
     run_file = out_dir / RUN_FILE
     mine = {**tables, **(identity or {})}
