@@ -107,6 +107,13 @@ def test_config_errors_say_what_to_fix(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="--config"):
         load_config(tmp_path / "missing.toml")
+    # a router's parameters beside it (keyword form) must be its own; else the spec form
+    bad.write_text('[model]\nrouter = "top_k"\nk = 1\np = 0.4\n')
+    with pytest.raises(ValueError, match=r"\['p'\].*the router top_k \(k, normalize\)"):
+        load_config(bad)
+    bad.write_text('[model]\nrouter = "top_p"\np = 1.5\n')
+    with pytest.raises(ValueError, match=r"bad.toml \[model\]: .*p must be in \(0, 1\]"):
+        load_config(bad)
 
 
 def test_overrides_and_round_trip() -> None:
@@ -122,6 +129,12 @@ def test_overrides_and_round_trip() -> None:
         apply_overrides(cfg, k=2)  # a router's parameters go in its spec
     with pytest.raises(ValueError, match="unknown router"):
         apply_overrides(cfg, router="top_q:p=0.4")
+    # the flag is the whole router: the file's keyword parameters do not override it
+    keyword = RunConfig.from_dict({"model": {"router": "top_p", "p": 0.4, "d_model": 32}})
+    assert apply_overrides(keyword, router="top_k:k=1").model == {
+        "router": {"name": "top_k", "k": 1},
+        "d_model": 32,
+    }
 
 
 def test_overrides_of_another_model_family() -> None:

@@ -16,13 +16,14 @@ Command-line flags override the file through :func:`apply_overrides`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from dynroute.common.registry import parse_spec
-from dynroute.routing import Router, make_router, router_class
+from dynroute.common.registry import parse_spec, spec_name
+from dynroute.routing import Router, router_class
 
 __all__ = [
     "RESOURCE_KEYS",
@@ -33,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_config",
+    "router_params",
 ]
 
 T = TypeVar("T", bound="RunTables")
@@ -227,31 +229,42 @@ def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
 def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | None) -> None:
     from dynroute.models import DynMoEConfig
 
-    accepted = {f.name for f in dataclasses.fields(model_config or DynMoEConfig)}
-    unknown = set(model) - accepted
-    if unknown:
-        raise ValueError(
-            f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
-        )
+    cls = model_config or DynMoEConfig
+    own = {f.name for f in dataclasses.fields(cls)}
+    router = model.get("router", "top_k")
     try:  # a wrong router fails here, before a run folder is touched
-        _check_router(model.get("router"))
+        keyword = router_params(router) - own
+        if "router" in model or set(model) & keyword:  # built as the model will build it
+            cls(router=router, **{k: model[k] for k in keyword if k in model})
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{origin} [model]: {err}") from None
+        message = re.sub(r"^\w*Config: ", "", str(err))
+        raise ValueError(f"{origin} [model]: {message}") from None
+    unknown = set(model) - own - keyword
+    if unknown:
+        from transformers import PretrainedConfig
+
+        named = own - {f.name for f in dataclasses.fields(PretrainedConfig)} - {"vocab_size"}
+        raise ValueError(
+            f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(named)}, and "
+            f"the parameters of the router {spec_name(router)} ({', '.join(sorted(keyword))}); "
+            'a router\'s parameters may go in its spec: router = "top_p:p=0.4"'
+        )
     if "vocab_size" in model:
         raise ValueError(
             f"{origin} [model]: vocab_size comes from the tokenizer; set [data] vocab_size instead"
         )
 
 
-def _check_router(router: Any) -> None:
-    """A spec with parameters is built (its own checks run); a bare name must be registered
-    (the model config decides its parameters)."""
-    if router is None or isinstance(router, Router):
-        return
-    if isinstance(router, str) and ":" not in router:
-        router_class(router.strip())
-    else:
-        make_router(router)
+def router_params(router: Any) -> set[str]:
+    """The parameter names of a router setting (a name, a spec, a dict or a Router): the keys
+    ``[model]`` also takes beside ``router`` (``router = "top_p"`` with ``p = 0.4``).
+
+    Example:
+        >>> sorted(router_params("top_p:p=0.4"))
+        ['max_experts', 'normalize', 'p']
+    """
+    cls = type(router) if isinstance(router, Router) else router_class(spec_name(router))
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def load_config(path: Path | str, model_config: type | None = None) -> RunConfig:
@@ -308,8 +321,9 @@ def apply_overrides(cfg: T, **flags: Any) -> T:
     model's table (``[model]``; LoRA: ``[lora]``) that has it, so ``steps`` is ``[train]
     steps``, ``routing`` is adaptive's ``[model] routing`` and ``router`` is ``[model]
     router`` (LoRA: ``[lora] router``). ``data`` is ``[data] source``. A ``router`` or
-    ``experts`` value ``"name:key=value,..."`` is stored as ``{"name": ..., key: value}``.
-    The result is checked as a config file is (errors name the flags).
+    ``experts`` value ``"name:key=value,..."`` is stored as ``{"name": ..., key: value}``;
+    a ``router`` flag replaces the whole router (the router parameters written beside
+    ``router`` in the file go too). The result is checked as a config file is.
 
     Example:
         >>> cfg = apply_overrides(RunConfig(), router="top_p:p=0.3", steps=7, seed=None)
@@ -330,6 +344,9 @@ def apply_overrides(cfg: T, **flags: Any) -> T:
         table, key = FLAG_ALIASES.get(name) or (_table_of(name, tables), name)
         if key in SPEC_KEYS and isinstance(value, str) and ":" in value:
             value = parse_spec(value, key, SPEC_KEYS[key])
+        if (table, key) == ("model", "router"):  # the flag's spec is the whole router:
+            for param in set(raw["model"]) - tables["model"]:  # the file's router = "top_p",
+                del raw["model"][param]  # p = 0.4 goes (else p would override the flag)
         raw[table][key] = value
     return cfg.with_tables(raw, "the command-line flags")
 

@@ -165,13 +165,12 @@ def _start(cfg: Any, out_dir: Path, hooks: TrainHooks, expert_parallel: int, npr
     if t.compile:
         compile_blocks(model)
     model.to(device)
-    run_model = ranks.wrap(model)  # ... then experts sharded, DDP/FSDP for the rest (N > 1)
-    optimizer = _optimizer(model, t, device)
+    run_model = ranks.wrap(model)  # N > 1: experts sharded, DDP/FSDP for the rest
+    optimizer = _optimizer(model, t, device)  # after wrap: FSDP replaces the parameters
     # One generator, same on every rank: each draws the step's global batch, takes its rows.
     sampler = torch.Generator().manual_seed(t.seed + 1)
     rows = t.batch_size * t.grad_accum * ranks.world_size
-    run = _Run(cfg, out_dir, hooks, device, ranks, data, model, run_model, optimizer, sampler,
-               rows)  # fmt: skip
+    run = _Run(cfg, out_dir, hooks, device, ranks, data, model, run_model, optimizer, sampler, rows)
     if hooks.export is None:  # what makes model/ self-contained: tokenizer, eval windows
         run.export_files = model_folder_files(dataclasses.asdict(cfg.data), data, t)
     return run
