@@ -55,6 +55,7 @@ __all__ = [
     "register_model_type",
     "resolve_checkpoint",
     "router_text",
+    "tokenize_documents",
 ]
 
 CHECKPOINT_NAMES = ("final", "best", "last", "latest", "checkpoint", "model")
@@ -242,13 +243,13 @@ class LoadedModel:
         if Path(data).is_file():  # a file is read whole, as dynroute.hf.evaluate_text does
             text = Path(data).read_bytes().decode("utf-8", errors="replace")
             cap = None if max_tokens is None else 8 * (max_tokens + 1)
-            return _encode(self.tokenizer, [text[:cap] if cap else text])
+            return tokenize_documents(self.tokenizer, [text[:cap] if cap else text])
         source = None if data in ("", "stdlib") else data
         # ~4 bytes per token: 8 bytes per wanted token fills max_tokens without reading more.
         cap = None if max_tokens is None else 8 * (max_tokens + 1)
         column = self.data.get("text_column", "text")
         docs = load_corpus(source, split, text_column=column, max_bytes=cap)  # type: ignore[arg-type]
-        return _encode(self.tokenizer, docs)
+        return tokenize_documents(self.tokenizer, docs)
 
     def _prepare(self) -> PreparedData | None:
         """The training corpus's cached tokens, or None when that text is gone or was
@@ -268,8 +269,20 @@ class LoadedModel:
         return source not in (None, "", "stdlib") and not Path(source).exists()
 
 
-def _encode(tokenizer: Any, docs: list[str]) -> np.ndarray:
-    """Flat ids of ``docs`` with an end-of-text id after each (dynroute or HF tokenizer)."""
+def tokenize_documents(tokenizer: Any, docs: list[str]) -> np.ndarray:
+    """Flat ids ``[L]`` of ``docs`` with an end-of-text id after each document.
+
+    ``tokenizer`` is either kind :func:`load_model` returns: a ``tokenizers.Tokenizer``
+    (dynroute's own; :func:`dynroute.data.encode_documents`) or a transformers tokenizer
+    (its ``eos_token_id`` ends each document when it has one).
+
+    Example:
+        >>> from dynroute.data.tokenizer import train_tokenizer
+        >>> tok = train_tokenizer(["abc abc abd"] * 20, vocab_size=270)
+        >>> ids = tokenize_documents(tok, ["abc", "abd"])
+        >>> ids.ndim, int((ids == tok.token_to_id("<|endoftext|>")).sum())
+        (1, 2)
+    """
     from tokenizers import Tokenizer
 
     if isinstance(tokenizer, Tokenizer):

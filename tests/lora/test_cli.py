@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from dynroute.cli import app
 from dynroute.data.tokenizer import train_tokenizer
 from dynroute.lora import load_lora_experts, lora_layers
 from dynroute.lora.data import load_domains, lora_domains
+from dynroute.lora.train import load_lora_config, train_lora
+from dynroute.train import TrainingInterrupted, apply_overrides, read_metrics, stop_on_sigint
 from lora_models import tiny_dynmoe
 
 runner = CliRunner()
@@ -86,9 +92,11 @@ def test_train_resume_and_load(setup, tmp_path) -> None:
     from dynroute.models import DynMoEForCausalLM
 
     model = load_lora_experts(DynMoEForCausalLM.from_pretrained(base), out / "adapters")
-    state = torch.load(out / "checkpoint.pt", weights_only=False)["adapters"]
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
     params = dict(model.named_parameters())
-    assert state and all(torch.equal(params[k], v) for k, v in state.items())
+    trained = {k for k, p in params.items() if p.requires_grad}
+    assert set(state) == trained  # the adapters and gates only: the base stays where it is
+    assert all(torch.equal(params[k], v) for k, v in state.items())
     assert len(lora_layers(model)) == 4
 
 
@@ -140,19 +148,57 @@ def test_domains_are_capped_and_split(setup) -> None:
         lora_domains(names=["poetry"])
 
 
-def test_interrupted_run_resumes_to_the_same_adapters(setup, tmp_path) -> None:
-    from dynroute.lora.train import load_lora_config, train_lora
+def _adapters(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=False)["model"]
 
+
+def _train_rows(run: Path) -> list[tuple]:
+    keys = ("step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm")
+    return [tuple(r[k] for k in keys) for r in read_metrics(run / "metrics.jsonl", "train")]
+
+
+def test_interrupted_run_resumes_to_the_same_adapters(setup, tmp_path) -> None:
     base, data = setup
     cfg = load_lora_config(_config(tmp_path, data, "top_k:k=2"))
-    whole = train_lora(cfg, base, tmp_path / "whole")
+    whole = train_lora(cfg, base, tmp_path / "whole", progress=False)
     assert train_lora(cfg, base, tmp_path / "cut", stop_after=2)["stopped"]
-    resumed = train_lora(cfg, base, tmp_path / "cut")
+    resumed = train_lora(cfg, base, tmp_path / "cut", progress=False)
     assert resumed["resumed_from"] == 2
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["adapters"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["adapters"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = _adapters(tmp_path / "whole"), _adapters(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert whole["domains"] == resumed["domains"]
+    assert _train_rows(tmp_path / "whole") == _train_rows(tmp_path / "cut")  # bit for bit
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_and_resumes_exactly(setup, tmp_path) -> None:
+    """As `dynroute train`: the first Ctrl-C ends the step, writes a checkpoint, raises
+    TrainingInterrupted (the command exits 130); rerunning continues to the same adapters."""
+    base, data = setup
+    cfg = apply_overrides(
+        load_lora_config(_config(tmp_path, data, "top_p:p=0.5")), steps=40, log_interval=1
+    )
+    train_lora(cfg, base, tmp_path / "whole", progress=False)
+    run = tmp_path / "cut"
+
+    def press_ctrl_c() -> None:  # once the steps run (before them Ctrl-C just interrupts)
+        deadline = time.monotonic() + 60
+        while not read_metrics(run / "metrics.jsonl", "train") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    with stop_on_sigint(), pytest.raises(TrainingInterrupted) as stopped:
+        presser.start()
+        train_lora(cfg, base, run, progress=False)
+    presser.join()
+    step = stopped.value.step
+    assert 0 < step < 40 and torch.load(run / "checkpoint.pt", weights_only=False)["step"] == step
+    assert "rerun the same command to resume" in str(stopped.value)
+    resumed = train_lora(cfg, base, run, progress=False)
+    assert resumed["resumed_from"] == step
+    a, b = _adapters(tmp_path / "whole"), _adapters(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _train_rows(tmp_path / "whole") == _train_rows(run)
 
 
 def test_train_from_saved_dataset_with_domain_column(setup, tmp_path) -> None:

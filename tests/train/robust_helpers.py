@@ -14,8 +14,7 @@ n_layers = 2
 n_heads = 2
 d_ff = 32
 num_experts = 4
-router = "top_p"
-p = 0.5
+router = "top_p:p=0.5"
 
 [data]
 source = "{corpus}"

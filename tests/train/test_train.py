@@ -63,8 +63,7 @@ n_layers = 2
 n_heads = 2
 d_ff = 32
 num_experts = 4
-router = "top_p"
-p = 0.4
+router = "top_p:p=0.4"
 {model_extra}
 
 [data]
@@ -108,13 +107,58 @@ def test_config_errors_say_what_to_fix(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="--config"):
         load_config(tmp_path / "missing.toml")
+    # a router's parameters beside it (keyword form) must be its own; else the spec form
+    bad.write_text('[model]\nrouter = "top_k"\nk = 1\np = 0.4\n')
+    with pytest.raises(ValueError, match=r"\['p'\].*the router top_k \(k, normalize\)"):
+        load_config(bad)
+    bad.write_text('[model]\nrouter = "top_p"\np = 1.5\n')
+    with pytest.raises(ValueError, match=r"bad.toml \[model\]: .*p must be in \(0, 1\]"):
+        load_config(bad)
 
 
 def test_overrides_and_round_trip() -> None:
-    cfg = apply_overrides(RunConfig(), router="top_p", p=0.25, steps=9, seed=3, k=None)
-    assert cfg.model == {"router": "top_p", "p": 0.25}
+    cfg = apply_overrides(RunConfig(), router="top_p:p=0.25", steps=9, seed=3, data=None)
+    assert cfg.model == {"router": {"name": "top_p", "p": 0.25}}
     assert (cfg.train.steps, cfg.train.seed) == (9, 3)
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # a flag lands in the first table that has the key: dtype is [train]'s, not the model's
+    cfg = apply_overrides(cfg, dtype="bfloat16", data="corpus.txt", num_experts=2)
+    assert cfg.train.dtype == "bfloat16" and cfg.data.source == "corpus.txt"
+    assert cfg.model["num_experts"] == 2
+    with pytest.raises(TypeError, match=r"unknown flag 'k'.*router=\"top_k:k=2\""):
+        apply_overrides(cfg, k=2)  # a router's parameters go in its spec
+    with pytest.raises(ValueError, match="unknown router"):
+        apply_overrides(cfg, router="top_q:p=0.4")
+    # the flag is the whole router: the file's keyword parameters do not override it
+    keyword = RunConfig.from_dict({"model": {"router": "top_p", "p": 0.4, "d_model": 32}})
+    assert apply_overrides(keyword, router="top_k:k=1").model == {
+        "router": {"name": "top_k", "k": 1},
+        "d_model": 32,
+    }
+
+
+def test_overrides_of_another_model_family() -> None:
+    from dynroute.adaptive.config import AdaptiveConfig
+    from dynroute.lora.config import LoRARunConfig
+
+    adaptive = RunConfig.from_dict({"model": {"routing": "random"}}, model_config=AdaptiveConfig)
+    cfg = apply_overrides(adaptive, routing="router", budget_target=0.5, steps=3)
+    assert cfg.model == {"routing": "router", "budget_target": 0.5} and cfg.train.steps == 3
+    assert cfg.model_config is AdaptiveConfig  # its [model] keys stay accepted
+    lora = apply_overrides(
+        LoRARunConfig(), router="dynmole:threshold=0.8", data="texts/", domain_column="topic"
+    )
+    assert lora.lora.router == {"name": "dynmole", "threshold": 0.8}
+    assert (lora.data.source, lora.data.domain_column) == ("texts/", "topic")
+
+
+def test_experts_override_lands_in_the_model_table() -> None:
+    fields = RunConfig().table_keys()["model"]
+    if "experts" not in fields:
+        pytest.skip("DynMoEConfig has no experts field yet")
+    cfg = apply_overrides(RunConfig(), experts="mlp:d_ff=64")
+    assert cfg.model["experts"] == {"name": "mlp", "d_ff": 64}
+    assert apply_overrides(RunConfig(), experts={"name": "mlp"}).model["experts"] == {"name": "mlp"}
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:
@@ -196,8 +240,8 @@ def test_rerun_with_other_config_is_refused(tmp_path: Path, _restore_threads: ob
     train(cfg, tmp_path / "run", progress=False)
     again = train(cfg, tmp_path / "run", progress=False)  # finished run: nothing to redo
     assert again.resumed_from == 4 and again.final is not None
-    with pytest.raises(ConfigMismatchError, match=r"model.p: 0.4 -> 0.3"):
-        train(apply_overrides(cfg, p=0.3), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"model.router: 'top_p:p=0.4' -> .*'p': 0.3"):
+        train(apply_overrides(cfg, router="top_p:p=0.3"), tmp_path / "run", progress=False)
 
 
 def test_export_model_replaces_folder_and_cleans_leftovers(tmp_path: Path) -> None:

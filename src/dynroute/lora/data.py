@@ -20,12 +20,27 @@ from __future__ import annotations
 import ast
 import os
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
+
+from dynroute.checkpoints import tokenize_documents
+from dynroute.data import get_batch
 from dynroute.data.corpus import CorpusError, load_corpus, stdlib_files
 from dynroute.data.splitting import cap_bytes_spread, split_names, split_text
 
-__all__ = ["DOMAINS", "Domains", "load_domains", "lora_domains"]
+__all__ = [
+    "DOMAINS",
+    "DomainMixture",
+    "DomainTokens",
+    "Domains",
+    "load_domains",
+    "lora_domains",
+    "tokenize_domains",
+]
 
 #: name -> {"train": documents, "validation": documents}
 Domains = dict[str, dict[str, list[str]]]
@@ -261,3 +276,71 @@ def load_domains(
         p.name: {s: load_corpus(p, s, max_bytes=cap) for s, cap in caps.items()}  # type: ignore[arg-type]
         for p in subs
     }
+
+
+@dataclass(frozen=True)
+class DomainMixture:
+    """The training tokens of several domains; every batch mixes them in fixed shares.
+
+    Attributes:
+        tokens: domain -> flat ids ``[L_d]``, in the order rows are filled.
+
+    Example:
+        >>> mix = DomainMixture({"a": np.arange(50), "b": np.arange(100, 150)})
+        >>> x, y = mix.batch(3, 4, torch.Generator().manual_seed(0))
+        >>> x.shape, [int(v) >= 100 for v in x[:, 0]]  # 2 rows of a, 1 of b
+        (torch.Size([3, 4]), [False, False, True])
+    """
+
+    tokens: dict[str, np.ndarray]
+
+    def batch(
+        self, rows: int, seq_len: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` LongTensors ``[rows, seq_len]``: a group of rows per domain, the
+        first ``rows % D`` domains one row more, each group drawn with ``generator``."""
+        names = list(self.tokens)
+        per = [rows // len(names) + (i < rows % len(names)) for i in range(len(names))]
+        pairs = [
+            get_batch(self.tokens[n], b, seq_len, generator)
+            for n, b in zip(names, per, strict=True)
+            if b
+        ]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+@dataclass(frozen=True)
+class DomainTokens:
+    """A LoRA run's data, tokenized: what ``dynroute.train.train`` reads through its hooks.
+
+    Attributes:
+        train: the training mixture; val: domain -> validation ids ``[L_d]``;
+        vocab_size: the tokenizer's vocabulary size.
+    """
+
+    train: DomainMixture
+    val: dict[str, np.ndarray]
+    vocab_size: int
+
+
+def tokenize_domains(data: Any, tokenizer: Any, seq_len: int, vocab_size: int) -> DomainTokens:
+    """Load the domains of a ``[data]`` table (``LoRADataConfig``) and tokenize them.
+
+    Training domains: ``data.domains`` (None: all); evaluation domains: ``data.eval_domains``
+    (None: the training ones).
+
+    Raises:
+        ValueError: a domain with too few tokens for ``seq_len``, naming it and the remedy.
+    """
+    names = sorted(set((data.domains or []) + (data.eval_domains or []))) or None
+    domains = load_domains(data.source, data.max_train_bytes, data.max_val_bytes, names,
+                           data.domain_column, data.text_column)  # fmt: skip
+    train_names = data.domains or sorted(domains)
+    eval_names = data.eval_domains or train_names
+    train = {n: tokenize_documents(tokenizer, domains[n]["train"]) for n in train_names}
+    val = {n: tokenize_documents(tokenizer, domains[n]["validation"]) for n in eval_names}
+    for name, arr in (*train.items(), *val.items()):
+        if arr.shape[0] < seq_len + 2:
+            raise ValueError(f"domain {name!r} has {arr.shape[0]} tokens, too few for seq_len "
+                             f"{seq_len}; raise max_*_bytes or lower seq_len")  # fmt: skip
+    return DomainTokens(DomainMixture(train), val, vocab_size)

@@ -1,4 +1,5 @@
-"""Training recipe, checkpoints and evaluation for the DynMoE language model.
+"""The one training engine (DynMoE; adaptive and LoRA models through hooks), checkpoints
+and evaluation.
 
 Example:
     >>> from dynroute.train import RunConfig, load_config, train, evaluate_checkpoint
@@ -16,8 +17,11 @@ from dynroute.train.config import (
     load_config,
 )
 from dynroute.train.evaluate import activated_parameters, evaluate_checkpoint, evaluate_model
-from dynroute.train.loop import ConfigMismatchError, TrainResult, train
+from dynroute.train.hooks import TrainHooks
+from dynroute.train.interrupt import TrainingInterrupted, stop_on_sigint
+from dynroute.train.loop import TrainResult, train
 from dynroute.train.metrics import MetricsLog, read_metrics
+from dynroute.train.runfolder import ConfigMismatchError
 from dynroute.train.schedule import lr_at
 
 __all__ = [
@@ -26,7 +30,9 @@ __all__ = [
     "MetricsLog",
     "RunConfig",
     "TrainConfig",
+    "TrainHooks",
     "TrainResult",
+    "TrainingInterrupted",
     "activated_parameters",
     "apply_overrides",
     "evaluate_checkpoint",
@@ -36,5 +42,6 @@ __all__ = [
     "load_config",
     "lr_at",
     "read_metrics",
+    "stop_on_sigint",
     "train",
 ]

@@ -4,7 +4,7 @@ A config file looks like ``configs/tiny.toml``::
 
     [model]            # any DynMoEConfig field except vocab_size (taken from the tokenizer)
     d_model = 64
-    router = {name = "top_p", p = 0.4}   # or: router = "top_p:p=0.4"; or router = "top_p", p = 0.4
+    router = {name = "top_p", p = 0.4}   # or: router = "top_p:p=0.4"
     [data]             # DataConfig
     source = "stdlib"
     [train]            # TrainConfig
@@ -16,21 +16,28 @@ Command-line flags override the file through :func:`apply_overrides`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from dynroute.routing import parse_router
+from dynroute.common.registry import parse_spec, spec_name
+from dynroute.routing import Router, router_class
 
 __all__ = [
     "RESOURCE_KEYS",
+    "SPEC_KEYS",
     "DataConfig",
     "RunConfig",
+    "RunTables",
     "TrainConfig",
     "apply_overrides",
     "load_config",
+    "router_params",
 ]
+
+T = TypeVar("T", bound="RunTables")
 
 
 @dataclass
@@ -145,14 +152,16 @@ class RunConfig:
     """Everything that defines a training run (saved as ``run.json`` next to checkpoints).
 
     Example:
-        >>> cfg = RunConfig.from_dict({"model": {"router": "top_p"}, "train": {"steps": 5}})
+        >>> cfg = RunConfig.from_dict({"model": {"router": "top_p:p=0.4"}, "train": {"steps": 5}})
         >>> cfg.train.steps, cfg.model["router"], cfg.data.source
-        (5, 'top_p', 'stdlib')
+        (5, 'top_p:p=0.4', 'stdlib')
     """
 
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: the config class of ``[model]`` (None: ``DynMoEConfig``); not part of what the run is
+    model_config: type | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dict(
@@ -174,6 +183,7 @@ class RunConfig:
             model=model,
             data=_build(DataConfig, raw.get("data", {}), f"{origin} [data]"),
             train=_build(TrainConfig, raw.get("train", {}), f"{origin} [train]"),
+            model_config=model_config,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +193,26 @@ class RunConfig:
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
         }
+
+    def table_keys(self) -> dict[str, set[str]]:
+        """The keys each table accepts.
+
+        Example:
+            >>> "steps" in RunConfig().table_keys()["train"]
+            True
+        """
+        from dynroute.models import DynMoEConfig
+
+        model = {f.name for f in dataclasses.fields(self.model_config or DynMoEConfig)}
+        return {
+            "model": model - {"vocab_size"},
+            "data": {f.name for f in dataclasses.fields(DataConfig)},
+            "train": {f.name for f in dataclasses.fields(TrainConfig)},
+        }
+
+    def with_tables(self, raw: dict[str, Any], origin: str) -> RunConfig:
+        """A config of the same model family from ``raw`` tables (checked as a file is)."""
+        return RunConfig.from_dict(raw, origin, self.model_config)
 
 
 def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
@@ -198,25 +228,43 @@ def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
 
 def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | None) -> None:
     from dynroute.models import DynMoEConfig
-    from dynroute.models.config import LEGACY_ROUTER_KEYS, router_config
 
-    fields = dataclasses.fields(model_config or DynMoEConfig)
-    accepted = {f.name for f in fields} | set(LEGACY_ROUTER_KEYS)
-    unknown = set(model) - accepted
-    if unknown:
-        raise ValueError(
-            f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(accepted)}"
-        )
+    cls = model_config or DynMoEConfig
+    own = {f.name for f in dataclasses.fields(cls)}
+    router = model.get("router", "top_k")
     try:  # a wrong router fails here, before a run folder is touched
-        router_config(
-            model.get("router", "top_k"), {k: model[k] for k in LEGACY_ROUTER_KEYS if k in model}
-        )
+        keyword = router_params(router) - own
+        if "router" in model or set(model) & keyword:  # built as the model will build it
+            cls(router=router, **{k: model[k] for k in keyword if k in model})
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{origin} [model]: {err}") from None
+        message = re.sub(r"^\w*Config: ", "", str(err))
+        raise ValueError(f"{origin} [model]: {message}") from None
+    unknown = set(model) - own - keyword
+    if unknown:
+        from transformers import PretrainedConfig
+
+        named = own - {f.name for f in dataclasses.fields(PretrainedConfig)} - {"vocab_size"}
+        raise ValueError(
+            f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(named)}, and "
+            f"the parameters of the router {spec_name(router)} ({', '.join(sorted(keyword))}); "
+            'a router\'s parameters may go in its spec: router = "top_p:p=0.4"'
+        )
     if "vocab_size" in model:
         raise ValueError(
             f"{origin} [model]: vocab_size comes from the tokenizer; set [data] vocab_size instead"
         )
+
+
+def router_params(router: Any) -> set[str]:
+    """The parameter names of a router setting (a name, a spec, a dict or a Router): the keys
+    ``[model]`` also takes beside ``router`` (``router = "top_p"`` with ``p = 0.4``).
+
+    Example:
+        >>> sorted(router_params("top_p:p=0.4"))
+        ['max_experts', 'normalize', 'p']
+    """
+    cls = type(router) if isinstance(router, Router) else router_class(spec_name(router))
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def load_config(path: Path | str, model_config: type | None = None) -> RunConfig:
@@ -247,46 +295,69 @@ def load_config(path: Path | str, model_config: type | None = None) -> RunConfig
     return RunConfig.from_dict(raw, origin=str(path), model_config=model_config)
 
 
-# Flags of `dynroute train` and where each lands in the config.
-_OVERRIDE_TARGETS = {
-    "router": ("model", "router"),
-    "k": ("model", "k"),
-    "p": ("model", "p"),
-    "data": ("data", "source"),
-    "steps": ("train", "steps"),
-    "seed": ("train", "seed"),
-    "threads": ("train", "threads"),
-    "device": ("train", "device"),
-    "dtype": ("train", "dtype"),
-    "compile": ("train", "compile"),
-    "grad_accum": ("train", "grad_accum"),
-    "activation_checkpointing": ("train", "activation_checkpointing"),
-    "parallel": ("train", "parallel"),
-}
+class RunTables(Protocol):
+    """A run config made of TOML tables: :class:`RunConfig`, ``dynroute.lora``'s
+    ``LoRARunConfig``. What :func:`apply_overrides` and the training engine need."""
+
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def table_keys(self) -> dict[str, set[str]]: ...
+
+    def with_tables(self, raw: dict[str, Any], origin: str) -> Any: ...
 
 
-def apply_overrides(cfg: RunConfig, **overrides: Any) -> RunConfig:
-    """Copy of ``cfg`` with non-None flags applied (router, k, p, data, steps, seed, threads,
-    device, dtype, compile, grad_accum, activation_checkpointing, parallel).
+#: Values of these keys are specs of a registry: ``"name:key=value,..."`` becomes a dict.
+SPEC_KEYS = {"router": "top_p:p=0.4", "experts": "mlp:d_ff=64"}
+#: Flags named otherwise than their key.
+FLAG_ALIASES = {"data": ("data", "source")}
 
-    ``router`` is a name or ``name:key=value,...`` (any registered router); ``k`` and ``p``
-    set those fields of the router when it has them.
+
+def apply_overrides(cfg: T, **flags: Any) -> T:
+    """Copy of ``cfg`` with every non-None flag applied: the one way flags change a config.
+
+    A flag is the name of a key of one table: the first of ``[train]``, ``[data]`` and the
+    model's table (``[model]``; LoRA: ``[lora]``) that has it, so ``steps`` is ``[train]
+    steps``, ``routing`` is adaptive's ``[model] routing`` and ``router`` is ``[model]
+    router`` (LoRA: ``[lora] router``). ``data`` is ``[data] source``. A ``router`` or
+    ``experts`` value ``"name:key=value,..."`` is stored as ``{"name": ..., key: value}``;
+    a ``router`` flag replaces the whole router (the router parameters written beside
+    ``router`` in the file go too). The result is checked as a config file is.
 
     Example:
-        >>> cfg = apply_overrides(RunConfig(), router="top_p", p=0.3, steps=7, seed=None)
+        >>> cfg = apply_overrides(RunConfig(), router="top_p:p=0.3", steps=7, seed=None)
         >>> cfg.model, cfg.train.steps
-        ({'router': 'top_p', 'p': 0.3}, 7)
-        >>> apply_overrides(RunConfig(), router="top_k:k=1").model
-        {'router': {'name': 'top_k', 'k': 1}}
+        ({'router': {'name': 'top_p', 'p': 0.3}}, 7)
+        >>> apply_overrides(RunConfig(), data="corpus.txt", dtype="bfloat16").data.source
+        'corpus.txt'
+        >>> apply_overrides(RunConfig(), k=2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: apply_overrides: unknown flag 'k': no [train] or [data] or [model] key ...
     """
     raw = cfg.to_dict()
-    for name, value in overrides.items():
+    tables = cfg.table_keys()
+    for name, value in flags.items():
         if value is None:
             continue
-        if name not in _OVERRIDE_TARGETS:
-            raise TypeError(f"apply_overrides: unknown flag {name!r}")
-        table, key = _OVERRIDE_TARGETS[name]
-        if name == "router" and ":" in value:
-            value = parse_router(value)
+        table, key = FLAG_ALIASES.get(name) or (_table_of(name, tables), name)
+        if key in SPEC_KEYS and isinstance(value, str) and ":" in value:
+            value = parse_spec(value, key, SPEC_KEYS[key])
+        if (table, key) == ("model", "router"):  # the flag's spec is the whole router:
+            for param in set(raw["model"]) - tables["model"]:  # the file's router = "top_p",
+                del raw["model"][param]  # p = 0.4 goes (else p would override the flag)
         raw[table][key] = value
-    return RunConfig.from_dict(raw, origin="the command-line flags")
+    return cfg.with_tables(raw, "the command-line flags")
+
+
+def _table_of(key: str, tables: dict[str, set[str]]) -> str:
+    order = ["train", "data", *(t for t in tables if t not in ("train", "data"))]
+    for table in order:
+        if key in tables.get(table, ()):
+            return table
+    names = " or ".join(f"[{t}]" for t in order)
+    raise TypeError(
+        f"apply_overrides: unknown flag {key!r}: no {names} key has that name (a router's "
+        'parameters go in its spec: router="top_k:k=2")'
+    )
