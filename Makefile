@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-slow lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q --doctest-modules src tests --durations=10
+
+# The tests marked slow (~4 min on 2 cores): multi-process training, CLI runs of every router.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow tests --durations=10
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -105,11 +105,12 @@ def main() -> None:
     # the base alone, per domain (no adapters)
     from dynroute.checkpoints import load_model
     from dynroute.lora.data import load_domains
-    from dynroute.lora.train import _encode, evaluate_domains
+    from dynroute.checkpoints import tokenize_documents
+    from dynroute.lora.train import evaluate_domains
 
     loaded = load_model(base)
     doms = load_domains("builtin", data.max_train_bytes, data.max_val_bytes)
-    val = {d: _encode(loaded.tokenizer, doms[d]["validation"]) for d in DOMAINS}
+    val = {d: tokenize_documents(loaded.tokenizer, doms[d]["validation"]) for d in DOMAINS}
     base_eval = evaluate_domains(loaded.model, val, 8, 64)
 
     oracle = {

@@ -17,6 +17,7 @@ from dynroute.commands.options import (
     Steps,
     Threads,
     command,
+    interruptible,
     print_json,
     set_threads,
 )
@@ -82,18 +83,20 @@ def train_cmd(
     progress: Progress = True,
 ) -> None:
     """Train (or resume) an adaptive model: checkpoints, resume and eval as `dynroute train`."""
-    from dynroute.adaptive.training import train_adaptive
+    from dynroute.adaptive.training import load_adaptive_config, train_adaptive
+    from dynroute.train import apply_overrides
 
-    model_flags = {
-        "routing": routing,
-        "init_from": None if init_from is None else str(init_from.resolve()),
-        "train_routers_only": routers_only,
-        "budget_target": big_share,
-    }
-    train_flags = {"steps": steps, "seed": seed, "threads": threads, "device": device}
-    cfg = adaptive_config(config, model_flags, train_flags)
+    cfg = apply_overrides(
+        load_adaptive_config(config),
+        routing=routing,
+        init_from=None if init_from is None else str(init_from.resolve()),
+        train_routers_only=routers_only,
+        budget_target=big_share,
+        steps=steps, seed=seed, threads=threads, device=device,
+    )  # fmt: skip
     set_threads(cfg.train.threads)
-    result = train_adaptive(cfg, out, progress=progress)
+    with interruptible():
+        result = train_adaptive(cfg, out, progress=progress)
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
     if result.final is not None:
@@ -103,23 +106,6 @@ def train_cmd(
             f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  ({routing} routing; "
             f"evaluation: {'all big' if routing == 'random' else 'hard routes'})"
         )
-
-
-def adaptive_config(config: Path, model_flags: dict[str, Any], train_flags: dict[str, Any]) -> Any:
-    """The adaptive run config with the given flags, checked before the run folder is made."""
-    from dynroute.adaptive.config import AdaptiveConfig
-    from dynroute.adaptive.training import load_adaptive_config
-    from dynroute.train import RunConfig
-
-    raw = load_adaptive_config(config).to_dict()
-    raw["model"].update({k: v for k, v in model_flags.items() if v is not None})
-    raw["train"].update({k: v for k, v in train_flags.items() if v is not None})
-    cfg = RunConfig.from_dict(raw, origin=str(config), model_config=AdaptiveConfig)
-    try:
-        AdaptiveConfig(**cfg.model)
-    except ValueError as err:
-        raise ValueError(f"{config} [model]: {err}") from None
-    return cfg
 
 
 def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool) -> tuple[Any, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,6 +17,7 @@ from dynroute.commands.options import (
     Steps,
     Threads,
     command,
+    interruptible,
     print_json,
     set_threads,
 )
@@ -63,16 +64,16 @@ def train(
 ) -> None:
     """Train LoRA experts on BASE: adapters to OUT/adapters, per-domain results to
     OUT/result.json (what --json prints)."""
-    from dynroute.lora.train import train_lora
+    from dynroute.lora.train import load_lora_config, train_lora
+    from dynroute.train import apply_overrides
 
-    flags = {
-        ("data", "source"): data, ("lora", "router"): router, ("train", "steps"): steps,
-        ("train", "seed"): seed, ("train", "threads"): threads,
-        ("data", "domain_column"): domain_column,
-    }  # fmt: skip
-    cfg = lora_config(config, flags)
+    cfg = apply_overrides(
+        load_lora_config(config), data=data, domain_column=domain_column, router=router,
+        steps=steps, seed=seed, threads=threads,
+    )  # fmt: skip
     set_threads(cfg.train.threads)
-    result = train_lora(cfg, base, out, progress=progress and not json_out)
+    with interruptible():
+        result = train_lora(cfg, base, out, progress=progress and not json_out)
     if json_out:
         print_json(result)
         return
@@ -84,17 +85,6 @@ def train(
     )
     for name, r in result["domains"].items():
         print(f"  {name:<12} val loss {r['loss']:.4f}  {r['experts_per_token']:.2f} experts/token")
-
-
-def lora_config(config: Path, flags: dict[tuple[str, str], Any]) -> Any:
-    """The LoRA run config with the given (table, key) flags applied."""
-    from dynroute.lora.train import LoRARunConfig, load_lora_config
-
-    raw = load_lora_config(config).to_dict()
-    for (table, key), value in flags.items():
-        if value is not None:
-            raw[table][key] = value
-    return LoRARunConfig.from_dict(raw, origin=str(config))
 
 
 def register(app: typer.Typer) -> None:

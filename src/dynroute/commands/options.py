@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -194,13 +193,6 @@ def fail(message: str, code: int = USAGE_ERROR, style: str = "red") -> typer.Exi
     return typer.Exit(code)
 
 
-def _training_interrupted(err: BaseException) -> bool:
-    """Whether ``err`` is the training engine's Ctrl-C stop (checkpoint written)."""
-    module = sys.modules.get("dynroute.train.interrupt")  # raised only once it was imported
-    cls = getattr(module, "TrainingInterrupted", None)
-    return cls is not None and isinstance(err, cls)
-
-
 @contextlib.contextmanager
 def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
     """Turn user errors into one line and exit code 2; Ctrl-C into ``interrupted`` and 130.
@@ -215,14 +207,24 @@ def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
     """
     try:
         yield
-    except KeyboardInterrupt:
-        raise fail(interrupted, INTERRUPTED, "yellow") from None
+    except KeyboardInterrupt as err:  # the engine's TrainingInterrupted says how to resume
+        raise fail(str(err) or interrupted, INTERRUPTED, "yellow") from None
     except USER_ERRORS as err:
         raise fail(str(err)) from None
-    except Exception as err:
-        if _training_interrupted(err):
-            raise fail(str(err), INTERRUPTED, "yellow") from None
-        raise
+
+
+@contextlib.contextmanager
+def interruptible(enabled: bool = True) -> Iterator[None]:
+    """Ctrl-C finishes the training step, checkpoints and stops (exit 130, rerun resumes);
+    a second Ctrl-C stops at once. A process setting, so the command's, not the library's.
+    """
+    if not enabled:
+        yield
+        return
+    from dynroute.train.interrupt import stop_on_sigint
+
+    with stop_on_sigint():
+        yield
 
 
 def command(func: F) -> F:

@@ -20,6 +20,7 @@ from dynroute.commands.options import (
     Steps,
     Threads,
     command,
+    interruptible,
     set_threads,
     user_errors,
 )
@@ -186,13 +187,9 @@ def train_here(
 ) -> Any:
     """Train in this process (one rank of a job, or the whole run); Ctrl-C stops cleanly
     after the current step when this process is the whole run."""
-    import contextlib
-
     from dynroute.train import train as run_training
-    from dynroute.train.interrupt import stop_on_sigint
 
-    interruptible = expert_parallel == 1 and nproc == 1
-    with stop_on_sigint() if interruptible else contextlib.nullcontext():
+    with interruptible(expert_parallel == 1 and nproc == 1):
         return run_training(
             cfg, out, progress=progress, expert_parallel=expert_parallel, nproc=nproc,
             restart_from_model=restart,

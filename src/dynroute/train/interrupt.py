@@ -23,8 +23,11 @@ _requested = threading.Event()
 _stepping = threading.Event()
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on Ctrl-C after writing a checkpoint at ``step``."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C after writing a checkpoint at ``step``.
+
+    A ``KeyboardInterrupt``, so code that handles Ctrl-C handles this one too; its message
+    says how to resume."""
 
     def __init__(self, step: int) -> None:
         super().__init__(f"interrupted at step {step}; rerun the same command to resume")
