@@ -103,9 +103,8 @@ def main() -> None:
         print(f"{name}: {time.perf_counter() - started:.0f}s", flush=True)
 
     # the base alone, per domain (no adapters)
-    from dynroute.checkpoints import load_model
+    from dynroute.checkpoints import load_model, tokenize_documents
     from dynroute.lora.data import load_domains
-    from dynroute.checkpoints import tokenize_documents
     from dynroute.lora.train import evaluate_domains
 
     loaded = load_model(base)
