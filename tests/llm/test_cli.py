@@ -152,7 +152,7 @@ def test_a_plugin_router_through_fit_and_route(tables, tmp_path):
         "fit",
         "--train",
         train,
-        "--router",
+        "--query-router",
         "cli_words:word=sum",
         "--out",
         "m",

@@ -231,14 +231,10 @@ def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | N
 
     cls = model_config or DynMoEConfig
     own = {f.name for f in dataclasses.fields(cls)}
-    router = model.get("router", "top_k")
-    try:  # a wrong router fails here, before a run folder is touched
-        keyword = router_params(router) - own
-        if "router" in model or set(model) & keyword:  # built as the model will build it
-            cls(router=router, **{k: model[k] for k in keyword if k in model})
+    try:
+        keyword = router_params(model.get("router", "top_k")) - own
     except (TypeError, ValueError) as err:
-        message = re.sub(r"^\w*Config: ", "", str(err))
-        raise ValueError(f"{origin} [model]: {message}") from None
+        raise ValueError(f"{origin} [model]: {err}") from None
     unknown = set(model) - own - keyword
     if unknown:
         from transformers import PretrainedConfig
@@ -246,13 +242,19 @@ def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | N
         named = own - {f.name for f in dataclasses.fields(PretrainedConfig)} - {"vocab_size"}
         raise ValueError(
             f"{origin} [model]: unknown key(s) {sorted(unknown)}; accepted: {sorted(named)}, and "
-            f"the parameters of the router {spec_name(router)} ({', '.join(sorted(keyword))}); "
-            'a router\'s parameters may go in its spec: router = "top_p:p=0.4"'
+            f"the parameters of the router {spec_name(model.get('router', 'top_k'))} "
+            f"({', '.join(sorted(keyword))}); a router's parameters may go in its spec: "
+            'router = "top_p:p=0.4"'
         )
     if "vocab_size" in model:
         raise ValueError(
             f"{origin} [model]: vocab_size comes from the tokenizer; set [data] vocab_size instead"
         )
+    try:  # every value (router, experts, sizes) as the model will see it, before any folder
+        cls(**model)
+    except (TypeError, ValueError) as err:
+        message = re.sub(r"^\w*Config: ", "", str(err))
+        raise ValueError(f"{origin} [model]: {message}") from None
 
 
 def router_params(router: Any) -> set[str]:
