@@ -24,7 +24,8 @@ def checkpoints(tmp_path_factory):
     data.write_text(TEXT)
     tok = train_tokenizer([TEXT], vocab_size=300)
     out = {}
-    for name, router in (("topk", {"router": "top_k", "k": 2}), ("topp", {"router": "top_p:p=0.4"})):
+    routers = {"topk": {"router": "top_k", "k": 2}, "topp": {"router": "top_p:p=0.4"}}
+    for name, router in routers.items():
         cfg = DynMoEConfig(
             vocab_size=tok.get_vocab_size(),
             d_model=16,
