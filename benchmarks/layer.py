@@ -1,4 +1,4 @@
-"""MoE layer speed suite: dynroute vs transformers' expert implementations vs the GEMM bound.
+r"""MoE layer speed suite: dynroute vs transformers' expert implementations vs the GEMM bound.
 
     python benchmarks/layer.py                 # --quick grid (E=8, N in {8, 512}); `make bench`
     python benchmarks/layer.py --full          # the whole issue-#7 grid (hours on 2 CPU cores)
