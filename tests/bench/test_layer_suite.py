@@ -5,23 +5,23 @@ import json
 import pytest
 import torch
 
-from dynroute.dispatch import grouped, loop
-from dynroute.layers.benchmark.cells import Cell, Setup, grid, record_key, run_cells, tune_top_p
-from dynroute.layers.benchmark.hf_experts import (
+from dynbench.cells import Cell, Setup, grid, record_key, run_cells, tune_top_p
+from dynbench.hf_experts import (
     available_implementations,
     hf_experts,
     mixtral_loop,
     to_top_k_format,
 )
-from dynroute.layers.benchmark.memory import peak_memory
-from dynroute.layers.benchmark.report import (
+from dynbench.memory import peak_memory
+from dynbench.report import (
     append_records,
     load_records,
     markdown_summary,
     plot_ratios,
     target_rows,
 )
-from dynroute.layers.benchmark.suite import run_suite
+from dynbench.suite import run_suite
+from dynroute.dispatch import grouped, loop
 from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import top_k, top_p
 

@@ -7,10 +7,10 @@ median timings either way, with generous bounds (measured ratios are in the comm
 
 import torch
 
+from dynbench.cells import swiglu
+from dynbench.hf_experts import hf_experts, to_top_k_format
+from dynbench.timing import Bench, time_interleaved
 from dynroute.dispatch import grouped, loop
-from dynroute.layers.benchmark.cells import swiglu
-from dynroute.layers.benchmark.hf_experts import hf_experts, to_top_k_format
-from dynroute.layers.benchmark.timing import Bench, time_interleaved
 from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import top_k
 

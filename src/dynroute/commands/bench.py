@@ -1,4 +1,4 @@
-"""`dynroute bench`: the compute–quality frontier, and the MoE layer speed suite."""
+"""`dynroute bench`: the compute–quality frontier of routers (the layer speed suite is a script)."""
 
 from __future__ import annotations
 
@@ -22,18 +22,9 @@ from dynroute.commands.options import (
 
 RANK = 60
 
-LAYER_LEGEND = (
-    "✅ / ❌ in the layer tables: ✅ when dynroute's time for a cell (forward, or forward + "
-    "backward) is within the target multiple of the *bound*, the time of one dense SwiGLU "
-    "GEMM chain over the same A = N·k̄ routed rows (arithmetic no MoE layer can avoid): "
-    "≤ 1.10 × for N ≥ 512 tokens, ≤ 1.5 × below; ❌ otherwise. '× floor' compares with the "
-    "per-expert GEMMs alone on pre-sorted rows (what any grouped dispatch must run), "
-    "'× best hf' with the fastest transformers expert implementation measured in the same "
-    "cell (below 1 = dynroute faster)."
-)
-
 bench = typer.Typer(
-    help="Benchmarks: the compute–quality frontier of routers, the MoE layer's speed.",
+    help="Benchmarks: the compute–quality frontier of routers. The MoE layer speed suite is "
+    "`python benchmarks/layer.py` in a source checkout (not shipped in the wheel).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -110,26 +101,6 @@ def frontier(
         f"plot: {outcome.plot}  ({outcome.seconds:.0f} s)",
         markup=False,
     )
-
-
-@bench.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    short_help="The MoE layer speed suite; says what ✅/❌ compare against.",
-    help="The MoE layer speed suite (dynroute.layers.benchmark); its flags (--full, "
-    "--num-experts 8, --tokens 512, --threads 1, --device cuda, --suite gpu, ...) are listed "
-    "by `python -m dynroute.layers.benchmark --help`. " + LAYER_LEGEND,
-)
-@command
-def layer(ctx: typer.Context) -> None:
-    from rich.console import Console
-
-    from dynroute.layers.benchmark.run import main
-
-    console = Console()
-    console.print(LAYER_LEGEND, markup=False, soft_wrap=True)
-    code = main(ctx.args)
-    console.print(LAYER_LEGEND, markup=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

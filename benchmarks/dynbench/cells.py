@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynroute.dispatch import dense, grouped, loop
-from dynroute.layers.benchmark.hf_experts import (
+from dynbench.hf_experts import (
     available_implementations,
     hf_experts,
     mixtral_loop,
     to_top_k_format,
 )
-from dynroute.layers.benchmark.memory import peak_memory
-from dynroute.layers.benchmark.scattermoe_impl import scattermoe_layer
-from dynroute.layers.benchmark.timing import Bench, time_interleaved
+from dynbench.memory import peak_memory
+from dynbench.scattermoe_impl import scattermoe_layer
+from dynbench.timing import Bench, time_interleaved
+from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers.experts import ExpertWeights
 from dynroute.routing import Routing, top_k, top_p
 

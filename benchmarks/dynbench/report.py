@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
+from dynbench.cells import HF_IMPLS, Record, record_key
 from dynroute.common.files import atomic_write_text
-from dynroute.layers.benchmark.cells import HF_IMPLS, Record, record_key
 
 IMPL_ORDER = (
     "grouped",

@@ -22,8 +22,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 # Private, but torch has no public way to see every tensor an op allocates on any device
 # (torch.cuda.max_memory_allocated is CUDA-only; the profiler gives no storage identity to
-# leave the parameter gradients out). Only the layer benchmark uses this module: nothing a
-# model runs depends on it.
+# leave the parameter gradients out). It is why this module lives in benchmarks/, not in
+# the installed package.
 from torch.utils._python_dispatch import TorchDispatchMode
 
 

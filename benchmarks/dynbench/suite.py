@@ -7,8 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dynroute.layers.benchmark.cells import Cell, Record, Setup, run_cells
-from dynroute.layers.benchmark.report import (
+from dynbench.cells import Cell, Record, Setup, run_cells
+from dynbench.report import (
     append_records,
     cell_table,
     done_keys,
@@ -35,7 +35,7 @@ def run_suite(
         the records of this run (the file holds earlier ones too).
 
     Example:
-        >>> from dynroute.layers.benchmark.cells import grid
+        >>> from dynbench.cells import grid
         >>> recs = run_suite(grid([4], [8], ["top2"], ["fwd"]), Setup(32, 64, repeats=1),
         ...                  console=Console(quiet=True))
         >>> "grouped" in {r["impl"] for r in recs}

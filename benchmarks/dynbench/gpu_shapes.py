@@ -4,7 +4,7 @@ Shapes (E experts, d_model, d_ff of one expert, router) of Mixtral-8x7B, OLMoE-1
 Qwen3-30B-A3B at N = 4096 and 16384 tokens, timed with CUDA events against the
 dense-GEMM bound, transformers' ``grouped_mm`` experts and ScatterMoE (when installed).
 
-    dynroute bench layer --suite gpu          # on a CUDA machine
+    python benchmarks/layer.py --suite gpu          # on a CUDA machine
 
 Example:
     >>> [c.router for c in gpu_cells("mixtral", (4096,))]
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynroute.layers.benchmark.cells import Cell, Setup, grid
+from dynbench.cells import Cell, Setup, grid
 
 __all__ = ["GPU_SHAPES", "GPU_SKIP", "GPU_TOKENS", "ModelShape", "gpu_cells", "gpu_setup"]
 
