@@ -217,3 +217,9 @@ class RoutingPolicy:
 
     def mark_up(self, b: Backend) -> None:
         b.down_until = 0.0
+
+    def health(self) -> dict[str, Any]:
+        """The proxy's fields of ``GET /health``: the router, which backends cool down."""
+        clock = time.monotonic()
+        down = {b.name: "cooling down" if b.down_until > clock else "ok" for b in self.backends}
+        return {"router": self.router.name, "backends": down}

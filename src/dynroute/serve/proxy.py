@@ -1,18 +1,10 @@
 """The routing proxy of ``dynroute llm serve``: the OpenAI API in front of several backends.
 
 Each request is validated (a malformed one is a 400 here, never forwarded), decided by a
-:class:`~dynroute.serve.policy.RoutingPolicy`, and forwarded with ``httpx.AsyncClient``
-to the chosen backend with its own model id. A backend that cannot be reached, times
-out, or answers 5xx/429 is skipped for a cool-down and the request goes to the next in
-the decision's order (before any byte reached the client; a stream that breaks midway
-ends with an error event). A backend's 4xx is passed back (the request is at fault).
-When no backend answers: 503 with OpenAI's error JSON. Every answer carries the backend
-that produced it in ``model`` and in the ``x-dynroute-model`` header; every request is
-logged (:class:`~dynroute.serve.decisions.DecisionLog`).
-
-The routes are in :mod:`dynroute.serve.proxy_routes` (one module each, reading the
-policy, the log and the HTTP client from ``request.app.state``); this module puts them
-together. Middleware and dependencies go on the app here.
+:class:`~dynroute.serve.policy.RoutingPolicy` and forwarded to the backends in the
+decision's order (:mod:`dynroute.serve.proxy_routes`); every request is logged
+(:class:`~dynroute.serve.decisions.DecisionLog`). Middleware and dependencies go on the
+app here.
 """
 
 from __future__ import annotations
@@ -23,10 +15,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from dynroute.serve import info_routes
 from dynroute.serve.decisions import DecisionLog
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.policy import RoutingPolicy
-from dynroute.serve.proxy_routes import chat, completions, health, models
+from dynroute.serve.proxy_routes import forward
 from dynroute.serve.schemas import now
 
 __all__ = ["client_lifespan", "create_proxy_app"]
@@ -66,8 +59,10 @@ def create_proxy_app(
     )
     app.state.policy = policy
     app.state.decision_log = log or DecisionLog(None)
-    app.state.created = now()
+    app.state.health = policy.health
+    created = now()
+    app.state.model_cards = [info_routes.model_card(m, created) for m in policy.model_ids()]
     install_error_handlers(app)
-    for module in (health, models, completions, chat):
+    for module in (info_routes, forward):
         app.include_router(module.router)
     return app

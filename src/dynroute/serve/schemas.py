@@ -1,17 +1,21 @@
-"""OpenAI request and response bodies (pydantic): what the server and the proxy accept.
+"""OpenAI's wire format: request bodies (pydantic), ids, error JSON, server-sent events.
 
 Only the fields dynroute acts on are typed; any other field an OpenAI client sends
 (``user``, ``logit_bias``, ...) is accepted and ignored (``extra="allow"``), so official
 clients work unchanged, and the proxy forwards those fields to its backends untouched.
+A stream is ``data: {json}`` events, then ``data: [DONE]``.
 
 Example:
     >>> req = CompletionRequest.model_validate({"model": "m", "prompt": "def", "stop": "\\n"})
     >>> req.prompts(), req.stop_list(), req.max_tokens
     (['def'], ['\\n'], 16)
+    >>> sse({"a": 1}), sse_data(": keep-alive")
+    ('data: {"a":1}\\n\\n', None)
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -19,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "DONE",
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
@@ -27,10 +32,15 @@ __all__ = [
     "Usage",
     "error_body",
     "new_id",
+    "now",
+    "sse",
+    "sse_data",
 ]
 
 #: OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 DEFAULT_COMPLETION_TOKENS = 16
+#: the last event of every stream
+DONE = "data: [DONE]\n\n"
 
 
 class StreamOptions(BaseModel):
@@ -173,3 +183,13 @@ def error_body(
         'invalid_request_error'
     """
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying ``obj`` as compact JSON."""
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of one ``data:`` line of a stream (None for any other line)."""
+    return line[5:].strip() if line.startswith("data:") else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,16 +16,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from dynroute.serve.engine import Completion
 from dynroute.serve.errors import ApiError
-from dynroute.serve.loading import ServedModel
 from dynroute.serve.model_routes.generation import (
+    Frames,
     check_model,
     make_job,
     run_job,
     stream_job,
-    usage_of,
 )
-from dynroute.serve.model_routes.state import engine_of, served_model
-from dynroute.serve.schemas import CompletionRequest, Usage, new_id, now
+from dynroute.serve.schemas import CompletionRequest, Usage, new_id
+from dynroute.serve.state import engine_of, served_model
 
 __all__ = ["CompletionFrames", "router"]
 
@@ -33,45 +32,26 @@ router = APIRouter()
 
 
 @dataclass
-class CompletionFrames:
-    """The bodies of one ``text_completion`` answer, whole or streamed.
+class CompletionFrames(Frames):
+    """A ``text_completion``, whole or streamed (``echo``: the prompt, streamed first).
 
     Example:
-        >>> frames = CompletionFrames("tiny", echo=None)
+        >>> frames = CompletionFrames("tiny", "cmpl-1")
         >>> frames.piece("x")["choices"][0]["text"], frames.opening()
         ('x', None)
     """
 
-    model: str
-    echo: str | None  # the prompt, sent first when streaming with echo=true
-    id: str = field(default_factory=lambda: new_id("cmpl"))
-    created: int = field(default_factory=now)
-
-    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-
-    @staticmethod
-    def choice(text: str, finish: str | None, index: int = 0) -> dict[str, Any]:
-        return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+    echo: str | None = None
+    chunk = "text_completion"
 
     def opening(self) -> dict[str, Any] | None:
-        return None if self.echo is None else self.body([self.choice(self.echo, None)])
+        return None if self.echo is None else self.body([self.choice(None, text=self.echo)])
 
     def piece(self, text: str) -> dict[str, Any]:
-        return self.body([self.choice(text, None)])
+        return self.body([self.choice(None, text=text)])
 
     def ending(self, done: Completion) -> dict[str, Any]:
-        return self.body([self.choice("", done.finish_reason)])
-
-    def usage(self, done: Completion) -> dict[str, Any]:
-        return self.body([], usage=usage_of(done))
+        return self.body([self.choice(done.finish_reason, text="")])
 
     def answer(self, echoes: Sequence[str], results: Sequence[Completion]) -> dict[str, Any]:
         """The whole answer: one choice per prompt, usage summed over them."""
@@ -79,15 +59,11 @@ class CompletionFrames:
         completion_tokens = sum(c.completion_tokens for c in results)
         return self.body(
             [
-                self.choice(e + c.text, c.finish_reason, i)
+                self.choice(c.finish_reason, i, text=e + c.text)
                 for i, (e, c) in enumerate(zip(echoes, results, strict=True))
             ],
             usage=Usage.of(prompt_tokens, completion_tokens).model_dump(),
         )
-
-
-def echo_text(served: ServedModel, prompt: str | list[int]) -> str:
-    return served.tokenizer.decode(prompt) if isinstance(prompt, list) else prompt
 
 
 @router.post("/v1/completions", response_model=None)
@@ -101,8 +77,11 @@ async def completions(req: CompletionRequest, request: Request) -> JSONResponse 
         make_job(served, p if isinstance(p, list) else served.encode(p), req, req.stop_list())
         for p in prompts
     ]
-    echoes = [echo_text(served, p) if req.echo else "" for p in prompts]
-    frames = CompletionFrames(served.name, echo=echoes[0] if req.echo else None)
+    echoes = [
+        (served.tokenizer.decode(p) if isinstance(p, list) else p) if req.echo else ""
+        for p in prompts
+    ]
+    frames = CompletionFrames(served.name, new_id("cmpl"), echo=echoes[0] if req.echo else None)
     if req.stream:
         return stream_job(engine, jobs[0], frames, req.include_usage)
     results = await asyncio.gather(*(run_job(engine, j) for j in jobs))

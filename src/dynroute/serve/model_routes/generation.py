@@ -1,27 +1,27 @@
 """From a request to the engine and back: check the model, build a job, run or stream it.
 
-Generation runs on the engine's worker thread; the event loop only awaits its future or,
-when streaming, relays each piece of text as a server-sent event (the frames come from a
-:class:`StreamFrames` of the endpoint: completions and chat differ only there).
+Generation runs on the engine's worker thread; the event loop awaits its future or, when
+streaming, sends each new piece of text as a server-sent event framed by the endpoint's
+:class:`Frames` (completions and chat differ only there).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from fastapi.responses import StreamingResponse
 
 from dynroute.serve.engine import Completion, GenerationEngine, Job
 from dynroute.serve.errors import ApiError
 from dynroute.serve.loading import ServedModel
-from dynroute.serve.schemas import GenerationParams, Usage, error_body
-from dynroute.serve.sse import DONE, sse
+from dynroute.serve.schemas import DONE, GenerationParams, Usage, error_body, now, sse
 
 __all__ = [
     "DEFAULT_CHAT_TOKENS",
-    "StreamFrames",
+    "Frames",
     "check_model",
     "make_job",
     "run_job",
@@ -33,20 +33,46 @@ __all__ = [
 DEFAULT_CHAT_TOKENS = 256
 
 
-class StreamFrames(Protocol):
-    """The chunks of one streamed answer (one endpoint's body shape)."""
+@dataclass
+class Frames:
+    """The bodies of one answer (an endpoint's subclass says what its chunks carry).
+
+    A stream sends ``opening()`` unless None, ``piece(text)`` per new text, ``ending``,
+    ``usage`` when the client asked for it, then ``[DONE]``.
+    """
+
+    model: str
+    id: str
+    created: int = field(default_factory=now)
+    chunk: ClassVar[str]  # the ``object`` of a streamed chunk
+
+    def body(
+        self, choices: list[dict[str, Any]], obj: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj or self.chunk,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+
+    @staticmethod
+    def choice(finish: str | None, index: int = 0, **content: Any) -> dict[str, Any]:
+        return {"index": index, **content, "finish_reason": finish, "logprobs": None}
 
     def opening(self) -> dict[str, Any] | None:
-        """Sent before any text (None: nothing)."""
+        return None
 
     def piece(self, text: str) -> dict[str, Any]:
-        """Carries one new piece of text."""
+        raise NotImplementedError
 
     def ending(self, done: Completion) -> dict[str, Any]:
-        """Carries the finish reason."""
+        raise NotImplementedError
 
     def usage(self, done: Completion) -> dict[str, Any]:
-        """Carries the token counts (sent when the client asked for them)."""
+        return self.body([], usage=usage_of(done))
 
 
 def check_model(served: ServedModel, name: str) -> None:
@@ -101,7 +127,7 @@ async def run_job(engine: GenerationEngine, job: Job) -> Completion:
 
 
 def stream_job(
-    engine: GenerationEngine, job: Job, frames: StreamFrames, include_usage: bool
+    engine: GenerationEngine, job: Job, frames: Frames, include_usage: bool
 ) -> StreamingResponse:
     """Stream the job's text as it is generated, framed by ``frames``, then ``[DONE]``."""
     loop = asyncio.get_running_loop()
@@ -119,7 +145,7 @@ async def events(
     job: Job,
     pieces: asyncio.Queue[str | None],
     done: asyncio.Future[Completion],
-    frames: StreamFrames,
+    frames: Frames,
     include_usage: bool,
 ) -> AsyncIterator[str]:
     """The events of :func:`stream_job` (``pieces`` ends with None once ``done`` is)."""

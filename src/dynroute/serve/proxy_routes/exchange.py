@@ -1,9 +1,5 @@
-"""One request through the proxy: its decision and its row of the decision log.
-
-The row is filled as the request goes (see :mod:`dynroute.serve.decisions` for the
-fields) and written once, by :meth:`Exchange.finish`, which also settles the decision's
-cost with the budget.
-"""
+"""One request through the proxy: its decision and its row of the decision log (the
+fields: :mod:`dynroute.serve.decisions`), written once by :meth:`Exchange.finish`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Forward a validated request: decide, then try the decision's backends in order.
+"""The proxy's two POST routes: validate, decide, then try the decision's backends in order.
 
 Each backend gets the request as the client sent it (unknown fields included) with its
 own model id. A backend that cannot be reached, times out, or answers 5xx/408/429 is
@@ -14,17 +14,19 @@ import time
 from typing import Any
 
 import httpx
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from dynroute.serve.backends import Backend
-from dynroute.serve.errors import ApiError
+from dynroute.serve.errors import ApiError, parse_body
 from dynroute.serve.proxy_routes.exchange import Exchange
 from dynroute.serve.proxy_routes.relay import answer, stream_back
-from dynroute.serve.proxy_routes.state import client_of, decision_log, policy_of
-from dynroute.serve.schemas import GenerationParams
+from dynroute.serve.schemas import ChatCompletionRequest, CompletionRequest, GenerationParams
+from dynroute.serve.state import client_of, decision_log, policy_of
 
-__all__ = ["RETRY_STATUS", "backend_payload", "forward", "send"]
+__all__ = ["RETRY_STATUS", "backend_payload", "forward", "router", "send"]
+
+router = APIRouter()
 
 #: a backend answering with these is skipped and the next one tried
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -43,6 +45,18 @@ def backend_payload(body: dict[str, Any], backend: Backend, stream: bool) -> dic
     if stream:
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return payload
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(request: Request) -> Response:
+    body, req = await parse_body(request, CompletionRequest)
+    return await forward(request, "/completions", body, req, req.prompt_text())
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(request: Request) -> Response:
+    body, req = await parse_body(request, ChatCompletionRequest)
+    return await forward(request, "/chat/completions", body, req, req.last_user_text())
 
 
 async def send(

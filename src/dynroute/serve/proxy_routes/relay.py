@@ -1,11 +1,9 @@
-"""A backend's answer back to the client, relabelled with the backend that gave it.
+"""A backend's answer back to the client, relabelled with the backend's name.
 
-Every answer carries the backend's name in ``model`` (in each streamed chunk too) and in
-the ``x-dynroute-model`` header. A whole answer is read, relabelled and logged; a stream
-is relayed chunk by chunk, and logged after its last one. The proxy always asks a
-stream for ``usage`` (to price it); a client that did not ask does not get it. A backend
-that dies mid-stream is cooled down and the stream ends with an error event (too late to
-switch backends).
+The name goes in ``model`` (of each streamed chunk too) and in the ``x-dynroute-model``
+header. The proxy always asks a stream for ``usage`` (to price it); a client that did not
+ask does not get it. A backend that dies mid-stream is cooled down and the stream ends
+with an error event (too late to switch backends).
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dynroute.serve.backends import Backend
 from dynroute.serve.proxy_routes.exchange import Exchange
-from dynroute.serve.schemas import error_body
-from dynroute.serve.sse import DONE, sse, sse_data
+from dynroute.serve.schemas import DONE, error_body, sse, sse_data
 
 __all__ = ["MODEL_HEADER", "answer", "relabel", "stream_back"]
 
