@@ -1,20 +1,9 @@
 """The proxy's backends: where each model is served, what it costs, which router model it is.
 
 A backend is named on the command line (``--backend NAME=URL``) and optionally described
-in a small TOML or JSON file (``--prices FILE``):
-
-.. code-block:: toml
-
-    [backends.strong]
-    url = "http://127.0.0.1:8001"        # optional when --backend strong=URL gives it
-    model = "tiny-a"                     # the id the backend serves (default: NAME)
-    router_model = "gpt-4-1106-preview"  # the router's name for it (default: NAME)
-    prompt_price = 10.0                  # USD per million prompt tokens
-    completion_price = 30.0              # USD per million completion tokens
-    api_key_env = "OPENAI_API_KEY"       # sent as "Authorization: Bearer ..." (optional)
-
-The router decides among its own model names (those of the table it was fitted on);
-every backend must map to one of them, by its NAME or its ``router_model``.
+in a TOML or JSON file (``--prices FILE``: ``[backends.NAME]`` tables with the keys of
+:data:`FIELDS`; docs/serving.md shows one). The router decides among its own model names;
+every backend must map to one, by its NAME or its ``router_model``.
 
 Example:
     >>> b = parse_backend_args(["small=http://127.0.0.1:8001/v1"], {})

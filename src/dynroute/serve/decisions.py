@@ -1,17 +1,8 @@
 """The proxy's decision log: one JSON line per request, flushed as it is written.
 
-Fields: ``time`` (ISO 8601, UTC), ``query_sha256`` (of the text the router read; the
-text itself is never written), ``endpoint``, ``requested`` (the ``model`` field),
-``mode``, ``knob`` (λ or cascade threshold), ``chosen`` (the backend that answered, or
-null), ``router_model`` (the router's name for it), ``predicted_quality`` (of the chosen
-backend; null for direct requests), ``estimated_cost`` and ``cost`` (USD; ``cost`` from
-the answer's ``usage`` × the prices, else the estimate), ``prompt_tokens``,
-``completion_tokens``, ``latency_ms`` (from the request's arrival to the answer;
-streams: to the last event), ``upstream_ms`` (of that, waiting for the backend),
-``status`` (the HTTP status sent to the client), ``attempts`` (``[{"backend",
-"error"}]`` of the backends that failed first), ``stream``.
-
-Joined with the queries and graded answers, these rows are an outcome table for
+A row holds ``time`` (ISO 8601, UTC), ``query_sha256`` (never the text), the decision and
+its outcome (:meth:`dynroute.serve.proxy_routes.exchange.Exchange.finish` writes it; the
+fields are listed in docs/serving.md): with the graded answers, an outcome table for
 ``dynroute llm eval`` on live traffic.
 
 Example:

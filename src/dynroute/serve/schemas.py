@@ -49,11 +49,8 @@ class StreamOptions(BaseModel):
 
 
 class GenerationParams(BaseModel):
-    """Sampling fields shared by both endpoints.
-
-    ``temperature`` absent or 0 means greedy (deterministic); otherwise multinomial
-    sampling with ``temperature`` and nucleus ``top_p``.
-    """
+    """The fields both endpoints share (``temperature`` absent or 0: greedy; else sampled
+    with ``temperature`` and nucleus ``top_p``)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -1,16 +1,16 @@
-"""What the handlers of both apps read from ``request.app.state``.
+"""``app.state`` of both apps: what handlers read there, and the two routes that show it.
 
 Both apps set ``health`` (a function: the app's own fields of ``GET /health``) and
-``model_cards`` (the list ``GET /v1/models`` answers). :func:`~dynroute.serve.app.create_app`
+``model_cards`` (what ``GET /v1/models`` lists). :func:`~dynroute.serve.app.create_app`
 sets ``served``, its lifespan ``engine``; :func:`~dynroute.serve.proxy.create_proxy_app`
 sets ``policy`` and ``decision_log``, its lifespan ``client`` (every backend call's).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 
 if TYPE_CHECKING:
     import httpx
@@ -20,7 +20,37 @@ if TYPE_CHECKING:
     from dynroute.serve.loading import ServedModel
     from dynroute.serve.policy import RoutingPolicy
 
-__all__ = ["client_of", "decision_log", "engine_of", "policy_of", "served_model"]
+__all__ = [
+    "client_of",
+    "decision_log",
+    "engine_of",
+    "model_card",
+    "policy_of",
+    "router",
+    "served_model",
+]
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    return {"status": "ok", **request.app.state.health()}
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": request.app.state.model_cards}
+
+
+def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
+    """One entry of ``GET /v1/models``.
+
+    Example:
+        >>> model_card("tiny", 0, max_model_len=256)["max_model_len"]
+        256
+    """
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "dynroute", **extra}
 
 
 def served_model(request: Request) -> ServedModel:
