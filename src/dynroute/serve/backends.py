@@ -67,11 +67,8 @@ class Backend:
 
 
 def load_backend_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """``{name: fields}`` from a TOML/JSON file with a ``backends`` table (see module doc).
-
-    Raises:
-        ValueError: naming the file and what is wrong in it.
-    """
+    """``{name: fields}`` from a TOML/JSON file with a ``backends`` table (see module doc);
+    a ValueError names the file and what is wrong in it."""
     if path is None:
         return {}
     p = Path(path)
@@ -103,13 +100,8 @@ def load_backend_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
 
 
 def parse_backend_args(specs: Sequence[str], config: dict[str, dict[str, Any]]) -> list[Backend]:
-    """Backends from ``NAME=URL`` strings, completed by the config file's tables.
-
-    A backend only in the file (with its ``url``) is added too.
-
-    Raises:
-        ValueError: a malformed spec, a duplicate name, a backend without URL.
-    """
+    """Backends from ``NAME=URL`` strings, completed by the config file's tables (a backend
+    only in the file, with its ``url``, is added too; a ValueError says what is wrong)."""
     urls: dict[str, str] = {}
     for spec in specs:
         name, sep, url = spec.partition("=")
@@ -147,11 +139,8 @@ def parse_backend_args(specs: Sequence[str], config: dict[str, dict[str, Any]]) 
 
 
 def map_to_router(backends: list[Backend], router_models: Sequence[str]) -> None:
-    """Set each backend's ``router_model`` (its NAME when that is one of the router's).
-
-    Raises:
-        ValueError: a backend matching none of the router's models, listing them.
-    """
+    """Set each backend's ``router_model`` (its NAME when that is one of the router's);
+    a ValueError lists the router's models for a backend matching none."""
     known = list(router_models)
     for b in backends:
         b.router_model = b.router_model or (b.name if b.name in known else None)

@@ -1,17 +1,16 @@
 """The proxy's decision log: one JSON line per request, flushed as it is written.
 
 A row holds ``time`` (ISO 8601, UTC), ``query_sha256`` (never the text), the decision and
-its outcome (:meth:`dynroute.serve.proxy_routes.exchange.Exchange.finish` writes it; the
-fields are listed in docs/serving.md): with the graded answers, an outcome table for
-``dynroute llm eval`` on live traffic.
+its outcome (:meth:`dynroute.serve.proxy_routes.Exchange.finish`; the fields are listed in
+docs/serving.md): with the graded answers, an outcome table for ``dynroute llm eval``.
 
 Example:
     >>> import tempfile, json, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.jsonl"
     >>> with DecisionLog(path) as log:
     ...     log.write({"chosen": "small", "status": 200})
-    >>> json.loads(path.read_text())["chosen"]
-    'small'
+    >>> json.loads(path.read_text())["chosen"], query_hash("hi")[:12]
+    ('small', '8f434346648f')
 """
 
 from __future__ import annotations
@@ -26,12 +25,7 @@ __all__ = ["DecisionLog", "query_hash"]
 
 
 def query_hash(text: str) -> str:
-    """sha256 hex digest of the UTF-8 text.
-
-    Example:
-        >>> query_hash("hi")[:12]
-        '8f434346648f'
-    """
+    """sha256 hex digest of the UTF-8 text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

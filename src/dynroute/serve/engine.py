@@ -239,9 +239,7 @@ class GenerationEngine:
                 else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
             )
             criterion = _BatchCriterion(
-                rows,
-                lambda t: self.tokenizer.decode(t, skip_special_tokens=False),
-                self.eos,
+                rows, lambda t: self.tokenizer.decode(t, skip_special_tokens=False), self.eos
             )
             self.stats["generate_calls"] += 1
             self.stats["requests"] += len(batch)

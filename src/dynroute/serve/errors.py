@@ -68,11 +68,7 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 
 async def parse_body(request: Request, schema: type[Body]) -> tuple[dict[str, Any], Body]:
-    """``(the JSON object as sent, the same validated by schema)``.
-
-    Raises:
-        ApiError: 400 for a body that is not JSON, not an object, or not valid.
-    """
+    """``(the JSON object as sent, the same validated by schema)``, or a 400."""
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -20,12 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "DEFAULT_CHAT_STOP",
-    "ServedModel",
-    "chat_prompt_text",
-    "load_served_model",
-]
+__all__ = ["DEFAULT_CHAT_STOP", "ServedModel", "chat_prompt_text", "load_served_model"]
 
 DEFAULT_CHAT_STOP = "\nuser:"
 

@@ -1,10 +1,8 @@
 """``POST /v1/completions`` and ``POST /v1/chat/completions`` of ``dynroute serve``.
 
-A request becomes an engine :class:`~dynroute.serve.engine.Job` per prompt. Generation
-runs on the engine's worker thread; the event loop awaits its future or, when streaming,
-sends each new piece of text as a server-sent event framed by the endpoint's
-:class:`Frames` (completions and chat differ only there). ``prompt`` is a string, a list
-of strings (one choice each, generated together) or a list of token ids.
+Each prompt (a string, a list of strings answered together, or token ids) becomes an
+engine :class:`~dynroute.serve.engine.Job`; the event loop awaits its future or, streaming,
+sends each new piece of text as an event framed by the endpoint's :class:`Frames`.
 """
 
 from __future__ import annotations
@@ -182,11 +180,8 @@ def check_model(served: ServedModel, name: str) -> None:
 
 
 def make_job(served: ServedModel, ids: list[int], req: GenerationParams, stops: list[str]) -> Job:
-    """A job completing ``ids`` with the request's settings.
-
-    Raises:
-        ApiError: 400 for an empty prompt or one that leaves no room for ``max_tokens``.
-    """
+    """A job completing ``ids`` with the request's settings (a 400 for an empty prompt or
+    one that leaves no room for ``max_tokens``)."""
     if not ids:
         raise ApiError(400, "the prompt is empty (0 tokens)", param="prompt")
     room = served.context_length - len(ids)

@@ -117,19 +117,15 @@ async def forward(
         exchange.row.update(attempts=attempts)
         exchange.upstream_start = sent
         if req.stream and upstream.status_code == 200:
-            return stream_back(upstream, backend, exchange, req.include_usage)
+            events = relay(upstream, backend, exchange, req.include_usage)
+            headers = {MODEL_HEADER: backend.name}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         return await answer(upstream, backend, exchange)
-    return no_backend(exchange, attempts)
-
-
-def no_backend(exchange: Exchange, attempts: list[dict[str, str]]) -> Response:
-    """The 503 when every backend failed (logged with the attempts)."""
-    exchange.policy.settle(exchange.decision, 0.0)
+    policy.settle(exchange.decision, 0.0)  # every backend failed: a 503, logged with why
     names = ", ".join(f"{a['backend']} ({a['error']})" for a in attempts)
     exchange.finish(None, 503, attempts=attempts)
-    return ApiError(
-        503, f"no backend could answer: {names}", kind="service_unavailable", code="no_backend"
-    ).response()
+    message = f"no backend could answer: {names}"
+    return ApiError(503, message, kind="service_unavailable", code="no_backend").response()
 
 
 @dataclass
@@ -152,11 +148,8 @@ class Exchange:
         req: GenerationParams,
         query: str,
     ) -> Exchange:
-        """Decide where the request goes (``query``: the text the router reads).
-
-        Raises:
-            ApiError: 404 for a ``model`` that is neither a router id nor a backend.
-        """
+        """Decide where the request goes (``query``: the text the router reads; a 404 for
+        a ``model`` that is neither a router id nor a backend)."""
         start = time.perf_counter()
         decision = policy.decide(req.model, query, req.max_tokens)
         row: dict[str, Any] = {
@@ -222,17 +215,6 @@ async def answer(upstream: httpx.Response, backend: Backend, exchange: Exchange)
     )
 
 
-def stream_back(
-    upstream: httpx.Response, backend: Backend, exchange: Exchange, want_usage: bool
-) -> StreamingResponse:
-    """The backend's stream as the client's (``want_usage``: the client asked for usage)."""
-    return StreamingResponse(
-        relay(upstream, backend, exchange, want_usage),
-        media_type="text/event-stream",
-        headers={MODEL_HEADER: backend.name},
-    )
-
-
 def relabel(chunk: Any, backend: str, want_usage: bool) -> tuple[bool, dict[str, Any] | None]:
     """Put the backend's name in ``chunk`` (in place); ``(send it, its usage or None)``.
 
@@ -259,7 +241,8 @@ def relabel(chunk: Any, backend: str, want_usage: bool) -> tuple[bool, dict[str,
 async def relay(
     upstream: httpx.Response, backend: Backend, exchange: Exchange, want_usage: bool
 ) -> AsyncIterator[str]:
-    """The events of :func:`stream_back`; logs the request once the stream ends."""
+    """The backend's stream as the client's (``want_usage``: the client asked for usage);
+    logs the request once the stream ends."""
     usage: dict[str, Any] | None = None
     status, error = 200, None
     try:

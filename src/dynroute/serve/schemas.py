@@ -11,6 +11,8 @@ Example:
     (['def'], ['\\n'], 16)
     >>> sse({"a": 1}), sse_data(": keep-alive")
     ('data: {"a":1}\\n\\n', None)
+    >>> new_id("cmpl").startswith("cmpl-"), error_body("bad")["error"]["type"]
+    (True, 'invalid_request_error')
 """
 
 from __future__ import annotations
@@ -154,12 +156,7 @@ class Usage(BaseModel):
 
 
 def new_id(prefix: str) -> str:
-    """``cmpl-…`` / ``chatcmpl-…`` ids as OpenAI writes them.
-
-    Example:
-        >>> new_id("cmpl").startswith("cmpl-")
-        True
-    """
+    """``cmpl-…`` / ``chatcmpl-…`` ids as OpenAI writes them."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
@@ -173,12 +170,7 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``.
-
-    Example:
-        >>> error_body("bad", code="x")["error"]["type"]
-        'invalid_request_error'
-    """
+    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

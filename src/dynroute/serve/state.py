@@ -44,12 +44,7 @@ async def models(request: Request) -> dict[str, Any]:
 
 
 def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
-    """One entry of ``GET /v1/models``.
-
-    Example:
-        >>> model_card("tiny", 0, max_model_len=256)["max_model_len"]
-        256
-    """
+    """One entry of ``GET /v1/models``."""
     return {"id": model_id, "object": "model", "created": created, "owned_by": "dynroute", **extra}
 
 
