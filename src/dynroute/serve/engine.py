@@ -160,7 +160,6 @@ class GenerationEngine:
         self._thread = threading.Thread(target=self._run, name="dynroute-generate", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------------ public
     def submit(self, job: Job) -> Future[Completion]:
         """Queue ``job``; its future resolves to a :class:`Completion` (or the error)."""
         if not job.prompt_ids:
@@ -179,7 +178,6 @@ class GenerationEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ worker
     def _key(self, job: Job) -> tuple[Any, ...]:
         return (None if self.pad_batching else len(job.prompt_ids), *job.sampling())
 

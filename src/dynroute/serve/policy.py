@@ -92,7 +92,6 @@ class RoutingPolicy:
         self.priced = all(b.priced for b in backends)
         self.decided, self.spent = 0, 0.0
 
-    # ------------------------------------------------------------------ names
     def model_ids(self) -> list[str]:
         """What ``/v1/models`` lists: ``auto``, ``router-NAME``, then every backend."""
         return ["auto", f"router-{self.router.name}", *self.by_name]
@@ -106,7 +105,6 @@ class RoutingPolicy:
             code="model_not_found",
         )
 
-    # ------------------------------------------------------------------ decide
     def decide(self, model: str, query: str, max_tokens: int | None) -> Decision:
         """The decision for one request (``query``: the text the router reads)."""
         if model in self.by_name:
@@ -185,7 +183,6 @@ class RoutingPolicy:
         est = self.router.estimate_cost([query])[0]
         return [float(est[i]) for i in self.columns]
 
-    # ------------------------------------------------------------------ budget
     def _reserve(self, d: Decision) -> Decision:
         d.reserved = d.estimated.get(d.order[0].name, 0.0)
         self.decided += 1
