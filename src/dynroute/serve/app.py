@@ -1,42 +1,29 @@
-"""The OpenAI-compatible HTTP app of ``dynroute serve``: one model, four routes.
-
-``GET /health``, ``GET /v1/models``, ``POST /v1/completions`` and
-``POST /v1/chat/completions`` (one module each in :mod:`dynroute.serve.model_routes`),
-streaming (server-sent events: ``data: {chunk}`` lines, then ``data: [DONE]``) or not,
-each answer with its ``usage`` token counts. Generation runs on a
-:class:`~dynroute.serve.engine.GenerationEngine` (micro-batching) that starts and stops
-with the app; the event loop only parses, validates and streams. The handlers read the
-model and the engine from ``request.app.state``
-(:mod:`dynroute.serve.model_routes.state`); middleware and dependencies go on the app
-here.
-"""
+"""The app of ``dynroute serve``: one model behind the OpenAI API (its routes:
+:mod:`~dynroute.serve.state`, :mod:`~dynroute.serve.model_routes`). Middleware and
+dependencies go on the app here."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from dynroute.serve import model_routes, state
 from dynroute.serve.engine import GenerationEngine
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.loading import ServedModel
-from dynroute.serve.model_routes import chat, completions, health, models
 from dynroute.serve.schemas import now
 
-__all__ = ["create_app", "engine_lifespan"]
+__all__ = ["create_app"]
 
 
-def engine_lifespan(
-    max_batch: int, wait_ms: float
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """A lifespan that runs ``app.state.served`` on a :class:`GenerationEngine` (set as
-    ``app.state.engine``) while the app serves, and closes it after."""
+def create_app(served: ServedModel, *, max_batch: int = 8, wait_ms: float = 5.0) -> FastAPI:
+    """The app serving ``served`` (its engine starts and stops with the app's lifespan)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served: ServedModel = app.state.served
         engine = GenerationEngine(
             served.model,
             served.tokenizer,
@@ -50,17 +37,12 @@ def engine_lifespan(
         finally:
             await asyncio.to_thread(engine.close)
 
-    return lifespan
-
-
-def create_app(served: ServedModel, *, max_batch: int = 8, wait_ms: float = 5.0) -> FastAPI:
-    """The app serving ``served`` (its engine starts and stops with the app's lifespan)."""
-    app = FastAPI(
-        title=f"dynroute serve: {served.name}", lifespan=engine_lifespan(max_batch, wait_ms)
-    )
+    app = FastAPI(title=f"dynroute serve: {served.name}", lifespan=lifespan)
     app.state.served = served
-    app.state.created = now()
+    app.state.health = lambda: {"model": served.name, "batching": dict(app.state.engine.stats)}
+    card = state.model_card(served.name, now(), max_model_len=served.context_length)
+    app.state.model_cards = [card]
     install_error_handlers(app)
-    for module in (health, models, completions, chat):
+    for module in (state, model_routes):
         app.include_router(module.router)
     return app

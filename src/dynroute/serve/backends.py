@@ -1,20 +1,9 @@
 """The proxy's backends: where each model is served, what it costs, which router model it is.
 
 A backend is named on the command line (``--backend NAME=URL``) and optionally described
-in a small TOML or JSON file (``--prices FILE``):
-
-.. code-block:: toml
-
-    [backends.strong]
-    url = "http://127.0.0.1:8001"        # optional when --backend strong=URL gives it
-    model = "tiny-a"                     # the id the backend serves (default: NAME)
-    router_model = "gpt-4-1106-preview"  # the router's name for it (default: NAME)
-    prompt_price = 10.0                  # USD per million prompt tokens
-    completion_price = 30.0              # USD per million completion tokens
-    api_key_env = "OPENAI_API_KEY"       # sent as "Authorization: Bearer ..." (optional)
-
-The router decides among its own model names (those of the table it was fitted on);
-every backend must map to one of them, by its NAME or its ``router_model``.
+in a TOML or JSON file (``--prices FILE``: ``[backends.NAME]`` tables with the keys of
+:data:`FIELDS`; docs/serving.md shows one). The router decides among its own model names;
+every backend must map to one, by its NAME or its ``router_model``.
 
 Example:
     >>> b = parse_backend_args(["small=http://127.0.0.1:8001/v1"], {})
@@ -78,11 +67,8 @@ class Backend:
 
 
 def load_backend_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """``{name: fields}`` from a TOML/JSON file with a ``backends`` table (see module doc).
-
-    Raises:
-        ValueError: naming the file and what is wrong in it.
-    """
+    """``{name: fields}`` from a TOML/JSON file with a ``backends`` table (see module doc);
+    a ValueError names the file and what is wrong in it."""
     if path is None:
         return {}
     p = Path(path)
@@ -114,13 +100,8 @@ def load_backend_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
 
 
 def parse_backend_args(specs: Sequence[str], config: dict[str, dict[str, Any]]) -> list[Backend]:
-    """Backends from ``NAME=URL`` strings, completed by the config file's tables.
-
-    A backend only in the file (with its ``url``) is added too.
-
-    Raises:
-        ValueError: a malformed spec, a duplicate name, a backend without URL.
-    """
+    """Backends from ``NAME=URL`` strings, completed by the config file's tables (a backend
+    only in the file, with its ``url``, is added too; a ValueError says what is wrong)."""
     urls: dict[str, str] = {}
     for spec in specs:
         name, sep, url = spec.partition("=")
@@ -158,11 +139,8 @@ def parse_backend_args(specs: Sequence[str], config: dict[str, dict[str, Any]]) 
 
 
 def map_to_router(backends: list[Backend], router_models: Sequence[str]) -> None:
-    """Set each backend's ``router_model`` (its NAME when that is one of the router's).
-
-    Raises:
-        ValueError: a backend matching none of the router's models, listing them.
-    """
+    """Set each backend's ``router_model`` (its NAME when that is one of the router's);
+    a ValueError lists the router's models for a backend matching none."""
     known = list(router_models)
     for b in backends:
         b.router_model = b.router_model or (b.name if b.name in known else None)

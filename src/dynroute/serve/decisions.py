@@ -1,26 +1,16 @@
 """The proxy's decision log: one JSON line per request, flushed as it is written.
 
-Fields: ``time`` (ISO 8601, UTC), ``query_sha256`` (of the text the router read; the
-text itself is never written), ``endpoint``, ``requested`` (the ``model`` field),
-``mode``, ``knob`` (λ or cascade threshold), ``chosen`` (the backend that answered, or
-null), ``router_model`` (the router's name for it), ``predicted_quality`` (of the chosen
-backend; null for direct requests), ``estimated_cost`` and ``cost`` (USD; ``cost`` from
-the answer's ``usage`` × the prices, else the estimate), ``prompt_tokens``,
-``completion_tokens``, ``latency_ms`` (from the request's arrival to the answer;
-streams: to the last event), ``upstream_ms`` (of that, waiting for the backend),
-``status`` (the HTTP status sent to the client), ``attempts`` (``[{"backend",
-"error"}]`` of the backends that failed first), ``stream``.
-
-Joined with the queries and graded answers, these rows are an outcome table for
-``dynroute llm eval`` on live traffic.
+A row holds ``time`` (ISO 8601, UTC), ``query_sha256`` (never the text), the decision and
+its outcome (:meth:`dynroute.serve.proxy_routes.Exchange.finish`; the fields are listed in
+docs/serving.md): with the graded answers, an outcome table for ``dynroute llm eval``.
 
 Example:
     >>> import tempfile, json, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.jsonl"
     >>> with DecisionLog(path) as log:
     ...     log.write({"chosen": "small", "status": 200})
-    >>> json.loads(path.read_text())["chosen"]
-    'small'
+    >>> json.loads(path.read_text())["chosen"], query_hash("hi")[:12]
+    ('small', '8f434346648f')
 """
 
 from __future__ import annotations
@@ -35,12 +25,7 @@ __all__ = ["DecisionLog", "query_hash"]
 
 
 def query_hash(text: str) -> str:
-    """sha256 hex digest of the UTF-8 text.
-
-    Example:
-        >>> query_hash("hi")[:12]
-        '8f434346648f'
-    """
+    """sha256 hex digest of the UTF-8 text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

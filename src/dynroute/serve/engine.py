@@ -1,17 +1,12 @@
 """Generation with micro-batching: concurrent requests run as one ``model.generate`` call.
 
-Requests arrive from the HTTP event loop (:meth:`GenerationEngine.submit`, thread-safe)
-and are answered on one worker thread, so the model runs one batch at a time and never
-concurrently with itself. When the worker is idle it waits ``wait_ms`` after the first
-request for others to join; while a batch runs, new requests queue up and the next batch
-takes all that fit. One batch shares the sampling settings (temperature, top_p), so
-requests are grouped by them. Models that ignore ``attention_mask`` (dynroute's own
-``DynMoEForCausalLM``: it has no padding support) are batched only with prompts of the
-same length; models that honour it (transformers checkpoints) are left-padded.
-
-Per-request limits (``max_tokens``, stop strings, client disconnects) are applied by a
-stopping criterion that sees every step, so each row stops on its own and streams its
-text as it grows (:func:`dynroute.serve.stops.visible_text`).
+Jobs arrive from the event loop (:meth:`GenerationEngine.submit`, thread-safe) and run on
+one worker thread, one batch at a time: an idle worker waits ``wait_ms`` after the first
+job for others; the jobs queued while a batch runs form the next one. A batch shares its
+sampling settings (temperature, top_p); a model that ignores ``attention_mask`` (adaptive
+models) batches only prompts of equal length, others are left-padded. A stopping
+criterion sees every step, so each row stops on its own (``max_tokens``, stop strings, a
+client gone) and streams its text as it grows (:func:`dynroute.serve.stops.visible_text`).
 
 Example:
     >>> import torch
@@ -79,14 +74,14 @@ class Job:
         return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
 
 
+@dataclass
 class _Row:
     """One job's state inside a running batch."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.ids: list[int] = []
-        self.shown = ""
-        self.finish: str | None = None
+    job: Job
+    ids: list[int] = field(default_factory=list)
+    shown: str = ""
+    finish: str | None = None
 
 
 class _BatchCriterion(StoppingCriteria):
@@ -165,7 +160,6 @@ class GenerationEngine:
         self._thread = threading.Thread(target=self._run, name="dynroute-generate", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------------ public
     def submit(self, job: Job) -> Future[Completion]:
         """Queue ``job``; its future resolves to a :class:`Completion` (or the error)."""
         if not job.prompt_ids:
@@ -184,7 +178,6 @@ class GenerationEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ worker
     def _key(self, job: Job) -> tuple[Any, ...]:
         return (None if self.pad_batching else len(job.prompt_ids), *job.sampling())
 
@@ -244,9 +237,7 @@ class GenerationEngine:
                 else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
             )
             criterion = _BatchCriterion(
-                rows,
-                lambda t: self.tokenizer.decode(t, skip_special_tokens=False),
-                self.eos,
+                rows, lambda t: self.tokenizer.decode(t, skip_special_tokens=False), self.eos
             )
             self.stats["generate_calls"] += 1
             self.stats["requests"] += len(batch)

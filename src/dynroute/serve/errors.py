@@ -1,23 +1,38 @@
-"""OpenAI-style error responses for both the model server and the routing proxy.
+"""OpenAI-style errors for both apps: ``{"error": {"message", "type", "param", "code"}}``.
 
-Every error a client sees is ``{"error": {"message", "type", "param", "code"}}`` with a
-4xx/5xx status: a malformed body (bad JSON, a missing or ill-typed field) is a 400, as
-OpenAI answers it, not FastAPI's default 422.
+A malformed body (bad JSON, a missing or ill-typed field) is a 400, as OpenAI answers
+it, not FastAPI's default 422; :func:`parse_body` gives the same 400s for a body read by
+hand (the proxy forwards the raw JSON, unknown fields included).
+
+Example:
+    >>> import asyncio
+    >>> from starlette.requests import Request
+    >>> from dynroute.serve.schemas import CompletionRequest
+    >>> async def receive():
+    ...     return {"type": "http.request", "body": b'{"model": "m", "prompt": "x"}'}
+    >>> request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    >>> raw, req = asyncio.run(parse_body(request, CompletionRequest))
+    >>> raw["prompt"], req.max_tokens
+    ('x', 16)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dynroute.serve.schemas import error_body
 
-__all__ = ["ApiError", "install_error_handlers", "validation_message"]
+__all__ = ["ApiError", "install_error_handlers", "parse_body", "validation_message"]
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -32,13 +47,8 @@ class ApiError(Exception):
         code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = (
-            status,
-            message,
-            kind,
-            param,
-            code,
-        )
+        self.status, self.message, self.kind = status, message, kind
+        self.param, self.code = param, code
 
     def response(self) -> JSONResponse:
         return JSONResponse(
@@ -55,6 +65,21 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
         return "the request body is not valid JSON", None
     msg = first.get("msg", "invalid request")
     return (f"{where}: {msg}" if where else msg), where
+
+
+async def parse_body(request: Request, schema: type[Body]) -> tuple[dict[str, Any], Body]:
+    """``(the JSON object as sent, the same validated by schema)``, or a 400."""
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return body, schema.model_validate(body)
+    except ValidationError as err:
+        message, param = validation_message(err.errors())
+        raise ApiError(400, message, param=param) from None
 
 
 def install_error_handlers(app: FastAPI) -> None:

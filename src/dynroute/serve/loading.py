@@ -1,14 +1,9 @@
 """A model ready to serve: weights, a transformers tokenizer, its context and chat prompt.
 
-Loads through :func:`dynroute.checkpoints.load_model`, so ``dynroute serve`` reads every
-folder ``dynroute eval`` reads: a ``dynroute train`` run, its ``model/`` folder, a
-``save_pretrained`` DynMoE folder with a ``tokenizer.json``, and transformers MoE
-checkpoints (patched or not).
-
-Chat prompts use the tokenizer's own chat template when it has one; otherwise
-:func:`chat_prompt_text`, one ``role: content`` line per message then
-``assistant:``, and ``"\\nuser:"`` becomes an extra stop string so the model does not
-write the user's next turn.
+Loads every folder ``dynroute eval`` reads (:func:`dynroute.checkpoints.load_model`).
+Chat prompts use the tokenizer's chat template when it has one; else
+:func:`chat_prompt_text`, with ``"\\nuser:"`` as an extra stop string so the model does
+not write the user's next turn.
 
 Example:
     >>> chat_prompt_text([{"role": "system", "content": "Be brief."},
@@ -25,18 +20,13 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "DEFAULT_CHAT_STOP",
-    "ServedModel",
-    "chat_prompt_text",
-    "load_served_model",
-]
+__all__ = ["DEFAULT_CHAT_STOP", "ServedModel", "chat_prompt_text", "load_served_model"]
 
 DEFAULT_CHAT_STOP = "\nuser:"
 
 
 def chat_prompt_text(messages: Sequence[dict[str, str]]) -> str:
-    """The default chat prompt (see the module doc) for ``[{"role", "content"}]``."""
+    """One ``role: content`` line per message of ``[{"role", "content"}]``, then ``assistant:``."""
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join([*lines, "assistant:"])
 

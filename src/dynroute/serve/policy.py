@@ -1,29 +1,13 @@
 """Which backend answers a request: the router's decision, budget and cascade modes.
 
-A request's ``model`` field says how to choose (as RouteLLM's server reads it):
-
-- ``auto`` or ``router-NAME``: the served router with its saved λ (or ``--lambda``);
-- ``router-NAME-X``: the same router with λ = X (for a cascade: threshold X);
-- a backend's name: that backend, no routing and no fallback.
-
-**λ mode** (default): ``argmax predicted quality − λ·estimated cost`` over the backends
-(:func:`dynroute.llm.decide.decide`; ties go to the cheaper).
-
-**Cascade mode** (``--cascade``, or a ``cascade`` router): backends ordered cheapest
-first; the request goes to the first whose predicted quality is ≥ the threshold, else to
-the most expensive. The prediction sees only the query, so the proxy never calls a model
-whose answer it would reject: it pays for one call, where the offline cascade of
-``dynroute.llm`` pays for every model it passes. If the chosen backend fails, it escalates
-to the next more expensive one.
-
-**Budget mode** (``--budget USD``): the mean cost per request stays ≤ USD. Each decision
-may spend ``USD·(n+1) − spent`` (``n`` requests decided so far, ``spent`` their cost:
-realised when they finished, the estimate while in flight); backends estimated above that
-are left out before the rule above picks; when none fits, the cheapest answers.
-
-Estimated cost: with prices for every routed backend, ``prompt_price · characters/4 +
-completion_price · max_tokens`` (256 when absent), per million tokens; otherwise the
-router's own cost model (USD per query, fitted on its training table).
+A request's ``model`` says how to choose (as RouteLLM's server reads it): ``auto`` or
+``router-NAME`` (the router, its saved λ or ``--lambda``), ``router-NAME-X`` (λ, or the
+cascade threshold, = X), a backend's name (that backend, no routing, no fallback).
+λ mode: ``argmax predicted quality − λ·estimated cost`` (:func:`dynroute.llm.decide.decide`).
+Cascade mode: the cheapest backend predicted ≥ the threshold, else the dearest; it pays
+for one call, as the prediction reads only the query. Budget mode: a decision may spend
+``USD·(n+1) − spent`` (``n`` decided so far); backends estimated above are left out
+(none fits: the cheapest answers). docs/serving.md has the rules in full.
 
 Example:
     >>> parse_model_field("router-knn-0.3"), parse_model_field("auto")
@@ -108,7 +92,6 @@ class RoutingPolicy:
         self.priced = all(b.priced for b in backends)
         self.decided, self.spent = 0, 0.0
 
-    # ------------------------------------------------------------------ names
     def model_ids(self) -> list[str]:
         """What ``/v1/models`` lists: ``auto``, ``router-NAME``, then every backend."""
         return ["auto", f"router-{self.router.name}", *self.by_name]
@@ -122,7 +105,6 @@ class RoutingPolicy:
             code="model_not_found",
         )
 
-    # ------------------------------------------------------------------ decide
     def decide(self, model: str, query: str, max_tokens: int | None) -> Decision:
         """The decision for one request (``query``: the text the router reads)."""
         if model in self.by_name:
@@ -191,7 +173,9 @@ class RoutingPolicy:
         return chain[stop:] + chain[:stop][::-1] + others
 
     def _estimate(self, query: str, max_tokens: int | None) -> list[float]:
-        """USD per backend for this query, before any model runs (see the module doc)."""
+        """USD per backend for this query, before any model runs: with prices for every
+        backend, ``prompt_price·characters/4 + completion_price·max_tokens`` (256 when
+        absent) per million tokens; else the router's own cost model (USD per query)."""
         if self.priced:
             prompt = len(query) / CHARS_PER_TOKEN
             out = max_tokens or ASSUMED_COMPLETION_TOKENS
@@ -199,7 +183,6 @@ class RoutingPolicy:
         est = self.router.estimate_cost([query])[0]
         return [float(est[i]) for i in self.columns]
 
-    # ------------------------------------------------------------------ budget
     def _reserve(self, d: Decision) -> Decision:
         d.reserved = d.estimated.get(d.order[0].name, 0.0)
         self.decided += 1
@@ -217,3 +200,9 @@ class RoutingPolicy:
 
     def mark_up(self, b: Backend) -> None:
         b.down_until = 0.0
+
+    def health(self) -> dict[str, Any]:
+        """The proxy's fields of ``GET /health``: the router, which backends cool down."""
+        clock = time.monotonic()
+        down = {b.name: "cooling down" if b.down_until > clock else "ok" for b in self.backends}
+        return {"router": self.router.name, "backends": down}

@@ -1,42 +1,33 @@
-"""The routing proxy of ``dynroute llm serve``: the OpenAI API in front of several backends.
-
-Each request is validated (a malformed one is a 400 here, never forwarded), decided by a
-:class:`~dynroute.serve.policy.RoutingPolicy`, and forwarded with ``httpx.AsyncClient``
-to the chosen backend with its own model id. A backend that cannot be reached, times
-out, or answers 5xx/429 is skipped for a cool-down and the request goes to the next in
-the decision's order (before any byte reached the client; a stream that breaks midway
-ends with an error event). A backend's 4xx is passed back (the request is at fault).
-When no backend answers: 503 with OpenAI's error JSON. Every answer carries the backend
-that produced it in ``model`` and in the ``x-dynroute-model`` header; every request is
-logged (:class:`~dynroute.serve.decisions.DecisionLog`).
-
-The routes are in :mod:`dynroute.serve.proxy_routes` (one module each, reading the
-policy, the log and the HTTP client from ``request.app.state``); this module puts them
-together. Middleware and dependencies go on the app here.
-"""
+"""The routing proxy of ``dynroute llm serve``: the OpenAI API in front of several backends
+(its routes: :mod:`~dynroute.serve.state`, :mod:`~dynroute.serve.proxy_routes`).
+Middleware and dependencies go on the app here."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 
+from dynroute.serve import proxy_routes, state
 from dynroute.serve.decisions import DecisionLog
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.policy import RoutingPolicy
-from dynroute.serve.proxy_routes import chat, completions, health, models
 from dynroute.serve.schemas import now
 
-__all__ = ["client_lifespan", "create_proxy_app"]
+__all__ = ["create_proxy_app"]
 
 
-def client_lifespan(
-    timeout_s: float, connect_timeout_s: float
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """A lifespan that opens ``app.state.client`` (the HTTP client to the backends) and,
-    when the app stops, closes it and ``app.state.decision_log``."""
+def create_proxy_app(
+    policy: RoutingPolicy,
+    log: DecisionLog | None = None,
+    *,
+    timeout_s: float = 60.0,
+    connect_timeout_s: float = 2.0,
+) -> FastAPI:
+    """The proxy app (its HTTP client to the backends opens and closes with the app's
+    lifespan; the log closes with it)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,24 +41,13 @@ def client_lifespan(
             await app.state.client.aclose()
             app.state.decision_log.close()
 
-    return lifespan
-
-
-def create_proxy_app(
-    policy: RoutingPolicy,
-    log: DecisionLog | None = None,
-    *,
-    timeout_s: float = 60.0,
-    connect_timeout_s: float = 2.0,
-) -> FastAPI:
-    """The proxy app (its HTTP client opens and closes with the app's lifespan)."""
-    app = FastAPI(
-        title="dynroute llm serve", lifespan=client_lifespan(timeout_s, connect_timeout_s)
-    )
+    app = FastAPI(title="dynroute llm serve", lifespan=lifespan)
     app.state.policy = policy
     app.state.decision_log = log or DecisionLog(None)
-    app.state.created = now()
+    app.state.health = policy.health
+    created = now()
+    app.state.model_cards = [state.model_card(m, created) for m in policy.model_ids()]
     install_error_handlers(app)
-    for module in (health, models, completions, chat):
+    for module in (state, proxy_routes):
         app.include_router(module.router)
     return app

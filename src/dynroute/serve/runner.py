@@ -1,7 +1,4 @@
-"""Start an ASGI app with uvicorn on a host and port, failing in one line when it cannot.
-
-Shared by ``dynroute serve`` and ``dynroute llm serve``: the port is checked before the
-(slow) model or router loading, so a port in use is reported at once.
+"""Run an ASGI app with uvicorn; a port that cannot be bound fails at once, in one line.
 
 Example:
     >>> from dynroute.common.net import free_port

@@ -1,17 +1,23 @@
-"""OpenAI request and response bodies (pydantic): what the server and the proxy accept.
+"""OpenAI's wire format: request bodies (pydantic), ids, error JSON, server-sent events.
 
 Only the fields dynroute acts on are typed; any other field an OpenAI client sends
 (``user``, ``logit_bias``, ...) is accepted and ignored (``extra="allow"``), so official
 clients work unchanged, and the proxy forwards those fields to its backends untouched.
+A stream is ``data: {json}`` events, then ``data: [DONE]``.
 
 Example:
     >>> req = CompletionRequest.model_validate({"model": "m", "prompt": "def", "stop": "\\n"})
     >>> req.prompts(), req.stop_list(), req.max_tokens
     (['def'], ['\\n'], 16)
+    >>> sse({"a": 1}), sse_data(": keep-alive")
+    ('data: {"a":1}\\n\\n', None)
+    >>> new_id("cmpl").startswith("cmpl-"), error_body("bad")["error"]["type"]
+    (True, 'invalid_request_error')
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -19,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "DONE",
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
@@ -27,10 +34,15 @@ __all__ = [
     "Usage",
     "error_body",
     "new_id",
+    "now",
+    "sse",
+    "sse_data",
 ]
 
 #: OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 DEFAULT_COMPLETION_TOKENS = 16
+#: the last event of every stream
+DONE = "data: [DONE]\n\n"
 
 
 class StreamOptions(BaseModel):
@@ -39,11 +51,8 @@ class StreamOptions(BaseModel):
 
 
 class GenerationParams(BaseModel):
-    """Sampling fields shared by both endpoints.
-
-    ``temperature`` absent or 0 means greedy (deterministic); otherwise multinomial
-    sampling with ``temperature`` and nucleus ``top_p``.
-    """
+    """The fields both endpoints share (``temperature`` absent or 0: greedy; else sampled
+    with ``temperature`` and nucleus ``top_p``)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -147,12 +156,7 @@ class Usage(BaseModel):
 
 
 def new_id(prefix: str) -> str:
-    """``cmpl-…`` / ``chatcmpl-…`` ids as OpenAI writes them.
-
-    Example:
-        >>> new_id("cmpl").startswith("cmpl-")
-        True
-    """
+    """``cmpl-…`` / ``chatcmpl-…`` ids as OpenAI writes them."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
@@ -166,10 +170,15 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``.
-
-    Example:
-        >>> error_body("bad", code="x")["error"]["type"]
-        'invalid_request_error'
-    """
+    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying ``obj`` as compact JSON."""
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of one ``data:`` line of a stream (None for any other line)."""
+    return line[5:].strip() if line.startswith("data:") else None

@@ -1,9 +1,7 @@
 """Which part of a growing completion may be shown: stop strings and partial characters.
 
-While a completion streams, its decoded text can end in the first characters of a stop
-string (which may or may not complete) or in half a UTF-8 character (decoded as U+FFFD).
-:func:`visible_text` holds both back, so the streamed pieces always add up to the final
-text, and the final text ends before the first stop string.
+A streamed text can end in the start of a stop string or half a UTF-8 character (U+FFFD);
+:func:`visible_text` holds both back, so the streamed pieces add up to the final text.
 
 Example:
     >>> visible_text("x = 1\\nde", ["\\ndef"], final=False)

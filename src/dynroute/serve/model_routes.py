@@ -1,0 +1,258 @@
+"""``POST /v1/completions`` and ``POST /v1/chat/completions`` of ``dynroute serve``.
+
+Each prompt (a string, a list of strings answered together, or token ids) becomes an
+engine :class:`~dynroute.serve.engine.Job`; the event loop awaits its future or, streaming,
+sends each new piece of text as an event framed by the endpoint's :class:`Frames`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dynroute.serve.engine import Completion, GenerationEngine, Job
+from dynroute.serve.errors import ApiError
+from dynroute.serve.loading import ServedModel
+from dynroute.serve.schemas import (
+    DONE,
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationParams,
+    Usage,
+    error_body,
+    new_id,
+    now,
+    sse,
+)
+from dynroute.serve.state import engine_of, served_model
+
+__all__ = ["DEFAULT_CHAT_TOKENS", "ChatFrames", "CompletionFrames", "Frames", "router"]
+
+router = APIRouter()
+
+#: chat answers default to the rest of the context, at most this many tokens
+DEFAULT_CHAT_TOKENS = 256
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(req: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    served, engine = served_model(request), engine_of(request)
+    check_model(served, req.model)
+    prompts = req.prompts()
+    if req.stream and len(prompts) > 1:
+        raise ApiError(400, "stream=true takes one prompt, not a list", param="prompt")
+    jobs = [
+        make_job(served, p if isinstance(p, list) else served.encode(p), req, req.stop_list())
+        for p in prompts
+    ]
+    echoes = [
+        (served.tokenizer.decode(p) if isinstance(p, list) else p) if req.echo else ""
+        for p in prompts
+    ]
+    frames = CompletionFrames(served.name, new_id("cmpl"), echo=echoes[0] if req.echo else None)
+    if req.stream:
+        return stream_job(engine, jobs[0], frames, req.include_usage)
+    results = await asyncio.gather(*(run_job(engine, j) for j in jobs))
+    return JSONResponse(frames.answer(echoes, results))
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(req: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    served, engine = served_model(request), engine_of(request)
+    check_model(served, req.model)
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    job = make_job(served, served.chat_ids(messages), req, req.stop_list() + served.chat_stops())
+    frames = ChatFrames(served.name, new_id("chatcmpl"))
+    if req.stream:
+        return stream_job(engine, job, frames, req.include_usage)
+    return JSONResponse(frames.answer(await run_job(engine, job)))
+
+
+@dataclass
+class Frames:
+    """The bodies of one answer (an endpoint's subclass says what its chunks carry).
+
+    A stream sends ``opening()`` unless None, ``piece(text)`` per new text, ``ending``,
+    ``usage`` when the client asked for it, then ``[DONE]``.
+    """
+
+    model: str
+    id: str
+    created: int = field(default_factory=now)
+    chunk: ClassVar[str]  # the ``object`` of a streamed chunk
+
+    def body(self, choices: list[Any], obj: str | None = None, **extra: Any) -> dict[str, Any]:
+        head = {"id": self.id, "object": obj or self.chunk, "created": self.created}
+        return {**head, "model": self.model, "choices": choices, **extra}
+
+    @staticmethod
+    def choice(finish: str | None, index: int = 0, **content: Any) -> dict[str, Any]:
+        return {"index": index, **content, "finish_reason": finish, "logprobs": None}
+
+    def opening(self) -> dict[str, Any] | None:
+        return None
+
+    def piece(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def ending(self, done: Completion) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def usage(self, done: Completion) -> dict[str, Any]:
+        return self.body([], usage=usage_of(done))
+
+
+@dataclass
+class CompletionFrames(Frames):
+    """A ``text_completion``, whole or streamed (``echo``: the prompt, streamed first).
+
+    Example:
+        >>> frames = CompletionFrames("tiny", "cmpl-1")
+        >>> frames.piece("x")["choices"][0]["text"], frames.opening()
+        ('x', None)
+    """
+
+    echo: str | None = None
+    chunk = "text_completion"
+
+    def opening(self) -> dict[str, Any] | None:
+        return None if self.echo is None else self.body([self.choice(None, text=self.echo)])
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return self.body([self.choice(None, text=text)])
+
+    def ending(self, done: Completion) -> dict[str, Any]:
+        return self.body([self.choice(done.finish_reason, text="")])
+
+    def answer(self, echoes: Sequence[str], results: Sequence[Completion]) -> dict[str, Any]:
+        """The whole answer: one choice per prompt, usage summed over them."""
+        prompt_tokens = sum(c.prompt_tokens for c in results)
+        completion_tokens = sum(c.completion_tokens for c in results)
+        return self.body(
+            [
+                self.choice(c.finish_reason, i, text=e + c.text)
+                for i, (e, c) in enumerate(zip(echoes, results, strict=True))
+            ],
+            usage=Usage.of(prompt_tokens, completion_tokens).model_dump(),
+        )
+
+
+class ChatFrames(Frames):
+    """A ``chat.completion``, or its chunks.
+
+    Example:
+        >>> frames = ChatFrames("tiny", "chatcmpl-1")
+        >>> frames.opening()["choices"][0]["delta"], frames.piece("x")["object"]
+        ({'role': 'assistant', 'content': ''}, 'chat.completion.chunk')
+    """
+
+    chunk = "chat.completion.chunk"
+
+    def opening(self) -> dict[str, Any]:
+        return self.body([self.choice(None, delta={"role": "assistant", "content": ""})])
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return self.body([self.choice(None, delta={"content": text})])
+
+    def ending(self, done: Completion) -> dict[str, Any]:
+        return self.body([self.choice(done.finish_reason, delta={})])
+
+    def answer(self, done: Completion) -> dict[str, Any]:
+        message = {"role": "assistant", "content": done.text}
+        choice = self.choice(done.finish_reason, message=message)
+        return self.body([choice], "chat.completion", usage=usage_of(done))
+
+
+def check_model(served: ServedModel, name: str) -> None:
+    """Raise a 404 unless ``name`` is the served model's."""
+    if name != served.name:
+        raise ApiError(
+            404,
+            f"model {name!r} does not exist; this server serves {served.name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def make_job(served: ServedModel, ids: list[int], req: GenerationParams, stops: list[str]) -> Job:
+    """A job completing ``ids`` with the request's settings (a 400 for an empty prompt or
+    one that leaves no room for ``max_tokens``)."""
+    if not ids:
+        raise ApiError(400, "the prompt is empty (0 tokens)", param="prompt")
+    room = served.context_length - len(ids)
+    wanted = req.max_tokens if req.max_tokens is not None else min(DEFAULT_CHAT_TOKENS, room)
+    if room < 1 or wanted > room:
+        raise ApiError(
+            400,
+            f"this model's maximum context length is {served.context_length} tokens; "
+            f"you requested {len(ids) + max(wanted, 1)} ({len(ids)} in the prompt, "
+            f"{max(wanted, 1)} for the completion): shorten the prompt or lower max_tokens",
+            param="max_tokens" if room >= 1 else "messages",
+            code="context_length_exceeded",
+        )
+    return Job(
+        ids,
+        max_tokens=wanted,
+        temperature=req.temperature or 0.0,
+        top_p=req.top_p if req.top_p is not None else 1.0,
+        stops=stops,
+    )
+
+
+def usage_of(done: Completion) -> dict[str, Any]:
+    return Usage.of(done.prompt_tokens, done.completion_tokens).model_dump()
+
+
+async def run_job(engine: GenerationEngine, job: Job) -> Completion:
+    """The job's completion (a failure in the model is a 500)."""
+    try:
+        return await asyncio.wrap_future(engine.submit(job))
+    except Exception as err:
+        raise ApiError(500, f"generation failed: {err}", kind="server_error") from err
+
+
+def stream_job(
+    engine: GenerationEngine, job: Job, frames: Frames, include_usage: bool
+) -> StreamingResponse:
+    """Stream the job's text as it is generated, framed by ``frames``, then ``[DONE]``."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+    done = asyncio.wrap_future(engine.submit(job))
+    # Scheduled after every on_text of this job (same thread, FIFO), so it comes last.
+    done.add_done_callback(lambda _: pieces.put_nowait(None))
+    return StreamingResponse(
+        events(job, pieces, done, frames, include_usage), media_type="text/event-stream"
+    )
+
+
+async def events(
+    job: Job,
+    pieces: asyncio.Queue[str | None],
+    done: asyncio.Future[Completion],
+    frames: Frames,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """The events of :func:`stream_job` (``pieces`` ends with None once ``done`` is)."""
+    try:
+        first = frames.opening()
+        if first is not None:
+            yield sse(first)
+        while (text := await pieces.get()) is not None:
+            yield sse(frames.piece(text))
+        try:
+            result = done.result()
+        except Exception as err:
+            yield sse(error_body(f"generation failed: {err}", "server_error"))
+            return
+        yield sse(frames.ending(result))
+        if include_usage:
+            yield sse(frames.usage(result))
+        yield DONE
+    finally:
+        job.cancelled.set()  # the client left: stop generating for it
