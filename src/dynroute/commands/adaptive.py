@@ -7,20 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Config,
-    Device,
-    Json,
-    Progress,
-    RunFolder,
-    Seed,
-    Steps,
-    Threads,
-    command,
-    interruptible,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 70
 
@@ -68,19 +55,19 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": False}  # --big-lay
 
 
 @sub.command("train")
-@command
+@options.command
 def train_cmd(
-    config: Config,
-    out: RunFolder,
+    config: options.Config,
+    out: options.RunFolder,
     routing: Routing = None,
     init_from: InitFrom = None,
     routers_only: RoutersOnly = None,
     big_share: BigShare = None,
-    steps: Steps = None,
-    seed: Seed = None,
-    threads: Threads = None,
-    device: Device = None,
-    progress: Progress = True,
+    steps: options.Steps = None,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    device: options.Device = None,
+    progress: options.Progress = True,
 ) -> None:
     """Train (or resume) an adaptive model: checkpoints, resume and eval as `dynroute train`."""
     from dynroute.adaptive.training import load_adaptive_config, train_adaptive
@@ -94,8 +81,8 @@ def train_cmd(
         budget_target=big_share,
         steps=steps, seed=seed, threads=threads, device=device,
     )  # fmt: skip
-    set_threads(cfg.train.threads)
-    with interruptible():
+    options.set_threads(cfg.train.threads)
+    with options.interruptible():
         result = train_adaptive(cfg, out, progress=progress)
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
@@ -150,22 +137,22 @@ def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool)
 
 
 @sub.command("oracle", context_settings=EXTRA)
-@command
+@options.command
 def oracle_cmd(
     ctx: typer.Context,
     run: Run,
     big_layers: BigLayers = None,
     skip: Skip = False,
-    json_out: Json = False,
+    json_out: options.Json = False,
     windows: Windows = 32,
     seq_len: SeqLen = None,
     num_random: NumRandom = 100,
     context: Context = "big",
     beam_width: BeamWidth = 8,
     out: ReportFile = None,
-    seed: Seed = None,
-    threads: Threads = None,
-    progress: Progress = True,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
 ) -> None:
     """Oracle loss per budget of big layers, next to random patterns and the trained router.
 
@@ -179,7 +166,7 @@ def oracle_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    set_threads(threads)
+    options.set_threads(threads)
     texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
     settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
                     context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
@@ -188,7 +175,7 @@ def oracle_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_dict(), indent=2))
     if json_out:
-        print_json(report.rows)
+        options.print_json(report.rows)
         return
     flag = "exhaustive" if report.method == "exhaustive" else f"BEAM (width {report.beam_width})"
     table = Table(
@@ -207,7 +194,7 @@ def oracle_cmd(
 
 
 @sub.command("report", context_settings=EXTRA)
-@command
+@options.command
 def report_cmd(
     ctx: typer.Context,
     run: Run,
@@ -219,9 +206,9 @@ def report_cmd(
     num_random: NumRandom = 100,
     context: Context = "big",
     beam_width: BeamWidth = 8,
-    seed: Seed = None,
-    threads: Threads = None,
-    progress: Progress = True,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
 ) -> None:
     """HTML report: oracle curve, oracle layers per budget, per-token difficulty.
 
@@ -233,7 +220,7 @@ def report_cmd(
 
     from dynroute.adaptive.report import render_adaptive_report
 
-    set_threads(threads)
+    options.set_threads(threads)
     texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
     settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
                     context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip

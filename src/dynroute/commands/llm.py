@@ -11,16 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Json,
-    Progress,
-    QueryRouters,
-    Seed,
-    Threads,
-    command,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 80
 
@@ -73,17 +64,17 @@ def query_router_specs(given: list[str] | None, default: str) -> list[str]:
 
 
 @llm.command("eval")
-@command
+@options.command
 def eval_(
     data: Dataset = None,
     train: TrainTable = None,
     test: TestTable = None,
-    query_router: QueryRouters = None,
-    seed: Seed = None,
+    query_router: options.QueryRouters = None,
+    seed: options.Seed = None,
     test_size: TestSize = 0.2,
-    json_out: Json = False,
-    progress: Progress = True,
-    threads: Threads = None,
+    json_out: options.Json = False,
+    progress: options.Progress = True,
+    threads: options.Threads = None,
 ) -> None:
     """Fit query routers on the training table and score their cost–quality curves (AIQ).
 
@@ -92,7 +83,7 @@ def eval_(
     from rich.console import Console
     from rich.table import Table
 
-    set_threads(threads)
+    options.set_threads(threads)
     specs = query_router_specs(query_router, "all")
     result = evaluate(data, train, test, specs, seed or 0, test_size, progress and not json_out)
     base = result["baselines"]
@@ -100,7 +91,7 @@ def eval_(
         if len(result["routers"]) == 1:  # one router: its fields at the top level
             result = {**result["routers"][0], "baselines": base, "train": result["train"],
                       "test": result["test"], "models": result["models"]}  # fmt: skip
-        print_json(result)
+        options.print_json(result)
         return
     table = Table(title=f"{result['test']['source']} ({result['test']['queries']} queries)")
     for col in ("router", "AIQ", "vs zero router", "best quality", "cost saved"):
@@ -144,20 +135,20 @@ def evaluate(
 
 
 @llm.command("fit")
-@command
+@options.command
 def fit(
     out: Annotated[Path, typer.Option(help="Folder to save the fitted router in.")],
     data: Dataset = None,
     train: TrainTable = None,
-    query_router: QueryRouters = None,
-    seed: Seed = None,
+    query_router: options.QueryRouters = None,
+    seed: options.Seed = None,
     lam: Lambda = None,
     budget_usd: BudgetUsd = None,
     strong_share: Annotated[
         float | None,
         typer.Option(help="Calibrate λ so this share of queries goes to the best model."),
     ] = None,
-    threads: Threads = None,
+    threads: options.Threads = None,
 ) -> None:
     """Fit one query router (default knn) on the training table and save it.
 
@@ -166,7 +157,7 @@ def fit(
     specs = query_router_specs(query_router, "knn")
     if len(specs) != 1:
         raise ValueError(f"llm fit fits one --query-router, got {len(specs)}: {' '.join(specs)}")
-    set_threads(threads)
+    options.set_threads(threads)
     r = fit_router(specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share)
     r.save(out)
     print(f"saved {r.name} over {len(r.models)} models to {out} (lambda={r.lam:g})")
@@ -204,7 +195,7 @@ def fit_router(
 
 
 @llm.command("route")
-@command
+@options.command
 def route(
     router: FittedRouter,
     query: Annotated[list[str], typer.Argument(help="One or more queries.")],
@@ -218,17 +209,17 @@ def route(
 
 
 @llm.command("report")
-@command
+@options.command
 def report(
     out: Annotated[Path, typer.Option(help="Folder for report.html and the PNG.")],
     data: Dataset = None,
     train: TrainTable = None,
     test: Annotated[Path | None, typer.Option(help="Test table.")] = None,
-    query_router: QueryRouters = None,
-    seed: Seed = None,
+    query_router: options.QueryRouters = None,
+    seed: options.Seed = None,
     test_size: TestSize = 0.2,
-    progress: Progress = True,
-    threads: Threads = None,
+    progress: options.Progress = True,
+    threads: options.Threads = None,
 ) -> None:
     """Evaluate query routers (default: all) and write an HTML report with the cost–quality
     plot and OUT/result.json."""
@@ -236,7 +227,7 @@ def report(
 
     from dynroute.llm.report import write_report
 
-    set_threads(threads)
+    options.set_threads(threads)
     specs = query_router_specs(query_router, "all")
     result = evaluate(data, train, test, specs, seed or 0, test_size, progress)
     path = write_report(result, out)
@@ -261,7 +252,7 @@ Timeout = Annotated[float, typer.Option(help="Seconds to wait for a backend.")]
 
 
 @llm.command("serve")
-@command
+@options.command
 def serve(
     router: FittedRouter,
     backend: Backends,
@@ -276,7 +267,7 @@ def serve(
     threshold: Threshold = None,
     log: DecisionLogFile = None,
     timeout: Timeout = 60.0,
-    threads: Threads = None,
+    threads: options.Threads = None,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -292,7 +283,7 @@ def serve(
         raise ValueError(f"--budget-usd must be > 0 USD per request, got {budget_usd}")
     backends = parse_backend_args(backend, load_backend_file(prices))
     check_port(host, port)
-    set_threads(1 if threads is None else threads)
+    options.set_threads(1 if threads is None else threads)
     from dynroute.llm.routers import load_router
     from dynroute.serve.decisions import DecisionLog
     from dynroute.serve.policy import RoutingPolicy
