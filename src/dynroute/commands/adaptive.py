@@ -81,25 +81,25 @@ def train_cmd(
         budget_target=big_share,
         steps=steps, seed=seed, threads=threads, device=device,
     )  # fmt: skip
-    options.set_threads(cfg.train.threads)
-    with options.interruptible():
+    with options.interruptible(cfg.train.threads):
         result = train_adaptive(cfg, out, progress=progress)
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
     if result.final is not None:
-        f, routing = result.final, cfg.model.get("routing", "random")
-        print(
-            f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
-            f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  ({routing} routing; "
-            f"evaluation: {'all big' if routing == 'random' else 'hard routes'})"
-        )
+        routing = cfg.model.get("routing", "random")
+        evaluation = "all big" if routing == "random" else "hard routes"
+        print(options.trained(result, out) + f"  ({routing} routing; evaluation: {evaluation})")
 
 
-def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool) -> tuple[Any, Any]:
-    """Load ``run`` and run the oracle on its validation windows: (LoadedModel, OracleReport).
+SEARCH = ("skip", "windows", "seq_len", "num_random", "context", "beam_width")  # oracle flags
 
-    ``texts``: the --big-layers values; ``settings``: skip, windows, seq_len, num_random,
-    context, beam_width, seed.
+
+def score(ctx: typer.Context, progress: bool) -> tuple[Any, Any]:
+    """Load the run of an ``oracle`` or ``report`` command and run the oracle on its
+    validation windows: (LoadedModel, OracleReport).
+
+    Reads the command's flags from ``ctx``: RUN, --big-layers (and the numbers after it),
+    --seed, --threads and the search flags :data:`SEARCH`.
     """
     from rich.console import Console
     from rich.progress import track
@@ -109,11 +109,15 @@ def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool)
     from dynroute.checkpoints import load_model
     from dynroute.data import iter_eval_batches
 
+    flags = ctx.params
+    options.set_threads(flags["threads"])
+    run = Path(flags["run"])
+    texts = ([flags["big_layers"]] if flags["big_layers"] is not None else []) + list(ctx.args)
     try:
         ks = [int(v) for text in texts for v in text.replace(",", " ").split()]
     except ValueError:
         raise ValueError(f"--big-layers takes integers, got {' '.join(texts)!r}") from None
-    s = dict(settings)
+    s = {name: flags[name] for name in SEARCH} | {"seed": flags["seed"] or 0}
     if s["context"] not in CONTEXTS:
         raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {s['context']!r}")
     if not run.exists():
@@ -166,14 +170,11 @@ def oracle_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    options.set_threads(threads)
-    texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
-    settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
-                    context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
-    _, report = score(run, texts, settings, progress and not json_out)
+    from dynroute.common.files import atomic_write_text
+
+    _, report = score(ctx, progress and not json_out)  # reads the other flags from ctx
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report.to_dict(), indent=2))
+        atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
     if json_out:
         options.print_json(report.rows)
         return
@@ -220,11 +221,7 @@ def report_cmd(
 
     from dynroute.adaptive.report import render_adaptive_report
 
-    options.set_threads(threads)
-    texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
-    settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
-                    context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
-    loaded, report = score(run, texts, settings, progress)
+    loaded, report = score(ctx, progress)  # reads the other flags from ctx
     try:
         counts = np.bincount(np.asarray(loaded.tokens(split="train")))
     except (FileNotFoundError, ValueError):

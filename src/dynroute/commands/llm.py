@@ -83,9 +83,8 @@ def eval_(
     from rich.console import Console
     from rich.table import Table
 
-    options.set_threads(threads)
-    specs = query_router_specs(query_router, "all")
-    result = evaluate(data, train, test, specs, seed or 0, test_size, progress and not json_out)
+    show = progress and not json_out
+    result = evaluate(data, train, test, query_router, seed, test_size, show, threads)
     base = result["baselines"]
     if json_out:
         if len(result["routers"]) == 1:  # one router: its fields at the top level
@@ -110,17 +109,22 @@ def evaluate(
     data: str | None,
     train: Path | None,
     test: Path | None,
-    specs: list[str],
-    seed: int,
+    query_routers: list[str] | None,
+    seed: int | None,
     test_size: float,
     progress: bool,
+    threads: int | None,
 ) -> dict[str, Any]:
-    """Fit and score ``specs`` on the tables (one file: split by query), with a progress bar."""
+    """Fit and score the ``--query-router`` specs (default: all) on the tables (one file:
+    split by query), with a progress bar: what ``llm eval`` and ``llm report`` show."""
     from rich.progress import Progress as Bar
 
     from dynroute.llm.data import resolve_tables, split_by_query
     from dynroute.llm.evaluate import evaluate as evaluate_routers
 
+    options.set_threads(threads)
+    specs = query_router_specs(query_routers, "all")
+    seed = seed or 0
     tr, te = resolve_tables(data, train, test, test_size=test_size, seed=seed)
     if te is None:  # one file: split it by query
         tr, te = split_by_query(tr, test_size, seed)
@@ -225,13 +229,12 @@ def report(
     plot and OUT/result.json."""
     import json
 
+    from dynroute.common.files import atomic_write_text
     from dynroute.llm.report import write_report
 
-    options.set_threads(threads)
-    specs = query_router_specs(query_router, "all")
-    result = evaluate(data, train, test, specs, seed or 0, test_size, progress)
+    result = evaluate(data, train, test, query_router, seed, test_size, progress, threads)
     path = write_report(result, out)
-    (Path(out) / "result.json").write_text(json.dumps(result))
+    atomic_write_text(Path(out) / "result.json", json.dumps(result))
     print(f"wrote {path}")
 
 

@@ -58,8 +58,7 @@ def train(
         load_lora_config(config), data=data, domain_column=domain_column, router=router,
         steps=steps, seed=seed, threads=threads,
     )  # fmt: skip
-    options.set_threads(cfg.train.threads)
-    with options.interruptible():
+    with options.interruptible(cfg.train.threads):
         result = train_lora(cfg, base, out, progress=progress and not json_out)
     if json_out:
         options.print_json(result)

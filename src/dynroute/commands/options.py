@@ -62,8 +62,10 @@ __all__ = [
     "check_threads",
     "command",
     "fail",
+    "interruptible",
     "print_json",
     "set_threads",
+    "trained",
     "user_errors",
 ]
 
@@ -214,10 +216,12 @@ def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def interruptible(enabled: bool = True) -> Iterator[None]:
-    """Ctrl-C finishes the training step, checkpoints and stops (exit 130, rerun resumes);
-    a second Ctrl-C stops at once. A process setting, so the command's, not the library's.
+def interruptible(threads: int | None = None, enabled: bool = True) -> Iterator[None]:
+    """Train in this process: :func:`set_threads` ``threads``; Ctrl-C finishes the training
+    step, checkpoints and stops (exit 130, rerun resumes), a second Ctrl-C stops at once.
+    Process settings, so the command's, not the library's.
     """
+    set_threads(threads)
     if not enabled:
         yield
         return
@@ -260,6 +264,18 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def trained(result: Any, out: Path) -> str:
+    """What a training command prints when done: steps, tokens, run folder, final loss.
+
+    ``result``: a :class:`dynroute.train.TrainResult` with a final evaluation.
+    """
+    f = result.final
+    return (
+        f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
+        f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}"
+    )
 
 
 def print_json(payload: Any) -> None:

@@ -116,12 +116,8 @@ def train(
     with options.user_errors(interrupted=RESUME):
         result = train_here(cfg, out, progress, expert_parallel, nproc, restart_from_model)
     if int(os.environ.get("RANK", "0")) == 0 and result.final is not None:  # rank 0 reports
-        f = result.final
-        print(
-            f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
-            f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  "
-            f"{f['mean_experts_per_token']:.2f} experts/token"
-        )
+        experts = result.final["mean_experts_per_token"]
+        print(options.trained(result, out) + f"  {experts:.2f} experts/token")
 
 
 def run_config(config: Path, flags: dict[str, Any]) -> Any:
@@ -174,7 +170,7 @@ def train_here(
     after the current step when this process is the whole run."""
     from dynroute.train import train as run_training
 
-    with options.interruptible(expert_parallel == 1 and nproc == 1):
+    with options.interruptible(enabled=expert_parallel == 1 and nproc == 1):
         return run_training(
             cfg, out, progress=progress, expert_parallel=expert_parallel, nproc=nproc,
             restart_from_model=restart,
