@@ -75,8 +75,9 @@ def demo(
     resume = f"interrupted; finished runs are kept in {out}: rerun the same command to resume"
     with options.user_errors(interrupted=resume):
         results = run_demo(
-            out, config, data, p, steps, seeds, fast, progress, console, threads, routers,
-            analysis, command=" ".join(["dynroute", *sys.argv[1:]]),
+            out, progress, console, analysis, " ".join(["dynroute", *sys.argv[1:]]),
+            config=config, data=data, p=p, steps=steps, seeds=seeds, fast=fast,
+            threads=threads, routers=routers,
         )  # fmt: skip
     if json_out:
         options.print_json(results)
