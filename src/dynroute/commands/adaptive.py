@@ -167,8 +167,6 @@ def oracle_cmd(
     import json
 
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     from dynroute.common.files import atomic_write_text
 
@@ -179,19 +177,16 @@ def oracle_cmd(
         options.print_json(report.rows)
         return
     flag = "exhaustive" if report.method == "exhaustive" else f"BEAM (width {report.beam_width})"
-    table = Table(
-        title=escape(f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
-                     f"context {report.context} (loss {report.context_loss:.4f})")
-    )  # fmt: skip
-    for name in ("budget", "oracle", "random mean", "random best", "router"):
-        table.add_column(name, justify="right")
-    for r in report.rows:
-        router = "" if r["router_loss"] is None else f"{r['router_loss']:.4f}"
-        table.add_row(
-            str(r["budget"]), f"{r['oracle_loss']:.4f}", f"{r['random_mean_loss']:.4f}",
-            f"{r['random_best_loss']:.4f}", router,
-        )  # fmt: skip
-    Console().print(table)
+    title = (f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
+             f"context {report.context} (loss {report.context_loss:.4f})")  # fmt: skip
+    rows = [
+        (str(r["budget"]), f"{r['oracle_loss']:.4f}", f"{r['random_mean_loss']:.4f}",
+         f"{r['random_best_loss']:.4f}",
+         "" if r["router_loss"] is None else f"{r['router_loss']:.4f}")
+        for r in report.rows
+    ]  # fmt: skip
+    columns = ("budget", "oracle", "random mean", "random best", "router")
+    Console().print(options.table(title, columns, rows, left=0))
 
 
 @sub.command("report", context_settings=EXTRA)

@@ -112,12 +112,6 @@ def evaluate(
 
 def result_table(result: dict[str, Any]) -> Any:
     """The terminal table of one evaluation (and of the generation timing, when there)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(f"{result['checkpoint']} ({result['router']})"))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
     rows = [
         ("validation loss", f"{result['val_loss']:.4f}"),
         ("perplexity", f"{result['perplexity']:.2f}"),
@@ -132,9 +126,8 @@ def result_table(result: dict[str, Any]) -> Any:
         from dynroute.train.generate import generation_rows
 
         rows += generation_rows(result["generation"])
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+    title = f"{result['checkpoint']} ({result['router']})"
+    return options.table(title, ("metric", "value"), rows)
 
 
 def register(app: typer.Typer) -> None:

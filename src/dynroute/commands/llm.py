@@ -81,7 +81,6 @@ def eval_(
     Default: every registered query router (--query-router all).
     """
     from rich.console import Console
-    from rich.table import Table
 
     show = progress and not json_out
     result = evaluate(data, train, test, query_router, seed, test_size, show, threads)
@@ -92,17 +91,17 @@ def eval_(
                       "test": result["test"], "models": result["models"]}  # fmt: skip
         options.print_json(result)
         return
-    table = Table(title=f"{result['test']['source']} ({result['test']['queries']} queries)")
-    for col in ("router", "AIQ", "vs zero router", "best quality", "cost saved"):
-        table.add_column(col, justify="left" if col == "router" else "right")
-    for r in sorted(result["routers"], key=lambda r: -r["aiq"]):
-        saved = r["cost_saved_at_best_single"]
-        table.add_row(
-            r["router"], f"{r['aiq']:.4f}", f"{r['aiq'] - base['zero_router']['aiq']:+.4f}",
-            f"{r['best_quality']:.4f}", "–" if saved is None else f"{saved:.1%}",
-        )  # fmt: skip
-    table.add_row("zero router", f"{base['zero_router']['aiq']:.4f}", "", "", "")
-    Console().print(table)
+    zero = base["zero_router"]["aiq"]
+    rows = [
+        (r["router"], f"{r['aiq']:.4f}", f"{r['aiq'] - zero:+.4f}", f"{r['best_quality']:.4f}",
+         "–" if r["cost_saved_at_best_single"] is None
+         else f"{r['cost_saved_at_best_single']:.1%}")
+        for r in sorted(result["routers"], key=lambda r: -r["aiq"])
+    ]  # fmt: skip
+    rows.append(("zero router", f"{zero:.4f}", "", "", ""))
+    title = f"{result['test']['source']} ({result['test']['queries']} queries)"
+    columns = ("router", "AIQ", "vs zero router", "best quality", "cost saved")
+    Console().print(options.table(title, columns, rows))
 
 
 def evaluate(

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -65,6 +65,7 @@ __all__ = [
     "interruptible",
     "print_json",
     "set_threads",
+    "table",
     "trained",
     "user_errors",
 ]
@@ -276,6 +277,25 @@ def trained(result: Any, out: Path) -> str:
         f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
         f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}"
     )
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> Any:
+    """A terminal table: the first ``left`` columns left-aligned, the others (numbers) right;
+    title and cells shown as written (never read as rich markup).
+
+    Example:
+        >>> table("x.toml [model]", ["metric", "value"], [("val loss", "1.5000")]).row_count
+        1
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = Table(title=escape(title))
+    for i, name in enumerate(columns):
+        out.add_column(name, justify="left" if i < left else "right")
+    for row in rows:
+        out.add_row(*map(escape, row))
+    return out
 
 
 def print_json(payload: Any) -> None:

@@ -170,25 +170,18 @@ def print_report(
     console: Any,
 ) -> None:
     """The before/after table, experts per layer, and where the checkpoint was saved."""
-    from rich.markup import escape
-    from rich.table import Table
-
     from dynroute.hf import adapted_blocks, routing_config
 
     names = sorted({b.spec.describe() for b in adapted_blocks(model)})
     label = names[0] if len(names) == 1 else f"{len(names)} per-layer settings"
-    table = Table(title=escape(f"{model_dir.name} on {tokens} tokens of {report['source']}"))
-    for col in ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s"):
-        table.add_column(col, justify="right" if col != "routing" else "left")
-    for row_label, res in (("original (top_k)", report["original"]), (label, report["patched"])):
-        table.add_row(
-            escape(row_label),
-            f"{res['mean_experts']:.3f}",
-            f"{res['expert_fraction']:.1%}",
-            f"{res['perplexity']:.3f}",
-            f"{res['tokens_per_s']:.0f}",
-        )
-    console.print(table)
+    rows = [
+        (row_label, f"{res['mean_experts']:.3f}", f"{res['expert_fraction']:.1%}",
+         f"{res['perplexity']:.3f}", f"{res['tokens_per_s']:.0f}")
+        for row_label, res in (("original (top_k)", report["original"]), (label, report["patched"]))
+    ]  # fmt: skip
+    title = f"{model_dir.name} on {tokens} tokens of {report['source']}"
+    columns = ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s")
+    console.print(options.table(title, columns, rows))
     after = report["patched"]["mean_experts_per_layer"]
     console.print("per layer: " + ", ".join(f"{k}: {v:.2f}" for k, v in after.items()))
     if out is None:
