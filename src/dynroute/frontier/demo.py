@@ -108,13 +108,9 @@ def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
         per_token = aux.routing.experts_per_token()
         label = name + "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
         table.add_row(
-            label,
-            f"{aux.mean_experts:.2f}",
-            str(int(per_token.min())),
-            str(int(per_token.max())),
-            f"{aux.load_balance.item():.3f}",
-            f"{aux.dynamic.item():.3f}",
-        )
+            label, f"{aux.mean_experts:.2f}", str(int(per_token.min())), str(int(per_token.max())),
+            f"{aux.load_balance.item():.3f}", f"{aux.dynamic.item():.3f}",
+        )  # fmt: skip
     return table
 
 
@@ -186,7 +182,8 @@ def prepare_demo(
         ...
         FileNotFoundError: corpus NOPE/texts does not exist; pass --data with a text file or folder
     """
-    from dynroute.frontier.benchmark import check_settings, parse_routers
+    from dynroute.frontier import check_frontier_config
+    from dynroute.frontier.benchmark import parse_routers
 
     base = base_config(config, data, steps, threads, fast)
     try:
@@ -199,7 +196,7 @@ def prepare_demo(
             "to choose others"
         ) from None
     seed_list = [base.train.seed + i for i in range(seeds)]
-    check_settings(base, points, seed_list)
+    check_frontier_config(base, points, seed_list)
     return base, points, seed_list
 
 
@@ -234,12 +231,12 @@ def prepare_sweep(
             f"config file {config} not found; pass --config with a TOML file such as "
             "configs/demo.toml"
         )
-    from dynroute.frontier import SWEEPS
-    from dynroute.frontier.benchmark import check_settings, parse_routers
+    from dynroute.frontier import SWEEPS, check_frontier_config
+    from dynroute.frontier.benchmark import parse_routers
 
     base = base_config(config, data, steps, threads)
     points = parse_routers(routers or list(SWEEPS), aims)
-    check_settings(base, points, list(range(seeds)))
+    check_frontier_config(base, points, list(range(seeds)))
     return base, points, list(range(seeds))
 
 
@@ -363,13 +360,9 @@ def results_table(
         j = verdicts.get(s.name)
         margin = "—" if j is None or math.isnan(j.margin) else f"{j.margin:+.3f}"
         table.add_row(
-            s.label,
-            f"{s.mean_experts:.2f}",
-            f"{s.expert_flops / 1e6:.2f}",
-            f"{s.val_loss:.4f}",
-            margin,
-            "frontier" if j is None else j.verdict,
-        )
+            s.label, f"{s.mean_experts:.2f}", f"{s.expert_flops / 1e6:.2f}", f"{s.val_loss:.4f}",
+            margin, "frontier" if j is None else j.verdict,
+        )  # fmt: skip
     return table
 
 
