@@ -69,15 +69,16 @@ def demo(
         Console().print(routing_demo(tokens or 2048, num_experts or 16, 0))
         return
     check_flags(p, routers, seeds, steps, threads)  # before torch is even imported
-    from dynroute.frontier.demo import run_demo
+    from dynroute.frontier.demo import prepare_demo, run_demo
 
+    base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
+    options.set_threads(base.train.threads)
     console = Console(stderr=json_out)
     resume = f"interrupted; finished runs are kept in {out}: rerun the same command to resume"
     with options.user_errors(interrupted=resume):
         results = run_demo(
-            out, progress, console, analysis, " ".join(["dynroute", *sys.argv[1:]]),
-            config=config, data=data, p=p, steps=steps, seeds=seeds, fast=fast,
-            threads=threads, routers=routers,
+            out, base, points, seed_list, progress, console, analysis,
+            command=" ".join(["dynroute", *sys.argv[1:]]),
         )  # fmt: skip
     if json_out:
         options.print_json(results)

@@ -242,37 +242,32 @@ def prepare_sweep(
 
 def run_demo(
     out: Path,
+    base: Any,
+    points: list[Any],
+    seed_list: list[int],
     progress: bool = True,
     console: Console | None = None,
     analysis: bool = True,
     command: str = "",
-    **setup: Any,
 ) -> dict[str, Any]:
     """Train (or reuse) the demo's runs, judge them against top-k, write the report.
 
     Args:
         out: output folder (``runs/demo``); rerunning reuses finished runs, resumes others.
+        base, points, seed_list: what :func:`prepare_demo` returns.
         progress: per-run progress bars; console: where the runs and the table go.
         analysis: also write the side-by-side routing analysis; command: the command
             line, recorded in ``results.json``.
-        setup: the arguments of :func:`prepare_demo` (config, data, p, steps, seeds,
-            fast, threads, routers).
 
     Returns:
         dict: the contents of ``results.json``.
     """
     import json
 
-    console = console or Console()
-    # first: a bad argument answers before torch is even imported
-    base, points, seed_list = prepare_demo(**setup)
-    import torch
-
     from dynroute.frontier import judge
     from dynroute.frontier.benchmark import run_benchmark
 
-    if base.train.threads:  # the caller's process: dynroute.train never sets threads
-        torch.set_num_threads(base.train.threads)
+    console = console or Console()
     tokens = base.train.steps * base.train.tokens_per_step
     console.print(
         f"Training {len(points)} MoE language models x {len(seed_list)} seed(s) "
