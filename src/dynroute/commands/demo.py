@@ -1,6 +1,6 @@
 """`dynroute demo`: the main job — which router gives the lowest loss for its compute?
 
-The recipe is :func:`dynroute.frontier.demo.run_demo`.
+The recipe: :func:`~dynroute.frontier.demo.prepare_demo`, then :func:`~.run_demo`.
 """
 
 from __future__ import annotations
