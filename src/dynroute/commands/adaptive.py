@@ -7,20 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Config,
-    Device,
-    Json,
-    Progress,
-    RunFolder,
-    Seed,
-    Steps,
-    Threads,
-    command,
-    interruptible,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 70
 
@@ -68,19 +55,19 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": False}  # --big-lay
 
 
 @sub.command("train")
-@command
+@options.command
 def train_cmd(
-    config: Config,
-    out: RunFolder,
+    config: options.Config,
+    out: options.RunFolder,
     routing: Routing = None,
     init_from: InitFrom = None,
     routers_only: RoutersOnly = None,
     big_share: BigShare = None,
-    steps: Steps = None,
-    seed: Seed = None,
-    threads: Threads = None,
-    device: Device = None,
-    progress: Progress = True,
+    steps: options.Steps = None,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    device: options.Device = None,
+    progress: options.Progress = True,
 ) -> None:
     """Train (or resume) an adaptive model: checkpoints, resume and eval as `dynroute train`."""
     from dynroute.adaptive.training import load_adaptive_config, train_adaptive
@@ -94,25 +81,25 @@ def train_cmd(
         budget_target=big_share,
         steps=steps, seed=seed, threads=threads, device=device,
     )  # fmt: skip
-    set_threads(cfg.train.threads)
-    with interruptible():
+    with options.interruptible(cfg.train.threads):
         result = train_adaptive(cfg, out, progress=progress)
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
     if result.final is not None:
-        f, routing = result.final, cfg.model.get("routing", "random")
-        print(
-            f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
-            f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  ({routing} routing; "
-            f"evaluation: {'all big' if routing == 'random' else 'hard routes'})"
-        )
+        routing = cfg.model.get("routing", "random")
+        evaluation = "all big" if routing == "random" else "hard routes"
+        print(options.trained(result, out) + f"  ({routing} routing; evaluation: {evaluation})")
 
 
-def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool) -> tuple[Any, Any]:
-    """Load ``run`` and run the oracle on its validation windows: (LoadedModel, OracleReport).
+SEARCH = ("skip", "windows", "seq_len", "num_random", "context", "beam_width")  # oracle flags
 
-    ``texts``: the --big-layers values; ``settings``: skip, windows, seq_len, num_random,
-    context, beam_width, seed.
+
+def score(ctx: typer.Context, progress: bool) -> tuple[Any, Any]:
+    """Load the run of an ``oracle`` or ``report`` command and run the oracle on its
+    validation windows: (LoadedModel, OracleReport).
+
+    Reads the command's flags from ``ctx``: RUN, --big-layers (and the numbers after it),
+    --seed, --threads and the search flags :data:`SEARCH`.
     """
     from rich.console import Console
     from rich.progress import track
@@ -122,11 +109,15 @@ def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool)
     from dynroute.checkpoints import load_model
     from dynroute.data import iter_eval_batches
 
+    flags = ctx.params
+    options.set_threads(flags["threads"])
+    run = Path(flags["run"])
+    texts = ([flags["big_layers"]] if flags["big_layers"] is not None else []) + list(ctx.args)
     try:
         ks = [int(v) for text in texts for v in text.replace(",", " ").split()]
     except ValueError:
         raise ValueError(f"--big-layers takes integers, got {' '.join(texts)!r}") from None
-    s = dict(settings)
+    s = {name: flags[name] for name in SEARCH} | {"seed": flags["seed"] or 0}
     if s["context"] not in CONTEXTS:
         raise ValueError(f"--context must be one of {list(CONTEXTS)}, got {s['context']!r}")
     if not run.exists():
@@ -150,22 +141,22 @@ def score(run: Path, texts: list[str], settings: dict[str, Any], progress: bool)
 
 
 @sub.command("oracle", context_settings=EXTRA)
-@command
+@options.command
 def oracle_cmd(
     ctx: typer.Context,
     run: Run,
     big_layers: BigLayers = None,
     skip: Skip = False,
-    json_out: Json = False,
+    json_out: options.Json = False,
     windows: Windows = 32,
     seq_len: SeqLen = None,
     num_random: NumRandom = 100,
     context: Context = "big",
     beam_width: BeamWidth = 8,
     out: ReportFile = None,
-    seed: Seed = None,
-    threads: Threads = None,
-    progress: Progress = True,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
 ) -> None:
     """Oracle loss per budget of big layers, next to random patterns and the trained router.
 
@@ -176,38 +167,30 @@ def oracle_cmd(
     import json
 
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
-    set_threads(threads)
-    texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
-    settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
-                    context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
-    _, report = score(run, texts, settings, progress and not json_out)
+    from dynroute.common.files import atomic_write_text
+
+    _, report = score(ctx, progress and not json_out)  # reads the other flags from ctx
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report.to_dict(), indent=2))
+        atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
     if json_out:
-        print_json(report.rows)
+        options.print_json(report.rows)
         return
     flag = "exhaustive" if report.method == "exhaustive" else f"BEAM (width {report.beam_width})"
-    table = Table(
-        title=escape(f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
-                     f"context {report.context} (loss {report.context_loss:.4f})")
-    )  # fmt: skip
-    for name in ("budget", "oracle", "random mean", "random best", "router"):
-        table.add_column(name, justify="right")
-    for r in report.rows:
-        router = "" if r["router_loss"] is None else f"{r['router_loss']:.4f}"
-        table.add_row(
-            str(r["budget"]), f"{r['oracle_loss']:.4f}", f"{r['random_mean_loss']:.4f}",
-            f"{r['random_best_loss']:.4f}", router,
-        )  # fmt: skip
-    Console().print(table)
+    title = (f"{run}: oracle over {report.tokens:,} tokens, {flag}, "
+             f"context {report.context} (loss {report.context_loss:.4f})")  # fmt: skip
+    rows = [
+        (str(r["budget"]), f"{r['oracle_loss']:.4f}", f"{r['random_mean_loss']:.4f}",
+         f"{r['random_best_loss']:.4f}",
+         "" if r["router_loss"] is None else f"{r['router_loss']:.4f}")
+        for r in report.rows
+    ]  # fmt: skip
+    columns = ("budget", "oracle", "random mean", "random best", "router")
+    Console().print(options.table(title, columns, rows, left=0))
 
 
 @sub.command("report", context_settings=EXTRA)
-@command
+@options.command
 def report_cmd(
     ctx: typer.Context,
     run: Run,
@@ -219,9 +202,9 @@ def report_cmd(
     num_random: NumRandom = 100,
     context: Context = "big",
     beam_width: BeamWidth = 8,
-    seed: Seed = None,
-    threads: Threads = None,
-    progress: Progress = True,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
 ) -> None:
     """HTML report: oracle curve, oracle layers per budget, per-token difficulty.
 
@@ -233,11 +216,7 @@ def report_cmd(
 
     from dynroute.adaptive.report import render_adaptive_report
 
-    set_threads(threads)
-    texts = ([big_layers] if big_layers is not None else []) + list(ctx.args)
-    settings = dict(skip=skip, windows=windows, seq_len=seq_len, num_random=num_random,
-                    context=context, beam_width=beam_width, seed=seed or 0)  # fmt: skip
-    loaded, report = score(run, texts, settings, progress)
+    loaded, report = score(ctx, progress)  # reads the other flags from ctx
     try:
         counts = np.bincount(np.asarray(loaded.tokens(split="train")))
     except (FileNotFoundError, ValueError):

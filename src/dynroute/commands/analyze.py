@@ -7,16 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Corpus,
-    Device,
-    Json,
-    Progress,
-    Threads,
-    command,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 30
 
@@ -80,10 +71,10 @@ def run_name(path: Path) -> str:
     return path.parent.name if path.name == "model" else path.name
 
 
-@command
+@options.command
 def analyze(
     checkpoint: Checkpoint = None,
-    data: Corpus = None,
+    data: options.Corpus = None,
     out: Out = None,
     compare: Compare = None,
     render: Render = None,
@@ -93,10 +84,10 @@ def analyze(
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     capacity_factor: CapacityFactor = 1.25,
     segments: Segments = "4,16,64",
-    device: Device = None,
-    threads: Threads = None,
-    progress: Progress = True,
-    json_out: Json = False,
+    device: options.Device = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
+    json_out: options.Json = False,
 ) -> None:
     """Where a checkpoint spends its experts: report.html, stats.json, figures.
 
@@ -110,7 +101,7 @@ def analyze(
 
     if sum([checkpoint is not None, compare is not None, render is not None]) != 1:
         raise ValueError("give exactly one of CHECKPOINT, --compare A B, or --render DIR")
-    set_threads(threads)
+    options.set_threads(threads)
     config = RecorderConfig(
         segment_lengths=segment_lengths(segments),
         capacity_factor=capacity_factor if capacity_factor > 0 else None,
@@ -121,7 +112,7 @@ def analyze(
     )  # fmt: skip
     report, runs = run_analysis(checkpoint, compare, render, out, settings)
     if json_out:
-        print_json({"report": str(report), "runs": runs})
+        options.print_json({"report": str(report), "runs": runs})
         return
     console = Console()
     console.print(summary_table(runs))

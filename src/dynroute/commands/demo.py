@@ -1,6 +1,6 @@
 """`dynroute demo`: the main job — which router gives the lowest loss for its compute?
 
-The recipe is :func:`dynroute.frontier.demo.run_demo`.
+The recipe: :func:`~dynroute.frontier.demo.prepare_demo`, then :func:`~.run_demo`.
 """
 
 from __future__ import annotations
@@ -11,17 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dynroute.commands.options import (
-    Json,
-    OptionalConfig,
-    Progress,
-    Steps,
-    Threads,
-    check_threads,
-    command,
-    print_json,
-    user_errors,
-)
+from dynroute.commands import options
 
 RANK = 0
 
@@ -48,20 +38,20 @@ ExpertCount = Annotated[
 ]
 
 
-@command
+@options.command
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
-    config: OptionalConfig = None,
+    config: options.OptionalConfig = None,
     data: Corpus = None,
     routers: Routers = None,
     p: PaperP = None,
     seeds: Seeds = 1,
-    steps: Steps = None,
+    steps: options.Steps = None,
     fast: Annotated[bool, typer.Option("--fast", help="Tiny model, seconds.")] = False,
-    threads: Threads = None,
+    threads: options.Threads = None,
     analysis: Analysis = True,
-    progress: Progress = True,
-    json_out: Json = False,
+    progress: options.Progress = True,
+    json_out: options.Json = False,
     routing_only: RoutingOnly = False,
     tokens: Tokens = None,
     num_experts: ExpertCount = None,
@@ -79,17 +69,19 @@ def demo(
         Console().print(routing_demo(tokens or 2048, num_experts or 16, 0))
         return
     check_flags(p, routers, seeds, steps, threads)  # before torch is even imported
-    from dynroute.frontier.demo import run_demo
+    from dynroute.frontier.demo import prepare_demo, run_demo
 
+    base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
+    options.set_threads(base.train.threads)
     console = Console(stderr=json_out)
     resume = f"interrupted; finished runs are kept in {out}: rerun the same command to resume"
-    with user_errors(interrupted=resume):
+    with options.user_errors(interrupted=resume):
         results = run_demo(
-            out, config, data, p, steps, seeds, fast, progress, console, threads, routers,
-            analysis, command=" ".join(["dynroute", *sys.argv[1:]]),
+            out, base, points, seed_list, progress, console, analysis,
+            command=" ".join(["dynroute", *sys.argv[1:]]),
         )  # fmt: skip
     if json_out:
-        print_json(results)
+        options.print_json(results)
 
 
 def check_flags(
@@ -110,7 +102,7 @@ def check_flags(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    check_threads(threads)
+    options.check_threads(threads)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,15 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Corpus,
-    Json,
-    Progress,
-    Threads,
-    command,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 20
 
@@ -46,19 +38,19 @@ Prompt = Annotated[
 ]
 
 
-@command
+@options.command
 def eval_(
     checkpoint: Checkpoint,
-    json_out: Json = False,
-    data: Corpus = None,
+    json_out: options.Json = False,
+    data: options.Corpus = None,
     batch_size: BatchSize = None,
     seq_len: SeqLen = None,
     max_batches: MaxBatches = None,
     generate: Generate = False,
     new_tokens: NewTokens = 256,
     prompt: Prompt = None,
-    threads: Threads = None,
-    progress: Progress = True,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
 ) -> None:
     """Evaluate CHECKPOINT; by default on the windows its training evaluated on.
 
@@ -75,7 +67,7 @@ def eval_(
 
     from dynroute.checkpoints import load_model
 
-    set_threads(threads)
+    options.set_threads(threads)
     show = progress and not json_out
     loaded = load_model(checkpoint)
     generation = None
@@ -90,7 +82,7 @@ def eval_(
     if generation is not None:
         result["generation"] = generation
     if json_out:
-        print_json(result)
+        options.print_json(result)
         return
     console = Console()
     console.print(result_table(result))
@@ -120,12 +112,6 @@ def evaluate(
 
 def result_table(result: dict[str, Any]) -> Any:
     """The terminal table of one evaluation (and of the generation timing, when there)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(f"{result['checkpoint']} ({result['router']})"))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
     rows = [
         ("validation loss", f"{result['val_loss']:.4f}"),
         ("perplexity", f"{result['perplexity']:.2f}"),
@@ -140,9 +126,8 @@ def result_table(result: dict[str, Any]) -> Any:
         from dynroute.train.generate import generation_rows
 
         rows += generation_rows(result["generation"])
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+    title = f"{result['checkpoint']} ({result['router']})"
+    return options.table(title, ("metric", "value"), rows)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,16 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Json,
-    Progress,
-    QueryRouters,
-    Seed,
-    Threads,
-    command,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 80
 
@@ -73,63 +64,66 @@ def query_router_specs(given: list[str] | None, default: str) -> list[str]:
 
 
 @llm.command("eval")
-@command
+@options.command
 def eval_(
     data: Dataset = None,
     train: TrainTable = None,
     test: TestTable = None,
-    query_router: QueryRouters = None,
-    seed: Seed = None,
+    query_router: options.QueryRouters = None,
+    seed: options.Seed = None,
     test_size: TestSize = 0.2,
-    json_out: Json = False,
-    progress: Progress = True,
-    threads: Threads = None,
+    json_out: options.Json = False,
+    progress: options.Progress = True,
+    threads: options.Threads = None,
 ) -> None:
     """Fit query routers on the training table and score their cost–quality curves (AIQ).
 
     Default: every registered query router (--query-router all).
     """
     from rich.console import Console
-    from rich.table import Table
 
-    set_threads(threads)
-    specs = query_router_specs(query_router, "all")
-    result = evaluate(data, train, test, specs, seed or 0, test_size, progress and not json_out)
+    show = progress and not json_out
+    result = evaluate(data, train, test, query_router, seed, test_size, show, threads)
     base = result["baselines"]
     if json_out:
         if len(result["routers"]) == 1:  # one router: its fields at the top level
             result = {**result["routers"][0], "baselines": base, "train": result["train"],
                       "test": result["test"], "models": result["models"]}  # fmt: skip
-        print_json(result)
+        options.print_json(result)
         return
-    table = Table(title=f"{result['test']['source']} ({result['test']['queries']} queries)")
-    for col in ("router", "AIQ", "vs zero router", "best quality", "cost saved"):
-        table.add_column(col, justify="left" if col == "router" else "right")
-    for r in sorted(result["routers"], key=lambda r: -r["aiq"]):
-        saved = r["cost_saved_at_best_single"]
-        table.add_row(
-            r["router"], f"{r['aiq']:.4f}", f"{r['aiq'] - base['zero_router']['aiq']:+.4f}",
-            f"{r['best_quality']:.4f}", "–" if saved is None else f"{saved:.1%}",
-        )  # fmt: skip
-    table.add_row("zero router", f"{base['zero_router']['aiq']:.4f}", "", "", "")
-    Console().print(table)
+    zero = base["zero_router"]["aiq"]
+    rows = [
+        (r["router"], f"{r['aiq']:.4f}", f"{r['aiq'] - zero:+.4f}", f"{r['best_quality']:.4f}",
+         "–" if r["cost_saved_at_best_single"] is None
+         else f"{r['cost_saved_at_best_single']:.1%}")
+        for r in sorted(result["routers"], key=lambda r: -r["aiq"])
+    ]  # fmt: skip
+    rows.append(("zero router", f"{zero:.4f}", "", "", ""))
+    title = f"{result['test']['source']} ({result['test']['queries']} queries)"
+    columns = ("router", "AIQ", "vs zero router", "best quality", "cost saved")
+    Console().print(options.table(title, columns, rows))
 
 
 def evaluate(
     data: str | None,
     train: Path | None,
     test: Path | None,
-    specs: list[str],
-    seed: int,
+    query_routers: list[str] | None,
+    seed: int | None,
     test_size: float,
     progress: bool,
+    threads: int | None,
 ) -> dict[str, Any]:
-    """Fit and score ``specs`` on the tables (one file: split by query), with a progress bar."""
+    """Fit and score the ``--query-router`` specs (default: all) on the tables (one file:
+    split by query), with a progress bar: what ``llm eval`` and ``llm report`` show."""
     from rich.progress import Progress as Bar
 
     from dynroute.llm.data import resolve_tables, split_by_query
     from dynroute.llm.evaluate import evaluate as evaluate_routers
 
+    options.set_threads(threads)
+    specs = query_router_specs(query_routers, "all")
+    seed = seed or 0
     tr, te = resolve_tables(data, train, test, test_size=test_size, seed=seed)
     if te is None:  # one file: split it by query
         tr, te = split_by_query(tr, test_size, seed)
@@ -144,20 +138,20 @@ def evaluate(
 
 
 @llm.command("fit")
-@command
+@options.command
 def fit(
     out: Annotated[Path, typer.Option(help="Folder to save the fitted router in.")],
     data: Dataset = None,
     train: TrainTable = None,
-    query_router: QueryRouters = None,
-    seed: Seed = None,
+    query_router: options.QueryRouters = None,
+    seed: options.Seed = None,
     lam: Lambda = None,
     budget_usd: BudgetUsd = None,
     strong_share: Annotated[
         float | None,
         typer.Option(help="Calibrate λ so this share of queries goes to the best model."),
     ] = None,
-    threads: Threads = None,
+    threads: options.Threads = None,
 ) -> None:
     """Fit one query router (default knn) on the training table and save it.
 
@@ -166,7 +160,7 @@ def fit(
     specs = query_router_specs(query_router, "knn")
     if len(specs) != 1:
         raise ValueError(f"llm fit fits one --query-router, got {len(specs)}: {' '.join(specs)}")
-    set_threads(threads)
+    options.set_threads(threads)
     r = fit_router(specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share)
     r.save(out)
     print(f"saved {r.name} over {len(r.models)} models to {out} (lambda={r.lam:g})")
@@ -204,7 +198,7 @@ def fit_router(
 
 
 @llm.command("route")
-@command
+@options.command
 def route(
     router: FittedRouter,
     query: Annotated[list[str], typer.Argument(help="One or more queries.")],
@@ -218,29 +212,28 @@ def route(
 
 
 @llm.command("report")
-@command
+@options.command
 def report(
     out: Annotated[Path, typer.Option(help="Folder for report.html and the PNG.")],
     data: Dataset = None,
     train: TrainTable = None,
     test: Annotated[Path | None, typer.Option(help="Test table.")] = None,
-    query_router: QueryRouters = None,
-    seed: Seed = None,
+    query_router: options.QueryRouters = None,
+    seed: options.Seed = None,
     test_size: TestSize = 0.2,
-    progress: Progress = True,
-    threads: Threads = None,
+    progress: options.Progress = True,
+    threads: options.Threads = None,
 ) -> None:
     """Evaluate query routers (default: all) and write an HTML report with the cost–quality
     plot and OUT/result.json."""
     import json
 
+    from dynroute.common.files import atomic_write_text
     from dynroute.llm.report import write_report
 
-    set_threads(threads)
-    specs = query_router_specs(query_router, "all")
-    result = evaluate(data, train, test, specs, seed or 0, test_size, progress)
+    result = evaluate(data, train, test, query_router, seed, test_size, progress, threads)
     path = write_report(result, out)
-    (Path(out) / "result.json").write_text(json.dumps(result))
+    atomic_write_text(Path(out) / "result.json", json.dumps(result))
     print(f"wrote {path}")
 
 
@@ -261,7 +254,7 @@ Timeout = Annotated[float, typer.Option(help="Seconds to wait for a backend.")]
 
 
 @llm.command("serve")
-@command
+@options.command
 def serve(
     router: FittedRouter,
     backend: Backends,
@@ -276,7 +269,7 @@ def serve(
     threshold: Threshold = None,
     log: DecisionLogFile = None,
     timeout: Timeout = 60.0,
-    threads: Threads = None,
+    threads: options.Threads = None,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -292,7 +285,7 @@ def serve(
         raise ValueError(f"--budget-usd must be > 0 USD per request, got {budget_usd}")
     backends = parse_backend_args(backend, load_backend_file(prices))
     check_port(host, port)
-    set_threads(1 if threads is None else threads)
+    options.set_threads(1 if threads is None else threads)
     from dynroute.llm.routers import load_router
     from dynroute.serve.decisions import DecisionLog
     from dynroute.serve.policy import RoutingPolicy

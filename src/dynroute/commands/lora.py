@@ -7,20 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dynroute.commands.options import (
-    Config,
-    Json,
-    Progress,
-    Router,
-    RunFolder,
-    Seed,
-    Steps,
-    Threads,
-    command,
-    interruptible,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 75
 
@@ -48,19 +35,19 @@ DomainColumn = Annotated[
 
 
 @lora_app.command("train")
-@command
+@options.command
 def train(
     base: Base,
-    config: Config,
-    out: RunFolder,
+    config: options.Config,
+    out: options.RunFolder,
     data: Domains = None,
     domain_column: DomainColumn = None,
-    router: Router = None,
-    steps: Steps = None,
-    seed: Seed = None,
-    threads: Threads = None,
-    progress: Progress = True,
-    json_out: Json = False,
+    router: options.Router = None,
+    steps: options.Steps = None,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
+    json_out: options.Json = False,
 ) -> None:
     """Train LoRA experts on BASE: adapters to OUT/adapters, per-domain results to
     OUT/result.json (what --json prints)."""
@@ -71,11 +58,10 @@ def train(
         load_lora_config(config), data=data, domain_column=domain_column, router=router,
         steps=steps, seed=seed, threads=threads,
     )  # fmt: skip
-    set_threads(cfg.train.threads)
-    with interruptible():
+    with options.interruptible(cfg.train.threads):
         result = train_lora(cfg, base, out, progress=progress and not json_out)
     if json_out:
-        print_json(result)
+        options.print_json(result)
         return
     if result["resumed_from"]:
         print(f"resumed from step {result['resumed_from']}")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -62,8 +62,11 @@ __all__ = [
     "check_threads",
     "command",
     "fail",
+    "interruptible",
     "print_json",
     "set_threads",
+    "table",
+    "trained",
     "user_errors",
 ]
 
@@ -214,10 +217,12 @@ def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def interruptible(enabled: bool = True) -> Iterator[None]:
-    """Ctrl-C finishes the training step, checkpoints and stops (exit 130, rerun resumes);
-    a second Ctrl-C stops at once. A process setting, so the command's, not the library's.
+def interruptible(threads: int | None = None, enabled: bool = True) -> Iterator[None]:
+    """Train in this process: :func:`set_threads` ``threads``; Ctrl-C finishes the training
+    step, checkpoints and stops (exit 130, rerun resumes), a second Ctrl-C stops at once.
+    Process settings, so the command's, not the library's.
     """
+    set_threads(threads)
     if not enabled:
         yield
         return
@@ -260,6 +265,37 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def trained(result: Any, out: Path) -> str:
+    """What a training command prints when done: steps, tokens, run folder, final loss.
+
+    ``result``: a :class:`dynroute.train.TrainResult` with a final evaluation.
+    """
+    f = result.final
+    return (
+        f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
+        f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}"
+    )
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> Any:
+    """A terminal table: the first ``left`` columns left-aligned, the others (numbers) right;
+    title and cells shown as written (never read as rich markup).
+
+    Example:
+        >>> table("x.toml [model]", ["metric", "value"], [("val loss", "1.5000")]).row_count
+        1
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = Table(title=escape(title))
+    for i, name in enumerate(columns):
+        out.add_column(name, justify="left" if i < left else "right")
+    for row in rows:
+        out.add_row(*map(escape, row))
+    return out
 
 
 def print_json(payload: Any) -> None:

@@ -9,15 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Json,
-    Progress,
-    Router,
-    Threads,
-    command,
-    print_json,
-    set_threads,
-)
+from dynroute.commands import options
 
 RANK = 40
 
@@ -43,10 +35,10 @@ Out = Annotated[
 Force = Annotated[bool, typer.Option(help="Overwrite --out if it exists.")]
 
 
-@command
+@options.command
 def patch(
     model_dir: ModelDir,
-    router: Router = None,
+    router: options.Router = None,
     target_experts: TargetExperts = None,
     per_layer: PerLayer = False,
     data: SampleText = None,
@@ -55,9 +47,9 @@ def patch(
     dtype: DType = "auto",
     out: Out = None,
     force: Force = False,
-    threads: Threads = None,
-    progress: Progress = True,
-    json_out: Json = False,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
+    json_out: options.Json = False,
 ) -> None:
     """Apply a router to MODEL_DIR, report experts per token on sample text, save to --out.
 
@@ -68,7 +60,7 @@ def patch(
     name, kwargs = router_settings(router, target_experts, out, force)
     if data is not None and not data.is_file():
         raise FileNotFoundError(f"--data {data}: no such text file")
-    set_threads(threads)
+    options.set_threads(threads)
     console = Console(stderr=json_out)
     model, tokenizer = load(model_dir, dtype, console)
     ids, source = sample(data, tokenizer, max_tokens)
@@ -78,7 +70,7 @@ def patch(
     if out is not None:
         save(model, tokenizer, report, out)
     if json_out:
-        print_json({**report, "out": None if out is None else str(out)})
+        options.print_json({**report, "out": None if out is None else str(out)})
         return
     print_report(model, model_dir, ids.numel(), report, out, console)
 
@@ -178,25 +170,18 @@ def print_report(
     console: Any,
 ) -> None:
     """The before/after table, experts per layer, and where the checkpoint was saved."""
-    from rich.markup import escape
-    from rich.table import Table
-
     from dynroute.hf import adapted_blocks, routing_config
 
     names = sorted({b.spec.describe() for b in adapted_blocks(model)})
     label = names[0] if len(names) == 1 else f"{len(names)} per-layer settings"
-    table = Table(title=escape(f"{model_dir.name} on {tokens} tokens of {report['source']}"))
-    for col in ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s"):
-        table.add_column(col, justify="right" if col != "routing" else "left")
-    for row_label, res in (("original (top_k)", report["original"]), (label, report["patched"])):
-        table.add_row(
-            escape(row_label),
-            f"{res['mean_experts']:.3f}",
-            f"{res['expert_fraction']:.1%}",
-            f"{res['perplexity']:.3f}",
-            f"{res['tokens_per_s']:.0f}",
-        )
-    console.print(table)
+    rows = [
+        (row_label, f"{res['mean_experts']:.3f}", f"{res['expert_fraction']:.1%}",
+         f"{res['perplexity']:.3f}", f"{res['tokens_per_s']:.0f}")
+        for row_label, res in (("original (top_k)", report["original"]), (label, report["patched"]))
+    ]  # fmt: skip
+    title = f"{model_dir.name} on {tokens} tokens of {report['source']}"
+    columns = ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s")
+    console.print(options.table(title, columns, rows))
     after = report["patched"]["mean_experts_per_layer"]
     console.print("per layer: " + ", ".join(f"{k}: {v:.2f}" for k, v in after.items()))
     if out is None:

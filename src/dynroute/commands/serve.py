@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dynroute.commands.options import Device, Threads, command, set_threads
+from dynroute.commands import options
 
 RANK = 50
 
@@ -28,7 +28,7 @@ BatchWait = Annotated[
 AccessLog = Annotated[bool, typer.Option(help="Log every request.")]
 
 
-@command
+@options.command
 def serve(
     model_dir: ModelDir,
     port: Port = 8000,
@@ -36,18 +36,19 @@ def serve(
     name: Name = None,
     max_batch: MaxBatch = 8,
     batch_wait_ms: BatchWait = 5.0,
-    device: Device = None,
-    threads: Threads = None,
+    device: options.Device = None,
+    threads: options.Threads = None,
     access_log: AccessLog = False,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health)."""
     from dynroute.serve.app import create_app
     from dynroute.serve.loading import load_served_model
     from dynroute.serve.runner import check_port, run_app
+    from dynroute.train.device import resolve_device
 
     check_port(host, port)  # before the model loads: a busy port is a one-line error at once
-    set_threads(threads)
-    dev = resolve_device(device)
+    options.set_threads(threads)
+    dev = str(resolve_device(device or "auto"))  # auto: CUDA when present
     served = load_served_model(model_dir, name, dev)
     app_ = create_app(served, max_batch=max_batch, wait_ms=batch_wait_ms)
     banner = (
@@ -55,15 +56,6 @@ def serve(
         f"on http://{host}:{port}/v1"
     )
     run_app(app_, host, port, banner, access_log)
-
-
-def resolve_device(device: str | None) -> str:
-    """``--device``: None or auto is CUDA when present, else CPU."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def register(app: typer.Typer) -> None:

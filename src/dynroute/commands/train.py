@@ -8,22 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynroute.commands.options import (
-    Config,
-    Corpus,
-    Device,
-    Experts,
-    Progress,
-    Router,
-    RunFolder,
-    Seed,
-    Steps,
-    Threads,
-    command,
-    interruptible,
-    set_threads,
-    user_errors,
-)
+from dynroute.commands import options
 
 RANK = 10
 
@@ -82,18 +67,18 @@ RESUME = (
 )
 
 
-@command
+@options.command
 def train(
-    config: Config,
-    out: RunFolder,
-    data: Corpus = None,
-    router: Router = None,
-    experts: Experts = None,
-    steps: Steps = None,
-    seed: Seed = None,
-    threads: Threads = None,
-    progress: Progress = True,
-    device: Device = None,
+    config: options.Config,
+    out: options.RunFolder,
+    data: options.Corpus = None,
+    router: options.Router = None,
+    experts: options.Experts = None,
+    steps: options.Steps = None,
+    seed: options.Seed = None,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
+    device: options.Device = None,
     dtype: DType = None,
     compile: Compile = None,
     grad_accum: GradAccum = None,
@@ -121,22 +106,18 @@ def train(
         parallel=None if fsdp is None else ("fsdp" if fsdp else "ddp"),
     )  # fmt: skip
     cfg = run_config(config, flags)
-    set_threads(cfg.train.threads)
+    options.set_threads(cfg.train.threads)
     nproc = data_parallel_size(expert_parallel, nproc)
     world = max(expert_parallel, nproc)
     nodes = rendezvous(nnodes, node_rank, master_addr, master_port)
     if (world > 1 or nodes) and not is_launched():
         flags |= {"expert_parallel": expert_parallel, "restart_from_model": restart_from_model}
         raise typer.Exit(relaunch(cfg, config, out, flags, world, nodes, progress))
-    with user_errors(interrupted=RESUME):
+    with options.user_errors(interrupted=RESUME):
         result = train_here(cfg, out, progress, expert_parallel, nproc, restart_from_model)
     if int(os.environ.get("RANK", "0")) == 0 and result.final is not None:  # rank 0 reports
-        f = result.final
-        print(
-            f"done: {result.steps} steps, {result.tokens:,} tokens -> {out}\n"
-            f"val loss {f['val_loss']:.4f}  ppl {f['perplexity']:.2f}  "
-            f"{f['mean_experts_per_token']:.2f} experts/token"
-        )
+        experts = result.final["mean_experts_per_token"]
+        print(options.trained(result, out) + f"  {experts:.2f} experts/token")
 
 
 def run_config(config: Path, flags: dict[str, Any]) -> Any:
@@ -189,7 +170,7 @@ def train_here(
     after the current step when this process is the whole run."""
     from dynroute.train import train as run_training
 
-    with interruptible(expert_parallel == 1 and nproc == 1):
+    with options.interruptible(enabled=expert_parallel == 1 and nproc == 1):
         return run_training(
             cfg, out, progress=progress, expert_parallel=expert_parallel, nproc=nproc,
             restart_from_model=restart,

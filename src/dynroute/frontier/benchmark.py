@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from collections.abc import Iterable, Sequence
@@ -27,12 +26,12 @@ from rich.console import Console
 
 from dynroute.common.files import atomic_write_text
 from dynroute.frontier.report import markdown_table, plot_frontier
-from dynroute.frontier.runs import check_frontier_config, run_frontier
+from dynroute.frontier.runs import run_frontier
 from dynroute.frontier.sweep import FRONTIER_FAMILY, TARGETS, Point, point_from_text, sweep_points
-from dynroute.frontier.verdict import NOISE_SE, judge, summarise, verdict_sentence
+from dynroute.frontier.verdict import NOISE_SE, Judgement, judge, summarise, verdict_sentence
 from dynroute.train.config import RunConfig
 
-__all__ = ["FrontierOutcome", "check_settings", "describe_setup", "parse_routers", "run_benchmark"]
+__all__ = ["FrontierOutcome", "describe_setup", "parse_routers", "run_benchmark"]
 
 
 def parse_routers(items: Iterable[str], targets: Iterable[float] = TARGETS) -> list[Point]:
@@ -67,32 +66,6 @@ def _split(text: str) -> list[str]:
         else:
             parts.append(piece)
     return parts
-
-
-def check_settings(
-    base: RunConfig, points: Sequence[Point], seeds: Sequence[int], source_ok: bool = True
-) -> None:
-    """Every check that can fail, before anything is trained or written.
-
-    Raises:
-        ValueError / FileNotFoundError: with a one-line message.
-    """
-    t = base.train
-    for name, value, low in (
-        ("steps", t.steps, 1),
-        ("batch_size", t.batch_size, 1),
-        ("seq_len", t.seq_len, 2),
-        ("eval_batches", t.eval_batches or 1, 1),
-        ("threads", t.threads or 0, 0),
-    ):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    source = base.data.source
-    if source_ok and source != "stdlib" and not Path(source).exists():
-        raise FileNotFoundError(
-            f"corpus {source} does not exist; pass --data with a text file or folder"
-        )
-    check_frontier_config(base, points, seeds)
 
 
 def describe_setup(base: RunConfig, seeds: Sequence[int], eval_tokens: int | None = None) -> str:
@@ -182,17 +155,7 @@ def run_benchmark(
     save(
         {
             "summaries": [asdict(s) for s in summarise(records)],
-            "judgements": [
-                {
-                    "name": j.summary.name,
-                    "label": j.summary.label,
-                    "margins": list(j.margins),
-                    "margin": j.margin,
-                    "margin_se": j.margin_se,
-                    "verdict": j.verdict,
-                }
-                for j in judgements
-            ],
+            "judgements": [judgement_row(j) for j in judgements],
             "verdict": verdict,
             "table": table,
             "plot": plot.name if plot.parent == results.parent else str(plot),
@@ -203,9 +166,13 @@ def run_benchmark(
     return FrontierOutcome(records, table, verdict, plot, results, reused, seconds)
 
 
+def judgement_row(j: Judgement) -> dict[str, Any]:
+    """One verdict as ``results.json`` keeps it."""
+    return {"name": j.summary.name, "label": j.summary.label, "margins": list(j.margins),
+            "margin": j.margin, "margin_se": j.margin_se, "verdict": j.verdict}  # fmt: skip
+
+
 def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):  # pragma: no cover - json writes NaN
-        return None
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {value!r}")

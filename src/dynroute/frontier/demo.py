@@ -108,13 +108,9 @@ def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
         per_token = aux.routing.experts_per_token()
         label = name + "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
         table.add_row(
-            label,
-            f"{aux.mean_experts:.2f}",
-            str(int(per_token.min())),
-            str(int(per_token.max())),
-            f"{aux.load_balance.item():.3f}",
-            f"{aux.dynamic.item():.3f}",
-        )
+            label, f"{aux.mean_experts:.2f}", str(int(per_token.min())), str(int(per_token.max())),
+            f"{aux.load_balance.item():.3f}", f"{aux.dynamic.item():.3f}",
+        )  # fmt: skip
     return table
 
 
@@ -135,31 +131,28 @@ def find_config(path: Path | None) -> Path:
     )
 
 
-def _check_corpus_flag(data: str | None) -> str | None:
-    """``--data`` as an absolute path (runs find it from any folder), or 'stdlib' / None."""
-    if data is None or data == "stdlib":
-        return data
-    if not Path(data).exists():
-        raise FileNotFoundError(
-            f"corpus {data} does not exist; pass --data with a text file or folder"
-        )
-    return str(Path(data).resolve())
-
-
 def base_config(
     config: Path | None = None,
     data: str | None = None,
     steps: int | None = None,
     threads: int | None = None,
+    fast: bool = False,
 ) -> Any:
-    """The run config every point starts from: ``config`` (default :func:`find_config`)
-    with the flags applied. Returns a :class:`dynroute.train.RunConfig`."""
-    from dynroute.train import apply_overrides, load_config
+    """The run config every point starts from: ``config`` (default :func:`find_config`),
+    with ``fast``'s tiny model and budget and the flags applied; ``data`` as an absolute
+    path (runs find it from any folder). Returns a :class:`dynroute.train.RunConfig`."""
+    from dynroute.train import RunConfig, apply_overrides, load_config
 
-    return apply_overrides(
-        load_config(find_config(config)), data=_check_corpus_flag(data), steps=steps,
-        threads=threads,
-    )  # fmt: skip
+    cfg = load_config(find_config(config))
+    if fast:
+        raw = cfg.to_dict()
+        raw["model"].update(FAST_MODEL)
+        raw["train"].update(FAST_TRAIN)
+        raw["data"]["vocab_size"] = min(raw["data"]["vocab_size"], 512)
+        cfg = RunConfig.from_dict(raw)
+    if data is not None and data != "stdlib" and Path(data).exists():
+        data = str(Path(data).resolve())
+    return apply_overrides(cfg, data=data, steps=steps, threads=threads)
 
 
 def prepare_demo(
@@ -189,28 +182,21 @@ def prepare_demo(
         ...
         FileNotFoundError: corpus NOPE/texts does not exist; pass --data with a text file or folder
     """
-    data = _check_corpus_flag(data)
-    from dynroute.frontier.benchmark import check_settings, parse_routers
-    from dynroute.train import RunConfig, apply_overrides, load_config
+    from dynroute.frontier import check_frontier_config
+    from dynroute.frontier.benchmark import parse_routers
 
-    raw = load_config(find_config(config)).to_dict()
-    if fast:
-        raw["model"].update(FAST_MODEL)
-        raw["train"].update(FAST_TRAIN)
-        raw["data"]["vocab_size"] = min(raw["data"]["vocab_size"], 512)
-    base = apply_overrides(RunConfig.from_dict(raw), data=data, steps=steps, threads=threads)
-    if routers:
-        points = parse_routers(routers)
-    else:
-        try:
-            points = parse_routers(demo_routers(PAPER_P if p is None else p))
-        except ValueError as err:  # a default router not registered: never skipped silently
-            raise ValueError(
-                f"the demo's default {str(err).removeprefix('--routers ')}; pass --routers "
-                "to choose others"
-            ) from None
+    base = base_config(config, data, steps, threads, fast)
+    try:
+        points = parse_routers(routers or demo_routers(PAPER_P if p is None else p))
+    except ValueError as err:  # a default router not registered: never skipped silently
+        if routers:
+            raise
+        raise ValueError(
+            f"the demo's default {str(err).removeprefix('--routers ')}; pass --routers "
+            "to choose others"
+        ) from None
     seed_list = [base.train.seed + i for i in range(seeds)]
-    check_settings(base, points, seed_list)
+    check_frontier_config(base, points, seed_list)
     return base, points, seed_list
 
 
@@ -245,27 +231,22 @@ def prepare_sweep(
             f"config file {config} not found; pass --config with a TOML file such as "
             "configs/demo.toml"
         )
-    from dynroute.frontier import SWEEPS
-    from dynroute.frontier.benchmark import check_settings, parse_routers
+    from dynroute.frontier import SWEEPS, check_frontier_config
+    from dynroute.frontier.benchmark import parse_routers
 
     base = base_config(config, data, steps, threads)
     points = parse_routers(routers or list(SWEEPS), aims)
-    check_settings(base, points, list(range(seeds)))
+    check_frontier_config(base, points, list(range(seeds)))
     return base, points, list(range(seeds))
 
 
 def run_demo(
     out: Path,
-    config: Path | None = None,
-    data: str | None = None,
-    p: float | None = None,
-    steps: int | None = None,
-    seeds: int = 1,
-    fast: bool = False,
+    base: Any,
+    points: list[Any],
+    seed_list: list[int],
     progress: bool = True,
     console: Console | None = None,
-    threads: int | None = None,
-    routers: list[str] | None = None,
     analysis: bool = True,
     command: str = "",
 ) -> dict[str, Any]:
@@ -273,51 +254,33 @@ def run_demo(
 
     Args:
         out: output folder (``runs/demo``); rerunning reuses finished runs, resumes others.
-        config: TOML config (default ``configs/demo.toml``); data: another corpus;
-        p: the paper-faithful top-p threshold (default 0.4); steps, threads: override
-        the config; seeds: seeds per router (the config's seed, +1, ...); fast: tiny
-        model and budget (seconds); routers: instead of :func:`demo_routers`;
+        base, points, seed_list: what :func:`prepare_demo` returns.
+        progress: per-run progress bars; console: where the runs and the table go.
         analysis: also write the side-by-side routing analysis; command: the command
-        line, recorded in ``results.json``.
+            line, recorded in ``results.json``.
 
     Returns:
         dict: the contents of ``results.json``.
     """
     import json
 
-    console = console or Console()
-    # first: a bad argument answers before torch is even imported
-    base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
-    import torch
-
     from dynroute.frontier import judge
     from dynroute.frontier.benchmark import run_benchmark
 
-    if base.train.threads:  # the caller's process: dynroute.train never sets threads
-        torch.set_num_threads(base.train.threads)
-    t = base.train
+    console = console or Console()
+    tokens = base.train.steps * base.train.tokens_per_step
     console.print(
         f"Training {len(points)} MoE language models x {len(seed_list)} seed(s) "
-        f"({t.steps * t.tokens_per_step:,} tokens each) on [bold]{base.data.source}[/bold] "
-        f"-> {out}"
+        f"({tokens:,} tokens each) on [bold]{base.data.source}[/bold] -> {out}"
     )
     outcome = run_benchmark(
-        base,
-        points,
-        seed_list,
-        out,
-        out / "results.json",
-        plot=out / "frontier.png",
-        title=f"dynroute demo: loss vs compute, {t.steps * t.tokens_per_step:,} tokens per run",
-        progress=progress,
-        console=console,
-        command=command,
-    )
+        base, points, seed_list, out, out / "results.json", plot=out / "frontier.png",
+        title=f"dynroute demo: loss vs compute, {tokens:,} tokens per run",
+        progress=progress, console=console, command=command,
+    )  # fmt: skip
     records = outcome.records
     judgements = judge(records)
-    link = ""
-    if analysis:
-        link = _analysis_link(out, records, judgements, progress, console)
+    link = _analysis_link(out, records, judgements, progress, console) if analysis else ""
     _write_report(out, base, seed_list, outcome, link)
     console.print(results_table(records, judgements, len(seed_list)))
     if outcome.reused:
@@ -330,37 +293,43 @@ def run_demo(
     return json.loads(outcome.results.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
+REPORT = """\
+# dynroute demo: which router gives the lowest loss for its compute?
+
+{setup}
+
+{table}
+
+{margin}
+
+![validation loss vs active expert FLOPs per token](frontier.png)
+
+## Verdict
+
+{verdict}
+
+## Routing analysis
+
+{analysis}
+"""
+MARGIN = (
+    "Margin: the top-k frontier's loss at the router's compute minus its loss, paired by seed "
+    "(positive = below the frontier = better for its compute); ± 2 standard errors over "
+    "seeds. Compute: active expert FLOPs per token = measured k̄ × MoE layers × 6·d_model·d_ff."
+)
+
+
 def _write_report(out: Path, base: Any, seeds: list[int], outcome: Any, link: str) -> None:
     """``out/report.md``: setup, table, plot, verdict and the analysis link."""
+    from dynroute.common.files import atomic_write_text
     from dynroute.frontier.benchmark import describe_setup
 
-    eval_tokens = outcome.records[0]["eval_tokens"]
-    report = "\n".join(
-        [
-            "# dynroute demo: which router gives the lowest loss for its compute?",
-            "",
-            describe_setup(base, seeds, eval_tokens),
-            "",
-            outcome.table,
-            "",
-            "Margin: the top-k frontier's loss at the router's compute minus its loss, paired "
-            "by seed (positive = below the frontier = better for its compute); ± 2 standard "
-            "errors over seeds. Compute: active expert FLOPs per token = measured k̄ × MoE "
-            "layers × 6·d_model·d_ff.",
-            "",
-            "![validation loss vs active expert FLOPs per token](frontier.png)",
-            "",
-            "## Verdict",
-            "",
-            outcome.verdict,
-            "",
-            "## Routing analysis",
-            "",
-            link or "(skipped: --no-analysis)",
-            "",
-        ]
-    )
-    (out / "report.md").write_text(report, encoding="utf-8")
+    setup = describe_setup(base, seeds, outcome.records[0]["eval_tokens"])
+    report = REPORT.format(
+        setup=setup, table=outcome.table, margin=MARGIN, verdict=outcome.verdict,
+        analysis=link or "(skipped: --no-analysis)",
+    )  # fmt: skip
+    atomic_write_text(out / "report.md", report)
 
 
 def results_table(
@@ -386,13 +355,9 @@ def results_table(
         j = verdicts.get(s.name)
         margin = "—" if j is None or math.isnan(j.margin) else f"{j.margin:+.3f}"
         table.add_row(
-            s.label,
-            f"{s.mean_experts:.2f}",
-            f"{s.expert_flops / 1e6:.2f}",
-            f"{s.val_loss:.4f}",
-            margin,
-            "frontier" if j is None else j.verdict,
-        )
+            s.label, f"{s.mean_experts:.2f}", f"{s.expert_flops / 1e6:.2f}", f"{s.val_loss:.4f}",
+            margin, "frontier" if j is None else j.verdict,
+        )  # fmt: skip
     return table
 
 

@@ -92,9 +92,7 @@ def plot_frontier(
         frontier = pts[0].is_frontier
         x = [s.expert_flops / flops_unit for s in pts]
         y = [s.val_loss for s in pts]
-        xerr = [
-            0.0 if math.isnan(s.expert_flops_std) else s.expert_flops_std / flops_unit for s in pts
-        ]
+        xerr = [_or0(s.expert_flops_std) / flops_unit for s in pts]
         yerr = [_or0(s.val_loss_std) for s in pts]
         ax.errorbar(
             x,

@@ -60,7 +60,11 @@ def run_dir(out: Path | str, point: Point, seed: int) -> Path:
 
 
 def check_frontier_config(base: RunConfig, points: Sequence[Point], seeds: Sequence[int]) -> None:
-    """Raise ValueError (one line) on anything that would fail after training started.
+    """Every check that can fail after training started, before anything is trained or
+    written: the run settings, the corpus, the points and seeds.
+
+    Raises:
+        ValueError / FileNotFoundError: with a one-line message.
 
     Example:
         >>> check_frontier_config(RunConfig(), [Point("top_k", {"name": "top_k", "k": 2})], [0])
@@ -68,6 +72,21 @@ def check_frontier_config(base: RunConfig, points: Sequence[Point], seeds: Seque
         ...
         ValueError: the frontier needs at least two top_k settings (top_k:k=1, top_k:k=2); got 1
     """
+    t = base.train
+    for name, value, low in (
+        ("steps", t.steps, 1),
+        ("batch_size", t.batch_size, 1),
+        ("seq_len", t.seq_len, 2),
+        ("eval_batches", t.eval_batches or 1, 1),
+        ("threads", t.threads or 0, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    source = base.data.source
+    if source != "stdlib" and not Path(source).exists():
+        raise FileNotFoundError(
+            f"corpus {source} does not exist; pass --data with a text file or folder"
+        )
     ks = {p.name for p in points if p.is_frontier}
     if len(ks) < 2:
         raise ValueError(
@@ -139,23 +158,14 @@ def run_frontier(
             f"{tag}: {state}; val loss {final['val_loss']:.4f}, "
             f"{final['mean_experts_per_token']:.2f} experts/token"
         )
+        flops = expert_flops_per_token(d_model, d_ff, final["experts_per_layer"])
         rec = record(
-            point.family,
-            point.name,
-            point.label,
-            seed,
-            final["val_loss"],
-            expert_flops_per_token(d_model, d_ff, final["experts_per_layer"]),
-            final["mean_experts_per_token"],
-            target=point.target,
-            router=dict(point.router),
-            reused=reused,
-            run_dir=str(folder),
-            eval_tokens=final["eval_tokens"],
-            experts_per_layer=final["experts_per_layer"],
-            train_tokens=result.tokens,
+            point.family, point.name, point.label, seed, final["val_loss"], flops,
+            final["mean_experts_per_token"], target=point.target, router=dict(point.router),
+            reused=reused, run_dir=str(folder), eval_tokens=final["eval_tokens"],
+            experts_per_layer=final["experts_per_layer"], train_tokens=result.tokens,
             train_seconds=None if reused else result.seconds,
-        )
+        )  # fmt: skip
         records.append(rec)
         if on_run is not None:
             on_run(rec)

@@ -86,16 +86,9 @@ class Point:
 
 @dataclass(frozen=True)
 class Sweep:
-    """How one router family reaches each target k̄: a router's
-    :class:`~dynroute.routing.sweep.SweepSpec` with the router's name.
-
-    Attributes:
-        router: the registered router name.
-        fixed: parameters shared by every point (``{"normalize": True}``).
-        knob: the parameter that sets k̄.
-        values: target k̄ -> knob value. Targets a rule cannot reach are left out.
-        per_value: knob value -> parameters of that point only (top-1's ``normalize``).
-        source: where the values come from (a measurement, the rule itself).
+    """How one router family reaches each target k̄: the
+    :class:`~dynroute.routing.sweep.SweepSpec` a router declares (its attributes, the
+    same names), with ``router``, the registered router name, in front.
     """
 
     router: str
@@ -177,10 +170,11 @@ class SweepTable(MutableMapping[str, Sweep]):
         self._set[family] = sweep
 
     def __delitem__(self, family: str) -> None:
-        if family in self._declared():
+        declared = self._declared().get(family)
+        if declared is not None:
             raise KeyError(
-                f"sweep family {family!r} is declared by router "
-                f"{self._declared()[family].router!r}; change its `sweeps` instead"
+                f"sweep family {family!r} is declared by router {declared.router!r}; change "
+                "its `sweeps` instead"
             )
         del self._set[family]
 
