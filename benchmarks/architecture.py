@@ -156,12 +156,39 @@ def measure(src: Path) -> dict:
     }
 
 
+ROWS = {
+    "files": "Python files",
+    "src_lines": "src lines",
+    "long_functions": f"functions over {LONG} lines",
+    "file_circles": "file circles",
+    "private_imports": "private names imported from another module",
+    "private_imports_cross_package": "... from another package",
+}
+
+
+def markdown(before: dict, after: dict) -> str:
+    """A before → after table of the headline numbers.
+
+    Example:
+        >>> print(markdown({k: 2 for k in ROWS}, {k: 1 for k in ROWS}).splitlines()[2])
+        | Python files | 2 | 1 |
+    """
+    lines = ["| measure | before | after |", "|---|---|---|"]
+    lines += [f"| {label} | {before[k]:,} | {after[k]:,} |" for k, label in ROWS.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path("src/dynroute"))
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="a JSON of an earlier run: print before -> after"
+    )
     args = parser.parse_args()
     result = measure(args.src)
+    if args.before:
+        print(markdown(json.loads(args.before.read_text()), result))
     print(f"files {result['files']}, src lines {result['src_lines']}")
     print(f"functions over {LONG} lines: {result['long_functions']}")
     for f in result["long_function_list"]:
