@@ -19,11 +19,10 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from dynroute.common.registry import Registry
+from dynroute.common.registry import Registry, takes
 from dynroute.layers.experts.base import Experts
 
 __all__ = [
@@ -67,17 +66,7 @@ def experts_spec(spec: ExpertsSpec) -> dict[str, Any]:
         >>> experts_spec("swiglu:layout=per_expert"), experts_spec({"name": "mlp"})
         ({'name': 'swiglu', 'layout': 'per_expert'}, {'name': 'mlp'})
     """
-    if isinstance(spec, str):
-        return EXPERT_KINDS.parse(spec)
-    if not isinstance(spec, Mapping):
-        raise TypeError(
-            f"an expert kind is a name or a dict (e.g. {EXPERT_KINDS.example} or "
-            f'{{name = "mlp", d_ff = 64}}), got {spec!r}'
-        )
-    out = dict(spec)
-    if not isinstance(out.get("name"), str):
-        raise ValueError(f"expert kind {out} has no 'name' (e.g. {{name = \"mlp\", d_ff = 64}})")
-    return out
+    return EXPERT_KINDS.spec(spec)
 
 
 def _kind_and_params(spec: ExpertsSpec) -> tuple[type[Experts], dict[str, Any]]:
@@ -88,12 +77,6 @@ def _kind_and_params(spec: ExpertsSpec) -> tuple[type[Experts], dict[str, Any]]:
     if "d_model" in params:
         raise TypeError(f"{name}: d_model comes from the model; drop it from the spec")
     return cls, params
-
-
-def _takes(cls: type, name: str) -> bool:
-    """Whether ``cls(...)`` accepts a keyword ``name``."""
-    params = inspect.signature(cls).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def make_experts(
@@ -121,7 +104,7 @@ def make_experts(
     """
     cls, params = _kind_and_params(spec)
     fill = {"d_model": d_model, "d_ff": d_ff, "num_experts": num_experts, **defaults}
-    fill = {k: v for k, v in fill.items() if v is not None and k not in params and _takes(cls, k)}
+    fill = {k: v for k, v in fill.items() if v is not None and k not in params and takes(cls, k)}
     EXPERT_KINDS.check(cls, params, given=tuple(fill))
     return cls(**fill, **params)  # type: ignore[no-any-return]
 
