@@ -133,13 +133,10 @@ class DeepSeekV3(Router):
         self.check_experts(num_experts)
         return DeepSeekV3State(num_experts)
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a layer's state: bias 0."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no layer's state): bias 0."""
         logits = as_router_logits(logits, "deepseek_v3")
         n, e = logits.shape
         self.check_experts(e)

@@ -148,13 +148,10 @@ class DTopP(Router):
             )
         return DTopPState(self.initial_p(num_experts))
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a layer's state: scale 1 and p at its initial value."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no layer's state): scale 1, p at its initial value."""
         logits = as_router_logits(logits, "dtop_p")
         e = logits.shape[1]
         if state is None:

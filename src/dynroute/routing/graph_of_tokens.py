@@ -94,13 +94,10 @@ class GraphOfTokens(Router):
         if not float(self.temperature) > 0:
             raise ValueError(f"graph_of_tokens: temperature must be > 0, got {self.temperature}")
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a context: the N tokens are one sequence."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no context): the N tokens are one sequence."""
         logits = as_router_logits(logits, "graph_of_tokens")
         b, _ = (ctx or RouteContext()).sequences(logits.shape[0])
         mixed = mix_similar_logits(logits, b, float(self.alpha), float(self.temperature))

@@ -129,7 +129,10 @@ class Router:
         return (cls.name,)
 
     def __call__(self, logits: Tensor) -> Routing:
-        raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")
+        """Route without a layer's state or context: :meth:`route`, where a router overrides it."""
+        if type(self).route is Router.route:
+            raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")
+        return self.route(logits)
 
     @property
     def extra_logits(self) -> int:
