@@ -275,7 +275,12 @@ class Registry(dict[str, type], Generic[T]):
         return parse_spec(text, self.kind, self.example)
 
     def spec(self, spec: str | Mapping[str, Any]) -> dict[str, Any]:
-        """``{"name": ..., **params}`` of a spec in either form (only the form is checked)."""
+        """``{"name": ..., **params}`` of a spec in either form (only the form is checked).
+
+        Example:
+            >>> Registry("shape").spec("square:side=2"), Registry("shape").spec({"name": "disc"})
+            ({'name': 'square', 'side': 2}, {'name': 'disc'})
+        """
         if isinstance(spec, str):
             return self.parse(spec)
         if not isinstance(spec, Mapping):

@@ -53,7 +53,6 @@ __all__ = [
     "Router",
     "RouterFn",
     "describe_router",
-    "discover",
     "extra_logits",
     "layer_router",
     "make_router",
@@ -242,11 +241,6 @@ def register_router(name: str) -> Callable[[R], R]:
     under a taken name raises.
     """
     return ROUTERS.register(name)
-
-
-def discover() -> None:
-    """Import every module of ``dynroute.routing`` so their routers register themselves."""
-    ROUTERS.discover()
 
 
 def router_class(name: str) -> type[Router]:

@@ -29,7 +29,6 @@ __all__ = [
     "EXPERT_KINDS",
     "ExpertsSpec",
     "check_experts_spec",
-    "experts_spec",
     "make_experts",
     "register_experts",
 ]
@@ -59,19 +58,9 @@ def register_experts(name: str) -> Callable[[E], E]:
     return EXPERT_KINDS.register(name)
 
 
-def experts_spec(spec: ExpertsSpec) -> dict[str, Any]:
-    """``{"name": ..., **params}`` of a spec in either form (nothing is checked but the form).
-
-    Example:
-        >>> experts_spec("swiglu:layout=per_expert"), experts_spec({"name": "mlp"})
-        ({'name': 'swiglu', 'layout': 'per_expert'}, {'name': 'mlp'})
-    """
-    return EXPERT_KINDS.spec(spec)
-
-
 def _kind_and_params(spec: ExpertsSpec) -> tuple[type[Experts], dict[str, Any]]:
     """(registered class, parameters) of a spec; ``d_model`` is never the spec's to set."""
-    params = experts_spec(spec)
+    params = EXPERT_KINDS.spec(spec)
     name = params.pop("name")
     cls = EXPERT_KINDS.lookup(name)
     if "d_model" in params:
@@ -128,4 +117,4 @@ def check_experts_spec(spec: ExpertsSpec) -> dict[str, Any]:
     """
     cls, params = _kind_and_params(spec)
     EXPERT_KINDS.check(cls, params, given=SIZES)
-    return experts_spec(spec)
+    return EXPERT_KINDS.spec(spec)
