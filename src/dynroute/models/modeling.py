@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,7 @@ class DynMoECausalLMOutput(ModelOutput):
     @classmethod
     def with_losses(
         cls, logits: Tensor, labels: Tensor | None, aux_loss: Tensor, **fields: Any
-    ) -> Any:
+    ) -> Self:
         """The output of ``logits`` [B, T, V]; with ``labels`` [B, T] (already aligned by
         the caller; -100 is ignored) ``lm_loss`` is their mean cross-entropy in float32 and
         ``loss`` = lm_loss + aux_loss."""
