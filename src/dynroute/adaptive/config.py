@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from dynroute.models import DynMoEConfig
@@ -104,7 +105,7 @@ class AdaptiveConfig(DynMoEConfig):
         if self.routing == "router":
             parts += [f"budget_target={self.budget_target}"] + (["skip=True"] if self.skip else [])
         text = f"adaptive({', '.join([*parts, f'small_ratio={self.small_ratio}'])})"
-        return _Described(text)
+        return SimpleNamespace(describe=lambda: text)  # what router_text reads
 
     def temperature_at(self, step: int, total: int) -> float:
         """Router temperature at ``step`` of ``total``: geometric from start to end.
@@ -116,13 +117,3 @@ class AdaptiveConfig(DynMoEConfig):
         """
         frac = min(max(step / max(total, 1), 0.0), 1.0)
         return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
-
-
-class _Described:
-    """A value whose ``describe()`` is a fixed text (what ``router_text`` reads)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def describe(self) -> str:
-        return self.text

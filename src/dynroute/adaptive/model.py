@@ -30,7 +30,6 @@ from dynroute.models.modeling import (
     DynMoECausalLMOutput,
     DynMoEPreTrainedModel,
     RMSNorm,
-    causal_lm_loss,
     rope_tables,
 )
 from dynroute.routing import Routing
@@ -112,10 +111,10 @@ class AdaptiveFFN(nn.Module):
 class AdaptiveBlock(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)) with ffn big / small / skip."""
 
-    def __init__(self, config: AdaptiveConfig) -> None:
+    def __init__(self, config: AdaptiveConfig, index: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, index)
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = AdaptiveFFN(config.d_model, config.d_ff, config.small_ff, config.gate_columns)
 
@@ -171,17 +170,11 @@ class AdaptiveForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
     config: AdaptiveConfig
     base_model_prefix = "dynroute_adaptive"
     _no_split_modules: ClassVar[list[str]] = ["AdaptiveBlock"]
-    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "embed.weight"}
 
     def __init__(self, config: AdaptiveConfig) -> None:
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(AdaptiveBlock(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        super().__init__(config, AdaptiveBlock)
         # The router's softmax temperature; the trainer anneals it (set_temperature).
         self.temperature = config.temperature_start
-        self.post_init()
 
     def moe_layers(self) -> list[AdaptiveFFN]:
         """The FFNs in layer order (hooks and parameter counts look here)."""
@@ -231,8 +224,7 @@ class AdaptiveForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
                 f"AdaptiveForCausalLM: routes must be [B, T, L] = {[b, t, cfg.n_layers]}, "
                 f"got {list(routes.shape)}"
             )
-        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, t, cfg.rope_theta)
-        cos, sin = cos.to(input_ids.device), sin.to(input_ids.device)
+        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, t, cfg.rope_theta, input_ids.device)
         x = self.embed(input_ids)
         choices, modules, p_bigs = [], [], []
         for i, block in enumerate(self.blocks):
@@ -249,22 +241,16 @@ class AdaptiveForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
                 p_bigs.append(p_big)
         logits = self.lm_head(self.norm(x))
         chosen = torch.stack(choices, dim=-1)
-
         aux_loss = logits.new_zeros((), dtype=torch.float32)
         p_big_t = bl = None
         if p_bigs:
             p_big_t = torch.stack(p_bigs)
             bl = budget_loss(p_big_t, cfg.budget_target)
             aux_loss = aux_loss + cfg.budget_weight * bl
-        lm_loss = loss = None
-        if labels is not None:
-            lm_loss = causal_lm_loss(logits, labels)
-            loss = lm_loss + aux_loss
-        return AdaptiveOutput(
-            loss=loss,
-            logits=logits,
-            lm_loss=lm_loss,
-            aux_loss=aux_loss,
+        return AdaptiveOutput.with_losses(
+            logits,
+            labels,
+            aux_loss,
             experts_per_layer=torch.tensor(modules, dtype=torch.float32),
             choices=chosen,
             big_per_layer=(chosen == BIG).float().mean(dim=(0, 1)),

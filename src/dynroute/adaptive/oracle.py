@@ -232,17 +232,8 @@ class OracleReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-token arrays left out)."""
-        return {
-            "method": self.method,
-            "beam_width": self.beam_width,
-            "layers": self.layers,
-            "skip": self.skip,
-            "context": self.context,
-            "tokens": self.tokens,
-            "context_loss": self.context_loss,
-            "oracle_big_share": self.oracle_big_share,
-            "rows": self.rows,
-        }
+        keys = "method beam_width layers skip context tokens context_loss oracle_big_share rows"
+        return {k: getattr(self, k) for k in keys.split()}
 
 
 def _context_routes(model: AdaptiveForCausalLM, context: str, shape: tuple[int, ...]) -> Any:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dynroute.adaptive.config import BIG
 from dynroute.adaptive.model import AdaptiveBlock, AdaptiveForCausalLM
-from dynroute.models.modeling import apply_rope, rope_tables
+from dynroute.models.modeling import rope_tables
 
 __all__ = ["Context", "attend", "default_context", "expand", "final_losses"]
 
@@ -53,15 +53,6 @@ class Context:
     targets: Tensor
 
 
-def _qkv(block: AdaptiveBlock, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, ...]:
-    """q, k, v [..., H, T, h] of states x [..., T, d] (RoPE on q and k), as the model does."""
-    *lead, t, d = x.shape
-    heads = block.attn.n_heads
-    qkv = block.attn.qkv(block.attn_norm(x)).view(*lead, t, 3, heads, d // heads)
-    q, k, v = (z.transpose(-3, -2) for z in qkv.unbind(-3))  # [..., H, T, h]
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-
 @torch.no_grad()
 def default_context(
     model: AdaptiveForCausalLM, ids: Tensor, targets: Tensor, routes: Tensor | None = None
@@ -79,12 +70,11 @@ def default_context(
     """
     cfg = model.config
     b, t = ids.shape
-    cos, sin = rope_tables(cfg.d_model // cfg.n_heads, t, cfg.rope_theta)
-    cos, sin = cos.to(ids.device), sin.to(ids.device)
+    cos, sin = rope_tables(cfg.d_model // cfg.n_heads, t, cfg.rope_theta, ids.device)
     embeds = model.embed(ids)
     x, keys, values, chosen = embeds, [], [], []
     for i, block in enumerate(model.blocks):
-        _, k, v = _qkv(block, x, cos, sin)
+        _, k, v = block.attn.project(block.attn_norm(x), cos, sin)
         keys.append(k)
         values.append(v)
         x = x + block.attn(block.attn_norm(x), cos, sin)
@@ -101,7 +91,7 @@ def attend(block: AdaptiveBlock, states: Tensor, ctx: Context, layer: int) -> Te
     Position t attends to the default route's keys/values at s < t and to its own
     key/value (from its own, pattern-dependent state) at s = t.
     """
-    q, k, v = _qkv(block, states, ctx.cos, ctx.sin)  # [F, B, H, T, h]
+    q, k, v = block.attn.project(block.attn_norm(states), ctx.cos, ctx.sin)  # [F, B, H, T, h]
     kd, vd = ctx.keys[layer], ctx.values[layer]  # [B, H, T, h]
     scale = 1.0 / math.sqrt(q.shape[-1])
     t = q.shape[-2]

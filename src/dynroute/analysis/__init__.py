@@ -10,15 +10,8 @@ Record every MoE layer's routing while a model reads held-out text, reduce it to
     from dynroute.analysis import compare_report
     compare_report("runs/top_k", "runs/top_p", "analysis/compare")   # side by side
 
-Example:
-    >>> import torch
-    >>> from dynroute.routing import top_k
-    >>> rec = RoutingRecorder()
-    >>> rec.begin_batch(torch.arange(8).view(1, 8))
-    >>> rec.record(0, top_k(torch.randn(8, 4), k=2))
-    >>> rec.end_batch(torch.rand(1, 8))
-    >>> summarize(rec)["experts_per_layer"]
-    [2.0]
+Recording by hand: :class:`RoutingRecorder` (``begin_batch`` → ``record`` → ``end_batch``),
+then :func:`summarize` (its example shows the whole cycle).
 """
 
 from dynroute.analysis.consistency import (

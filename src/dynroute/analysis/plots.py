@@ -91,6 +91,17 @@ def _fig(ncols: int = 1, nrows: int = 1, w: float = 6.0, h: float = 3.6) -> Figu
     return fig
 
 
+def _bar_x(n: int, i: int, runs: Runs) -> tuple[np.ndarray, float]:
+    """x positions of run ``i``'s ``n`` bars side by side with the other runs', and the width."""
+    width = 0.8 / len(runs)
+    return np.arange(n) + i * width - 0.4 + width / 2, width
+
+
+def _label(label: str, curve: dict[str, Any]) -> str:
+    rho = curve.get("spearman")
+    return f"{label} (Spearman {rho:.3f})" if rho is not None else label
+
+
 def plot_experts_hist(runs: Runs) -> Figure:
     """Share of (token, layer) pairs by number of experts run, overall and per layer.
 
@@ -101,12 +112,10 @@ def plot_experts_hist(runs: Runs) -> Figure:
     """
     fig = _fig(1 + len(runs), w=5.0)
     ax = fig.axes[0]
-    width = 0.8 / len(runs)
     for i, (label, s) in enumerate(runs.items()):
         h = np.asarray(s["experts_hist"], dtype=np.float64)
-        ax.bar(
-            np.arange(h.size) + i * width - 0.4 + width / 2, h / max(h.sum(), 1), width, label=label
-        )
+        x, width = _bar_x(h.size, i, runs)
+        ax.bar(x, h / max(h.sum(), 1), width, label=label)
     ax.set(xlabel="experts per token", ylabel="share of tokens", title="all layers")
     ax.legend()
     for ax, (label, s) in zip(fig.axes[1:], runs.items(), strict=True):
@@ -131,10 +140,10 @@ def plot_experts_per_layer(runs: Runs) -> Figure:
     """
     fig = _fig()
     ax = fig.axes[0]
-    width = 0.8 / len(runs)
     for i, (label, s) in enumerate(runs.items()):
         y = _arr(s["experts_per_layer"])
-        ax.bar(np.arange(y.size) + i * width - 0.4 + width / 2, y, width, label=label)
+        x, width = _bar_x(y.size, i, runs)
+        ax.bar(x, y, width, label=label)
     ax.set(xlabel="layer", ylabel="mean experts / token", title="experts per token by layer")
     _layer_ticks(ax, next(iter(runs.values())))
     ax.legend()
@@ -154,24 +163,10 @@ def plot_difficulty(runs: Runs) -> Figure:
     left, right = fig.axes
     for i, (label, s) in enumerate(runs.items()):
         style = STYLES[i % len(STYLES)]
-        d, layers = s["difficulty"], max(s["meta"]["num_layers"], 1)
-        rho = d.get("spearman")
-        left.plot(
-            d["bin_upper"],
-            _arr(d["mean_experts"]) / layers,
-            style,
-            marker="o",
-            label=f"{label} (Spearman {rho:.3f})" if rho is not None else label,
-        )
-        e = s["entropy"]
-        rho = e.get("spearman")
-        right.plot(
-            e["bin_upper"],
-            e["mean_experts"],
-            style,
-            marker="o",
-            label=f"{label} (Spearman {rho:.3f})" if rho is not None else label,
-        )
+        d, e, layers = s["difficulty"], s["entropy"], max(s["meta"]["num_layers"], 1)
+        y = _arr(d["mean_experts"]) / layers
+        left.plot(d["bin_upper"], y, style, marker="o", label=_label(label, d))
+        right.plot(e["bin_upper"], e["mean_experts"], style, marker="o", label=_label(label, e))
     left.set(
         xlabel="token loss (nats, upper edge of decile)",
         ylabel="mean experts / token / layer",
@@ -220,10 +215,9 @@ def plot_token_id(runs: Runs) -> Figure:
     """
     fig = _fig()
     ax = fig.axes[0]
-    width = 0.8 / len(runs)
     for i, (label, s) in enumerate(runs.items()):
         y, b = _arr(s["token_id_consistency"]), _arr(s["token_id_baseline"])
-        x = np.arange(y.size) + i * width - 0.4 + width / 2
+        x, width = _bar_x(y.size, i, runs)
         ax.bar(x, y, width, label=label)
         ax.scatter(x, b, marker="_", s=200, color="black", zorder=3)
     ax.scatter([], [], marker="_", s=200, color="black", label="token ids shuffled")

@@ -80,7 +80,7 @@ class RecorderConfig:
         return math.ceil(self.max_loss / self.loss_bin_width) + 1
 
 
-def _grow(t: Tensor, size: int) -> Tensor:
+def grow(t: Tensor, size: int) -> Tensor:
     """Zero-pad a 1-D count tensor to at least ``size`` entries."""
     return t if t.numel() >= size else torch.cat([t, t.new_zeros(size - t.numel())])
 
@@ -376,7 +376,7 @@ class RoutingRecorder:
         self._pending.clear()
         self.num_tokens += ids.numel()
         self.num_sequences += ids.shape[0]
-        self.token_occurrences = _grow(self.token_occurrences, int(ids.max()) + 1)
+        self.token_occurrences = grow(self.token_occurrences, int(ids.max()) + 1)
         self.token_occurrences += torch.bincount(
             ids.flatten(), minlength=self.token_occurrences.numel()
         )
@@ -456,9 +456,9 @@ class RoutingRecorder:
         mask[token, expert] = True
         mask = mask.view(b, t, e)
         kt = k.view(b, t)
-        lc.pos_tokens = _grow(lc.pos_tokens, t)
-        lc.pos_assignments = _grow(lc.pos_assignments, t)
-        lc.pos_dropped = _grow(lc.pos_dropped, t)
+        lc.pos_tokens = grow(lc.pos_tokens, t)
+        lc.pos_assignments = grow(lc.pos_assignments, t)
+        lc.pos_dropped = grow(lc.pos_dropped, t)
         lc.pos_tokens[:t] += b
         lc.pos_assignments[:t] += kt.sum(0)
         if self.config.capacity_factor is not None:

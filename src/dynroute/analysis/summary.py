@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dynroute.analysis.consistency import cache_hit_rate, segment_routing_performance
-from dynroute.analysis.recorder import LayerCounts, RoutingRecorder
+from dynroute.analysis.recorder import LayerCounts, RoutingRecorder, grow
 from dynroute.analysis.stats import (
     binned_mean,
     load_balance_stats,
@@ -107,10 +107,10 @@ def _layer_summary(
     }
 
     tok, ex, cnt = lc.pairs.pairs()
-    occ = _pad(occurrences, int(tok.max()) + 1 if tok.numel() else 0)
+    occ = grow(occurrences, int(tok.max()) + 1 if tok.numel() else 0)
     share, used = token_id_consistency(tok, ex, cnt, occ, min_count)
     stok, sex, scnt = lc.shuffled_pairs.pairs()
-    occ_s = _pad(occurrences, int(stok.max()) + 1 if stok.numel() else 0)
+    occ_s = grow(occurrences, int(stok.max()) + 1 if stok.numel() else 0)
     base, _ = token_id_consistency(stok, sex, scnt, occ_s, min_count)
     out["token_id_consistency"] = _r(share)
     out["token_id_baseline"] = _r(base)
@@ -124,10 +124,6 @@ def _layer_summary(
         for row in tops
     ]
     return out
-
-
-def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
-    return t if t.numel() >= size else torch.cat([t, t.new_zeros(size - t.numel())])
 
 
 def _require_routing(recorder: RoutingRecorder) -> None:

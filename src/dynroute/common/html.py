@@ -105,9 +105,9 @@ def figure(png: bytes, title: str, caption: str = "", anchor: str | None = None)
     )
 
 
-def write_figure(fig: Any, path: Path | str) -> bytes:
+def write_figure(fig: Any, path: Path | str, dpi: int = 90) -> bytes:
     """Save a matplotlib figure as ``path`` (PNG, atomically) and return its bytes."""
-    png = png_bytes(fig)
+    png = png_bytes(fig, dpi)
     atomic_write_bytes(path, png)
     return png
 

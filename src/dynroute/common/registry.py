@@ -49,6 +49,7 @@ __all__ = [
     "parse_spec",
     "parse_value",
     "spec_name",
+    "takes",
 ]
 
 PLUGINS_ENV = "DYNROUTE_PLUGINS"
@@ -150,6 +151,17 @@ def _accepted(cls: type) -> tuple[list[str], list[str], bool]:
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     required = [p.name for p in named if p.default is p.empty]
     return [p.name for p in named], required, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def takes(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` accepts the keyword ``name`` (a field, a parameter or ``**kwargs``).
+
+    Example:
+        >>> takes(complex, "imag"), takes(complex, "x")
+        (True, False)
+    """
+    names, _, open_ended = _accepted(cls)
+    return open_ended or name in names
 
 
 class Registry(dict[str, type], Generic[T]):
@@ -262,13 +274,28 @@ class Registry(dict[str, type], Generic[T]):
         """:func:`parse_spec` with this registry's wording."""
         return parse_spec(text, self.kind, self.example)
 
+    def spec(self, spec: str | Mapping[str, Any]) -> dict[str, Any]:
+        """``{"name": ..., **params}`` of a spec in either form (only the form is checked).
+
+        Example:
+            >>> Registry("shape").spec("square:side=2"), Registry("shape").spec({"name": "disc"})
+            ({'name': 'square', 'side': 2}, {'name': 'disc'})
+        """
+        if isinstance(spec, str):
+            return self.parse(spec)
+        if not isinstance(spec, Mapping):
+            article = "an" if self.kind[0] in "aeiou" else "a"
+            raise TypeError(
+                f"{article} {self.kind} is a name or a dict (e.g. {self.example}), got {spec!r}"
+            )
+        if not isinstance(spec.get("name"), str):
+            raise ValueError(f"{self.kind} {dict(spec)} has no 'name' (e.g. {self.example})")
+        return dict(spec)
+
     def split(self, spec: str | Mapping[str, Any], **kwargs: Any) -> tuple[type, dict[str, Any]]:
         """(class, checked parameters) of a spec, ``kwargs`` adding to and overriding it."""
-        params = self.parse(spec) if isinstance(spec, str) else dict(spec)
-        name = params.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"{self.kind} {dict(params)} has no 'name' (e.g. {self.example})")
-        cls = self.lookup(name)
+        params = self.spec(spec)
+        cls = self.lookup(params.pop("name"))
         params.update(kwargs)
         self.check(cls, params)
         return cls, params

@@ -32,11 +32,14 @@ def _check(tokens: np.ndarray, batch_size: int, seq_len: int) -> None:
         )
 
 
-def _windows(
-    tokens: np.ndarray, starts: np.ndarray, seq_len: int, device: Device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
-    buf = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
+def _cut(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
+    """ids [n, seq_len + 1] of the windows of ``tokens`` that begin at ``starts`` [n]."""
+    return tokens[starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]]
+
+
+def _inputs_targets(windows: np.ndarray, device: Device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows [b, T + 1] -> inputs and targets, LongTensors [b, T] (on ``device``)."""
+    buf = torch.from_numpy(np.asarray(windows, dtype=np.int64))
     x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -75,7 +78,7 @@ def get_batch(
     _check(tokens, batch_size, seq_len)
     high = int(tokens.shape[0]) - seq_len
     starts = torch.randint(0, high, (batch_size,), generator=generator).numpy()
-    return _windows(tokens, starts.astype(np.int64), seq_len, device)
+    return _inputs_targets(_cut(tokens, starts.astype(np.int64), seq_len), device)
 
 
 def num_eval_windows(tokens: np.ndarray, seq_len: int) -> int:
@@ -127,8 +130,7 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = Non
     """
     _check(tokens, 1, seq_len)
     starts = eval_window_starts(num_eval_windows(tokens, seq_len), max_windows) * seq_len
-    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
-    return np.asarray(tokens[idx])
+    return np.asarray(_cut(tokens, starts, seq_len))
 
 
 def iter_eval_batches(
@@ -177,11 +179,7 @@ def iter_eval_batches(
         limit = None if max_batches is None else max_batches * batch_size
         windows = eval_windows(tokens, seq_len, limit)
     for first in range(0, windows.shape[0], batch_size):
-        buf = torch.from_numpy(np.asarray(windows[first : first + batch_size], dtype=np.int64))
-        x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
-        if device is not None:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        yield x, y
+        yield _inputs_targets(windows[first : first + batch_size], device)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,26 +61,9 @@ class PreparedData:
         """Training tokens wrapped as :class:`TokenDataset`."""
         return TokenDataset(self.train_tokens)
 
-    @property
-    def validation(self) -> TokenDataset:
-        """Validation tokens wrapped as :class:`TokenDataset`."""
-        return TokenDataset(self.val_tokens)
-
     def hf_tokenizer(self) -> PreTrainedTokenizerFast:
         """The tokenizer as ``transformers.PreTrainedTokenizerFast`` (for ``generate``)."""
         return as_hf_tokenizer(self.tokenizer)
-
-
-def _memo(fn: Callable[[], list[str]]) -> Callable[[], list[str]]:
-    """Call ``fn`` at most once (shared by tokenizer training and train encoding)."""
-    cache: list[list[str]] = []
-
-    def wrapper() -> list[str]:
-        if not cache:
-            cache.append(fn())
-        return cache[0]
-
-    return wrapper
 
 
 def prepare_data(
@@ -128,7 +112,8 @@ def prepare_data(
     def load(split: Split, cap: int | None) -> Callable[[], list[str]]:
         return lambda: load_corpus(source, split, text_column=text_column, max_bytes=cap)
 
-    train_docs = _memo(load("train", max_train_bytes))
+    # read at most once: shared by tokenizer training and train encoding
+    train_docs = functools.cache(load("train", max_train_bytes))
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "cap_bytes_spread",
     "check_split",
     "hash_score",
+    "iter_capped",
     "split_names",
     "split_text",
 ]
@@ -144,20 +145,24 @@ def cap_bytes(documents: Sequence[str], max_bytes: int | None) -> list[str]:
         return [d for d in documents if d]
     if max_bytes <= 0:
         raise ValueError(f"max_bytes must be positive or None, got {max_bytes}")
-    out: list[str] = []
+    return list(iter_capped(documents, max_bytes))
+
+
+def iter_capped(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """The non-empty ``texts`` from the start, up to ``max_bytes`` UTF-8 bytes in total (the
+    text that crosses the budget cut short); reads ``texts`` only as far as it needs."""
     budget = max_bytes
-    for doc in documents:
-        if not doc:
+    for text in texts:
+        if not text:
             continue
-        raw = doc.encode("utf-8")
+        raw = text.encode("utf-8")
         if len(raw) >= budget:
             head = raw[:budget].decode("utf-8", errors="ignore")
             if head:
-                out.append(head)
-            break
-        out.append(doc)
+                yield head
+            return
         budget -= len(raw)
-    return out
+        yield text
 
 
 def cap_bytes_spread(

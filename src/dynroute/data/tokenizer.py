@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from dynroute.common.files import atomic_write_text
 from dynroute.data.cache import fingerprint
-from dynroute.data.splitting import cap_bytes_spread
+from dynroute.data.splitting import cap_bytes_spread, iter_capped
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -45,22 +45,7 @@ def _take_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterable[str]:
         return (t for t in texts if t)
     if isinstance(texts, Sequence) and not isinstance(texts, str):
         return cap_bytes_spread(texts, max_bytes)
-    return _take_prefix(texts, max_bytes)
-
-
-def _take_prefix(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
-    budget = max_bytes
-    for text in texts:
-        if not text:
-            continue
-        raw = text.encode("utf-8")
-        if len(raw) >= budget:
-            head = raw[:budget].decode("utf-8", errors="ignore")
-            if head:
-                yield head
-            return
-        budget -= len(raw)
-        yield text
+    return iter_capped(texts, max_bytes)
 
 
 def train_tokenizer(

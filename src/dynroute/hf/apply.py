@@ -39,12 +39,6 @@ def _layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def adapted_blocks(model: nn.Module) -> list[DynamicMoEBlock]:
     """The model's adapted blocks, in module order.
 
@@ -172,7 +166,7 @@ def _adapt(model: nn.Module, name: str, module: nn.Module, spec: RouterSpec, dis
     route(spec, block.family, block.gate, zeros)
     block.set_router(spec, dispatch)
     if block is not module:
-        _set_module(model, name, block)
+        model.set_submodule(name, block)
 
 
 def remove_routing(model: nn.Module) -> nn.Module:
@@ -187,7 +181,7 @@ def remove_routing(model: nn.Module) -> nn.Module:
         if isinstance(module, DynamicMoEBlock):
             original = module.original
             original.train(module.training)
-            _set_module(model, name, original)
+            model.set_submodule(name, original)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, CONFIG_KEY):
         delattr(config, CONFIG_KEY)

@@ -123,46 +123,20 @@ class Family:
         return sel.masked_fill(~expert_mask, MASKED_LOGIT)
 
 
-_SOFTMAX = "softmax"
+_SOFTMAX, _SIGMOID = "softmax", "sigmoid_grouped"
 
-FAMILIES: tuple[Family, ...] = (
-    Family("mixtral", "Mixtral", ("mixtral",), ("MixtralSparseMoeBlock",), _SOFTMAX, _no_shared),
-    Family(
-        "qwen2_moe",
-        "Qwen2-MoE",
-        ("qwen2_moe",),
-        ("Qwen2MoeSparseMoeBlock",),
-        _SOFTMAX,
-        _gated_shared,
-    ),
-    Family(
-        "qwen3_moe", "Qwen3-MoE", ("qwen3_moe",), ("Qwen3MoeSparseMoeBlock",), _SOFTMAX, _no_shared
-    ),
-    Family(
-        "qwen3_next",
-        "Qwen3-Next",
-        ("qwen3_next",),
-        ("Qwen3NextSparseMoeBlock",),
-        _SOFTMAX,
-        _gated_shared,
-    ),
-    Family("olmoe", "OLMoE", ("olmoe",), ("OlmoeSparseMoeBlock",), _SOFTMAX, _no_shared),
-    Family(
-        "deepseek_v3",
-        "DeepSeek-V3",
-        ("deepseek_v3",),
-        ("DeepseekV3MoE",),
-        "sigmoid_grouped",
-        _ungated_shared,
-    ),
-    Family(
-        "glm4_moe",
-        "GLM-4-MoE (DeepSeek-V3 routing)",
-        ("glm4_moe",),
-        ("Glm4MoeMoE",),
-        "sigmoid_grouped",
-        _ungated_shared,
-    ),
+# every family: model_type = its name, one sparse block class
+FAMILIES: tuple[Family, ...] = tuple(
+    Family(name, title, (name,), (block,), scoring, shared)
+    for name, title, block, scoring, shared in (
+        ("mixtral", "Mixtral", "MixtralSparseMoeBlock", _SOFTMAX, _no_shared),
+        ("qwen2_moe", "Qwen2-MoE", "Qwen2MoeSparseMoeBlock", _SOFTMAX, _gated_shared),
+        ("qwen3_moe", "Qwen3-MoE", "Qwen3MoeSparseMoeBlock", _SOFTMAX, _no_shared),
+        ("qwen3_next", "Qwen3-Next", "Qwen3NextSparseMoeBlock", _SOFTMAX, _gated_shared),
+        ("olmoe", "OLMoE", "OlmoeSparseMoeBlock", _SOFTMAX, _no_shared),
+        ("deepseek_v3", "DeepSeek-V3", "DeepseekV3MoE", _SIGMOID, _ungated_shared),
+        ("glm4_moe", "GLM-4-MoE (DeepSeek-V3 routing)", "Glm4MoeMoE", _SIGMOID, _ungated_shared),
+    )
 )
 
 _BY_CLASS = {cls: fam for fam in FAMILIES for cls in fam.block_classes}

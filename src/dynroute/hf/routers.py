@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dynroute.hf.families import Family
+from dynroute.models.config import router_fields
 from dynroute.routing import Router, RouterFn, Routing, make_router, parse_router, router_class
 
 __all__ = ["RouterSpec", "family_weights", "route"]
@@ -103,7 +104,7 @@ class RouterSpec:
         extra = spec.bind(1).extra_logits  # checks the arguments now, with a stand-in k
         if extra:
             hint = ""
-            if "null_logit" in _field_names(router):
+            if "null_logit" in router_fields(router):
                 hint = (
                     "; pass null_logit=<float>, the logit every null expert gets: an expert "
                     "is kept only when its router logit beats it (higher = fewer experts)"
@@ -126,7 +127,7 @@ class RouterSpec:
         """
         if self.fn is not None:
             return self.fn
-        fields = _field_names(self.name)  # type: ignore[arg-type]
+        fields = router_fields(self.name)
         own = {name: native_k for name in _MODEL_K_FIELDS if name in fields}
         if "normalize" in fields:
             own["normalize"] = False
@@ -216,7 +217,3 @@ def route(spec: RouterSpec, family: Family, gate: nn.Module, logits: Tensor) -> 
     router = spec.bind(family.native_k(gate))
     routing = router(family.selection_logits(gate, logits))
     return family_weights(routing, family, gate, logits, spec.normalize)
-
-
-def _field_names(name: str) -> set[str]:
-    return {f.name for f in dataclasses.fields(router_class(name))}  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -137,13 +137,10 @@ class OutcomeTable:
     def subset(self, rows: Sequence[int] | np.ndarray) -> OutcomeTable:
         """The table restricted to ``rows`` (query indices)."""
         idx = np.asarray(rows, dtype=np.int64)
-        return OutcomeTable(
-            tuple(self.queries[i] for i in idx),
-            self.models,
-            self.quality[idx],
-            self.cost[idx],
-            tuple(self.split[i] for i in idx) if self.split else (),
-            self.source,
+        split = tuple(self.split[i] for i in idx) if self.split else ()
+        queries = tuple(self.queries[i] for i in idx)
+        return replace(
+            self, queries=queries, quality=self.quality[idx], cost=self.cost[idx], split=split
         )
 
     def select_models(self, names: Sequence[str]) -> OutcomeTable:
@@ -154,13 +151,8 @@ class OutcomeTable:
                 f"{self.source}: unknown model name(s) {unknown}; the table has {list(self.models)}"
             )
         cols = [self.models.index(n) for n in names]
-        return OutcomeTable(
-            self.queries,
-            tuple(names),
-            self.quality[:, cols],
-            self.cost[:, cols],
-            self.split,
-            self.source,
+        return replace(
+            self, models=tuple(names), quality=self.quality[:, cols], cost=self.cost[:, cols]
         )
 
     def aligned_to(self, models: Sequence[str]) -> OutcomeTable:
@@ -341,18 +333,16 @@ def _from_routerbench(path: Path, rows: list[dict[str, Any]]) -> OutcomeTable:
             f"{path}: no '<model>|total_cost' column next to a model column; RouterBench "
             "tables need one quality column and one cost column per model"
         )
-    quality = np.array(
-        [
-            [_float(r[m], f"{path} row {n + 1}", "quality") for m in models]
-            for n, r in enumerate(rows)
-        ]
-    )
-    cost = np.array(
-        [
-            [_float(r[f"{m}|total_cost"], f"{path} row {n + 1}", "cost") for m in models]
-            for n, r in enumerate(rows)
-        ]
-    )
+
+    def column(what: str, suffix: str) -> np.ndarray:
+        return np.array(
+            [
+                [_float(r[m + suffix], f"{path} row {n}", what) for m in models]
+                for n, r in enumerate(rows, 1)
+            ]
+        )
+
+    quality, cost = column("quality", ""), column("cost", "|total_cost")
     return OutcomeTable(tuple(str(r["prompt"]) for r in rows), models, quality, cost, (), str(path))
 
 
@@ -419,9 +409,7 @@ def load_dataset(
     ref = resources.files("dynroute.llm") / "datasets" / DATASETS[name][0]
     with resources.as_file(ref) as path:
         table = load_table(path)
-    table = OutcomeTable(
-        table.queries, table.models, table.quality, table.cost, table.split, f"dataset {name}"
-    )
+    table = replace(table, source=f"dataset {name}")
     if table.split:
         train = [i for i, s in enumerate(table.split) if s == "train"]
         test = [i for i, s in enumerate(table.split) if s == "test"]

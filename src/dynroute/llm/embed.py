@@ -72,14 +72,9 @@ class TfidfSvd:
         self._cache: dict[int, Tensor] = {}
 
     def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "dim": self.dim,
-            "max_features": self.max_features,
-            "min_df": self.min_df,
-            "seed": self.seed,
-            "vocab": sorted(self.vocab, key=self.vocab.__getitem__),
-        }
+        params = {k: getattr(self, k) for k in ("dim", "max_features", "min_df", "seed")}
+        vocab = sorted(self.vocab, key=self.vocab.__getitem__)
+        return {"name": self.name, **params, "vocab": vocab}
 
     def state(self) -> dict[str, Tensor]:
         return {"idf": self.idf, "components": self.components}

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dynroute.common.files import atomic_write_bytes
-from dynroute.common.html import figure, heading, note, png_bytes, table, write_page
+from matplotlib.figure import Figure
+
+from dynroute.common.html import figure, heading, note, table, write_figure, write_page
 from dynroute.llm.metrics import upper_hull
 
 __all__ = ["plot_cost_quality", "write_report"]
@@ -21,14 +22,10 @@ __all__ = ["plot_cost_quality", "write_report"]
 def plot_cost_quality(result: dict[str, Any], path: str | Path) -> bytes:
     """Save the cost–quality PNG of an :func:`~dynroute.llm.evaluate.evaluate` result
     (atomically) and return its bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
     base = result["baselines"]
     cmax = base["max_cost"]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.subplots()
     for r in result["routers"]:
         if r["router"] == "oracle":
             continue
@@ -67,10 +64,7 @@ def plot_cost_quality(result: dict[str, Any], path: str | Path) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    png = png_bytes(fig, dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, png)
-    return png
+    return write_figure(fig, path, dpi=120)
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:

@@ -118,11 +118,9 @@ def add_lora_experts(
         )
     model.requires_grad_(False)
     for name, linear in found:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         experts = _build_experts(kind, linear, num_experts, rank, alpha)
         wrapped = LoRAMoELinear(linear, num_experts, rank, alpha, router=route, experts=experts)
-        setattr(parent, child, wrapped)
+        model.set_submodule(name, wrapped)
     model.lora_experts_config = {  # type: ignore[assignment]
         "targets": list(targets),
         "modules": [name for name, _ in found],
@@ -283,9 +281,7 @@ def merge_lora_experts(model: nn.Module) -> nn.Module:
         base = layer.base
         with torch.no_grad():
             base.weight += layer.experts.delta_weight(0).to(base.weight.dtype)  # type: ignore[operator]
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, base)
+        model.set_submodule(name, base)
     if hasattr(model, "lora_experts_config"):
         del model.lora_experts_config
     return model

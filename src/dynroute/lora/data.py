@@ -29,7 +29,7 @@ import torch
 
 from dynroute.checkpoints import tokenize_documents
 from dynroute.data import get_batch
-from dynroute.data.corpus import CorpusError, load_corpus, stdlib_files
+from dynroute.data.corpus import CorpusError, is_saved_dataset, load_corpus, stdlib_files
 from dynroute.data.splitting import cap_bytes_spread, split_names, split_text
 
 __all__ = [
@@ -50,6 +50,7 @@ _DOC_SUFFIXES = (".rst", ".txt", ".md")
 
 
 def _read(path: Path) -> str | None:
+    # read_text: universal newlines (the built-in domains' text depends on it)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -180,10 +181,6 @@ def lora_domains(
     return {name: build[name]() for name in names}
 
 
-def _is_saved_dataset(root: Path) -> bool:
-    return any((root / f).is_file() for f in ("dataset_info.json", "dataset_dict.json"))
-
-
 def _from_dataset(
     root: Path,
     caps: dict[str, int | None],
@@ -265,7 +262,7 @@ def load_domains(
             "sub-folder of text files per domain"
         )
     caps = {"train": max_train_bytes, "validation": max_val_bytes}
-    if _is_saved_dataset(root):
+    if is_saved_dataset(root):
         return _from_dataset(root, caps, names, domain_column, text_column)
     subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if names is not None:

@@ -74,9 +74,7 @@ def from_peft(peft_model: nn.Module, adapter: str | None = None) -> nn.Module:
         rank = a.shape[0]
         shapes.add((rank, float(m.scaling[key]) * rank))  # our alpha: scale = alpha / r
         weights[name] = (a.detach().t(), b.detach().t())
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, m.base_layer)
+        model.set_submodule(name, m.base_layer)
     if len(shapes) != 1:
         raise ValueError(f"from_peft: layers differ in (rank, alpha): {sorted(shapes)}")
     (rank, alpha) = shapes.pop()

@@ -19,8 +19,9 @@ work through ``attention_mask``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,11 @@ class RMSNorm(nn.Module):
         return (h * self.weight.float()).to(x.dtype)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos, sin tables [max_len, head_dim / 2] of rotary position embeddings.
+def rope_tables(
+    head_dim: int, max_len: int, theta: float, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """cos, sin tables [max_len, head_dim / 2] of rotary position embeddings, computed on
+    the CPU and moved to ``device``.
 
     Example:
         >>> cos, sin = rope_tables(8, 16, 10000.0)
@@ -62,7 +66,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tens
     """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    return angles.cos().to(device), angles.sin().to(device)
 
 
 def rope_at(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
@@ -133,6 +137,13 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [..., H, T, h] of x [..., T, d], RoPE applied to q and k."""
+        *lead, t, d = x.shape
+        qkv = self.qkv(x).view(*lead, t, 3, self.n_heads, d // self.n_heads)
+        q, k, v = (z.transpose(-3, -2) for z in qkv.unbind(-3))  # [..., H, T, h]
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def forward(
         self,
         x: Tensor,
@@ -144,9 +155,7 @@ class CausalSelfAttention(nn.Module):
         """x [B, T, d] -> [B, T, d]; with ``cache`` the T new keys/values are appended to
         it and the queries attend to everything cached; ``mask`` from :func:`attention_bias`."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, h]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)  # [B, H, T, h]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, H, past + T, h]
         if mask is None:
@@ -213,14 +222,6 @@ class Block(nn.Module):
         return x + self.ffn(h), None
 
 
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy in float32 of logits [B, T, V] against labels [B, T] (already
-    aligned by the caller; -100 is ignored)."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
-
-
 @dataclass
 class DynMoECausalLMOutput(ModelOutput):
     """What :meth:`DynMoEForCausalLM.forward` returns.
@@ -246,15 +247,45 @@ class DynMoECausalLMOutput(ModelOutput):
     past_key_values: Cache | None = None
     cache: Cache | None = None
 
+    @classmethod
+    def with_losses(
+        cls, logits: Tensor, labels: Tensor | None, aux_loss: Tensor, **fields: Any
+    ) -> Self:
+        """The output of ``logits`` [B, T, V]; with ``labels`` [B, T] (already aligned by
+        the caller; -100 is ignored) ``lm_loss`` is their mean cross-entropy in float32 and
+        ``loss`` = lm_loss + aux_loss."""
+        lm_loss = loss = None
+        if labels is not None:
+            flat = logits.float().reshape(-1, logits.shape[-1])
+            lm_loss = F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100)
+            loss = lm_loss + aux_loss
+        return cls(loss=loss, logits=logits, lm_loss=lm_loss, aux_loss=aux_loss, **fields)
+
 
 class DynMoEPreTrainedModel(PreTrainedModel):
-    """Weight init and transformers plumbing shared by DynMoE models."""
+    """The layers, weight init and transformers plumbing shared by DynMoE models.
+
+    Builds, in this order (it fixes the random draws): ``embed``, ``blocks`` (``block(config,
+    i)`` for each layer), the final ``norm``, the ``lm_head`` (tied to ``embed``), then
+    transformers' weight init.
+    """
 
     config_class = DynMoEConfig
     config: DynMoEConfig
     base_model_prefix = "dynmoe"
     _no_split_modules: ClassVar[list[str]] = ["Block"]
     _supports_sdpa = True
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "embed.weight"}
+
+    def __init__(
+        self, config: DynMoEConfig, block: Callable[[Any, int], nn.Module] = Block
+    ) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -310,16 +341,6 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
         >>> out.logits.shape, out.experts_per_layer.shape, bool(out.loss > 0)
         (torch.Size([2, 8, 50]), torch.Size([2]), True)
     """
-
-    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "embed.weight"}
-
-    def __init__(self, config: DynMoEConfig) -> None:
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.post_init()
 
     def moe_layers(self) -> list[MoE]:
         """The MoE modules in layer order (register forward hooks here to see routing).
@@ -383,19 +404,12 @@ class DynMoEForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
                 auxes.append(aux)
                 carry = aux.carry
         logits = self.lm_head(self.norm(x))
-
         aux_loss = sum((a.loss for a in auxes), start=logits.new_zeros((), dtype=torch.float32))
-        experts = torch.tensor([a.mean_experts for a in auxes], dtype=torch.float32)
-        lm_loss = loss = None
-        if labels is not None:
-            lm_loss = causal_lm_loss(logits, labels)
-            loss = lm_loss + aux_loss
-        return DynMoECausalLMOutput(
-            loss=loss,
-            logits=logits,
-            lm_loss=lm_loss,
-            aux_loss=aux_loss,
-            experts_per_layer=experts,
+        return DynMoECausalLMOutput.with_losses(
+            logits,
+            labels,
+            aux_loss,
+            experts_per_layer=torch.tensor([a.mean_experts for a in auxes], dtype=torch.float32),
             aux=auxes,
             past_key_values=cache if use_cache else None,
             cache=cache if use_cache else None,

@@ -22,7 +22,9 @@ from dynroute.parallel.comm import CommMeter, all_to_all, exchange_counts, measu
 from dynroute.parallel.ddp import (
     clip_grad_norm_,
     expert_parameter_names,
+    full_optimizer_state_dict,
     full_state_dict,
+    load_full_optimizer_state_dict,
     load_full_state_dict,
     wrap_ddp,
 )
@@ -41,11 +43,7 @@ from dynroute.parallel.runtime import (
     launch_command,
     local_group,
 )
-from dynroute.parallel.training import (
-    TrainingRanks,
-    full_optimizer_state_dict,
-    load_full_optimizer_state_dict,
-)
+from dynroute.parallel.training import TrainingRanks
 
 __all__ = [
     "CommMeter",

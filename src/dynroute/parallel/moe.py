@@ -303,7 +303,5 @@ def shard_model_experts(model: nn.Module, group: Group = None, check: bool = Tru
             f"({type(model).__name__})"
         )
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, shard_experts(module, group, check))
+        model.set_submodule(name, shard_experts(module, group, check))
     return model

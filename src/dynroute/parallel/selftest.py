@@ -201,21 +201,21 @@ def compare_ddp(ctx: ParallelContext, tokens: int = 6, d: int = 16, num_experts:
     loss.backward()
     lo, hi = model.moe.expert_offset, model.moe.expert_offset + model.moe.num_local_experts
     ref_grads = dict(ref.named_parameters())
-    worst = 0.0
-    for name, p in model.named_parameters():
-        want = ref_grads[name].grad
-        assert want is not None and p.grad is not None, name
-        if name.startswith("moe.experts."):
-            want = want[lo:hi]
-        worst = max(worst, _max_diff(p.grad, want))
+
+    def grad_diff() -> float:  # this rank's gradients vs the reference's (its expert shard)
+        worst = 0.0
+        for name, p in model.named_parameters():
+            want = ref_grads[name].grad
+            assert want is not None and p.grad is not None, name
+            want = want[lo:hi] if name.startswith("moe.experts.") else want
+            worst = max(worst, _max_diff(p.grad, want))
+        return worst
+
+    worst = grad_diff()
     # Global gradient norm and clipping, as one process would compute them.
     ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
     norm = clip_grad_norm_(ddp, 0.05)
-    clipped = 0.0
-    for name, p in model.named_parameters():
-        want = ref_grads[name].grad
-        want = want[lo:hi] if name.startswith("moe.experts.") else want
-        clipped = max(clipped, _max_diff(p.grad, want))  # type: ignore[arg-type]
+    clipped = grad_diff()
     state = full_state_dict(ddp)
     state_diff = max(_max_diff(v, ref.state_dict()[k]) for k, v in state.items())
     load_full_state_dict(ddp, ref.state_dict())

@@ -22,7 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dynroute.parallel.ddp import (
     clip_grad_norm_,
+    full_optimizer_state_dict,
     full_state_dict,
+    load_full_optimizer_state_dict,
     load_full_state_dict,
     wrap_ddp,
 )
@@ -33,95 +35,8 @@ from dynroute.parallel.fsdp import (
     load_fsdp_optimizer_state,
     shard_dense,
 )
-from dynroute.parallel.moe import ExpertParallelMoE, shard_model_experts
+from dynroute.parallel.moe import shard_model_experts
 from dynroute.parallel.runtime import ParallelContext, init_from_env, timeout_from_env
-
-
-def _expert_params(model: nn.Module) -> dict[int, ExpertParallelMoE]:
-    out: dict[int, ExpertParallelMoE] = {}
-    for module in model.modules():
-        if isinstance(module, ExpertParallelMoE):
-            for p in module.experts.parameters():
-                out[id(p)] = module
-    return out
-
-
-def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
-    # optimizer.state_dict() numbers parameters in param_groups order.
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def full_optimizer_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with expert states gathered: the unsharded run's format.
-
-    Per-parameter state tensors shaped like an expert shard (Adam's ``exp_avg``,
-    ``exp_avg_sq``, SGD's ``momentum_buffer``) are all-gathered along the expert
-    dimension; scalars (``step``) are kept. A collective: call it on every rank.
-    The result loads into the same optimizer of a one-process model, or back into
-    a sharded one with :func:`load_full_optimizer_state_dict`.
-
-    Example:
-        >>> from dynroute.layers import MoE
-        >>> from dynroute.parallel import local_group, shard_model_experts
-        >>> with local_group():
-        ...     net = shard_model_experts(nn.Sequential(MoE(8, 16, 2)))
-        ...     opt = torch.optim.Adam(net.parameters())
-        ...     net(torch.randn(3, 8))[0][0].sum().backward()
-        ...     opt.step()
-        ...     sd = full_optimizer_state_dict(opt, net)
-        >>> sd["state"][1]["exp_avg"].shape  # experts.gate_up of 2 experts
-        torch.Size([2, 8, 32])
-    """
-    state = optimizer.state_dict()
-    experts = _expert_params(model)
-    for index, param in enumerate(_optimizer_params(optimizer)):
-        module = experts.get(id(param))
-        if module is None or index not in state["state"]:
-            continue
-        entry = dict(state["state"][index])
-        for key, value in entry.items():
-            if isinstance(value, Tensor) and value.shape == param.shape:
-                shard = value.detach().contiguous()
-                parts = [torch.empty_like(shard) for _ in range(module.world_size)]
-                dist.all_gather(parts, shard, group=module.group)
-                entry[key] = torch.cat(parts)
-        state["state"][index] = entry
-    return state
-
-
-def load_full_optimizer_state_dict(
-    optimizer: torch.optim.Optimizer, model: nn.Module, state_dict: dict[str, Any]
-) -> None:
-    """Load an unsharded optimizer state into the optimizer of a sharded model (no collective).
-
-    Example:
-        >>> from dynroute.layers import MoE
-        >>> from dynroute.parallel import local_group, shard_model_experts
-        >>> with local_group():
-        ...     net = shard_model_experts(nn.Sequential(MoE(8, 16, 2)))
-        ...     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-        ...     net(torch.randn(3, 8))[0][0].sum().backward()
-        ...     opt.step()
-        ...     load_full_optimizer_state_dict(opt, net, full_optimizer_state_dict(opt, net))
-    """
-    state = {**state_dict, "state": dict(state_dict["state"])}
-    experts = _expert_params(model)
-    for index, param in enumerate(_optimizer_params(optimizer)):
-        module = experts.get(id(param))
-        if module is None or index not in state["state"]:
-            continue
-        lo, hi = module.expert_offset, module.expert_offset + module.num_local_experts
-        entry = dict(state["state"][index])
-        for key, value in entry.items():
-            if isinstance(value, Tensor) and value.dim() and value.shape[1:] == param.shape[1:]:
-                if value.shape[0] != module.num_experts:
-                    raise ValueError(
-                        f"load_full_optimizer_state_dict: state {key!r} of parameter {index} has "
-                        f"{value.shape[0]} experts, the model has {module.num_experts}"
-                    )
-                entry[key] = value[lo:hi]
-        state["state"][index] = entry
-    optimizer.load_state_dict(state)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from dynroute.routing.registry import (
     Router,
     RouterFn,
     describe_router,
-    discover,
     extra_logits,
     layer_router,
     make_router,
@@ -37,7 +36,7 @@ from dynroute.routing.top_k import TopK, top_k
 from dynroute.routing.top_p import TopP, top_p, top_p_mask
 from dynroute.routing.types import Routing
 
-discover()
+ROUTERS.discover()
 
 __all__ = [
     "ROUTERS",

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
-from dynroute.routing.sweep import SweepSpec
+from dynroute.routing.sweep import FIXED_K, SweepSpec
 from dynroute.routing.types import Routing
 
 __all__ = ["DeepSeekV3", "DeepSeekV3State", "group_limited_top_k"]
@@ -89,10 +89,7 @@ class DeepSeekV3(Router):
     """
 
     examples: ClassVar[tuple[str, ...]] = ("deepseek_v3:k=2,n_group=2,topk_group=1",)
-    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
-        # a fixed-k rule: k̄ = k exactly; it competes with top-k at equal compute
-        "deepseek_v3": SweepSpec("k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
-    }
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {"deepseek_v3": FIXED_K}
     host_syncs: ClassVar[int | None] = 0  # N·k assignments
 
     k: int = 2
@@ -133,13 +130,10 @@ class DeepSeekV3(Router):
         self.check_experts(num_experts)
         return DeepSeekV3State(num_experts)
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a layer's state: bias 0."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no layer's state): bias 0."""
         logits = as_router_logits(logits, "deepseek_v3")
         n, e = logits.shape
         self.check_experts(e)

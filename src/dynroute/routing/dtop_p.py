@@ -41,26 +41,10 @@ from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
 from dynroute.routing.sweep import SweepSpec
+from dynroute.routing.top_p import top_p_mask
 from dynroute.routing.types import Routing
 
-__all__ = ["DTopP", "DTopPState", "threshold_mask"]
-
-
-def threshold_mask(probs: Tensor, p: Tensor, max_experts: int | None = None) -> Tensor:
-    """:func:`~dynroute.routing.top_p.top_p_mask` with p as a tensor (no host sync).
-
-    Example:
-        >>> threshold_mask(torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor(0.6)).tolist()
-        [[True, True, False]]
-    """
-    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-    cum = torch.cumsum(sorted_p, dim=-1)
-    keep_sorted = torch.ones_like(cum, dtype=torch.bool)
-    # p >= 1 keeps everything (the cumsum may round past 1 before the last expert)
-    keep_sorted[:, 1:] = (cum[:, :-1] <= p) | (p >= 1.0)
-    if max_experts is not None:
-        keep_sorted[:, max_experts:] = False
-    return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+__all__ = ["DTopP", "DTopPState"]
 
 
 class DTopPState(nn.Module):
@@ -148,13 +132,10 @@ class DTopP(Router):
             )
         return DTopPState(self.initial_p(num_experts))
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a layer's state: scale 1 and p at its initial value."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no layer's state): scale 1, p at its initial value."""
         logits = as_router_logits(logits, "dtop_p")
         e = logits.shape[1]
         if state is None:
@@ -162,7 +143,7 @@ class DTopP(Router):
         else:
             scale, p = state.scale, state.p
         probs = torch.softmax(logits if scale is None else logits * scale.float(), dim=-1)
-        mask = threshold_mask(probs.detach(), p, self.max_experts)
+        mask = top_p_mask(probs.detach(), p, self.max_experts)
         weights = probs
         if self.normalize:
             kept = probs * mask

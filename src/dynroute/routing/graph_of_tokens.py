@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
-from dynroute.routing.sweep import SweepSpec
+from dynroute.routing.sweep import FIXED_K, SweepSpec
 from dynroute.routing.top_k import top_k
 from dynroute.routing.types import Routing
 
@@ -76,10 +76,7 @@ class GraphOfTokens(Router):
 
     mixes_tokens: ClassVar[bool] = True
     examples: ClassVar[tuple[str, ...]] = ("graph_of_tokens:k=2,alpha=0.5",)
-    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
-        # a fixed-k rule: k̄ = k exactly; it competes with top-k at equal compute
-        "graph_of_tokens": SweepSpec("k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
-    }
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {"graph_of_tokens": FIXED_K}
     host_syncs: ClassVar[int | None] = 0  # N·k assignments
 
     k: int = 2
@@ -94,13 +91,10 @@ class GraphOfTokens(Router):
         if not float(self.temperature) > 0:
             raise ValueError(f"graph_of_tokens: temperature must be > 0, got {self.temperature}")
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a context: the N tokens are one sequence."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no context): the N tokens are one sequence."""
         logits = as_router_logits(logits, "graph_of_tokens")
         b, _ = (ctx or RouteContext()).sequences(logits.shape[0])
         mixed = mix_similar_logits(logits, b, float(self.alpha), float(self.temperature))

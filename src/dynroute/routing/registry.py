@@ -53,7 +53,6 @@ __all__ = [
     "Router",
     "RouterFn",
     "describe_router",
-    "discover",
     "extra_logits",
     "layer_router",
     "make_router",
@@ -129,7 +128,10 @@ class Router:
         return (cls.name,)
 
     def __call__(self, logits: Tensor) -> Routing:
-        raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")
+        """Route without a layer's state or context: :meth:`route`, where a router overrides it."""
+        if type(self).route is Router.route:
+            raise NotImplementedError(f"{type(self).__name__} must implement __call__(logits)")
+        return self.route(logits)
 
     @property
     def extra_logits(self) -> int:
@@ -239,11 +241,6 @@ def register_router(name: str) -> Callable[[R], R]:
     under a taken name raises.
     """
     return ROUTERS.register(name)
-
-
-def discover() -> None:
-    """Import every module of ``dynroute.routing`` so their routers register themselves."""
-    ROUTERS.discover()
 
 
 def router_class(name: str) -> type[Router]:

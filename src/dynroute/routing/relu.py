@@ -95,13 +95,10 @@ class ReLURouter(Router):
             )
         return ReLUState(num_experts, self.l1_init, self.rms_norm)
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Without a layer's state: no RMSNorm weight (ones), no L1 term."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``, no layer's state): RMSNorm weight 1, no L1 term."""
         logits = as_router_logits(logits, "relu")
         relu = torch.relu(logits)
         gates = relu

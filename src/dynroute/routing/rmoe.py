@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from dynroute.routing.checks import as_router_logits, check_int
 from dynroute.routing.context import RouteContext
 from dynroute.routing.registry import Router, register_router
-from dynroute.routing.sweep import SweepSpec
+from dynroute.routing.sweep import FIXED_K, SweepSpec
 from dynroute.routing.top_k import top_k
 from dynroute.routing.types import Routing
 
@@ -64,10 +64,7 @@ class RMoE(Router):
     """
 
     examples: ClassVar[tuple[str, ...]] = ("rmoe:k=2,hidden_size=8",)
-    sweeps: ClassVar[Mapping[str, SweepSpec]] = {
-        # a fixed-k rule: k̄ = k exactly; it competes with top-k at equal compute
-        "rmoe": SweepSpec("k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k"),
-    }
+    sweeps: ClassVar[Mapping[str, SweepSpec]] = {"rmoe": FIXED_K}
     host_syncs: ClassVar[int | None] = 0  # N·k assignments
 
     k: int = 2

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SweepSpec"]
+__all__ = ["FIXED_K", "SweepSpec"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,7 @@ class SweepSpec:
             (float(t), {**self.fixed, self.knob: v, **self.per_value.get(v, {})})
             for t, v in sorted(self.values.items())
         ]
+
+
+#: The sweep of a fixed-k rule (k̄ = k exactly): it competes with top-k at equal compute.
+FIXED_K = SweepSpec("k", {1.0: 1, 2.0: 2, 3.0: 3}, source="exact: k̄ = k")

@@ -79,13 +79,10 @@ class Thor(Router):
                 f"thor: consistency_weight must be >= 0, got {self.consistency_weight}"
             )
 
-    def __call__(self, logits: Tensor) -> Routing:
-        """Inference routing (one random expert per token)."""
-        return self.route(logits)
-
     def route(
         self, logits: Tensor, state: nn.Module | None = None, ctx: RouteContext | None = None
     ) -> Routing:
+        """Called bare (``router(logits)``) or in evaluation: one random expert per token."""
         logits = as_router_logits(logits, "thor")
         n, e = logits.shape
         probs = torch.full((n, e), 1.0 / e, device=logits.device)

@@ -15,13 +15,14 @@ from dynroute.routing.sweep import SweepSpec
 from dynroute.routing.types import Routing
 
 
-def top_p_mask(probs: Tensor, p: float, max_experts: int | None = None) -> Tensor:
+def top_p_mask(probs: Tensor, p: float | Tensor, max_experts: int | None = None) -> Tensor:
     """Boolean [N, E]: the shortest prefix of experts (by probability) whose mass exceeds p.
 
     An expert is kept when the cumulative probability of the experts ranked above
     it is still <= p, so the expert that crosses p is kept and every token keeps at
     least one. When the total never exceeds p (p = 1) every expert is kept. This is
     the rule of the paper's released code (``cumsum > p`` minus the first crossing).
+    ``p`` may be a tensor (DTop-p's controlled threshold: no host sync).
 
     Example:
         >>> import torch
@@ -31,8 +32,8 @@ def top_p_mask(probs: Tensor, p: float, max_experts: int | None = None) -> Tenso
     sorted_p, order = torch.sort(probs, dim=-1, descending=True)
     cum = torch.cumsum(sorted_p, dim=-1)
     keep_sorted = torch.ones_like(cum, dtype=torch.bool)
-    if p < 1.0:  # at p = 1 rounding could push the cumsum past 1 and drop an expert
-        keep_sorted[:, 1:] = cum[:, :-1] <= p
+    # p >= 1 keeps everything (rounding could push the cumsum past 1 and drop an expert)
+    keep_sorted[:, 1:] = (cum[:, :-1] <= p) | (p >= 1.0)
     if max_experts is not None:
         keep_sorted[:, max_experts:] = False
     return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dynroute.common.registry import parse_spec, spec_name
-from dynroute.routing import Router, router_class
 
 __all__ = [
     "RESOURCE_KEYS",
@@ -34,7 +33,6 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_config",
-    "router_params",
 ]
 
 T = TypeVar("T", bound="RunTables")
@@ -228,11 +226,12 @@ def _build(cls: type, values: dict[str, Any], origin: str) -> Any:
 
 def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | None) -> None:
     from dynroute.models import DynMoEConfig
+    from dynroute.models.config import router_fields
 
     cls = model_config or DynMoEConfig
     own = {f.name for f in dataclasses.fields(cls)}
-    try:
-        keyword = router_params(model.get("router", "top_k")) - own
+    try:  # a router's parameters may stand beside it: router = "top_p" with p = 0.4
+        keyword = set(router_fields(model.get("router", "top_k"))) - own
     except (TypeError, ValueError) as err:
         raise ValueError(f"{origin} [model]: {err}") from None
     unknown = set(model) - own - keyword
@@ -255,18 +254,6 @@ def _check_model_keys(model: dict[str, Any], origin: str, model_config: type | N
     except (TypeError, ValueError) as err:
         message = re.sub(r"^\w*Config: ", "", str(err))
         raise ValueError(f"{origin} [model]: {message}") from None
-
-
-def router_params(router: Any) -> set[str]:
-    """The parameter names of a router setting (a name, a spec, a dict or a Router): the keys
-    ``[model]`` also takes beside ``router`` (``router = "top_p"`` with ``p = 0.4``).
-
-    Example:
-        >>> sorted(router_params("top_p:p=0.4"))
-        ['max_experts', 'normalize', 'p']
-    """
-    cls = type(router) if isinstance(router, Router) else router_class(spec_name(router))
-    return {f.name for f in dataclasses.fields(cls)}
 
 
 def load_config(path: Path | str, model_config: type | None = None) -> RunConfig:

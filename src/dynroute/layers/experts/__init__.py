@@ -26,7 +26,6 @@ from dynroute.layers.experts.registry import (
     EXPERT_KINDS,
     ExpertsSpec,
     check_experts_spec,
-    experts_spec,
     make_experts,
     register_experts,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "SwiGLUExperts",
     "check_experts_spec",
     "choose_path",
-    "experts_spec",
     "make_experts",
     "register_experts",
 ]

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from dynroute.layers.experts.base import Experts
 from dynroute.layers.experts.registry import (
+    EXPERT_KINDS,
     ExpertsSpec,
-    experts_spec,
     make_experts,
     register_experts,
 )
@@ -120,7 +120,7 @@ def build_parts(
     """The parts as modules: specs built with the layer's sizes, in order (seeded models
     draw their weights part by part); a spec without ``num_experts`` gets an equal share
     of the experts no other part claims."""
-    specs = {i: experts_spec(p) for i, p in enumerate(parts) if not isinstance(p, Experts)}
+    specs = {i: EXPERT_KINDS.spec(p) for i, p in enumerate(parts) if not isinstance(p, Experts)}
     if not specs:
         return list(parts)  # type: ignore[arg-type]
     if d_model is None:

@@ -19,18 +19,16 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from dynroute.common.registry import Registry
+from dynroute.common.registry import Registry, takes
 from dynroute.layers.experts.base import Experts
 
 __all__ = [
     "EXPERT_KINDS",
     "ExpertsSpec",
     "check_experts_spec",
-    "experts_spec",
     "make_experts",
     "register_experts",
 ]
@@ -60,40 +58,14 @@ def register_experts(name: str) -> Callable[[E], E]:
     return EXPERT_KINDS.register(name)
 
 
-def experts_spec(spec: ExpertsSpec) -> dict[str, Any]:
-    """``{"name": ..., **params}`` of a spec in either form (nothing is checked but the form).
-
-    Example:
-        >>> experts_spec("swiglu:layout=per_expert"), experts_spec({"name": "mlp"})
-        ({'name': 'swiglu', 'layout': 'per_expert'}, {'name': 'mlp'})
-    """
-    if isinstance(spec, str):
-        return EXPERT_KINDS.parse(spec)
-    if not isinstance(spec, Mapping):
-        raise TypeError(
-            f"an expert kind is a name or a dict (e.g. {EXPERT_KINDS.example} or "
-            f'{{name = "mlp", d_ff = 64}}), got {spec!r}'
-        )
-    out = dict(spec)
-    if not isinstance(out.get("name"), str):
-        raise ValueError(f"expert kind {out} has no 'name' (e.g. {{name = \"mlp\", d_ff = 64}})")
-    return out
-
-
 def _kind_and_params(spec: ExpertsSpec) -> tuple[type[Experts], dict[str, Any]]:
     """(registered class, parameters) of a spec; ``d_model`` is never the spec's to set."""
-    params = experts_spec(spec)
+    params = EXPERT_KINDS.spec(spec)
     name = params.pop("name")
     cls = EXPERT_KINDS.lookup(name)
     if "d_model" in params:
         raise TypeError(f"{name}: d_model comes from the model; drop it from the spec")
     return cls, params
-
-
-def _takes(cls: type, name: str) -> bool:
-    """Whether ``cls(...)`` accepts a keyword ``name``."""
-    params = inspect.signature(cls).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def make_experts(
@@ -121,7 +93,7 @@ def make_experts(
     """
     cls, params = _kind_and_params(spec)
     fill = {"d_model": d_model, "d_ff": d_ff, "num_experts": num_experts, **defaults}
-    fill = {k: v for k, v in fill.items() if v is not None and k not in params and _takes(cls, k)}
+    fill = {k: v for k, v in fill.items() if v is not None and k not in params and takes(cls, k)}
     EXPERT_KINDS.check(cls, params, given=tuple(fill))
     return cls(**fill, **params)  # type: ignore[no-any-return]
 
@@ -145,4 +117,4 @@ def check_experts_spec(spec: ExpertsSpec) -> dict[str, Any]:
     """
     cls, params = _kind_and_params(spec)
     EXPERT_KINDS.check(cls, params, given=SIZES)
-    return experts_spec(spec)
+    return EXPERT_KINDS.spec(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,20 +18,16 @@ def seeded(seed: int) -> Iterator[torch.Generator]:
         yield torch.Generator().manual_seed(seed)
 
 
-def minimise(
-    loss: Callable[[], Tensor],
-    params: list[Tensor],
-    steps: int,
-    lr: float,
-    weight_decay: float = 0.0,
-) -> float:
-    """``steps`` Adam steps on ``loss()``; returns the last loss (for tests and logs)."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    last = float("nan")
-    for _ in range(steps):
+def fit_tensors(
+    router: Any, tensors: dict[str, Tensor], loss: Callable[[], Tensor], weight_decay: float = 0.0
+) -> None:
+    """Learn ``router.tensors``: set them to ``tensors`` (which require grad), run
+    ``router.steps`` full-batch AdamW steps of rate ``router.lr`` on ``loss()`` over them
+    (in their order), then keep them detached."""
+    router.tensors = tensors
+    opt = torch.optim.AdamW(list(tensors.values()), lr=router.lr, weight_decay=weight_decay)
+    for _ in range(router.steps):
         opt.zero_grad(set_to_none=True)
-        value = loss()
-        value.backward()
+        loss().backward()
         opt.step()
-        last = float(value.detach())
-    return last
+    router.tensors = {k: v.detach() for k, v in tensors.items()}

@@ -44,14 +44,6 @@ from dynroute.llm.data import OutcomeTable
 from dynroute.llm.decide import decide, lambda_grid
 from dynroute.llm.embed import Embedder, make_embedder
 
-__all__ = [
-    "QUERY_ROUTERS",
-    "QueryRouter",
-    "load_router",
-    "make_query_router",
-    "register_query_router",
-]
-
 FORMAT = 1
 
 

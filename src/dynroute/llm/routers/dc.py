@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.routers._optim import minimise, seeded
+from dynroute.llm.routers._optim import fit_tensors, seeded
 from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["DC", "kmeans", "sample_llm_loss", "sample_sample_loss"]
@@ -106,7 +106,6 @@ class DC(QueryRouter):
             w2 = (torch.randn(self.hidden, self.dim) / self.hidden**0.5).requires_grad_()
             keys = torch.randn(m, self.dim).requires_grad_()
             b1 = torch.zeros(self.hidden, requires_grad=True)
-            self.tensors = {"w1": w1, "b1": b1, "w2": w2, "keys": keys}
 
             def loss() -> Tensor:
                 e = self._encode(z)
@@ -116,8 +115,7 @@ class DC(QueryRouter):
                     sample_sample_loss(e[idx], labels[idx], self.tau)
                 )
 
-            minimise(loss, [w1, b1, w2, keys], self.steps, self.lr)
-        self.tensors = {k: v.detach() for k, v in self.tensors.items()}
+            fit_tensors(self, {"w1": w1, "b1": b1, "w2": w2, "keys": keys}, loss)
 
     def _encode(self, z: Tensor) -> Tensor:
         t = self.tensors

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.routers._optim import minimise, seeded
+from dynroute.llm.routers._optim import fit_tensors, seeded
 from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["MF", "pairwise_loss"]
@@ -63,14 +63,13 @@ class MF(QueryRouter):
             model = torch.randn(m, self.dim).requires_grad_()
             head = (torch.randn(self.dim) / self.dim**0.5).requires_grad_()
         bias = torch.logit(y.mean(0).clamp(0.02, 0.98)).clone().requires_grad_()
-        self.tensors = {"proj": proj, "model": model, "head": head, "bias": bias}
 
         def loss() -> Tensor:
             s = self._scores(z)
             return pairwise_loss(s, y) + self.pointwise * F.binary_cross_entropy_with_logits(s, y)
 
-        minimise(loss, [proj, model, head, bias], self.steps, self.lr, self.weight_decay)
-        self.tensors = {k: v.detach() for k, v in self.tensors.items()}
+        tensors = {"proj": proj, "model": model, "head": head, "bias": bias}
+        fit_tensors(self, tensors, loss, self.weight_decay)
 
     def _scores(self, z: Tensor) -> Tensor:
         t = self.tensors

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.routers._optim import minimise, seeded
+from dynroute.llm.routers._optim import fit_tensors, seeded
 from dynroute.llm.routers.base import QueryRouter, register_query_router
 
 __all__ = ["MLP"]
@@ -50,15 +50,11 @@ class MLP(QueryRouter):
         b1 = torch.zeros(self.hidden, requires_grad=True)
         # Start the output bias at the base rates: the net then learns only the deviations.
         b2 = torch.logit(y.mean(0).clamp(0.02, 0.98)).clone().requires_grad_()
-        self.tensors = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
-        minimise(
-            lambda: F.binary_cross_entropy_with_logits(self._logits(z), y),
-            [w1, b1, w2, b2],
-            self.steps,
-            self.lr,
-            self.weight_decay,
-        )
-        self.tensors = {k: v.detach() for k, v in self.tensors.items()}
+
+        def loss() -> Tensor:
+            return F.binary_cross_entropy_with_logits(self._logits(z), y)
+
+        fit_tensors(self, {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, loss, self.weight_decay)
 
     def _logits(self, z: Tensor) -> Tensor:
         t = self.tensors
