@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
-from dynroute.routing import make_router, step_routers
+from dynroute.routing import ROUTERS, make_router, step_routers
 from router_cases import FIRST, declared
 
 V = 40
@@ -105,6 +105,9 @@ def cli_config(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def _train(config: Path, env: dict[str, str], out: Path, router: str):
     cmd = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
     cmd += ["--out", str(out), "--router", router, "--no-progress"]
+    module = ROUTERS[router.partition(":")[0]].__module__
+    if not module.startswith("dynroute."):  # a test's plugin router, registered
+        env = {**env, "DYNROUTE_PLUGINS": module}  # in this process: the CLI imports it too
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
