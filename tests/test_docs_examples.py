@@ -1,4 +1,4 @@
-"""Every python block in docs/routing.md, extending.md, lora.md, adaptive.md and frontier.md runs."""
+"""Every python block in docs/routing.md, extending.md, lora.md, adaptive.md, frontier.md runs."""
 
 import re
 from pathlib import Path
@@ -8,7 +8,10 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@pytest.mark.parametrize("name", ["routing.md", "extending.md", "lora.md", "adaptive.md", "frontier.md"])
+DOCUMENTS = ["routing.md", "extending.md", "lora.md", "adaptive.md", "frontier.md"]
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
 def test_doc_python_blocks_run(name):
     blocks = re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), flags=re.S)
     assert blocks
