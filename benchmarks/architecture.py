@@ -4,7 +4,8 @@
 
 Counted with the standard library's `ast` only, so anyone can rerun it on any commit:
 
-- ``src_lines``: physical lines of every ``.py`` file under the package;
+- ``src_lines``: physical lines of every ``.py`` file under the package; ``code_lines``: the
+  lines that hold code (no docstring, comment or blank line);
 - ``long_functions``: every ``def`` (nested ones counted on their own too) whose span
   (``end_lineno - lineno + 1``, decorators excluded) is over 80 lines;
 - ``file_circles``: pairs of modules that import each other, at module level or inside
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import json
+import tokenize
 from pathlib import Path
 
 LONG = 80
@@ -63,6 +66,29 @@ def imports_of(tree: ast.Module, module: str, is_package: bool, known: set[str])
                 full = f"{target}.{alias.name}"
                 # `from pkg import submodule` is an edge to the submodule
                 yield (full, None) if full in known else (target, alias.name)
+
+
+def code_lines(text: str) -> int:
+    """Lines holding code: not blank, not only a comment, not part of a docstring.
+
+    Example:
+        >>> code_lines("def f():\\n    'Doc.'\\n    # why\\n    return 1\\n")
+        2
+    """
+    docstrings: set[int] = set()
+    for node in ast.walk(ast.parse(text)):
+        body = getattr(node, "body", None)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = body[0] if body else None
+            value = getattr(first, "value", None)
+            if isinstance(first, ast.Expr) and isinstance(value, ast.Constant | ast.JoinedStr):
+                docstrings.update(range(first.lineno, first.end_lineno + 1))
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type not in skip and tok.type != tokenize.ENDMARKER:
+            lines.update(n for n in range(tok.start[0], tok.end[0] + 1) if n not in docstrings)
+    return len(lines)
 
 
 def import_circles(edges: dict[str, set[str]]) -> list[set[str]]:
@@ -113,13 +139,14 @@ def measure(src: Path) -> dict:
     files = sorted(src.rglob("*.py"))
     modules = {module_name(f, src): f for f in files}
     known = set(modules)
-    lines = 0
+    lines = code = 0
     long_functions: list[dict] = []
     edges: dict[str, set[str]] = {m: set() for m in modules}
     private: list[dict] = []
     for module, path in modules.items():
         text = path.read_text()
         lines += len(text.splitlines())
+        code += code_lines(text)
         tree = ast.parse(text)
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -146,6 +173,7 @@ def measure(src: Path) -> dict:
     return {
         "files": len(files),
         "src_lines": lines,
+        "code_lines": code,
         "long_functions": len(long_functions),
         "long_function_list": long_functions,
         "file_circles": len(circles),
@@ -159,6 +187,7 @@ def measure(src: Path) -> dict:
 ROWS = {
     "files": "Python files",
     "src_lines": "src lines",
+    "code_lines": "... of them code (no docstring, comment, blank)",
     "long_functions": f"functions over {LONG} lines",
     "file_circles": "file circles",
     "private_imports": "private names imported from another module",
@@ -187,9 +216,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     result = measure(args.src)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     if args.before:
         print(markdown(json.loads(args.before.read_text()), result))
-    print(f"files {result['files']}, src lines {result['src_lines']}")
+    print(f"files {result['files']}, src lines {result['src_lines']} ({result['code_lines']} code)")
     print(f"functions over {LONG} lines: {result['long_functions']}")
     for f in result["long_function_list"]:
         print(f"  {f['lines']:4d}  {f['function']}  {f['at']}")
@@ -202,9 +234,6 @@ def main() -> None:
     )
     for p in result["private_import_list"]:
         print(f"  {'PKG ' if p['cross_package'] else '    '}{p['module']} <- {p['imports']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
