@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,3 +17,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dynroute"))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def keep_threads() -> Iterator[None]:
+    """Restores torch's thread count after a test (a run sets its own: ``[train] threads``)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread(keep_threads: None) -> None:
+    """Tiny models: a second thread only adds barrier waits per op (seconds on a busy box)."""
+    torch.set_num_threads(1)

@@ -10,14 +10,12 @@ saved, loaded and evaluated from the command line.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tiny_runs import SMOKE_DATA, SMOKE_TRAIN, cli_env, run_cli, tiny_run
 
 ROUTER = '''
 from dataclasses import dataclass
@@ -83,31 +81,14 @@ class ExtMean(QueryRouter):
         return self.tensors["mean"].expand(len(queries), -1)
 '''
 
-CONFIG = """
-[model]
-d_model = 16
-n_layers = 2
-n_heads = 2
-d_ff = 16
-num_experts = 4
-router = {{name = "ext_threshold", tau = 0.2}}
-experts = {{name = "ext_relu"}}
-
-[data]
-source = "{corpus}"
-vocab_size = 300
-
-[train]
-steps = 3
-batch_size = 2
-seq_len = 16
-warmup_steps = 1
-log_interval = 1
-eval_interval = 3
-eval_batches = 1
-checkpoint_interval = 3
-threads = 1
-"""
+#: the smoke run, with the plugin router and expert kind, evaluated at its end
+MODEL = {
+    "d_model": 16,
+    "d_ff": 16,
+    "router": {"name": "ext_threshold", "tau": 0.2},
+    "experts": {"name": "ext_relu"},
+}
+TRAIN = {**SMOKE_TRAIN, "eval_interval": 3}
 
 PLUGINS = "my_ext.routers,my_ext.experts,my_ext.query_routers"
 
@@ -124,20 +105,15 @@ def project(tmp_path: Path) -> Path:
         "query_routers": QUERY_ROUTER,
     }.items():
         (package / f"{name}.py").write_text(textwrap.dedent(code))
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text((Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text())
-    (tmp_path / "run.toml").write_text(CONFIG.format(corpus=corpus))
+    tiny_run(
+        tmp_path, ["textwrap.py"], config="run.toml", model=MODEL, data=SMOKE_DATA, train=TRAIN
+    )
     return tmp_path
 
 
 def dynroute(folder: Path, *args: str | Path, plugins: str | None = PLUGINS):
-    env = {k: v for k, v in os.environ.items() if k != "DYNROUTE_PLUGINS"}
-    env["PYTHONPATH"] = os.pathsep.join([str(folder), *sys.path])
-    env["DYNROUTE_CACHE"] = str(folder / "cache")
-    if plugins:
-        env["DYNROUTE_PLUGINS"] = plugins
-    cmd = [sys.executable, "-m", "dynroute.cli", *map(str, args)]
-    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    env = cli_env(folder, cache=folder / "cache", plugins=plugins)
+    return run_cli(*args, env=env, cwd=folder, timeout=300)
 
 
 def test_router_and_expert_kind_from_a_config_and_from_flags(project: Path) -> None:

@@ -7,14 +7,8 @@ import torch
 
 from dynroute.adaptive import AdaptiveConfig, AdaptiveForCausalLM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    # tiny matrices: a second thread only adds contention on a busy 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny matrices: a second thread only adds contention on a busy 2-core box
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("target", [0.1, 0.85])

@@ -5,46 +5,21 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import json
-import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
+
+from tiny_runs import FRONTIER_MODEL, FRONTIER_TRAIN, cli_env, tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "replicate_topp.py"
-TINY = """
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 32
-num_experts = 4
-expert_layout = "per_expert"
-
-[data]
-source = "{corpus}"
-vocab_size = 320
-
-[train]
-steps = 2
-batch_size = 4
-seq_len = 32
-warmup_steps = 1
-log_interval = 1
-checkpoint_interval = 2
-threads = 1
-"""
+#: a frontier run's config, its evaluation left to the script (--final-eval-batches)
+TRAIN = {**FRONTIER_TRAIN, "eval_interval": None, "eval_batches": None}
 
 
 def _run(tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join((stdlib / n).read_text() for n in ("textwrap.py", "shlex.py")))
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY.format(corpus=corpus))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env["DYNROUTE_CACHE"] = str(tmp_path / "cache")
+    config = tiny_run(tmp_path, model=FRONTIER_MODEL, train=TRAIN)
+    env = cli_env(cache=tmp_path / "cache")
     cmd = [sys.executable, str(SCRIPT), "--config", str(config), "--seeds", "1"]
     cmd += ["--ps", "0.4", "--final-eval-batches", "2", "--no-progress"]
     cmd += ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json")]

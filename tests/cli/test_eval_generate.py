@@ -15,14 +15,7 @@ from typer.testing import CliRunner
 from dynroute.cli import app
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second thread only adds barrier waits per op (seconds on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -3,53 +3,21 @@
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dynroute.cli import app
+from tiny_runs import CLI_TRAIN, STDLIB, tiny_run
 
-CONFIG = """
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 32
-num_experts = 4
-
-[data]
-source = "{corpus}"
-vocab_size = 320
-
-[train]
-steps = 12
-batch_size = 4
-seq_len = 32
-warmup_steps = 2
-log_interval = 2
-eval_interval = 6
-eval_batches = 2
-checkpoint_interval = 6
-threads = 1
-"""
+SOURCES = ("textwrap.py", "shlex.py", "glob.py")
 
 
 @pytest.fixture
-def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_threads: None) -> Path:
     monkeypatch.setenv("DYNROUTE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(
-        "\n".join((stdlib / n).read_text() for n in ("textwrap.py", "shlex.py", "glob.py"))
-    )
-    path = tmp_path / "tiny.toml"
-    path.write_text(CONFIG.format(corpus=corpus))
-    yield path
-    torch.set_num_threads(threads)
+    return tiny_run(tmp_path, SOURCES, train=CLI_TRAIN)
 
 
 def test_train_resume_eval(config: Path, tmp_path: Path) -> None:
@@ -86,7 +54,7 @@ def test_train_resume_eval(config: Path, tmp_path: Path) -> None:
 
     # --data OTHER is encoded with the run's tokenizer: no second tokenizer is trained
     other = tmp_path / "other.txt"
-    other.write_text((Path(sysconfig.get_paths()["stdlib"]) / "fnmatch.py").read_text() * 4)
+    other.write_text((STDLIB / "fnmatch.py").read_text() * 4)
     tokenizers_before = sorted((tmp_path / "cache").rglob("tokenizer-*"))
     assert tokenizers_before, "the run's tokenizer is cached"
     elsewhere = runner.invoke(

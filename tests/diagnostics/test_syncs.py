@@ -32,13 +32,7 @@ PATHS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second thread only adds barrier waits per op (seconds on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def layer_syncs(router: str, path: str, tokens: int = 48, device: str = "cpu") -> SyncCounter:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
-from cli.test_train_eval import CONFIG
 from dynroute.layers import MoE
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.routing import ROUTERS, make_router, parse_router
 from hf.tiny_models import build_tiny
 from routing.my_router_plugin import MyRouter
+from tiny_runs import CLI_TRAIN, cli_env, run_cli, tiny_run
 
 HERE = Path(__file__).parent
 
@@ -71,20 +68,12 @@ def test_apply_routing_on_a_transformers_model() -> None:
 
 
 def _cli(args: list[str], cwd: Path, plugins: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    env.pop("DYNROUTE_PLUGINS", None)
-    if plugins:
-        env["DYNROUTE_PLUGINS"] = "my_router_plugin"
-    cmd = [sys.executable, "-m", "dynroute.cli", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    env = cli_env(HERE, plugins="my_router_plugin" if plugins else None)
+    return run_cli(*args, env=env, cwd=cwd, timeout=300)
 
 
 def test_cli_train_with_the_plugin_router(tmp_path: Path) -> None:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text((stdlib / "textwrap.py").read_text())
-    config = tmp_path / "tiny.toml"
-    config.write_text(CONFIG.format(corpus=corpus))
+    config = tiny_run(tmp_path, ["textwrap.py"], train=CLI_TRAIN)
     out = tmp_path / "run"
     args = ["train", "--config", str(config), "--out", str(out), "--no-progress", "--steps", "4"]
     done = _cli([*args, "--router", "my_router:k=1"], tmp_path)

@@ -5,10 +5,6 @@ router in a subprocess."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ import torch
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.routing import ROUTERS, make_router, step_routers
 from router_cases import FIRST, declared
+from tiny_runs import SMOKE_DATA, SMOKE_TRAIN, cli_env, run_cli, tiny_run
 
 V = 40
 
@@ -61,54 +58,19 @@ def test_future_tokens_do_not_change_past_logits(spec):
     torch.testing.assert_close(a[:, :6], b[:, :6])
 
 
-CONFIG = """
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 32
-num_experts = 4
-
-[data]
-source = "{corpus}"
-vocab_size = 300
-
-[train]
-steps = 3
-batch_size = 2
-seq_len = 16
-warmup_steps = 1
-log_interval = 1
-eval_interval = 0
-eval_batches = 1
-checkpoint_interval = 3
-threads = 1
-"""
-
-
 @pytest.fixture(scope="module")
 def cli_config(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("cli")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    corpus = root / "corpus.txt"
-    corpus.write_text((stdlib / "textwrap.py").read_text())
-    config = root / "tiny.toml"
-    config.write_text(CONFIG.format(corpus=corpus))
-    env = {
-        **os.environ,
-        "DYNROUTE_CACHE": str(root / "cache"),
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
-    return config, env
+    config = tiny_run(root, ["textwrap.py"], data=SMOKE_DATA, train=SMOKE_TRAIN)
+    return config, cli_env(cache=root / "cache")
 
 
 def _train(config: Path, env: dict[str, str], out: Path, router: str):
-    cmd = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
-    cmd += ["--out", str(out), "--router", router, "--no-progress"]
     module = ROUTERS[router.partition(":")[0]].__module__
     if not module.startswith("dynroute."):  # a test's plugin router, registered
         env = {**env, "DYNROUTE_PLUGINS": module}  # in this process: the CLI imports it too
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    args = ["train", "--config", config, "--out", out, "--router", router, "--no-progress"]
+    return run_cli(*args, env=env, timeout=300)
 
 
 @pytest.mark.slow

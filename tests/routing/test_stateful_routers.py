@@ -39,15 +39,6 @@ def test_each_routers_own_rule_on_experts_per_token(logits, training):
 # --- DTop-p -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    # tiny tensors: one thread is fastest, and it keeps timings steady on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train_moe(router: str, steps: int, lr: float = 1e-2, seed: int = 0) -> tuple[MoE, list]:
     """A 4-expert MoE fitting a fixed random map; returns the layer and k̄ per step."""
     torch.manual_seed(seed)

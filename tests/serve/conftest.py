@@ -49,30 +49,17 @@ def stack(
     small, big, victim = procs
     proxies: list[Proc] = []
     try:
+        proxy = ["llm", "serve", str(router_dir), "--backend", f"{SMALL}={small.url}"]
         proxies = start_all(
             [
                 [
-                    "llm",
-                    "serve",
-                    str(router_dir),
-                    "--backend",
-                    f"{SMALL}={small.url}",
+                    *proxy,
                     "--backend",
                     f"{BIG}={big.url}/v1",
                     "--log",
                     str(logs / "decisions.jsonl"),
                 ],
-                [
-                    "llm",
-                    "serve",
-                    str(router_dir),
-                    "--backend",
-                    f"{SMALL}={small.url}",
-                    "--backend",
-                    f"{BIG}={victim.url}",
-                    "--timeout",
-                    "20",
-                ],
+                [*proxy, "--backend", f"{BIG}={victim.url}", "--timeout", "20"],
             ],
             logs,
             prefix="proxy",

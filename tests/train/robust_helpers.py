@@ -4,33 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-CONFIG = """
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 32
-num_experts = 4
-router = "top_p:p=0.5"
-
-[data]
-source = "{corpus}"
-vocab_size = 320
-
-[train]
-steps = {steps}
-batch_size = 4
-seq_len = 32
-warmup_steps = 2
-log_interval = 2
-eval_interval = 4
-eval_batches = 3
-checkpoint_interval = 4
-threads = 1
-"""
+import tiny_runs
 
 WORDS = [
     "the",
@@ -76,8 +52,9 @@ def write_texts(folder: Path, files: int = 4, lines: int = 150) -> Path:
 
 
 def write_config(path: Path, corpus: Path | str, steps: int = 8) -> Path:
-    path.write_text(CONFIG.format(corpus=corpus, steps=steps))
-    return path
+    """The robustness tests' run: top-p at 0.5, ``steps`` steps, 3 batches per evaluation."""
+    train = {"steps": steps, "eval_batches": 3}
+    return tiny_runs.write_config(path, corpus, model={"router": "top_p:p=0.5"}, train=train)
 
 
 def cli(
@@ -107,8 +84,7 @@ def cli(
             raise result.exception
         return subprocess.CompletedProcess(list(args), result.exit_code, result.output, "")
     env = {**os.environ, "DYNROUTE_CACHE": str(cache), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "dynroute.cli", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return tiny_runs.run_cli(*args, env=env, timeout=timeout)
 
 
 def assert_clean_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:

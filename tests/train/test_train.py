@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -27,68 +26,15 @@ from dynroute.train import (
     train,
 )
 from dynroute.train.loop import ConfigMismatchError
+from tiny_runs import recipe_run
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def small_corpus(folder: Path) -> Path:
-    """~120 KB of real Python source in one file (split head/tail into train/validation)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    names = ["textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py"]
-    text = "\n".join((stdlib / n).read_text(encoding="utf-8") for n in names)
-    path = folder / "corpus.txt"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def write_config(folder: Path, steps: int = 30, model_extra: str = "", **train: object) -> Path:
-    corpus = small_corpus(folder)
-    settings = {
-        "steps": steps,
-        "batch_size": 4,
-        "seq_len": 32,
-        "warmup_steps": 3,
-        "log_interval": 1,
-        "eval_interval": 10,
-        "eval_batches": 2,
-        "checkpoint_interval": 5,
-        "threads": 1,
-        **train,
-    }
-    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
-    text = f"""
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 32
-num_experts = 4
-router = "top_p:p=0.4"
-{model_extra}
-
-[data]
-source = "{corpus}"
-vocab_size = 320
-
-[train]
-{body}
-"""
-    path = folder / "test.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # One shared tokenizer/token cache for the module keeps these tests fast.
     monkeypatch.setenv("DYNROUTE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-@pytest.fixture
-def _restore_threads() -> object:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_shipped_configs_parse() -> None:
@@ -99,21 +45,21 @@ def test_shipped_configs_parse() -> None:
 
 def test_config_errors_say_what_to_fix(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("[train]\nstepz = 3\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\]"):
-        load_config(bad)
-    bad.write_text("[model]\nvocab_size = 3\n")
-    with pytest.raises(ValueError, match=r"\[data\] vocab_size"):
-        load_config(bad)
+    for text, message in [
+        ("[train]\nstepz = 3\n", r"unknown key\(s\) \['stepz'\]"),
+        ("[model]\nvocab_size = 3\n", r"\[data\] vocab_size"),
+        # a router's parameters beside it (keyword form) must be its own; else the spec form
+        (
+            '[model]\nrouter = "top_k"\nk = 1\np = 0.4\n',
+            r"\['p'\].*the router top_k \(k, normalize\)",
+        ),
+        ('[model]\nrouter = "top_p"\np = 1.5\n', r"bad.toml \[model\]: .*p must be in \(0, 1\]"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_config(bad)
     with pytest.raises(FileNotFoundError, match="--config"):
         load_config(tmp_path / "missing.toml")
-    # a router's parameters beside it (keyword form) must be its own; else the spec form
-    bad.write_text('[model]\nrouter = "top_k"\nk = 1\np = 0.4\n')
-    with pytest.raises(ValueError, match=r"\['p'\].*the router top_k \(k, normalize\)"):
-        load_config(bad)
-    bad.write_text('[model]\nrouter = "top_p"\np = 1.5\n')
-    with pytest.raises(ValueError, match=r"bad.toml \[model\]: .*p must be in \(0, 1\]"):
-        load_config(bad)
 
 
 def test_overrides_and_round_trip() -> None:
@@ -188,10 +134,8 @@ def _curve(run: Path) -> list[tuple]:
     return [tuple(r.get(k) for k in keys) for r in read_metrics(run / "metrics.jsonl")]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(
-    tmp_path: Path, _restore_threads: object
-) -> None:
-    config = write_config(tmp_path, steps=40)
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, keep_threads: None) -> None:
+    config = recipe_run(tmp_path, steps=40)
     cfg = load_config(config)
     torch.set_num_threads(cfg.train.threads)  # as the command does: same kernels, same bits
     reference = train(cfg, tmp_path / "reference", progress=False)
@@ -218,10 +162,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(
     assert _curve(run) == _curve(tmp_path / "reference")  # bit-for-bit
 
 
-def test_per_expert_layout_trains_and_resumes_exactly(
-    tmp_path: Path, _restore_threads: object
-) -> None:
-    config = write_config(tmp_path, steps=8, model_extra='expert_layout = "per_expert"')
+def test_per_expert_layout_trains_and_resumes_exactly(tmp_path: Path, keep_threads: None) -> None:
+    config = recipe_run(tmp_path, steps=8, model={"expert_layout": "per_expert"})
     cfg = load_config(config)
     assert cfg.model["expert_layout"] == "per_expert"
     reference = train(cfg, tmp_path / "reference", progress=False)
@@ -234,8 +176,8 @@ def test_per_expert_layout_trains_and_resumes_exactly(
     assert len(model.blocks[0].ffn.experts.gate_up) == 4
 
 
-def test_rerun_with_other_config_is_refused(tmp_path: Path, _restore_threads: object) -> None:
-    config = write_config(tmp_path, steps=4)
+def test_rerun_with_other_config_is_refused(tmp_path: Path, keep_threads: None) -> None:
+    config = recipe_run(tmp_path, steps=4)
     cfg = load_config(config)
     train(cfg, tmp_path / "run", progress=False)
     again = train(cfg, tmp_path / "run", progress=False)  # finished run: nothing to redo

@@ -16,11 +16,11 @@ from dynroute.train import apply_overrides, load_checkpoint, load_config, read_m
 from dynroute.train.blocks import checkpoint_blocks, compile_blocks
 from dynroute.train.config import RunConfig, TrainConfig
 from dynroute.train.device import resolve_device
-from train.test_train import write_config  # tests/ is on pythonpath
+from tiny_runs import recipe_run
 
 # Router losses are per micro-batch (per rank), as in every data-parallel MoE trainer;
 # without them the loss of N micro-batches of b rows is exactly that of one batch of N·b.
-NO_AUX = "load_balance_weight = 0.0\ndynamic_weight = 0.0"
+NO_AUX = {"load_balance_weight": 0.0, "dynamic_weight": 0.0}
 
 
 @pytest.fixture(autouse=True)
@@ -28,12 +28,7 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DYNROUTE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _train_rows(run: Path) -> list[dict]:
@@ -49,7 +44,7 @@ def _tiny_model(router: str = "top_p", **extra: object) -> DynMoEForCausalLM:
 
 
 def test_bfloat16_autocast_trains_within_2_percent_of_float32(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path, steps=30, eval_interval=0, checkpoint_interval=30))
+    cfg = load_config(recipe_run(tmp_path, steps=30, eval_interval=0, checkpoint_interval=30))
     fp32 = train(cfg, tmp_path / "fp32", progress=False)
     bf16 = train(apply_overrides(cfg, dtype="bfloat16"), tmp_path / "bf16", progress=False)
     assert fp32.final is not None and bf16.final is not None
@@ -65,7 +60,7 @@ def test_bfloat16_autocast_trains_within_2_percent_of_float32(tmp_path: Path) ->
 
 
 def test_grad_accum_2_of_b_equals_one_batch_of_2b(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path, steps=6, model_extra=NO_AUX, eval_interval=0))
+    cfg = load_config(recipe_run(tmp_path, steps=6, model=NO_AUX, eval_interval=0))
     double = apply_overrides(cfg)
     double.train.batch_size = 2 * cfg.train.batch_size
     one = train(double, tmp_path / "batch", progress=False)
@@ -116,7 +111,7 @@ def test_compiled_blocks_match_eager_loss_and_gradients() -> None:
 
 @pytest.mark.slow
 def test_compile_true_trains_like_eager_with_inductor(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path, steps=3, eval_interval=0))
+    cfg = load_config(recipe_run(tmp_path, steps=3, eval_interval=0))
     eager = train(cfg, tmp_path / "eager", progress=False)
     compiled = train(apply_overrides(cfg, compile=True), tmp_path / "compiled", progress=False)
     for a, b in zip(_train_rows(eager.out_dir), _train_rows(compiled.out_dir), strict=True):
@@ -126,7 +121,7 @@ def test_compile_true_trains_like_eager_with_inductor(tmp_path: Path) -> None:
 def test_checkpoint_resumes_under_other_execution_settings(tmp_path: Path) -> None:
     """Trained in bf16 with accumulation of micro-batches' checkpointed activations, resumed in
     float32 without checkpointing: the run folder accepts it and the checkpoint loads."""
-    cfg = load_config(write_config(tmp_path, steps=6, eval_interval=0))
+    cfg = load_config(recipe_run(tmp_path, steps=6, eval_interval=0))
     fast = apply_overrides(cfg, dtype="bfloat16", activation_checkpointing=True, device="cpu")
     run = tmp_path / "run"
     assert train(fast, run, progress=False, stop_after=3).steps == 3
@@ -160,7 +155,7 @@ def test_bad_execution_settings_fail_early_in_one_line() -> None:
 def test_cuda_on_a_cpu_machine_is_a_clear_cli_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda")
-    config = write_config(tmp_path, steps=2)
+    config = recipe_run(tmp_path, steps=2)
     cmd = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
     cmd += ["--out", str(tmp_path / "run"), "--device", "cuda:0", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -170,7 +165,7 @@ def test_cuda_on_a_cpu_machine_is_a_clear_cli_error(tmp_path: Path) -> None:
 
 
 def _nproc_run(tmp_path: Path, parallel: str) -> None:
-    config = write_config(tmp_path, steps=4, model_extra=NO_AUX, eval_interval=0)
+    config = recipe_run(tmp_path, steps=4, model=NO_AUX, eval_interval=0)
     cfg = load_config(config)
     double = apply_overrides(cfg)
     double.train.batch_size = 2 * cfg.train.batch_size
@@ -213,7 +208,7 @@ def test_two_nodes_on_loopback_train_like_nproc_2(tmp_path: Path) -> None:
     """--nnodes 2 with one process per "machine" (both on 127.0.0.1) == --nproc 2."""
     from dynroute.common.net import free_port
 
-    config = write_config(tmp_path, steps=3, model_extra=NO_AUX, eval_interval=0)
+    config = recipe_run(tmp_path, steps=3, model=NO_AUX, eval_interval=0)
     port = str(free_port())
     base = [sys.executable, "-m", "dynroute.cli", "train", "--config", str(config)]
     base += ["--no-progress", "--nnodes", "2", "--master-addr", "127.0.0.1"]
