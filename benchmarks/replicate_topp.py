@@ -180,8 +180,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"{len(meta['seeds'])} seeds ({', '.join(map(str, meta['seeds']))}), {meta['steps']} "
         f"steps x {meta['tokens_per_step']} tokens = {meta['train_tokens']:,} training tokens "
-        f"per run; {meta['model']}. Validation: {meta['eval_tokens']:,} tokens of held-out "
-        "stdlib files. Δ = paired (same seed) difference to top-2, ± its std over seeds. "
+        f"per run; {meta['model']}. Validation: the same {meta['eval_tokens']:,} held-out "
+        "tokens for every run (windows evenly spaced over the validation split of the stdlib "
+        "corpus). Δ = paired (same seed) difference to top-2, ± its std over seeds. "
         "Frontier: the line through top-1 and top-2 in loss vs expert FLOPs per token.",
         "",
         "| router | val loss | Δ vs top-2 | experts/token | activated params vs top-2 "

@@ -100,15 +100,17 @@ class TopP(Router):
     )
     sweeps: ClassVar[Mapping[str, SweepSpec]] = {
         # Paper-faithful top-p (weights not renormalised). k̄ at p = 0.2 / 0.3 / 0.5 measured
-        # on configs/demo.toml (BENCHMARKS.md, section 2: 1.51 / 1.82 / 2.89); p = 0.05 aims
-        # at 1 from below (top-p always keeps one expert).
+        # on configs/demo.toml (BENCHMARKS.md, section 2: 1.54 / 1.90 / 3.08; an earlier
+        # config gave 1.51 / 1.82 / 2.89); p = 0.05 aims at 1 from below (top-p always keeps
+        # one expert).
         "top_p": SweepSpec(
             "p",
             {1.0: 0.05, 1.5: 0.2, 2.0: 0.3, 3.0: 0.5},
-            source="BENCHMARKS.md section 2 (k̄ 1.51 / 1.82 / 2.89 at p 0.2 / 0.3 / 0.5)",
+            source="BENCHMARKS.md section 2 (k̄ 1.54 / 1.90 / 3.08 at p 0.2 / 0.3 / 0.5)",
         ),
         # Renormalised top-p: k̄ 1.55 at p = 0.4 and 2.29 at 0.55 (d_model 512, 31M tokens,
-        # issue 17); 2.18 at p = 0.4 on configs/demo.toml. Smaller p for k̄ 1, larger for 3.
+        # issue 17); 2.47 at p = 0.4 on configs/demo.toml (BENCHMARKS.md section 2). Smaller
+        # p for k̄ 1, larger for 3.
         "top_p_normalized": SweepSpec(
             "p",
             {1.0: 0.1, 1.5: 0.3, 2.0: 0.4, 3.0: 0.6},
