@@ -32,8 +32,9 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Measures this machine into runs/bench/ (the committed benchmarks/results/ stay the reference).
 bench: setup
-	$(BIN)/python benchmarks/layer.py
+	$(BIN)/python benchmarks/layer.py --results runs/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info

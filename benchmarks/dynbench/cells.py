@@ -481,6 +481,8 @@ def run_cells(
 
 
 def record_key(r: Record) -> tuple[Any, ...]:
-    """The identity of a cell a record belongs to (for resuming)."""
+    """The identity of a cell a record belongs to (for resuming), on the machine that
+    measured it: another machine's record of the same cell is not a measurement of this one.
+    """
     keys = ("router", "num_experts", "tokens", "mode", "d_model", "d_ff", "device", "dtype")
-    return tuple(r[k] for k in keys)
+    return (*(r[k] for k in keys), r.get("machine"))

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dynbench.cells import Cell, Record, Setup, run_cells
+from dynbench.cells import Cell, Record, Setup, machine_name, run_cells
 from dynbench.report import (
     append_records,
     cell_table,
@@ -42,11 +42,12 @@ def run_suite(
         True
     """
     console = console or Console()
+    here = machine_name(setup.device)
     done = done_keys(load_records(out)) if out is not None and resume else set()
     todo = [
         c
         for c in cells
-        if (*c.key(), setup.d_model, setup.d_ff, setup.device, setup.dtype) not in done
+        if (*c.key(), setup.d_model, setup.d_ff, setup.device, setup.dtype, here) not in done
     ]
     if len(todo) < len(cells):
         console.print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already in {out}")
@@ -65,14 +66,22 @@ def run_suite(
                 append_records(out, records)
             progress.console.print(cell_table(records))
             progress.update(task, advance=1, description=f"cells (last: {_name(todo[i])})")
-    everything = load_records(out) if out is not None else new
+    stored = load_records(out) if out is not None else new
+    everything = [r for r in stored if r.get("machine") == here]  # ratios of this machine only
+    others = sorted({str(r.get("machine")) for r in stored} - {here})
+    if others:
+        console.print(
+            f"{out} also holds {len(stored) - len(everything)} records of other machines "
+            f"({'; '.join(others)}), kept as they are and left out of the tables and charts",
+            markup=False,
+        )
     if chart is not None and everything:
         plot_ratios(everything, chart)
         cpu_chart = chart.with_name(chart.stem + "_cpu" + chart.suffix)
         plot_ratios(everything, cpu_chart, clock="cpu")
         console.print(f"wrote {chart} and {cpu_chart}")
     if out is not None:
-        console.print(f"wrote {out} ({len(everything)} records)")
+        console.print(f"wrote {out} ({len(everything)} records of {here})", markup=False)
     shown = new or everything
     for impl in ("grouped", "grouped_per_expert"):
         if any(r["impl"] == impl and r.get("seconds") is not None for r in shown):

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from dynroute.common.registry import Registry
+from dynroute.common.folders import describe_folder, folder_kind
+from dynroute.common.registry import Registry, UnknownNameError
 from dynroute.data import (
     CorpusError,
     PreparedData,
@@ -43,10 +44,12 @@ __all__ = [
     "CHECKPOINT_NAMES",
     "DATA_FILE",
     "EVAL_WINDOWS_FILE",
+    "MODEL_FOLDERS",
     "MODEL_TYPES",
     "RUN_INFO_FILE",
     "CorruptFileError",
     "LoadedModel",
+    "NotAModelError",
     "is_own_model_type",
     "load_model",
     "model_class",
@@ -111,6 +114,17 @@ class CorruptFileError(ValueError):
     """A file dynroute wrote cannot be read; the message names it and what to do."""
 
 
+class NotAModelError(ValueError):
+    """A folder another dynroute command wrote (a LoRA run, a report, a query router, a
+    comparison of runs) given where a model is read; the message says which and what to do."""
+
+
+MODEL_FOLDERS = (
+    "a command that reads a model takes the --out folder of `dynroute train`, its model/ "
+    "folder, or a transformers MoE checkpoint folder"
+)
+
+
 def read_json(path: Path, hint: str = "") -> Any:
     """``json.loads`` of a file we wrote, or one line naming the file if it is damaged.
 
@@ -132,11 +146,14 @@ def read_json(path: Path, hint: str = "") -> Any:
 def resolve_checkpoint(path: str | Path) -> Path:
     """The folder holding ``config.json`` + weights: ``path`` itself or a checkpoint in it.
 
-    A training run folder is searched for a sub-folder with a ``config.json``
-    (preferring ``final``, ``best``, ``last``, ... then the newest).
+    A training run folder is searched for a sub-folder with a ``config.json``:
+    ``final``, ``best``, ``last``, ... ``model``, else the only one found one or two levels
+    down; never a guess among several.
 
     Raises:
         FileNotFoundError: with what was looked for.
+        NotAModelError: a folder of another kind (:mod:`dynroute.common.folders`), or one
+            holding several models (all listed).
 
     Example:
         >>> resolve_checkpoint("/nonexistent")
@@ -149,22 +166,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
             f"{root} does not exist; pass the --out folder of `dynroute train`, its model/ "
             "folder, or a transformers MoE checkpoint folder"
         )
+    kind = folder_kind(root)
+    if kind is not None and not kind.model:
+        raise NotAModelError(f"{describe_folder(root)}; {MODEL_FOLDERS}")
     if (root / "config.json").is_file():
         return root
-    subs = [p.parent for p in root.glob("*/config.json")] + [
-        p.parent for p in root.glob("*/*/config.json")
-    ]
+    found = [p.parent for p in (*root.glob("*/config.json"), *root.glob("*/*/config.json"))]
+    subs = [s for s in found if getattr(folder_kind(s), "model", True)]  # not a query router
     if not subs:
         raise FileNotFoundError(
             f"{root} has no config.json (nor any sub-folder with one); pass the --out folder "
             "of `dynroute train`, its model/ folder, or a folder written by save_pretrained "
             "(config.json + model.safetensors)"
         )
-    for name in CHECKPOINT_NAMES:
-        for s in subs:
-            if s.name == name:
-                return s
-    return max(subs, key=lambda s: (s / "config.json").stat().st_mtime)
+    for name in CHECKPOINT_NAMES:  # a run's own export (run/model, run/final, ...)
+        if (root / name / "config.json").is_file():
+            return root / name
+    if len(subs) == 1:
+        return subs[0]
+    names = ", ".join(str(s) for s in sorted(subs))
+    raise NotAModelError(f"{root} holds {len(subs)} models; pass the one you mean: {names}")
 
 
 @dataclass
@@ -330,6 +351,9 @@ def load_model(path: str | Path) -> LoadedModel:
     hf_logging.disable_progress_bar()  # ours is the one on screen
 
     root = Path(path)
+    kind = folder_kind(root)
+    if kind is not None and not kind.model:  # before the run.json of a LoRA run is read
+        raise NotAModelError(f"{describe_folder(root)}; {MODEL_FOLDERS}")
     exported = root / "model" / "config.json"
     has_ckpt = (root / "checkpoint.pt").is_file()
     if (root / "run.json").is_file() and (exported.is_file() or has_ckpt):
@@ -388,6 +412,11 @@ def _load_dynroute_folder(folder: Path, run_dir: Path | None = None) -> LoadedMo
     cls = model_class(config.get("model_type"))
     try:
         model = cls.from_pretrained(folder)
+    except UnknownNameError as err:  # saved with a plugin's router or expert kind
+        raise UnknownNameError(
+            f"{folder / 'config.json'} was saved with a name this process does not know (the "
+            f"files are intact): {err}"
+        ) from None
     except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
         weights = next(iter(sorted(folder.glob("*.safetensors"))), folder / "model.safetensors")
         raise CorruptFileError(

@@ -211,3 +211,21 @@ def test_suite_resumes(tmp_path):
     again = run_suite(cells, setup, out=out, console=quiet)
     assert again == []  # nothing re-measured
     assert len(load_records(out)) == len(first)
+
+
+def test_suite_measures_this_machine_beside_another_machines_results(tmp_path):
+    """A results file from another machine (the committed reference) is not "already done":
+    `make bench` on a fresh clone measures, and keeps the other machine's records."""
+    from rich.console import Console
+
+    out = tmp_path / "layer.json"
+    cells = grid([4], [8], ["top2"], ["fwd"])
+    setup = Setup(32, 64, repeats=1, memory=False)
+    quiet = Console(quiet=True)
+    theirs = [dict(r, machine="Another CPU, 64 cores") for r in run_suite(cells, setup)]
+    out.write_text(json.dumps(theirs))
+    mine = run_suite(cells, setup, out=out, console=quiet)
+    assert mine and all(r["machine"] != "Another CPU, 64 cores" for r in mine)
+    stored = load_records(out)
+    assert len(stored) == len(theirs) + len(mine)
+    assert run_suite(cells, setup, out=out, console=quiet) == []  # now done on this machine

@@ -96,6 +96,7 @@ def test_evaluate_text_on_a_checkpoint_folder(tiny_dir, text_file):
     # the keys `dynroute eval` prints for its own checkpoints are there too
     assert out["experts_per_layer"] == [2.0, 2.0] and out["eval_tokens"] == out["tokens"]
     assert out["expert_param_ratio"] == out["activated_param_ratio"] == 1.0
+    assert out["param_ratio_reference"] == "its own top-2"  # the label `dynroute eval` prints
     assert out["router"] == "top_k()" and out["val_loss"] == out["loss"]
 
     model = apply_routing(load_patched(tiny_dir), "top_p", p=0.3)

@@ -78,6 +78,14 @@ class AdaptiveConfig(DynMoEConfig):
                 "need 0 < temperature_end <= temperature_start, got "
                 f"{self.temperature_end} and {self.temperature_start}"
             )
+        if self.train_routers_only and not (self.init_from and self.routing == "router"):
+            # nothing else learns: routers on a random frozen model, or no routers at all
+            errors.append(
+                "train_routers_only (--routers-only) trains the routers of a frozen model: it "
+                "needs routing 'router' (--routing router) and init_from (--init-from RUN, "
+                f"a trained run), got routing {self.routing!r} and init_from "
+                f"{self.init_from or 'unset'}"
+            )
         if errors:
             raise ValueError("AdaptiveConfig: " + "; ".join(errors))
         super().__post_init__(**kwargs)

@@ -101,6 +101,8 @@ def analyze(
 
     if sum([checkpoint is not None, compare is not None, render is not None]) != 1:
         raise ValueError("give exactly one of CHECKPOINT, --compare A B, or --render DIR")
+    if not capacity_factor >= 0:  # NaN too
+        raise ValueError(f"--capacity-factor must be >= 0 (0: no drop plot), got {capacity_factor}")
     options.set_threads(threads)
     config = RecorderConfig(
         segment_lengths=segment_lengths(segments),

@@ -40,7 +40,9 @@ ExpertCount = Annotated[
 
 @options.command
 def demo(
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default runs/demo; --fast: runs/demo-fast).")
+    ] = None,
     config: options.OptionalConfig = None,
     data: Corpus = None,
     routers: Routers = None,
@@ -71,6 +73,7 @@ def demo(
     check_flags(p, routers, seeds, steps, threads)  # before torch is even imported
     from dynroute.frontier.demo import prepare_demo, run_demo
 
+    out = out or Path("runs/demo-fast" if fast else "runs/demo")  # never a clash between them
     base, points, seed_list = prepare_demo(config, data, p, steps, seeds, fast, threads, routers)
     options.set_threads(base.train.threads)
     console = Console(stderr=json_out)

@@ -112,13 +112,14 @@ def evaluate(
 
 def result_table(result: dict[str, Any]) -> Any:
     """The terminal table of one evaluation (and of the generation timing, when there)."""
+    versus = result.get("param_ratio_reference", "top-2")
     rows = [
         ("validation loss", f"{result['val_loss']:.4f}"),
         ("perplexity", f"{result['perplexity']:.2f}"),
         ("mean experts / token", f"{result['mean_experts_per_token']:.3f}"),
         ("experts / token per layer", " ".join(f"{v:.2f}" for v in result["experts_per_layer"])),
-        ("activated params vs top-2", f"{result['activated_param_ratio']:.3f}"),
-        ("expert params vs top-2", f"{result['expert_param_ratio']:.3f}"),
+        (f"activated params vs {versus}", f"{result['activated_param_ratio']:.3f}"),
+        (f"expert params vs {versus}", f"{result['expert_param_ratio']:.3f}"),
         ("tokens / s (forward)", f"{result['tokens_per_second']:,.0f}"),
         ("evaluated tokens", f"{result['eval_tokens']:,}"),
     ]

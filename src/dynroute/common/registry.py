@@ -45,6 +45,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PLUGINS_ENV",
     "Registry",
+    "UnknownNameError",
     "load_plugins",
     "parse_spec",
     "parse_value",
@@ -57,6 +58,11 @@ ENTRY_POINT_GROUP = "dynroute.plugins"
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
+
+
+class UnknownNameError(ValueError):
+    """A name no registry entry, module of the package or plugin defines; the message lists
+    the known names and how to register one of your own."""
 
 
 def load_plugins() -> None:
@@ -248,14 +254,14 @@ class Registry(dict[str, type], Generic[T]):
         """The class registered as ``name``: the package's modules, then plugins, on a miss.
 
         Raises:
-            ValueError: naming every known entry and how to register one of your own.
+            UnknownNameError: naming every known entry and how to register one of your own.
         """
         if name not in self:
             self.discover()
         if name not in self:
             load_plugins()
         if name not in self:
-            raise ValueError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}. "
                 f"One defined in your own module: set {PLUGINS_ENV}=your.module (or install "
                 f"its package with a {ENTRY_POINT_GROUP!r} entry point)"

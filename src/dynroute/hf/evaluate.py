@@ -226,6 +226,7 @@ def _eval_result(run: EvalResult, routing: dict[str, Any]) -> dict[str, Any]:
         "router": routing["router"],
         "expert_param_ratio": routing["expert_param_ratio"],
         "activated_param_ratio": routing["activated_param_ratio"],
+        "param_ratio_reference": f"its own top-{stats['native_k']:g}",  # what the ratios divide by
     }
 
 
