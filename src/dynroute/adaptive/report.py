@@ -9,7 +9,6 @@ histogram and its relation to raw loss, position and target frequency. PNGs are 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from matplotlib.figure import Figure
 from dynroute.adaptive.difficulty import difficulty_stats
 from dynroute.adaptive.oracle import OracleReport
 from dynroute.analysis.report import FIGURES_DIR, REPORT_FILE
-from dynroute.common.files import atomic_write_text
 from dynroute.common.html import escape, figure, heading, table, write_figure, write_page
+from dynroute.common.jsonfile import write_json
 
 __all__ = ["JSON_FILE", "REPORT_FILE", "plot_curve", "plot_difficulty", "render_adaptive_report"]
 
@@ -220,5 +219,5 @@ def render_adaptive_report(
         *_figures(report, stats, out / FIGURES_DIR),
     ]
     payload = {"oracle": report.to_dict(), "difficulty": stats}
-    atomic_write_text(out / JSON_FILE, json.dumps(payload, indent=2))
+    write_json(out / JSON_FILE, payload)
     return write_page(out / REPORT_FILE, title, sections)
