@@ -9,7 +9,6 @@ histogram and its relation to raw loss, position and target frequency. PNGs are 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from dynroute.adaptive.oracle import OracleReport
 from dynroute.analysis.report import FIGURES_DIR, REPORT_FILE
 from dynroute.common.html import escape, figure, heading, table, write_figure, write_page
 from dynroute.common.jsonfile import write_json
+from dynroute.common.numbers import format_number
 
 __all__ = ["JSON_FILE", "REPORT_FILE", "plot_curve", "plot_difficulty", "render_adaptive_report"]
 
@@ -121,9 +121,7 @@ def plot_relations(stats: dict[str, Any]) -> Figure:
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}"
+    return format_number(x, f".{digits}f")
 
 
 def _oracle_table(report: OracleReport) -> str:
@@ -137,7 +135,7 @@ def _oracle_table(report: OracleReport) -> str:
             _fmt(r["random_mean_loss"], 4),
             _fmt(r["random_best_loss"], 4),
             _fmt(r["router_loss"], 4)
-            + (f" ({r['router_big_layers']:.2f} big)" if "router_big_layers" in r else ""),
+            + (f" ({_fmt(r['router_big_layers'], 2)} big)" if "router_big_layers" in r else ""),
         ]
         for r in report.rows
     ]
@@ -169,7 +167,7 @@ def _setup_note(report: OracleReport) -> str:
         f'<p class="note">{report.tokens:,} tokens, {report.layers} layers, '
         f"{'big/small/skip' if report.skip else 'big/small'} patterns, {method}; the other "
         f"positions run the <code>{escape(report.context)}</code> route (loss "
-        f"{report.context_loss:.4f}).</p>"
+        f"{_fmt(report.context_loss, 4)}).</p>"
     )
 
 

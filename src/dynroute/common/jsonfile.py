@@ -49,8 +49,9 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
 
 
-def json_text(value: Any, indent: int | None = 2) -> str:
-    """``value`` as strict JSON text (non-finite floats as ``null``, paths as strings).
+def json_text(value: Any, indent: int | None = 2, ensure_ascii: bool = True) -> str:
+    """``value`` as strict JSON text (non-finite floats as ``null``, paths as strings;
+    ``ensure_ascii=False`` keeps non-ASCII characters as they are).
 
     Raises:
         TypeError: a value JSON cannot hold (other than a path).
@@ -59,10 +60,18 @@ def json_text(value: Any, indent: int | None = 2) -> str:
         >>> json_text([float("-inf"), 1], indent=None)
         '[null, 1]'
     """
-    return json.dumps(finite_or_none(value), indent=indent, allow_nan=False, default=_default)
+    return json.dumps(
+        finite_or_none(value),
+        indent=indent,
+        ensure_ascii=ensure_ascii,
+        allow_nan=False,  # a non-finite float left over is an error, never a NaN in the file
+        default=_default,
+    )
 
 
-def write_json(path: Path | str, value: Any, indent: int | None = 2) -> None:
+def write_json(
+    path: Path | str, value: Any, indent: int | None = 2, ensure_ascii: bool = True
+) -> None:
     """Atomically write ``value`` to ``path`` as strict JSON (:func:`json_text`, a final
     newline).
 
@@ -71,4 +80,4 @@ def write_json(path: Path | str, value: Any, indent: int | None = 2) -> None:
         >>> Path("/tmp/dynroute-doctest-results.json").read_text()
         '{\\n  "margin": null\\n}\\n'
     """
-    atomic_write_text(path, json_text(value, indent) + "\n")
+    atomic_write_text(path, json_text(value, indent, ensure_ascii) + "\n")
