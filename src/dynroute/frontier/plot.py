@@ -163,16 +163,19 @@ def _draw_points(
 
 
 # Where a label may go around its point: offset (points), horizontal, vertical alignment;
-# the near ring first, then a farther one.
+# the near ring first, then a farther one (with a leader line: it could seem to name a
+# neighbour).
 _SPOTS = tuple(
     ((dx * r, dy * r), ha, va)
-    for r in (1.0, 1.8, 2.6)
+    for r in (1.0, 1.6)
     for (dx, dy), ha, va in (
         ((5, 4), "left", "bottom"), ((5, -4), "left", "top"), ((-5, 4), "right", "bottom"),
         ((-5, -4), "right", "top"), ((0, 7), "center", "bottom"), ((0, -7), "center", "top"),
         ((7, 0), "left", "center"), ((-7, 0), "right", "center"),
     )
 )  # fmt: skip
+_NEAR = len(_SPOTS) // 2
+LEADER = {"arrowstyle": "-", "color": "#999999", "lw": 0.6, "shrinkA": 0.0, "shrinkB": 4.0}
 
 
 def _place_label(
@@ -182,10 +185,10 @@ def _place_label(
     ``taken`` (display boxes ``[n, 4]`` of labels, markers, lines); no spot: no label."""
     frame = ax.get_window_extent(renderer)
     boxes = np.concatenate(taken)
-    for offset, ha, va in _SPOTS:
-        t = ax.annotate(text, xy, xytext=offset, textcoords="offset points", ha=ha, va=va,
-                        fontsize=LABEL_SIZE, color=color, zorder=6,
-                        style="italic" if color == FRONTIER_LABEL else "normal")  # fmt: skip
+    style = {"fontsize": LABEL_SIZE, "color": color, "zorder": 6,
+             "style": "italic" if color == FRONTIER_LABEL else "normal"}  # fmt: skip
+    for i, (offset, ha, va) in enumerate(_SPOTS):
+        t = ax.annotate(text, xy, xytext=offset, textcoords="offset points", ha=ha, va=va, **style)
         box = t.get_window_extent(renderer).expanded(1.04, 1.08)
         inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= box.y1
         clear = not np.any(
@@ -194,32 +197,38 @@ def _place_label(
         )  # fmt: skip
         if inside and box.y1 <= frame.y1 and clear:
             taken.append(np.array([[box.x0, box.y0, box.x1, box.y1]]))
+            if i >= _NEAR:  # the far ring: a leader line says which point it names
+                t.remove()
+                ax.annotate(text, xy, xytext=offset, textcoords="offset points", ha=ha, va=va,
+                            arrowprops=LEADER, **style)  # fmt: skip
             return True
         t.remove()
     return False
 
 
 def _obstacles(ax: Any, points: Sequence[tuple[float, float]], radius: float) -> np.ndarray:
-    """Display boxes ``[n, 4]`` a label must not cover: a square around every marker and
-    small ones every few pixels along every drawn line (error bars, light grey, may be
-    covered)."""
+    """Display boxes ``[n, 4]`` a label must not cover: a square of half-size ``radius``
+    around every point and small ones every few pixels along every drawn line and error
+    bar (their caps excepted)."""
     to_px = ax.transData.transform
-    segments = [to_px(np.asarray(line.get_xydata(), dtype=float)) for line in ax.get_lines()]
-    dots = [np.asarray(to_px(points), dtype=float).reshape(-1, 2) * 1.0]
+    lines = [
+        to_px(np.asarray(line.get_xydata(), dtype=float))
+        for line in ax.get_lines()
+        if line.get_linestyle() not in ("None", "none", "", " ")  # caps: markers only
+    ]
+    for bars in ax.collections:  # error bars: one two-point segment each
+        lines += [to_px(np.asarray(seg, dtype=float)) for seg in bars.get_segments()]
+    dots = [np.zeros((0, 2))]
     step = 3.0  # pixels between samples along a line
-    for seg in segments:
+    for seg in lines:
         for p0, p1 in itertools.pairwise(seg):
             n = max(2, int(np.hypot(*(p1 - p0)) / step) + 1)
             dots.append(p0 + np.linspace(0.0, 1.0, n)[:, None] * (p1 - p0))
-    marks = dots[0]
-    line_dots = np.concatenate(dots[1:]) if len(dots) > 1 else np.zeros((0, 2))
+    marks = np.asarray(to_px(points), dtype=float).reshape(-1, 2)
+    along = np.concatenate(dots)
     r = 1.0  # half the width of a line sample
-    return np.concatenate(
-        [
-            np.hstack([marks - radius, marks + radius]),
-            np.hstack([line_dots - r, line_dots + r]),
-        ]
-    )
+    return np.concatenate([np.hstack([marks - radius, marks + radius]),
+                           np.hstack([along - r, along + r])])  # fmt: skip
 
 
 def _panel(
@@ -247,7 +256,7 @@ def _panel(
 
 def _label_panel(ax: Any, renderer: Any, labels: Sequence[tuple[str, Any, str]]) -> None:
     """Every label that fits, in order, clear of the markers and of each other."""
-    radius = 5.0 * ax.figure.dpi / 72  # a marker's half size in pixels
+    radius = 4.0 * ax.figure.dpi / 72  # a marker's half size (3.5 pt) and its edge, in pixels
     taken = [_obstacles(ax, [xy for _, xy, _ in labels], radius)]
     for text, xy, color in labels:
         _place_label(ax, renderer, text, xy, taken, color)
