@@ -80,3 +80,10 @@ def test_results_writers_use_write_json(folder: str) -> None:
         and str(path.relative_to(ROOT)) not in STANDALONE
     ]
     assert not offenders, f"write results with dynroute.common.jsonfile.write_json: {offenders}"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.name
+)
+def test_committed_results_are_strict_json(path: Path) -> None:
+    load_strict(path)  # raises on NaN / Infinity
