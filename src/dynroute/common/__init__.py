@@ -9,6 +9,7 @@
 - :mod:`~dynroute.common.jsonfile`: strict JSON results files (NaN written as ``null``);
 - :mod:`~dynroute.common.numbers`: ``format_number``, the one number format of tables (no
   ``-0.0000``);
+- :mod:`~dynroute.common.tables`: ``print_table``, a rich table whole in a pipe or a file;
 - :mod:`~dynroute.common.net`: ``free_port``.
 
 The package ``__init__`` imports nothing heavy, so ``from dynroute.common.files import
