@@ -31,6 +31,7 @@ from dynroute.adaptive.oracle import OracleReport, run_oracle
 from dynroute.adaptive.report import render_adaptive_report
 from dynroute.adaptive.training import load_adaptive_config, train_adaptive
 from dynroute.checkpoints import load_model
+from dynroute.common.jsonfile import write_json
 from dynroute.data import iter_eval_batches
 from dynroute.train import RunConfig
 
@@ -210,7 +211,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "adaptive_quick" if args.quick else "adaptive"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    write_json(RESULTS / f"{name}.json", result)
     plot(result, RESULTS / f"{name}.png")
     if args.report is not None:
         print(render_adaptive_report(main_report, args.report, counts))

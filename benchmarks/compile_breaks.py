@@ -14,7 +14,6 @@ Writes benchmarks/results/compile_breaks.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from dynroute.common.jsonfile import write_json
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.models.modeling import rope_tables
 
@@ -79,7 +79,7 @@ def main() -> None:
             print(f"    {b['count']:2d} x {b['at']}: {b['reason']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "device": str(device), "machine": platform.machine()}
-    args.out.write_text(json.dumps({"meta": meta, "blocks": rows}, indent=2) + "\n")
+    write_json(args.out, {"meta": meta, "blocks": rows})
     print(f"wrote {args.out}")
 
 

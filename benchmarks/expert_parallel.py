@@ -15,7 +15,6 @@ Writes benchmarks/results/expert_parallel.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -28,6 +27,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
 
+from dynroute.common.jsonfile import write_json
 from dynroute.layers import MoE
 from dynroute.parallel import ParallelContext, measure_comm, shard_experts
 from dynroute.parallel.spawn import run_ranks
@@ -208,7 +208,7 @@ def main() -> None:
         f"(corr {meta['transfer_fit']['corr']})"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    write_json(args.out, {"meta": meta, "records": records})
     print(f"wrote {args.out}")
 
 

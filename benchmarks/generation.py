@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from dynroute.common.jsonfile import write_json
+
 HERE = Path(__file__).parent
 CONFIG = HERE / "generation_demo.toml"
 RESULTS = HERE / "results" / "generation.json"
@@ -76,7 +78,7 @@ def main() -> None:
         print(router, json.dumps(results[router]["generation"])[:300], flush=True)
     meta = {"threads": args.threads, "torch": torch.__version__, "config": CONFIG.name,
             "machine": os.uname().machine, "cpus": os.cpu_count()}  # fmt: skip
-    args.out.write_text(json.dumps({"meta": meta, "runs": results}, indent=1) + "\n")
+    write_json(args.out, {"meta": meta, "runs": results}, indent=1)
     print(f"wrote {args.out}\n")
     print("| router | k̄ | prompt + new tokens (window) | tokens/s, KV cache | tokens/s, no cache "
           "| speed-up | same tokens |")  # fmt: skip

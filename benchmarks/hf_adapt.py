@@ -15,7 +15,6 @@ Random weights say nothing about quality: the top-p row measures cost only.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -26,6 +25,7 @@ import torch
 import transformers
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
+from dynroute.common.jsonfile import write_json
 from dynroute.hf import apply_routing, calibrate_p, remove_routing, reset_routing_stats
 from dynroute.hf import routing_stats as stats_of
 
@@ -181,7 +181,7 @@ def main() -> None:
         "command": "python benchmarks/hf_adapt.py",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from dynroute.common.jsonfile import write_json
 from dynroute.diagnostics.syncs import SyncCounter
 from dynroute.dispatch import dense, grouped, loop
 from dynroute.layers.moe import MoE
@@ -177,7 +178,7 @@ def main() -> None:
             report["routers"][router] = cuda_syncs(router)
             print(router, report["routers"][router])
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        write_json(args.out, report, indent=1)
         failed = [
             r for r, v in report["routers"].items() if v.get("error_mode", "passed") != "passed"
         ]
@@ -200,7 +201,7 @@ def main() -> None:
                 "torch": torch.__version__,
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(stored, indent=1) + "\n")
+            write_json(args.out, stored, indent=1)
             print(f"wrote {args.out}")
     print(markdown(stored if stored else {}))
 

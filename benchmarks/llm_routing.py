@@ -9,11 +9,11 @@ docs/llm-routing.md. Takes about a minute on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from dynroute.common.jsonfile import write_json
 from dynroute.llm import DATASETS, QUERY_ROUTERS, evaluate, load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_routing.json"
@@ -82,10 +82,7 @@ def main() -> None:
     for res in results.values():
         for r in res["routers"]:
             r.pop("points")  # the JSON keeps the scores; `dynroute llm eval --json` has points
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps({"seed": args.seed, "seconds": total, "results": results}, indent=1)
-    )
+    write_json(RESULTS, {"seed": args.seed, "seconds": total, "results": results}, indent=1)
     print(table(results))
     print(two_model_table(results))
     print(f"total {total:.1f} s; wrote {RESULTS}")

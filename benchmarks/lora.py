@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dynroute.common.jsonfile import write_json
 from dynroute.lora.data import DOMAINS
 from dynroute.lora.train import LoRAConfig, LoRADataConfig, LoRARunConfig, train_lora
 from dynroute.train import TrainConfig, apply_overrides, load_config, train
@@ -149,7 +150,7 @@ def main() -> None:
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     name = "lora_quick" if args.quick else "lora"
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
+    write_json(RESULTS / f"{name}.json", out)
     _plot(table, RESULTS / f"{name}.png")
     _print(table)
 

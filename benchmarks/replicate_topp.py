@@ -35,7 +35,6 @@ Changes since the `dynroute.train.compare` version (same JSON keys otherwise):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -46,7 +45,7 @@ from typing import Any
 
 import torch
 
-from dynroute.common.files import atomic_write_text
+from dynroute.common.jsonfile import write_json
 from dynroute.frontier.runs import run_frontier
 from dynroute.frontier.sweep import Point, point_from_text
 from dynroute.frontier.verdict import judge
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             "processor": platform.machine(),
         },
     }
-    atomic_write_text(Path(args.results), json.dumps(payload, indent=2) + "\n")
+    write_json(Path(args.results), payload)
     print(table)
     print(f"\nwrote {args.results}")
     return 0

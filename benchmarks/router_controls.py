@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from dynroute.checkpoints import load_model
+from dynroute.common.jsonfile import write_json
 from dynroute.data import iter_eval_batches
 from dynroute.train import RunConfig
 from dynroute.train.config import load_config
@@ -136,7 +137,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.system()}, 1 thread",
         "runs": rows,
     }
-    (RESULTS / "router_controls.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(RESULTS / "router_controls.json", payload)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from dynroute.common.jsonfile import write_json
 from serving_procs import Proc, start_all, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
@@ -334,7 +335,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result, indent=1)
     print(table(result))
     print(f"wrote {args.out}")
 

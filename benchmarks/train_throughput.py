@@ -29,7 +29,6 @@ Writes benchmarks/results/train_throughput.json (or --out) and prints a markdown
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynroute.common.jsonfile import write_json
 from dynroute.models import DynMoEConfig, DynMoEForCausalLM
 from dynroute.train.blocks import compile_blocks
 from dynroute.train.device import DTYPES, autocast, fused_adamw_supported, resolve_device
@@ -271,7 +271,7 @@ def main() -> None:
     }  # fmt: skip
     meta["dtype"] = args.dtype
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    write_json(args.out, {"meta": meta, "rows": rows})
     print(
         f"\n{device} {args.dtype}{' compiled' if args.compile else ''}: d_model {args.d_model}, "
         f"{args.layers} layers, {args.experts} experts, d_ff {args.d_ff}, {tokens} tokens/step; "

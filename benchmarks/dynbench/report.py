@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from dynbench.cells import HF_IMPLS, Record, record_key
-from dynroute.common.files import atomic_write_text
+from dynroute.common.jsonfile import write_json
 
 IMPL_ORDER = (
     "grouped",
@@ -47,7 +47,7 @@ def load_records(path: Path) -> list[Record]:
 
 def save_records(path: Path, records: list[Record]) -> None:
     """Write records atomically (a crash mid-write never leaves a truncated file)."""
-    atomic_write_text(path, json.dumps(records, indent=1))
+    write_json(path, records, indent=1)
 
 
 def append_records(path: Path, new: list[Record]) -> list[Record]:

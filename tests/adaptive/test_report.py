@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from dynroute.adaptive.difficulty import binned_means, difficulty_stats, token_difficulty
 from dynroute.adaptive.oracle import OracleReport
 from dynroute.cli import app
+from dynroute.common.numbers import MISSING
+from strict_json import load_strict
 
 
 def _forced() -> OracleReport:
@@ -88,9 +90,12 @@ def test_report_page_from_a_forced_oracle(tmp_path: Path) -> None:
     assert CSS in page  # the one stylesheet of dynroute.common.html
     # budget 0: oracle mean (3 + 2 + 1 + 5) / 4, random mean 4, no router
     assert '<tr><td>0</td><td class="num">2.7500</td>' in page
-    assert '<td class="num">4.0000</td><td class="num">3.5000</td><td class="num">–</td>' in page
+    assert (
+        f'<td class="num">4.0000</td><td class="num">3.5000</td><td class="num">{MISSING}</td>'
+        in page
+    )
     assert page.count('src="data:image/png;base64,') == 4
-    data = json.loads((tmp_path / "adaptive_report.json").read_text())
+    data = load_strict(tmp_path / "adaptive_report.json")
     assert data["difficulty"]["mean"] == pytest.approx(0.75)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from dynroute.cli import app
 from dynroute.frontier.demo import demo_routers
 from dynroute.routing import make_router
+from strict_json import load_strict
 
 from .conftest import dynroute
 
@@ -58,15 +60,19 @@ def test_every_default_demo_router_is_registered(spec: str) -> None:
 
 
 def test_demo_reuses_finished_runs_and_uses_one_evaluation_set(
-    tiny_config: Path, tmp_path: Path
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # output to a pipe: rich's console is 80 wide
     out = tmp_path / "demo"
     args = ["demo", "--config", str(tiny_config), "--out", str(out), "--no-progress"]
     args += ["--routers", "top_k:k=1,normalize=false,top_k:k=2,top_p:p=0.4"]
     first = CliRunner().invoke(app, args, terminal_width=200)
     assert first.exit_code == 0, first.output
     assert "Reused" not in first.output
-    payload = json.loads((out / "results.json").read_text())
+    # the table's rows keep router names whole (not folded mid-word at 80 columns)
+    assert re.search(r"^ *top_k\(k=1, normalize=False\) +│", first.output, re.M), first.output
+    payload = load_strict(out / "results.json")  # one seed: no spread, null (not NaN)
+    assert payload["judgements"][0]["margin_se"] is None
     runs = {f"{r['name']}-s{r['seed']}": r for r in payload["runs"]}
     assert set(runs) == {"top_k-k1-normalizeFalse-s0", "top_k-k2-s0", "top_p-p0.4-s0"}
     report = (out / "report.md").read_text()

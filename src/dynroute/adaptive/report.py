@@ -9,8 +9,6 @@ histogram and its relation to raw loss, position and target frequency. PNGs are 
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,9 @@ from matplotlib.figure import Figure
 from dynroute.adaptive.difficulty import difficulty_stats
 from dynroute.adaptive.oracle import OracleReport
 from dynroute.analysis.report import FIGURES_DIR, REPORT_FILE
-from dynroute.common.files import atomic_write_text
 from dynroute.common.html import escape, figure, heading, table, write_figure, write_page
+from dynroute.common.jsonfile import write_json
+from dynroute.common.numbers import format_number
 
 __all__ = ["JSON_FILE", "REPORT_FILE", "plot_curve", "plot_difficulty", "render_adaptive_report"]
 
@@ -122,9 +121,7 @@ def plot_relations(stats: dict[str, Any]) -> Figure:
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}"
+    return format_number(x, f".{digits}f")
 
 
 def _oracle_table(report: OracleReport) -> str:
@@ -138,7 +135,7 @@ def _oracle_table(report: OracleReport) -> str:
             _fmt(r["random_mean_loss"], 4),
             _fmt(r["random_best_loss"], 4),
             _fmt(r["router_loss"], 4)
-            + (f" ({r['router_big_layers']:.2f} big)" if "router_big_layers" in r else ""),
+            + (f" ({_fmt(r['router_big_layers'], 2)} big)" if "router_big_layers" in r else ""),
         ]
         for r in report.rows
     ]
@@ -170,7 +167,7 @@ def _setup_note(report: OracleReport) -> str:
         f'<p class="note">{report.tokens:,} tokens, {report.layers} layers, '
         f"{'big/small/skip' if report.skip else 'big/small'} patterns, {method}; the other "
         f"positions run the <code>{escape(report.context)}</code> route (loss "
-        f"{report.context_loss:.4f}).</p>"
+        f"{_fmt(report.context_loss, 4)}).</p>"
     )
 
 
@@ -220,5 +217,5 @@ def render_adaptive_report(
         *_figures(report, stats, out / FIGURES_DIR),
     ]
     payload = {"oracle": report.to_dict(), "difficulty": stats}
-    atomic_write_text(out / JSON_FILE, json.dumps(payload, indent=2))
+    write_json(out / JSON_FILE, payload)
     return write_page(out / REPORT_FILE, title, sections)

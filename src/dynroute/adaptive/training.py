@@ -6,6 +6,7 @@ checkpoints, resume, evaluation and metrics are ``dynroute train``'s.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,18 @@ from torch import nn
 
 from dynroute.adaptive.config import AdaptiveConfig
 from dynroute.adaptive.model import AdaptiveForCausalLM, AdaptiveOutput
+from dynroute.common.numbers import format_number
 from dynroute.train import RunConfig, TrainResult, load_config
 from dynroute.train import train as run_training
 from dynroute.train.hooks import TrainHooks
 
-__all__ = ["adaptive_hooks", "build_model", "load_adaptive_config", "train_adaptive"]
+__all__ = [
+    "adaptive_hooks",
+    "build_model",
+    "load_adaptive_config",
+    "progress_text",
+    "train_adaptive",
+]
 
 
 def load_adaptive_config(path: Path | str) -> RunConfig:
@@ -82,6 +90,37 @@ def _log_extra(model: nn.Module, out: Any) -> dict[str, Any]:
         row["budget_loss"] = float(out.budget_loss)  # type: ignore[arg-type]
         row["temperature"] = float(model.temperature)  # type: ignore[arg-type]
     return row
+
+
+def progress_text(row: Mapping[str, Any]) -> str:
+    """The progress bar's numbers for a logged training row of an adaptive model.
+
+    DynMoE's bar shows experts per token; here every layer runs exactly one module (or
+    none), so that is always 1. What varies is the share of (token, layer) pairs that run
+    the *big* module, the share that skip the layer (``1 -`` modules run per token and
+    layer), and with a router, its mean probability of big and its temperature.
+
+    Example:
+        >>> progress_text({"lm_loss": 3.21, "tokens_per_second": 5120.0,
+        ...                "mean_experts_per_token": 0.9, "big_share": 0.5})
+        'loss 3.210  5,120 tok/s  big 50.0%  skip 10.0%'
+        >>> progress_text({"lm_loss": 3.21, "tokens_per_second": 5120.0,
+        ...                "mean_experts_per_token": 1.0, "big_share": 0.25, "p_big": 0.3,
+        ...                "temperature": 0.5})
+        'loss 3.210  5,120 tok/s  big 25.0%  P(big) 0.30  T 0.50'
+    """
+    text = (
+        f"loss {format_number(row['lm_loss'], '.3f')}  "
+        f"{format_number(row['tokens_per_second'], ',.0f')} tok/s  "
+        f"big {format_number(row['big_share'], '.1%')}"
+    )
+    skip = 1.0 - float(row["mean_experts_per_token"])
+    if skip >= 0.0005:  # shows as at least 0.1 %
+        text += f"  skip {format_number(skip, '.1%')}"
+    if "p_big" in row:
+        text += f"  P(big) {format_number(row['p_big'], '.2f')}"
+        text += f"  T {format_number(row['temperature'], '.2f')}"
+    return text
 
 
 def adaptive_hooks() -> TrainHooks:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from dynroute.common.files import atomic_write_bytes
+from dynroute.common.numbers import format_number
 
 __all__ = [
     "FIGURES",
@@ -52,10 +53,19 @@ def _arr(xs: list[float | None]) -> np.ndarray:
     return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
 
 
+def _integer_ticks(*axes: Any) -> None:
+    """Ticks only at whole numbers on these axes (layers, experts, expert counts): a
+    heatmap's cells or a bar per layer have no position 0.5."""
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _layer_ticks(ax: Any, s: dict[str, Any], axis: str = "x") -> None:
-    """Label layer positions 0..L-1 with the model's real layer numbers."""
+    """Label layer positions 0..L-1 with the model's real layer numbers (whole-number
+    ticks when the stats do not name them)."""
     idx = s.get("meta", {}).get("layer_indices")
     if not idx:
+        _integer_ticks(ax.xaxis if axis == "x" else ax.yaxis)
         return
     step = max(1, len(idx) // 16)
     pos = list(range(0, len(idx), step))
@@ -76,11 +86,12 @@ def _layer_heatmap(
     title: str,
     bar_label: str,
 ) -> None:
-    """A [layers, x] heatmap with integer layer ticks and a colour bar; scale = (cmap, lo, hi)."""
+    """A [layers, x] heatmap (x: experts or expert counts) with whole-number ticks on both
+    axes and a colour bar; scale = (cmap, lo, hi)."""
     cmap, lo, hi = scale
     im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=lo, vmax=hi, origin="lower")
     ax.set(xlabel=xlabel, ylabel="layer", title=title)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_ticks(ax.xaxis, ax.yaxis)
     _layer_ticks(ax, s, "y")
     fig.colorbar(im, ax=ax, label=bar_label)
 
@@ -99,7 +110,7 @@ def _bar_x(n: int, i: int, runs: Runs) -> tuple[np.ndarray, float]:
 
 def _label(label: str, curve: dict[str, Any]) -> str:
     rho = curve.get("spearman")
-    return f"{label} (Spearman {rho:.3f})" if rho is not None else label
+    return f"{label} (Spearman {format_number(rho, '.3f')})" if rho is not None else label
 
 
 def plot_experts_hist(runs: Runs) -> Figure:
@@ -117,6 +128,7 @@ def plot_experts_hist(runs: Runs) -> Figure:
         x, width = _bar_x(h.size, i, runs)
         ax.bar(x, h / max(h.sum(), 1), width, label=label)
     ax.set(xlabel="experts per token", ylabel="share of tokens", title="all layers")
+    _integer_ticks(ax.xaxis)
     ax.legend()
     for ax, (label, s) in zip(fig.axes[1:], runs.items(), strict=True):
         rows = [np.asarray(lay["experts_hist"], dtype=np.float64) for lay in s["layers"]]

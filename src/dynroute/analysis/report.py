@@ -14,6 +14,7 @@ from typing import Any
 from dynroute.analysis.plots import FIGURES
 from dynroute.analysis.table import findings, layer_pattern, summary_rows
 from dynroute.common.html import escape, figure, heading, note, table, write_figure, write_page
+from dynroute.common.numbers import format_number
 
 __all__ = ["REPORT_FILE", "render_report"]
 
@@ -47,7 +48,7 @@ META_KEYS = ("checkpoint", "data", "split", "router", "seq_len", "num_sequences"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return format_number(x, f".{digits}f")
 
 
 def _layer_rows(s: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from dynroute.analysis.recorder import RecorderConfig, RoutingRecorder
 from dynroute.analysis.summary import summarize
 from dynroute.checkpoints import CHECKPOINT_NAMES, LoadedModel, load_model, router_text
-from dynroute.common.files import atomic_write_text
+from dynroute.common.jsonfile import write_json
 from dynroute.data import iter_eval_batches, num_eval_windows
 from dynroute.evaluation import evaluate_lm
 
@@ -108,7 +108,7 @@ def analyze_model(
 def write_stats(stats: dict[str, Any], out_dir: str | Path) -> Path:
     """Atomically write ``out_dir/stats.json`` (never a half-written file)."""
     path = Path(out_dir) / STATS_FILE
-    atomic_write_text(path, json.dumps(stats, indent=1))
+    write_json(path, stats, indent=1)
     return path
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
+from dynroute.common.numbers import MISSING, format_number
+
 __all__ = [
     "findings",
     "headline_cache_size",
@@ -19,7 +21,7 @@ __all__ = [
 
 
 def _f(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+    return format_number(None if x is None or not math.isfinite(x) else x, f".{digits}f")
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -141,7 +143,7 @@ def summary_rows(runs: Mapping[str, dict[str, Any]]) -> list[list[str]]:
             lambda s: (
                 f"{_f(_mean(s['drop_rate']))} (cf={s['meta']['capacity_factor']})"
                 if s["meta"].get("capacity_factor")
-                else "–"
+                else MISSING
             ),
         )
     )
@@ -227,13 +229,13 @@ def findings(stats: dict[str, Any]) -> list[str]:
         if effect == "no meaningful":
             out.append(
                 f"No meaningful link between a token's loss and the experts it runs "
-                f"(Spearman {rho:.3f})."
+                f"(Spearman {format_number(rho, '.3f')})."
             )
         else:
             direction = "more" if rho >= 0 else "fewer"
             out.append(
                 f"Harder tokens get {direction} experts, a {effect} effect: Spearman "
-                f"{rho:.3f} between a token's loss and the experts it runs."
+                f"{format_number(rho, '.3f')} between a token's loss and the experts it runs."
             )
     c, b = _mean(stats["token_id_consistency"]), _mean(stats["token_id_baseline"])
     if c is not None and b is not None:

@@ -4,7 +4,8 @@ Sweep each router's knob to k̄ ≈ 1, 1.5, 2, 3 (:mod:`~dynroute.frontier.sweep
 every setting with the same data, steps and seeds (:mod:`~dynroute.frontier.runs`),
 join top-k's points into the frontier and judge every other point against it beyond
 seed noise (:mod:`~dynroute.frontier.verdict`); a table and a plot
-(:mod:`~dynroute.frontier.report`). ``dynroute bench frontier``,
+(:mod:`~dynroute.frontier.report`, :mod:`~dynroute.frontier.plot`;
+:func:`replot` redraws a finished run's plot from its results JSON). ``dynroute bench frontier``,
 ``benchmarks/frontier.py`` and ``dynroute demo`` are thin recipes over it.
 
 Example:
@@ -15,7 +16,8 @@ Example:
     'Only top-k was trained: there is nothing to compare with its frontier.'
 """
 
-from dynroute.frontier.report import markdown_table, plot_frontier
+from dynroute.frontier.plot import frontier_figure, plot_frontier, replot
+from dynroute.frontier.report import markdown_table
 from dynroute.frontier.runs import check_frontier_config, point_config, run_dir, run_frontier
 from dynroute.frontier.sweep import (
     FRONTIER_FAMILY,
@@ -49,6 +51,7 @@ __all__ = [
     "Sweep",
     "check_frontier_config",
     "expert_flops_per_token",
+    "frontier_figure",
     "frontier_loss",
     "judge",
     "markdown_table",
@@ -56,6 +59,7 @@ __all__ = [
     "point_config",
     "point_from_text",
     "record",
+    "replot",
     "run_dir",
     "run_frontier",
     "summarise",

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Iterable, Sequence
@@ -24,8 +23,9 @@ from typing import Any
 
 from rich.console import Console
 
-from dynroute.common.files import atomic_write_text
-from dynroute.frontier.report import markdown_table, plot_frontier
+from dynroute.common.jsonfile import write_json
+from dynroute.frontier.plot import DEFAULT_TITLE, plot_frontier
+from dynroute.frontier.report import markdown_table
 from dynroute.frontier.runs import run_frontier
 from dynroute.frontier.sweep import FRONTIER_FAMILY, TARGETS, Point, point_from_text, sweep_points
 from dynroute.frontier.verdict import NOISE_SE, Judgement, judge, summarise, verdict_sentence
@@ -130,6 +130,7 @@ def run_benchmark(
     def save(summary: dict[str, Any] | None = None) -> None:
         payload = {
             "command": command,
+            "title": title or DEFAULT_TITLE,  # the plot's, for replot
             "setup": describe_setup(base, seeds, done[0]["eval_tokens"] if done else None),
             "config": base.to_dict(),
             "seeds": list(seeds),
@@ -139,8 +140,7 @@ def run_benchmark(
             "runs": done,
             **(summary or {}),
         }
-        results.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(results, json.dumps(payload, indent=2, default=_json_default))
+        write_json(results, payload)  # NaN (one seed: no spread) as null: strict JSON
 
     def keep(rec: dict[str, Any]) -> None:
         done.append(rec)
@@ -170,9 +170,3 @@ def judgement_row(j: Judgement) -> dict[str, Any]:
     """One verdict as ``results.json`` keeps it."""
     return {"name": j.summary.name, "label": j.summary.label, "margins": list(j.margins),
             "margin": j.margin, "margin_se": j.margin_se, "verdict": j.verdict}  # fmt: skip
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {value!r}")

@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from dynroute.common.numbers import format_number
+from dynroute.common.tables import print_table
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -92,7 +96,9 @@ def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
     x = torch.randn(tokens, 64)
     table = Table(title=f"{tokens} random tokens, {experts} experts, one MoE layer")
     for col in ("router", "mean experts/token", "min", "max", "load balance", "entropy"):
-        table.add_column(col, justify="right" if col != "router" else "left")
+        table.add_column(
+            col, justify="right" if col != "router" else "left", no_wrap=col == "router"
+        )
     settings = [
         ("top_k", {"k": 2}),
         ("top_p", {"p": 0.4}),
@@ -108,8 +114,9 @@ def routing_demo(tokens: int = 2048, experts: int = 16, seed: int = 0) -> Table:
         per_token = aux.routing.experts_per_token()
         label = name + "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
         table.add_row(
-            label, f"{aux.mean_experts:.2f}", str(int(per_token.min())), str(int(per_token.max())),
-            f"{aux.load_balance.item():.3f}", f"{aux.dynamic.item():.3f}",
+            label, format_number(aux.mean_experts, ".2f"), str(int(per_token.min())),
+            str(int(per_token.max())), format_number(aux.load_balance.item(), ".3f"),
+            format_number(aux.dynamic.item(), ".3f"),
         )  # fmt: skip
     return table
 
@@ -271,7 +278,9 @@ def run_demo(
     tokens = base.train.steps * base.train.tokens_per_step
     console.print(
         f"Training {len(points)} MoE language models x {len(seed_list)} seed(s) "
-        f"({tokens:,} tokens each) on [bold]{base.data.source}[/bold] -> {out}"
+        f"({tokens:,} tokens each) on [bold]{escape(base.data.source)}[/bold] -> "
+        + escape(str(out)),
+        soft_wrap=True,
     )
     outcome = run_benchmark(
         base, points, seed_list, out, out / "results.json", plot=out / "frontier.png",
@@ -282,13 +291,19 @@ def run_demo(
     judgements = judge(records)
     link = _analysis_link(out, records, judgements, progress, console) if analysis else ""
     _write_report(out, base, seed_list, outcome, link)
-    console.print(results_table(records, judgements, len(seed_list)))
+    print_table(console, results_table(records, judgements, len(seed_list)))
     if outcome.reused:
-        console.print(f"Reused {len(outcome.reused)} finished run(s): {', '.join(outcome.reused)}")
-    console.print(outcome.verdict, soft_wrap=True)
+        console.print(
+            f"Reused {len(outcome.reused)} finished run(s): {', '.join(outcome.reused)}",
+            soft_wrap=True,
+            markup=False,
+        )
+    console.print(outcome.verdict, soft_wrap=True, markup=False)
     console.print(
         f"report: {out / 'report.md'}  plot: {outcome.plot}  data: {outcome.results}  "
-        f"({outcome.seconds:.0f} s)"
+        f"({outcome.seconds:.0f} s)",
+        soft_wrap=True,
+        markup=False,
     )
     return json.loads(outcome.results.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
@@ -347,16 +362,17 @@ def results_table(
         "top-k frontier)",
     )
     for col in ("router", "experts/token", "expert MFLOPs/token", "val loss", "margin", "verdict"):
-        table.add_column(
-            col, justify="left" if col in ("router", "verdict") else "right", overflow="fold"
-        )
+        # names whole (never folded mid-word); headers of numbers may wrap between words
+        name = col in ("router", "verdict")
+        table.add_column(col, justify="left" if name else "right", no_wrap=name)
     verdicts = {j.summary.name: j for j in judgements}
     for s in summarise(list(records)):
         j = verdicts.get(s.name)
-        margin = "—" if j is None or math.isnan(j.margin) else f"{j.margin:+.3f}"
         table.add_row(
-            s.label, f"{s.mean_experts:.2f}", f"{s.expert_flops / 1e6:.2f}", f"{s.val_loss:.4f}",
-            margin, "frontier" if j is None else j.verdict,
+            s.label, format_number(s.mean_experts, ".2f"),
+            format_number(s.expert_flops / 1e6, ".2f"), format_number(s.val_loss, ".4f"),
+            "—" if j is None else format_number(j.margin, "+.3f"),
+            "frontier" if j is None else j.verdict,
         )  # fmt: skip
     return table
 
@@ -378,7 +394,7 @@ def _analysis_link(
     best = max(judged, key=lambda j: j.margin).summary
     seed = top2[0]["seed"]
     run = next(r for r in records if r["name"] == best.name and r["seed"] == seed)
-    console.print(f"Analysing where top-2 and {best.label} spend their experts ...")
+    console.print(f"Analysing where top-2 and {best.label} spend their experts ...", markup=False)
     html = compare_report(
         top2[0]["run_dir"],
         run["run_dir"],

@@ -156,7 +156,9 @@ def run_frontier(
             state += f", resumed from step {result.resumed_from}"
         console.print(
             f"{tag}: {state}; val loss {final['val_loss']:.4f}, "
-            f"{final['mean_experts_per_token']:.2f} experts/token"
+            f"{final['mean_experts_per_token']:.2f} experts/token",
+            soft_wrap=True,  # one line per run, also in a log (no fold at 80 columns)
+            markup=False,
         )
         flops = expert_flops_per_token(d_model, d_ff, final["experts_per_layer"])
         rec = record(
