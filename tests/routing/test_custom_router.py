@@ -92,6 +92,14 @@ def test_cli_train_with_the_plugin_router(tmp_path: Path) -> None:
     assert "unknown router 'my_router'" in done.stderr and "DYNROUTE_PLUGINS" in done.stderr
     assert not other.exists()
 
+    # the trained model read without the plugin: the whole advice, not "damaged"
+    done = _cli(["eval", str(out), "--no-progress"], tmp_path, plugins=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "files are intact" in line, line
+    assert line.endswith("entry point)") and "DYNROUTE_PLUGINS=your.module" in line, line
+    assert str(out / "model" / "config.json") in line and "corrupt" not in line
+
 
 @pytest.mark.parametrize(
     ("router", "message"),

@@ -167,6 +167,8 @@ class AdaptiveForCausalLM(DynMoEPreTrainedModel, GenerationMixin):
     """
 
     config_class = AdaptiveConfig
+    #: what `dynroute analyze` (MoE routing) points to for this family instead
+    report_command = "dynroute adaptive report"
     config: AdaptiveConfig
     base_model_prefix = "dynroute_adaptive"
     _no_split_modules: ClassVar[list[str]] = ["AdaptiveBlock"]

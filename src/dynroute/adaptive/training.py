@@ -127,10 +127,15 @@ def adaptive_hooks() -> TrainHooks:
     """The :class:`~dynroute.train.hooks.TrainHooks` of adaptive runs.
 
     Example:
-        >>> adaptive_hooks().build_model is build_model
-        True
+        >>> adaptive_hooks().build_model is build_model, adaptive_hooks().progress_text
+        (True, <function progress_text at ...>)
     """
-    return TrainHooks(build_model=build_model, before_step=_before_step, log_extra=_log_extra)
+    return TrainHooks(
+        build_model=build_model,
+        before_step=_before_step,
+        log_extra=_log_extra,
+        progress_text=progress_text,
+    )
 
 
 def train_adaptive(

@@ -167,6 +167,12 @@ def analyze_checkpoint(
     """
     _check_request(split, device)
     loaded = load_model(checkpoint)
+    other = getattr(loaded.model, "report_command", None)  # a family with its own report
+    if other:
+        raise ValueError(
+            f"{checkpoint} holds a {type(loaded.model).__name__}, which has no MoE routing to "
+            f"analyse; `{other} {checkpoint}` reports where it spends its compute"
+        )
     own_set = data is None and split == "validation" and seq_len in (None, loaded.seq_len)
     if own_set and max_tokens is None and loaded.kind != "hf-moe":
         tokens = loaded.eval_set()  # the same windows as training's and `dynroute eval`'s

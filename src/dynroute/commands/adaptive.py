@@ -166,8 +166,6 @@ def oracle_cmd(
     """
     import json
 
-    from rich.console import Console
-
     from dynroute.common.files import atomic_write_text
 
     _, report = score(ctx, progress and not json_out)  # reads the other flags from ctx
@@ -186,7 +184,7 @@ def oracle_cmd(
         for r in report.rows
     ]  # fmt: skip
     columns = ("budget", "oracle", "random mean", "random best", "router")
-    Console().print(options.table(title, columns, rows, left=0))
+    options.print_table(options.table(title, columns, rows, left=0))
 
 
 @sub.command("report", context_settings=EXTRA)

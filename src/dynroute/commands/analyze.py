@@ -117,7 +117,7 @@ def analyze(
         options.print_json({"report": str(report), "runs": runs})
         return
     console = Console()
-    console.print(summary_table(runs))
+    options.print_table(summary_table(runs), console)
     for label, stats in runs.items():
         console.print(label, style="bold", markup=False)
         for line in findings(stats):

@@ -60,6 +60,9 @@ def frontier(
     threads: Threads = None,
     progress: Progress = True,
     json_out: Json = False,
+    replot: Annotated[
+        bool, typer.Option("--replot", help="Only redraw the plot from the results; train nothing.")
+    ] = False,
 ) -> None:
     """Train router settings on the same data, steps and seeds; judge them against top-k.
 
@@ -73,6 +76,11 @@ def frontier(
 
     from rich.console import Console
 
+    if replot:
+        from dynroute.frontier import replot as redraw
+
+        print(f"plot: {redraw(results or out / 'frontier.json')}")
+        return
     from dynroute.frontier.benchmark import run_benchmark
     from dynroute.frontier.demo import prepare_sweep
 

@@ -68,7 +68,7 @@ def demo(
     if routing_only or tokens is not None or num_experts is not None:
         from dynroute.frontier.demo import routing_demo
 
-        Console().print(routing_demo(tokens or 2048, num_experts or 16, 0))
+        options.print_table(routing_demo(tokens or 2048, num_experts or 16, 0))
         return
     check_flags(p, routers, seeds, steps, threads)  # before torch is even imported
     from dynroute.frontier.demo import prepare_demo, run_demo

@@ -85,7 +85,7 @@ def eval_(
         options.print_json(result)
         return
     console = Console()
-    console.print(result_table(result))
+    options.print_table(result_table(result), console)
     if "eval_set" in result:
         console.print(f"evaluated on {result['eval_set']}", markup=False)
 

@@ -80,7 +80,6 @@ def eval_(
 
     Default: every registered query router (--query-router all).
     """
-    from rich.console import Console
 
     show = progress and not json_out
     result = evaluate(data, train, test, query_router, seed, test_size, show, threads)
@@ -101,7 +100,7 @@ def eval_(
     rows.append(("zero router", f"{zero:.4f}", "", "", ""))
     title = f"{result['test']['source']} ({result['test']['queries']} queries)"
     columns = ("router", "AIQ", "vs zero router", "best quality", "cost saved")
-    Console().print(options.table(title, columns, rows))
+    options.print_table(options.table(title, columns, rows))
 
 
 def evaluate(

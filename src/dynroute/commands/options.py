@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -64,6 +63,7 @@ __all__ = [
     "fail",
     "interruptible",
     "print_json",
+    "print_table",
     "set_threads",
     "table",
     "trained",
@@ -291,11 +291,21 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], lef
     from rich.table import Table
 
     out = Table(title=escape(title))
-    for i, name in enumerate(columns):
-        out.add_column(name, justify="left" if i < left else "right")
+    for i, name in enumerate(columns):  # names stay whole; numbers may not fold either
+        out.add_column(name, justify="left" if i < left else "right", no_wrap=i < left)
     for row in rows:
         out.add_row(*map(escape, row))
     return out
+
+
+def print_table(table: Any, console: Any = None) -> None:
+    """Print a rich table: fitted to a terminal, at its natural width to a pipe or a file
+    (:func:`dynroute.common.tables.print_table`); ``console`` default: stdout."""
+    from rich.console import Console
+
+    from dynroute.common.tables import print_table as show
+
+    show(console or Console(), table)
 
 
 def print_json(payload: Any) -> None:
@@ -305,4 +315,6 @@ def print_json(payload: Any) -> None:
         >>> print_json({"val_loss": 1.5})
         {"val_loss": 1.5}
     """
-    print(json.dumps(payload))
+    from dynroute.common.jsonfile import json_text
+
+    print(json_text(payload, indent=None))  # NaN and inf as null: strict parsers read it

@@ -106,8 +106,9 @@ def load(model_dir: Path, dtype: str, console: Any) -> tuple[Any, Any]:
     """(model, tokenizer) of a local checkpoint folder."""
     import torch
 
-    from dynroute.hf import load_patched, load_tokenizer
+    from dynroute.hf import check_checkpoint, load_patched, load_tokenizer
 
+    check_checkpoint(model_dir)  # what the folder is, before its tokenizer is looked for
     tokenizer = load_tokenizer(model_dir)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     with console.status(f"loading {model_dir}"):
@@ -181,7 +182,7 @@ def print_report(
     ]  # fmt: skip
     title = f"{model_dir.name} on {tokens} tokens of {report['source']}"
     columns = ("routing", "mean experts/token", "vs own k", "perplexity", "tokens/s")
-    console.print(options.table(title, columns, rows))
+    options.print_table(options.table(title, columns, rows), console)
     after = report["patched"]["mean_experts_per_layer"]
     console.print("per layer: " + ", ".join(f"{k}: {v:.2f}" for k, v in after.items()))
     if out is None:

@@ -41,6 +41,7 @@ from dynroute.hf.families import (
 )
 from dynroute.hf.io import (
     CheckpointError,
+    check_checkpoint,
     is_hf_moe_checkpoint,
     load_patched,
     load_tokenizer,
@@ -63,6 +64,7 @@ __all__ = [
     "apply_routing",
     "as_token_ids",
     "calibrate_p",
+    "check_checkpoint",
     "evaluate_ids",
     "evaluate_text",
     "expert_weights",

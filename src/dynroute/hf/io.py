@@ -8,12 +8,14 @@ from typing import Any
 
 from torch import nn
 
+from dynroute.common.folders import describe_folder, folder_kind
 from dynroute.hf.apply import CONFIG_KEY, apply_routing, routing_config
 from dynroute.hf.families import supported_families_text, supported_model_types
 from dynroute.hf.routers import RouterSpec
 
 __all__ = [
     "CheckpointError",
+    "check_checkpoint",
     "is_hf_moe_checkpoint",
     "load_patched",
     "load_tokenizer",
@@ -36,10 +38,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     cfg = path / "config.json"
-    if not cfg.is_file():
+    kind = folder_kind(path)
+    if not cfg.is_file() or (kind is not None and not kind.model):  # e.g. a dynroute run
+        what = describe_folder(path) or f"{path} is not a transformers model folder"
         raise CheckpointError(
-            f"{path} is not a transformers model folder (no config.json); pass the folder "
-            "written by save_pretrained (downloads are not done for you: use "
+            f"{what}; pass a transformers checkpoint folder (config.json + weights, as "
+            "save_pretrained writes it; downloads are not done for you: use "
             "`huggingface-cli download <repo> --local-dir DIR` first)"
         )
     return json.loads(cfg.read_text())
@@ -62,7 +66,14 @@ def is_hf_moe_checkpoint(path: str | Path) -> bool:
     return config.get("model_type") in supported_model_types()
 
 
-def _check_family(path: Path) -> dict[str, Any]:
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint of a family dynroute.hf adapts, or one line
+    saying what the folder is instead.
+
+    Raises:
+        CheckpointError: not a transformers checkpoint, or not of a supported MoE family.
+    """
+    path = Path(path)
     config = read_config(path)
     model_type = config.get("model_type")
     if model_type not in supported_model_types():
@@ -114,7 +125,7 @@ def load_patched(path: str | Path, **from_pretrained_kwargs: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    _check_family(path)
+    check_checkpoint(path)
     model = AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
     model.eval()
     return reapply_routing(model)

@@ -83,7 +83,7 @@ def train_lora(
     started = time.perf_counter()
     base, out = Path(base), Path(out)
     loaded = load_model(base)  # raises FileNotFoundError naming the folder
-    _check_seq_len(loaded, cfg.train.seq_len)
+    _check_seq_len(loaded, cfg.train.seq_len, base)
     label = f"lora ({cfg.lora.kind})"
     run = train(cfg, out, progress, label, stop_after, hooks=lora_hooks(loaded, base))
     if run.final is None:
@@ -106,7 +106,7 @@ def lora_hooks(base: LoadedModel, folder: Path) -> TrainHooks:
     ``folder``): its model gets adapters, the rest stays frozen (its routers too)."""
     return TrainHooks(
         load_data=functools.partial(_load_data, base),
-        build_model=functools.partial(_add_adapters, base.model),
+        build_model=functools.partial(_add_adapters, base.model, folder),
         compute_loss=lora_loss,
         after_step=None,  # the frozen base's router states stay as they are
         evaluate=_evaluate,
@@ -116,13 +116,13 @@ def lora_hooks(base: LoadedModel, folder: Path) -> TrainHooks:
     )
 
 
-def _check_seq_len(base: LoadedModel, seq_len: int) -> None:
+def _check_seq_len(base: LoadedModel, seq_len: int, folder: Path) -> None:
     config = base.model.config
     limit = int(getattr(config, "max_seq_len", 0) or
                 getattr(config, "max_position_embeddings", 10**9))  # fmt: skip
     if seq_len > limit:
-        raise ValueError(f"[train] seq_len {seq_len} exceeds the base model's limit {limit}; "
-                         "lower seq_len in the config")  # fmt: skip
+        raise ValueError(f"[train] seq_len {seq_len} exceeds the limit {limit} of the base "
+                         f"model {folder}; lower seq_len in the config")  # fmt: skip
 
 
 def _load_data(base: LoadedModel, cfg: LoRARunConfig) -> DomainTokens:
@@ -130,8 +130,15 @@ def _load_data(base: LoadedModel, cfg: LoRARunConfig) -> DomainTokens:
     return tokenize_domains(cfg.data, base.tokenizer, cfg.train.seq_len, vocab_size)
 
 
-def _add_adapters(model: nn.Module, cfg: LoRARunConfig, *_shape: int) -> nn.Module:
+def _add_adapters(model: nn.Module, folder: Path, cfg: LoRARunConfig, *_shape: int) -> nn.Module:
     """The base with adapters (after ``torch.manual_seed``: the adapters' init is seeded)."""
+    try:
+        return _adapted(model, cfg)
+    except ValueError as err:  # e.g. targets named for another family: say which base
+        raise ValueError(f"[lora] does not fit the base model {folder}: {err}") from None
+
+
+def _adapted(model: nn.Module, cfg: LoRARunConfig) -> nn.Module:
     lc = cfg.lora
     if lc.kind == "peft":  # the reference: one plain LoRA trained through peft
         from peft import LoraConfig, get_peft_model

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from dynroute.common.registry import spec_name
+from dynroute.common.registry import UnknownNameError, spec_name
 from dynroute.layers.experts import LAYOUTS, check_experts_spec
 from dynroute.layers.moe import layer_experts
 from dynroute.routing import Router, layer_router, make_router, router_class
@@ -103,8 +103,9 @@ class DynMoEConfig(PretrainedConfig):
                 layer_experts(
                     self.experts, self.d_model, self.d_ff, self.num_experts, self.expert_layout
                 )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"DynMoEConfig: {err}") from None
+        except (TypeError, ValueError) as err:  # the same class: a plugin's name stays one
+            kind = UnknownNameError if isinstance(err, UnknownNameError) else ValueError
+            raise kind(f"DynMoEConfig: {err}") from None
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"DynMoEConfig: d_model ({self.d_model}) must be divisible by "

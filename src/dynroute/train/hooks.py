@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dynroute.routing.state import step_routers
 
-__all__ = ["StepOutput", "TrainData", "TrainHooks"]
+__all__ = ["StepOutput", "TrainData", "TrainHooks", "moe_progress_text"]
 
 
 class TrainData(Protocol):
@@ -77,6 +77,8 @@ class TrainHooks:
             a frozen base that ``build_model`` rebuilds), not the whole state dict.
         run_identity: entries written to ``run.json`` beside the config tables that a
             rerun must match as well (e.g. the base model's folder).
+        progress_text: ``(row) -> str``: the progress bar's numbers for a logged training
+            row. Default: :func:`moe_progress_text` (loss, tok/s, experts per token).
 
     Example:
         >>> TrainHooks().build_model is None, TrainHooks().after_step is step_routers
@@ -93,3 +95,18 @@ class TrainHooks:
     export: Callable[[nn.Module, Path], None] | None = None
     trainable_only: bool = False
     run_identity: Mapping[str, Any] = field(default_factory=dict)
+    progress_text: Callable[[Mapping[str, Any]], str] | None = None
+
+
+def moe_progress_text(row: Mapping[str, Any]) -> str:
+    """The progress bar's numbers for a logged training row of an MoE model.
+
+    Example:
+        >>> moe_progress_text({"lm_loss": 3.21, "tokens_per_second": 5120.0,
+        ...                    "mean_experts_per_token": 1.5})
+        'loss 3.210  5,120 tok/s  1.50 experts/token'
+    """
+    return (
+        f"loss {row['lm_loss']:.3f}  {row['tokens_per_second']:,.0f} tok/s  "
+        f"{row['mean_experts_per_token']:.2f} experts/token"
+    )

@@ -37,7 +37,7 @@ from dynroute.train.config import RunTables
 from dynroute.train.data import load_data
 from dynroute.train.device import autocast, fused_adamw_supported, resolve_device, to_cpu
 from dynroute.train.evaluate import evaluate_model
-from dynroute.train.hooks import StepOutput, TrainHooks
+from dynroute.train.hooks import StepOutput, TrainHooks, moe_progress_text
 from dynroute.train.interrupt import TrainingInterrupted, steps_started, stop_requested
 from dynroute.train.metrics import MetricsLog, read_metrics
 from dynroute.train.progress import progress_bar
@@ -262,10 +262,7 @@ def _train_steps(run: _Run, progress: bool, label: str, stop_after: int | None) 
             if run.step % t.log_interval == 0 or run.step == t.steps:
                 elapsed = time.perf_counter() - window_start
                 row = _log_step(run, lr, done, window_tokens / max(elapsed, 1e-9))
-                stats = (
-                    f"loss {row['lm_loss']:.3f}  {row['tokens_per_second']:,.0f} tok/s  "
-                    f"{row['mean_experts_per_token']:.2f} experts/token"
-                )
+                stats = (run.hooks.progress_text or moe_progress_text)(row)
                 window_tokens, window_start = 0, time.perf_counter()
             if t.eval_interval and run.step % t.eval_interval == 0 and run.step < t.steps:
                 _evaluate(run)
