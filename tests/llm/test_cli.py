@@ -52,7 +52,7 @@ def test_eval_fit_route_report(tables, tmp_path):
         "knn",
         "--json",
     )
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # --json: no progress bar
     out = json.loads(r.stdout)
     assert out["router"] == "knn" and 0 < out["aiq"] <= 1
     assert {"lambda", "cost", "quality"} == set(out["points"][0])
@@ -85,8 +85,10 @@ def test_eval_fit_route_report(tables, tmp_path):
         tmp_path / "rep",
     )
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "rep" / "report.html").read_text().count("<tr>") >= 4
-    assert (tmp_path / "rep" / "cost_quality.png").stat().st_size > 1000
+    assert "knn: AIQ" in r.stderr and "2/2" in r.stderr  # progress by default, per router
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert html.count("<tr>") >= 4 and "data:image/png;base64," in html  # the plot inside
+    assert (tmp_path / "rep" / "figures" / "cost_quality.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
@@ -111,13 +113,58 @@ def test_bad_input_is_one_line_exit_2(tables, tmp_path, problem):
     r = run(*args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) <= 3
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # no progress bar above it
     if problem == "router":
         assert "unknown query router 'nope'" in r.stderr
     elif problem == "router_param":
         assert "knn: unknown argument(s) ['kk']; accepted: seed, k" in r.stderr
     else:
         assert bad.name in r.stderr
+
+
+def test_eval_shows_progress_per_router(tables):
+    # stderr is a pipe here, not a terminal: one line per router and the bar's last state.
+    routers = ["--query-router", "knn", "--query-router", "best_single"]
+    r = run("eval", "--train", tables / "train.jsonl", *routers, "--progress")
+    assert r.returncode == 0, r.stderr
+    assert "knn: AIQ" in r.stderr and "best_single: AIQ" in r.stderr
+    assert "query routers" in r.stderr and "2/2" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--strong-share", "1.5"], "--strong-share"),
+        (["--strong-share", "-0.5"], "--strong-share"),
+        (["--lambda", "-1"], "--lambda"),
+        (["--budget-usd", "0"], "--budget-usd"),
+        (["--lambda", "1", "--strong-share", "0.3"], "give one of"),
+    ],
+)
+def test_fit_refuses_a_lambda_out_of_range(tables, tmp_path, flags, named):
+    out = tmp_path / "m"
+    r = run("fit", "--train", tables / "train.jsonl", *flags, "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and named in r.stderr
+    assert not out.exists()  # refused before anything is written
+
+
+def test_fit_says_when_a_share_cannot_be_reached(tables, tmp_path):
+    # Two kinds of query, knn over all 30: every query goes to big (λ = 0), or half (the
+    # "sum" queries, which small answers too, go to small), or none: never 90%.
+    args = ["fit", "--train", tables / "train.jsonl", "--out", tmp_path / "m"]
+    r = run(*args, "--strong-share", "0.9", "--json")
+    assert r.returncode == 0, r.stderr
+    warning = r.stderr.strip()
+    assert len(warning.splitlines()) == 1 and "--strong-share 0.9 cannot be reached" in warning
+    assert "of the training queries to big" in warning and "set --lambda" in warning
+    cal = json.loads(r.stdout)["calibration"]
+    assert cal["met"] is False and cal["model"] == "big"
+    assert cal["reached"] < 0.9 < cal["above"] and "no share in between" in warning
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["calibration"] == cal
+    r = run(*args, "--strong-share", "0.5")  # reachable: no warning, the share in the line
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "50.0% of the training queries to big" in r.stdout
 
 
 PLUGIN = """

@@ -140,10 +140,39 @@ def test_decide_properties(data, lam):
 def test_calibration():
     pred = torch.tensor([[0.5, 0.9], [0.5, 0.6], [0.5, 0.95], [0.5, 0.7]])
     cost = torch.tensor([[1.0, 3.0]] * 4)
-    lam = calibrate_to_share(pred, cost, model=1, share=0.5)
-    assert (decide(pred, cost, lam) == 1).float().mean() <= 0.5
-    assert (decide(pred, cost, lam) == 1).sum() == 2  # the two clearest cases
-    lam = calibrate_to_budget(pred, cost, budget=1.5)
+    cal = calibrate_to_share(pred, cost, model=1, share=0.5)
+    assert (decide(pred, cost, cal.lam) == 1).float().mean() <= 0.5
+    assert (decide(pred, cost, cal.lam) == 1).sum() == 2  # the two clearest cases
+    assert cal.met and cal.reached == 0.5 and (cal.lowest, cal.highest) == (0.0, 1.0)
+    cal = calibrate_to_budget(pred, cost, budget=1.5)
     rows = torch.arange(4)
-    assert cost[rows, decide(pred, cost, lam)].mean() <= 1.5
-    assert calibrate_to_budget(pred, cost, budget=0.5) == float("inf")
+    assert cost[rows, decide(pred, cost, cal.lam)].mean() <= 1.5
+    assert cal.met and cal.reached <= 1.5
+    cal = calibrate_to_budget(pred, cost, budget=0.5)
+    assert cal.lam == float("inf") and not cal.met and cal.reached == cal.lowest == 1.0
+    assert cal.to_dict()["lambda"] is None  # JSON-safe
+
+
+def test_a_share_no_lambda_reaches_is_not_met():
+    # Model 1 is predicted best on half the queries only: at most half can go there.
+    pred = torch.tensor([[0.9, 0.5], [0.5, 0.9], [0.9, 0.5], [0.5, 0.9]])
+    cost = torch.tensor([[1.0, 3.0]] * 4)
+    cal = calibrate_to_share(pred, cost, model=1, share=0.8)
+    assert not cal.met and cal.lam == 0.0 and cal.reached == cal.highest == 0.5
+    # Model 0 is the cheapest: λ = ∞ sends every query there, never fewer than half.
+    cal = calibrate_to_share(pred, cost, model=0, share=0.2)
+    assert not cal.met and cal.lam == float("inf") and cal.lowest == 0.5
+    for share in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            calibrate_to_share(pred, cost, model=1, share=share)
+
+
+def test_evaluate_reports_each_stage_and_each_router():
+    train, test = toy(30, 0), toy(10, 1)
+    stages, scored = [], []
+    r = evaluate(["best_single", {"name": "knn", "k": 3}], train, test,
+                 on_step=stages.append, on_router=scored.append)  # fmt: skip
+    assert scored == r["routers"]  # each router's result, as it is scored
+    assert stages[-4:] == ["fitting best_single", "scoring best_single", "fitting knn",
+                           "scoring knn"]  # fmt: skip
+    assert any(s.startswith("embedding") for s in stages)

@@ -6,6 +6,8 @@ router); the fitted router a command uses (route, serve) is its first argument.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,11 +116,11 @@ def evaluate(
     threads: int | None,
 ) -> dict[str, Any]:
     """Fit and score the ``--query-router`` specs (default: all) on the tables (one file:
-    split by query), with a progress bar: what ``llm eval`` and ``llm report`` show."""
-    from rich.progress import Progress as Bar
-
+    split by query): what ``llm eval`` and ``llm report`` show. With ``progress``: a bar
+    on stderr (what is being fitted or scored) and one line per router scored."""
     from dynroute.llm.data import resolve_tables, split_by_query
     from dynroute.llm.evaluate import evaluate as evaluate_routers
+    from dynroute.train.progress import progress_bar
 
     options.set_threads(threads)
     specs = query_router_specs(query_routers, "all")
@@ -126,14 +128,79 @@ def evaluate(
     tr, te = resolve_tables(data, train, test, test_size=test_size, seed=seed)
     if te is None:  # one file: split it by query
         tr, te = split_by_query(tr, test_size, seed)
-    with Bar(disable=not progress, transient=True) as bar:
-        task = bar.add_task("routers", total=len(specs))
-        done = iter(range(len(specs)))
+    if not progress:
+        return evaluate_routers(specs, tr, te, seed=seed)
+    with contextlib.ExitStack() as stack:
+        bar: list[Callable[[int, str], None] | None] = []
+        scored: list[str] = []
 
-        def advance(name: str) -> None:
-            bar.update(task, completed=next(done), description=f"fitting {name}")
+        def show(stage: str) -> None:
+            # Started by the first stage, once the tables and specs are checked: a bad one
+            # stays one line on stderr, without a bar printed above it.
+            if not bar:
+                bar.append(stack.enter_context(progress_bar(True, len(specs), 0, "query routers")))
+            update = bar[0]
+            if update is not None:
+                update(len(scored), stage)
 
-        return evaluate_routers(specs, tr, te, seed=seed, on_step=advance)
+        def on_router(res: dict[str, Any]) -> None:
+            scored.append(res["router"])
+            show("")
+            say(
+                f"{res['router']}: AIQ {res['aiq']:.4f}  (fitted in {res['fit_seconds']:.1f} s, "
+                f"scored in {res['eval_seconds']:.1f} s)"
+            )
+
+        return evaluate_routers(specs, tr, te, seed=seed, on_step=show, on_router=on_router)
+
+
+def say(line: str, style: str | None = None) -> None:
+    """One plain line on stderr (above a running progress bar; never read as markup)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text(line, style=style or ""))
+
+
+def check_lambda(lam: float | None) -> None:
+    """``--lambda`` is quality per USD, >= 0 (0: the best predicted model; inf: the cheapest).
+
+    Example:
+        >>> check_lambda(-1.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: --lambda must be >= 0 (quality per USD; ...), got -1.0
+    """
+    if lam is not None and not lam >= 0:
+        raise ValueError(
+            f"--lambda must be >= 0 (quality per USD; 0: the best model, inf: the cheapest), "
+            f"got {lam}"
+        )
+
+
+def check_budget(budget_usd: float | None) -> None:
+    """``--budget-usd`` is a mean cost per query, > 0."""
+    if budget_usd is not None and not budget_usd > 0:
+        raise ValueError(f"--budget-usd must be > 0 USD per query, got {budget_usd}")
+
+
+def check_fit_flags(lam: float | None, budget_usd: float | None, share: float | None) -> None:
+    """At most one way to set λ, each in its range (before anything is read or written).
+
+    Example:
+        >>> check_fit_flags(None, None, 1.5)
+        Traceback (most recent call last):
+        ValueError: --strong-share is a share of the queries, from 0 to 1, got 1.5
+    """
+    flags = {"--lambda": lam, "--budget-usd": budget_usd, "--strong-share": share}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if len(given) > 1:
+        raise ValueError(
+            f"{' and '.join(given)} each set λ: give one of --lambda, --budget-usd, --strong-share"
+        )
+    check_lambda(lam)
+    check_budget(budget_usd)
+    if share is not None and not 0 <= share <= 1:
+        raise ValueError(f"--strong-share is a share of the queries, from 0 to 1, got {share}")
 
 
 @llm.command("fit")
@@ -148,21 +215,83 @@ def fit(
     budget_usd: BudgetUsd = None,
     strong_share: Annotated[
         float | None,
-        typer.Option(help="Calibrate λ so this share of queries goes to the best model."),
+        typer.Option(
+            help="Calibrate λ so this share of the training queries (0 to 1) goes to the "
+            "best model."
+        ),
     ] = None,
+    json_out: options.Json = False,
     threads: options.Threads = None,
 ) -> None:
     """Fit one query router (default knn) on the training table and save it.
 
-    λ: --lambda, or calibrated to --budget-usd (mean USD per query) or --strong-share.
+    λ: --lambda, or calibrated to --budget-usd (mean USD per query) or --strong-share;
+    a target no λ reaches is said on stderr and saved with the router (config.json).
     """
+    check_fit_flags(lam, budget_usd, strong_share)
     specs = query_router_specs(query_router, "knn")
     if len(specs) != 1:
         raise ValueError(f"llm fit fits one --query-router, got {len(specs)}: {' '.join(specs)}")
     options.set_threads(threads)
     r = fit_router(specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share)
+    cal = r.calibration
+    if cal is not None and not cal["met"]:
+        say(unmet(r.name, cal), "yellow")
     r.save(out)
-    print(f"saved {r.name} over {len(r.models)} models to {out} (lambda={r.lam:g})")
+    if json_out:
+        options.print_json(
+            {"out": str(out), "router": r.to_dict(), "models": list(r.models),
+             "lambda": None if r.lam == float("inf") else r.lam, "calibration": cal}
+        )  # fmt: skip
+        return
+    reached = "" if cal is None else f"; {described(cal)}"
+    print(f"saved {r.name} over {len(r.models)} models to {out} (lambda={r.lam:g}{reached})")
+
+
+def described(cal: dict[str, Any]) -> str:
+    """What a calibrated λ reaches on the training table, in words.
+
+    Example:
+        >>> described({"target": "strong_share", "reached": 0.25, "model": "big"})
+        '25.0% of the training queries to big'
+    """
+    if cal["target"] == "strong_share":
+        return f"{cal['reached']:.1%} of the training queries to {cal['model']}"
+    return f"mean {cal['reached']:.3g} USD per training query"
+
+
+def unmet(router: str, cal: dict[str, Any]) -> str:
+    """The warning for a ``--strong-share`` or ``--budget-usd`` that no λ reaches.
+
+    Example:
+        >>> line = unmet("knn", {"target": "strong_share", "asked": 0.3, "lambda": 0.0,
+        ...     "reached": 0.25, "above": None, "above_lam": None, "lowest": 0.0,
+        ...     "highest": 0.25, "model": "big"})
+        >>> line.split(":")[1], "knn sends at most 25.0% of the training queries" in line
+        (' --strong-share 0.3 cannot be reached', True)
+    """
+    lam = "inf" if cal["lambda"] is None else f"{cal['lambda']:g}"
+    if cal["target"] == "budget_usd":
+        return (
+            f"warning: --budget-usd {cal['asked']:g} cannot be met: the cheapest choices cost "
+            f"{cal['lowest']:.3g} USD per training query; saved λ={lam} (always the cheapest "
+            f"model). Ask for at least {cal['lowest']:.3g}."
+        )
+    to = f"of the training queries to {cal['model']}"
+    if cal["reached"] > cal["asked"]:  # fewer than at λ = ∞
+        sends = f"at least {cal['lowest']:.1%} {to} (λ=inf: always the cheapest model)"
+    elif cal["above"] is None:  # more than at λ = 0
+        sends = f"at most {cal['highest']:.1%} {to} (λ=0: the best predicted model)"
+    else:
+        sends = (
+            f"{cal['reached']:.1%} {to} at λ={lam}, {cal['above']:.1%} at "
+            f"λ={cal['above_lam']:g}, no share in between"
+        )
+    return (
+        f"warning: --strong-share {cal['asked']:g} cannot be reached: {router} sends {sends}; "
+        f"saved λ={lam} ({cal['reached']:.1%}). Ask for a share it reaches, set --lambda, or "
+        "fit another --query-router."
+    )
 
 
 def fit_router(
@@ -174,7 +303,8 @@ def fit_router(
     budget_usd: float | None,
     strong_share: float | None,
 ) -> Any:
-    """A fitted query router whose λ is ``lam`` or calibrated to a budget or a share."""
+    """A fitted query router whose λ is ``lam`` or calibrated to a budget or a share (then
+    ``router.calibration`` says what it reached, with ``model``: the best model's name)."""
     import torch
 
     from dynroute.llm.data import resolve_tables
@@ -189,10 +319,13 @@ def fit_router(
     if budget_usd is not None or strong_share is not None:
         pred, cost = r.predict(tr.queries), r.estimate_cost(tr.queries)
         if budget_usd is not None:
-            r.lam = calibrate_to_budget(pred, cost, budget_usd)
+            cal = calibrate_to_budget(pred, cost, budget_usd).to_dict()
         else:
             best = int(torch.from_numpy(tr.quality.mean(0)).argmax())
-            r.lam = calibrate_to_share(pred, cost, best, float(strong_share))  # type: ignore[arg-type]
+            cal = calibrate_to_share(pred, cost, best, float(strong_share)).to_dict()  # type: ignore[arg-type]
+            cal["model"] = tr.models[best]
+        r.lam = float("inf") if cal["lambda"] is None else cal["lambda"]
+        r.calibration = cal
     return r
 
 
@@ -204,6 +337,7 @@ def route(
     lam: Annotated[float | None, typer.Option("--lambda", help="Override the saved λ.")] = None,
 ) -> None:
     """Print the chosen model for each QUERY."""
+    check_lambda(lam)
     from dynroute.llm.routers import load_router
 
     for name in load_router(router).route(query, lam):
@@ -213,10 +347,13 @@ def route(
 @llm.command("report")
 @options.command
 def report(
-    out: Annotated[Path, typer.Option(help="Folder for report.html and the PNG.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder for report.html (plot embedded), figures/ and result.json."),
+    ],
     data: Dataset = None,
     train: TrainTable = None,
-    test: Annotated[Path | None, typer.Option(help="Test table.")] = None,
+    test: TestTable = None,
     query_router: options.QueryRouters = None,
     seed: options.Seed = None,
     test_size: TestSize = 0.2,
@@ -224,7 +361,7 @@ def report(
     threads: options.Threads = None,
 ) -> None:
     """Evaluate query routers (default: all) and write an HTML report with the cost–quality
-    plot and OUT/result.json."""
+    plot (also OUT/figures/cost_quality.png) and OUT/result.json."""
     import json
 
     from dynroute.common.files import atomic_write_text
@@ -280,8 +417,8 @@ def serve(
     from dynroute.serve.runner import check_port, run_app
 
     # the cheap checks first: torch loads with the router
-    if budget_usd is not None and budget_usd <= 0:
-        raise ValueError(f"--budget-usd must be > 0 USD per request, got {budget_usd}")
+    check_lambda(lam)
+    check_budget(budget_usd)
     backends = parse_backend_args(backend, load_backend_file(prices))
     check_port(host, port)
     options.set_threads(1 if threads is None else threads)

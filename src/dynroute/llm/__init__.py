@@ -22,7 +22,13 @@ from dynroute.llm.data import (
     load_table,
     split_by_query,
 )
-from dynroute.llm.decide import calibrate_to_budget, calibrate_to_share, decide, lambda_grid
+from dynroute.llm.decide import (
+    Calibration,
+    calibrate_to_budget,
+    calibrate_to_share,
+    decide,
+    lambda_grid,
+)
 from dynroute.llm.embed import Embedder, TfidfSvd, make_embedder
 from dynroute.llm.evaluate import baselines, evaluate, evaluate_router
 from dynroute.llm.metrics import aiq, apgr_cpt, cost_at_quality, upper_hull, zero_router
@@ -37,6 +43,7 @@ from dynroute.llm.routers import (
 __all__ = [
     "DATASETS",
     "QUERY_ROUTERS",
+    "Calibration",
     "Embedder",
     "OutcomeTable",
     "QueryRouter",

@@ -15,10 +15,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Calibration",
     "calibrate_to_budget",
     "calibrate_to_share",
     "decide",
@@ -80,23 +86,107 @@ def sweep(
     return out
 
 
-def calibrate_to_budget(pred: Tensor, cost: Tensor, budget: float) -> float:
-    """Smallest λ whose mean chosen cost is ≤ ``budget`` (∞ if none is).
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """λ calibrated to a target, with what it reached and what other λ reach.
+
+    ``target``: what was asked for (``"strong_share"``: a share of the queries sent to one
+    model; ``"budget_usd"``: a mean cost per query); ``asked``: its value; ``lam``: the
+    calibrated λ, the smallest of :func:`lambda_grid` whose share or mean cost is at most
+    ``asked`` (∞: always the cheapest model); ``reached``: the share or mean cost there;
+    ``above``/``above_lam``: the next larger one, at the grid's λ before ``lam`` (None
+    when ``lam`` is 0); ``lowest``/``highest``: the least and most any λ gives; ``met``:
+    whether ``reached`` is what was asked (a budget: at most it; a share: within the
+    calibration's tolerance of it).
+
+    Example:
+        >>> c = Calibration("strong_share", 0.3, 0.0, 0.25, None, None, 0.0, 0.25, False)
+        >>> c.to_dict()["lambda"], c.to_dict()["met"]
+        (0.0, False)
+    """
+
+    target: str
+    asked: float
+    lam: float
+    reached: float
+    above_lam: float | None
+    above: float | None
+    lowest: float
+    highest: float
+    met: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: ``lambda`` is null when infinite (always the cheapest model)."""
+        out = dataclasses.asdict(self)
+        out["lambda"] = None if math.isinf(out.pop("lam")) else self.lam
+        return out
+
+
+def _calibrate(
+    pred: Tensor, cost: Tensor, value: Callable[[Tensor], float], asked: float
+) -> dict[str, Any]:
+    """The smallest λ of the grid whose ``value(choice)`` is ≤ ``asked`` (∞ if none is),
+    as the fields of a :class:`Calibration` but ``target`` and ``met``."""
+    grid = lambda_grid(pred, cost, n=256)
+    values = [value(decide(pred, cost, lam)) for lam in grid]
+    # the first λ that fits, else ∞ (the grid's last: then the value there is > asked)
+    i = next((i for i, v in enumerate(values) if v <= asked), len(grid) - 1)
+    return {
+        "asked": asked,
+        "lam": grid[i],
+        "reached": values[i],
+        "above_lam": grid[i - 1] if i else None,
+        "above": values[i - 1] if i else None,
+        "lowest": min(values),
+        "highest": max(values),
+    }
+
+
+def calibrate_to_budget(pred: Tensor, cost: Tensor, budget: float) -> Calibration:
+    """Smallest λ whose mean chosen cost is ≤ ``budget`` (∞ if none is: then not ``met``).
 
     Chosen cost never increases with λ, so the first λ of the grid that fits is the
     best-quality choice within the budget.
+
+    Example:
+        >>> pred = torch.tensor([[0.5, 0.9]]); cost = torch.tensor([[1.0, 3.0]])
+        >>> c = calibrate_to_budget(pred, cost, 0.5)
+        >>> c.lam, c.reached, c.met
+        (inf, 1.0, False)
     """
     rows = torch.arange(pred.shape[0])
-    for lam in lambda_grid(pred, cost, n=256):
-        if float(cost[rows, decide(pred, cost, lam)].double().mean()) <= budget:
-            return lam
-    return float("inf")
+
+    def mean_cost(pick: Tensor) -> float:
+        return float(cost[rows, pick].double().mean())
+
+    found = _calibrate(pred, cost, mean_cost, budget)
+    return Calibration("budget_usd", **found, met=found["reached"] <= budget)
 
 
-def calibrate_to_share(pred: Tensor, cost: Tensor, model: int, share: float) -> float:
+def calibrate_to_share(
+    pred: Tensor, cost: Tensor, model: int, share: float, tolerance: float = 0.02
+) -> Calibration:
     """Smallest λ sending at most ``share`` of the queries to ``model`` (e.g. the
-    strongest), as RouteLLM calibrates its threshold to a share of strong calls."""
-    for lam in lambda_grid(pred, cost, n=256):
-        if float((decide(pred, cost, lam) == model).double().mean()) <= share:
-            return lam
-    return float("inf")
+    strongest), as RouteLLM calibrates its threshold to a share of strong calls.
+
+    ``met`` when the share reached is within ``tolerance`` of ``share``. The shares λ
+    gives are steps; a target between two of them (or above the share at λ = 0, below
+    the one at λ = ∞) is not met, and ``reached``/``above`` say what λ gives around it.
+
+    Example:
+        >>> pred = torch.tensor([[0.5, 0.9], [0.5, 0.6]]); cost = torch.tensor([[1.0, 3.0]] * 2)
+        >>> c = calibrate_to_share(pred, cost, model=1, share=0.5)
+        >>> c.reached, c.met, (c.lowest, c.highest)
+        (0.5, True, (0.0, 1.0))
+        >>> c = calibrate_to_share(pred, cost, model=1, share=0.8)  # 50% or 100%, no between
+        >>> c.reached, c.above, c.met
+        (0.5, 1.0, False)
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"a share of queries is between 0 and 1, got {share}")
+
+    def share_of_model(pick: Tensor) -> float:
+        return float((pick == model).double().mean())
+
+    found = _calibrate(pred, cost, share_of_model, share)
+    return Calibration("strong_share", **found, met=abs(found["reached"] - share) <= tolerance)

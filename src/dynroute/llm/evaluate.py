@@ -111,27 +111,48 @@ def evaluate(
     seed: int = 0,
     embedder: Embedder | None = None,
     on_step: Callable[[str], None] | None = None,
+    on_router: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fit each query router in ``names`` (``"name"``, ``"name:k=v"`` or a dict spec, see
     :func:`~dynroute.llm.routers.make_query_router`) on ``train`` and evaluate on
-    ``test``. One embedder is fitted on ``train`` and shared."""
+    ``test``. One embedder is fitted on ``train`` and shared.
+
+    Progress: ``on_step(stage)`` before each stage (``"embedding 40 training queries"``,
+    ``"fitting knn"``, ``"scoring knn"``, ...); ``on_router(result)`` when a router is scored,
+    with its entry of ``"routers"``.
+
+    Example:
+        >>> from dynroute.llm.data import OutcomeTable
+        >>> t = OutcomeTable.from_rows(["a", "b"], ["small", "big"], [[0, 1], [1, 1]],
+        ...                            [[1, 2], [1, 2]])
+        >>> r = evaluate(["best_single"], t, t, on_step=print)
+        scoring the single models and the oracle
+        fitting best_single
+        scoring best_single
+    """
+    step = on_step or (lambda stage: None)
     test = test.aligned_to(train.models)
-    base = baselines(test)
     routers = [make_query_router(n) for n in names]
     for r in routers:
         r.seed = seed if r.seed == 0 else r.seed
+    # the tables and specs are checked: from here on, the slow part
+    step("scoring the single models and the oracle")
+    base = baselines(test)
     if embedder is None and any(r.uses_embedding for r in routers):
+        step(f"embedding {train.num_queries} training queries")
         embedder = make_embedder().fit(train.queries)
     results = []
     for r in routers:
-        if on_step is not None:
-            on_step(r.name)
+        step(f"fitting {r.name}")
         t0 = time.perf_counter()
         r.fit(train, embedder)
         fit_s = time.perf_counter() - t0
+        step(f"scoring {r.name}")
         res = evaluate_router(r, test, base)
         res["fit_seconds"] = fit_s
         results.append(res)
+        if on_router is not None:
+            on_router(res)
     return {
         "train": {"source": train.source, "queries": train.num_queries},
         "test": {"source": test.source, "queries": test.num_queries},

@@ -71,6 +71,8 @@ class QueryRouter:
         self.tensors: dict[str, Tensor] = {}
         self.cost_coef = np.zeros((0, 2))  # [M, 2]: intercept, USD per character
         self.lam = 0.0  # decision λ used by route()
+        #: How ``lam`` was calibrated (``decide.Calibration.to_dict()``); None: set directly.
+        self.calibration: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ describe
     def params(self) -> dict[str, Any]:
@@ -176,6 +178,7 @@ class QueryRouter:
             "router": self.to_dict(),
             "models": list(self.models),
             "lambda": self.lam,
+            "calibration": self.calibration,
             "embedder": None if self.embedder is None else self.embedder.config(),
             "extra": self.config(),
         }
@@ -251,6 +254,7 @@ def load_router(directory: str | Path) -> QueryRouter:
         raise ValueError(f"{cfg_path}: {err}") from None
     router.models = tuple(config["models"])
     router.lam = float(config["lambda"])
+    router.calibration = config.get("calibration")  # absent in folders saved before it
     router.cost_coef = tensors.pop("cost_coef").numpy()
     router.tensors = {k[7:]: v for k, v in tensors.items() if k.startswith("router.")}
     if config["embedder"] is not None:
