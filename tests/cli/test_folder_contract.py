@@ -166,4 +166,8 @@ def test_works_or_one_line(
     line = " ".join(result.stderr.split())  # one line, however the runner wrapped it
     assert line.startswith("error: ") and "Traceback" not in result.output, line
     assert str(folder) in line, (command, kind, line)
+    assert f"--out {folder}" not in line, line  # never "write into the folder you gave"
+    known = folder_kind(folder)
+    if known is not None and not known.model:  # says what the folder is
+        assert known.name in line, (command, kind, line)
     shutil.rmtree(tmp_path, ignore_errors=True)

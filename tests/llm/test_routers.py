@@ -102,7 +102,7 @@ def test_cascade_scorer_is_any_query_router_spec():
 
 
 def test_unfitted_router_cannot_be_saved(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a fitted router"):
+    with pytest.raises(FileNotFoundError, match="not a fitted query router"):
         load_router(tmp_path / "nonexistent")
     with pytest.raises(RuntimeError, match="not fitted"):
         make_query_router("knn").save(tmp_path / "r")

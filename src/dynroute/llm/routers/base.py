@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from dynroute.common.files import atomic_path, atomic_write_text
+from dynroute.common.folders import describe_folder, folder_kind
 from dynroute.common.registry import Registry
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.decide import decide, lambda_grid
@@ -237,11 +238,17 @@ def load_router(directory: str | Path) -> QueryRouter:
     """A router saved by :meth:`QueryRouter.save`."""
     d = Path(directory)
     cfg_path, ten_path = d / "config.json", d / "tensors.safetensors"
+    kind = folder_kind(d)
+    if kind is not None and kind.name != "a fitted query router":  # a model, a run, a report
+        raise FileNotFoundError(
+            f"{describe_folder(d)}; pass the --out folder of `dynroute llm fit` (a fitted "
+            "query router)"
+        )
     for p in (cfg_path, ten_path):
         if not p.is_file():
             raise FileNotFoundError(
-                f"{p} is missing; {d} is not a fitted router: run `dynroute llm fit "
-                f"--out {d}` first"
+                f"{p} is missing; {d} is not a fitted query router: pass the --out folder of "
+                "`dynroute llm fit` (fit one first)"
             )
     try:
         config = json.loads(cfg_path.read_text())
