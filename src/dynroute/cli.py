@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from types import ModuleType
+from typing import Any
 
 import typer
 
@@ -49,9 +50,32 @@ for _module in command_modules():
     _module.register(app)
 
 
+def tidy_help(command: Any) -> Any:
+    """``command`` (typer's click command of :data:`app`) with plainer ``--help`` pages:
+    no ``<bool>`` type beside a flag, ``MODEL_DIR`` rather than ``{model_dir}`` for an
+    argument. Walks every sub-command; returns ``command``.
+
+    Example:
+        >>> cmd = tidy_help(typer.main.get_command(app))
+        >>> cmd.commands["eval"].params[0].metavar
+        'CHECKPOINT'
+    """
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+    ctx = command.context_class(command, info_name=command.name)
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if param is None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
+    return command
+
+
 def main() -> None:
     """Entry point of the `dynroute` console script."""
-    app()
+    tidy_help(typer.main.get_command(app))()
 
 
 if __name__ == "__main__":

@@ -103,3 +103,17 @@ def test_routing_table_demo_prints_a_table() -> None:
     result = runner.invoke(app, ["demo", "--tokens", "64", "--num-experts", "8"])
     assert result.exit_code == 0, result.output
     assert "top_p" in result.output and "mean experts" in result.output
+
+
+def test_help_pages_show_no_bool_type_and_upper_case_arguments() -> None:
+    """`dynroute ... --help` as a user runs it (the entry point): a flag has no `<bool>`."""
+    import subprocess
+    import sys
+
+    for args in ([], ["lora", "train"], ["eval"]):
+        page = subprocess.run(
+            [sys.executable, "-m", "dynroute.cli", *args, "--help"],
+            capture_output=True, text=True, check=True, env={"COLUMNS": "120", "PATH": ""},
+        ).stdout  # fmt: skip
+        assert "<bool>" not in page and "--help" in page, page
+    assert "{CHECKPOINT}" in page and "{checkpoint}" not in page, page
