@@ -93,13 +93,14 @@ def eval_(
         options.print_json(result)
         return
     zero = base["zero_router"]["aiq"]
+    from dynroute.common.numbers import format_number as num
+
     rows = [
-        (r["router"], f"{r['aiq']:.4f}", f"{r['aiq'] - zero:+.4f}", f"{r['best_quality']:.4f}",
-         "–" if r["cost_saved_at_best_single"] is None
-         else f"{r['cost_saved_at_best_single']:.1%}")
+        (r["router"], num(r["aiq"]), num(r["aiq"] - zero, "+.4f"), num(r["best_quality"]),
+         num(r["cost_saved_at_best_single"], ".1%"))
         for r in sorted(result["routers"], key=lambda r: -r["aiq"])
     ]  # fmt: skip
-    rows.append(("zero router", f"{zero:.4f}", "", "", ""))
+    rows.append(("zero router", num(zero), "", "", ""))
     title = f"{result['test']['source']} ({result['test']['queries']} queries)"
     columns = ("router", "AIQ", "vs zero router", "best quality", "cost saved")
     options.print_table(options.table(title, columns, rows))

@@ -19,6 +19,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from dynroute.common.html import figure, heading, note, table, write_figure, write_page
+from dynroute.common.numbers import format_number
 from dynroute.llm.metrics import upper_hull
 
 __all__ = ["FIGURES_DIR", "cost_quality_figure", "plot_cost_quality", "write_report"]
@@ -96,9 +97,7 @@ def _plot_single_models(ax: Any, singles: list[dict[str, Any]], cmax: float) -> 
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * x:.1f}%" if pct else f"{x:.4f}"
+    return format_number(x, ".1%" if pct else ".4f")  # never "-0.0%"
 
 
 def _router_table(result: dict[str, Any]) -> str:
