@@ -63,6 +63,8 @@ RESULTS_WRITERS = [
     "src/dynroute/frontier",
     "src/dynroute/analysis",
     "src/dynroute/adaptive",
+    "src/dynroute/lora",
+    "src/dynroute/commands",
 ]
 # measures the source tree without importing dynroute; writes counts and names, no floats
 STANDALONE = {"benchmarks/architecture.py"}

@@ -164,13 +164,12 @@ def oracle_cmd(
     context route (default: big everywhere). Exhaustive for L <= 8, beam search above.
     --json prints the list of rows.
     """
-    import json
 
-    from dynroute.common.files import atomic_write_text
+    from dynroute.common.jsonfile import write_json
 
     _, report = score(ctx, progress and not json_out)  # reads the other flags from ctx
     if out is not None:
-        atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
+        write_json(out, report.to_dict())
     if json_out:
         options.print_json(report.rows)
         return

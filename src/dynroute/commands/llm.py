@@ -363,14 +363,13 @@ def report(
 ) -> None:
     """Evaluate query routers (default: all) and write an HTML report with the cost–quality
     plot (also OUT/figures/cost_quality.png) and OUT/result.json."""
-    import json
 
-    from dynroute.common.files import atomic_write_text
+    from dynroute.common.jsonfile import write_json
     from dynroute.llm.report import write_report
 
     result = evaluate(data, train, test, query_router, seed, test_size, progress, threads)
     path = write_report(result, out)
-    atomic_write_text(Path(out) / "result.json", json.dumps(result))
+    write_json(Path(out) / "result.json", result)
     print(f"wrote {path}")
 
 

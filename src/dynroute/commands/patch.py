@@ -151,12 +151,13 @@ def measure_patch(
 
 def save(model: Any, tokenizer: Any, report: dict[str, Any], out: Path) -> None:
     """Write the patched checkpoint; only a complete one ever appears under ``out``."""
+    from dynroute.common.jsonfile import write_json
     from dynroute.hf import save_patched
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_patched(model, partial, tokenizer)
-    (partial / "dynroute_patch_report.json").write_text(json.dumps(report, indent=2))
+    write_json(partial / "dynroute_patch_report.json", report)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynroute.common.jsonfile import write_json
 from dynroute.lora.layer import LoRAMoELinear, lora_layers
 from dynroute.routing import Router, RouterFn, make_router
 
@@ -171,7 +172,7 @@ def save_lora_experts(model: nn.Module, folder: Path | str) -> Path:
     tmp = folder / f".{ADAPTER_FILE}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / ADAPTER_FILE)
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(folder / CONFIG_FILE, config)
     return folder
 
 

@@ -17,7 +17,6 @@ expert usage). The base is read with ``dynroute.checkpoints.load_model`` (any fo
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynroute.checkpoints import LoadedModel, load_model
-from dynroute.common.files import atomic_write_text
+from dynroute.common.jsonfile import write_json
 from dynroute.data import iter_eval_batches
 from dynroute.evaluation import evaluate_lm, logits_of
 from dynroute.lora.apply import add_lora_experts, save_lora_experts, trainable_parameters
@@ -97,7 +96,7 @@ def train_lora(
         "domains": run.final["domains"],
         "seconds": time.perf_counter() - started,
     }
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result)
     return result
 
 
