@@ -117,3 +117,18 @@ def test_help_pages_show_no_bool_type_and_upper_case_arguments() -> None:
         ).stdout  # fmt: skip
         assert "<bool>" not in page and "--help" in page, page
     assert "{CHECKPOINT}" in page and "{checkpoint}" not in page, page
+
+
+#: The commands without --progress, and why: the rest can run for more than a few seconds.
+QUICK_OR_SERVING = {
+    "llm route": "routes a few queries with a fitted router (about a second)",
+    "serve": "a server: it logs requests, it has no end to show progress towards",
+    "llm serve": "a server: it logs requests, it has no end to show progress towards",
+}
+
+
+def test_every_command_that_takes_a_while_shows_progress() -> None:
+    """A new command gets --progress (a bar, or `options.status`) or a reason here."""
+    for name, cmd in COMMANDS.items():
+        flags = {flag for param in cmd.params for flag in param.opts}
+        assert ("--progress" in flags) != (name in QUICK_OR_SERVING), name

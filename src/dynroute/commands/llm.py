@@ -223,6 +223,7 @@ def fit(
     ] = None,
     json_out: options.Json = False,
     threads: options.Threads = None,
+    progress: options.Progress = True,
 ) -> None:
     """Fit one query router (default knn) on the training table and save it.
 
@@ -234,7 +235,8 @@ def fit(
     if len(specs) != 1:
         raise ValueError(f"llm fit fits one --query-router, got {len(specs)}: {' '.join(specs)}")
     options.set_threads(threads)
-    r = fit_router(specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share)
+    with options.status(f"fitting {specs[0]}", progress and not json_out):
+        r = fit_router(specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share)
     cal = r.calibration
     if cal is not None and not cal["met"]:
         say(unmet(r.name, cal), "yellow")

@@ -65,6 +65,7 @@ __all__ = [
     "print_json",
     "print_table",
     "set_threads",
+    "status",
     "table",
     "trained",
     "user_errors",
@@ -296,6 +297,20 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], lef
     for row in rows:
         out.add_row(*map(escape, row))
     return out
+
+
+@contextlib.contextmanager
+def status(text: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with ``text`` on stderr while one long step runs (a bar needs a count);
+    nothing when not ``enabled`` (``--no-progress``, ``--json``)."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.markup import escape
+
+    with Console(stderr=True).status(escape(text), spinner="dots"):
+        yield
 
 
 def print_table(table: Any, console: Any = None) -> None:
