@@ -132,3 +132,15 @@ def test_every_command_that_takes_a_while_shows_progress() -> None:
     for name, cmd in COMMANDS.items():
         flags = {flag for param in cmd.params for flag in param.opts}
         assert ("--progress" in flags) != (name in QUICK_OR_SERVING), name
+
+
+def test_demo_fast_has_its_own_default_folder(tmp_path, monkeypatch) -> None:
+    """`make demo` then `dynroute demo --fast`: no clash with the full demo's runs/demo."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # the full demo's folder, left alone
+    result = runner.invoke(
+        app, ["demo", "--fast", "--steps", "2", "--no-analysis", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "demo-fast" / "results.json").is_file()
+    assert not any((tmp_path / "runs" / "demo").iterdir())
