@@ -134,7 +134,9 @@ def test_every_command_that_takes_a_while_shows_progress() -> None:
         assert ("--progress" in flags) != (name in QUICK_OR_SERVING), name
 
 
-def test_demo_fast_has_its_own_default_folder(tmp_path, monkeypatch) -> None:
+def test_demo_fast_has_its_own_default_folder(
+    tmp_path: typing.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`make demo` then `dynroute demo --fast`: no clash with the full demo's runs/demo."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "demo").mkdir(parents=True)  # the full demo's folder, left alone
