@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -55,6 +56,7 @@ _SHELLS = ("bash", "sh", "console")
 _MARKER = re.compile(r"<!--\s*walkthrough:\s*(\w+)\s*[—–:-]?\s*(.*?)\s*-->\s*$")
 _MODES = ("skip", "fails", "file")
 _CACHES = shutil.ignore_patterns("__pycache__", "*.pyc")
+_SERVER_ERROR = re.compile(r"^HTTP/[\d.]+ 5\d\d", re.M)  # curl -i of a failing server
 _PORT = re.compile(r"--port[ =](\d{2,5})\b")
 FENCED = """
 <!-- walkthrough: file hello.py -->
@@ -122,12 +124,14 @@ def walk_blocks(path: Path) -> list[Block]:
 
 @dataclass
 class Outcome:
-    """What one block did: exit code, seconds, and its output (a file under the walk)."""
+    """What one block did: exit code, wall and CPU seconds (the CPU time of the processes
+    it waited for: comparable on a busy machine), and its output (a file under the walk)."""
 
     block: Block
     returncode: int | None  # None: skipped
     seconds: float
     log: Path | None = None
+    cpu_seconds: float = 0.0
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
@@ -141,6 +145,8 @@ class Outcome:
             return "printed a traceback"
         if self.returncode in (124, -signal.SIGKILL):
             return "ran past its timeout"
+        if _SERVER_ERROR.search(out):
+            return "got an HTTP 5xx answer"
         if self.block.mode == "fails" and self.returncode == 0:
             return "was marked 'fails' but exited 0"
         if self.block.mode == "run" and self.returncode != 0:
@@ -211,7 +217,7 @@ class Walk:
             return Outcome(block, 0, 0.0)
         code = self.code_of(block)
         log = self.root / "logs" / f"{block.number:02d}.log"
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _children_cpu()
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 ["bash", "-e", "-o", "pipefail", "-c", code],
@@ -229,6 +235,7 @@ class Walk:
             _kill_group(proc.pid)
             returncode = proc.wait()
         outcome = Outcome(block, returncode, time.perf_counter() - started, log)
+        outcome.cpu_seconds = _children_cpu() - cpu
         if returncode == 0 and outcome.problem() is None:
             for port in _background_ports(code):
                 if not _wait_for_port(port, self.server_start_s):
@@ -268,6 +275,11 @@ def _background_ports(code: str) -> list[int]:
     joined = re.sub(r"\\\n", " ", code)
     lines = [ln.split(" #")[0].rstrip() for ln in joined.splitlines()]
     return [int(p) for ln in lines if ln.endswith("&") for p in _PORT.findall(ln)]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wait_for_port(port: int, seconds: float) -> bool:

@@ -46,7 +46,9 @@ def test_walk_doc(doc: Path, tmp_path: Path) -> None:
                 lines.append(f"  {block.where()}: skipped — {block.reason}")
                 continue
             outcome = walk.run(block)
-            lines.append(f"  {block.where()}: {outcome.seconds:.1f} s")
+            lines.append(
+                f"  {block.where()}: {outcome.seconds:.1f} s ({outcome.cpu_seconds:.1f} s CPU)"
+            )
             problem = outcome.problem()
             assert problem is None, outcome.report() + "\n" + "\n".join(lines)
             ran.append(outcome)
