@@ -260,14 +260,14 @@ class Walk:
 
 
 def _write_reader_text(folder: Path) -> None:
-    """The text a reader brings: a file, a second file, a folder of files (the docs)."""
+    """The text a reader brings: a folder of files (the docs), and two files of ~24 KB
+    (``--data FILE`` is read whole: a small one keeps evaluations short)."""
     (folder / "my_texts").mkdir()
     for page in sorted((REPO / "docs").glob("*.md")):
         shutil.copy(page, folder / "my_texts" / page.name)
     text = "\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
-    half = len(text) // 2
-    (folder / "my_text.txt").write_text(text[:half])
-    (folder / "my_eval.txt").write_text(text[half:])
+    (folder / "my_text.txt").write_text(text[:24_000])
+    (folder / "my_eval.txt").write_text(text[24_000:48_000])
 
 
 def _background_ports(code: str) -> list[int]:
