@@ -165,7 +165,7 @@ class Walk:
     """A fresh folder and the processes a doc's blocks start there (a context manager)."""
 
     root: Path
-    timeout_s: float = 300.0
+    timeout_s: float = 600.0  # a block; the demo takes a minute on a quiet box, 3 on a busy one
     server_start_s: float = 120.0
     ports: dict[int, int] = field(default_factory=dict)
     groups: list[int] = field(default_factory=list)
