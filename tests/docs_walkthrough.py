@@ -47,7 +47,7 @@ __all__ = ["Block", "Outcome", "Walk", "walk_blocks", "walk_blocks_of_text"]
 REPO = Path(__file__).resolve().parents[1]
 #: Optimizer steps of every training run in a walk (``DYNROUTE_MAX_STEPS``).
 WALK_MAX_STEPS = 3
-#: What the folder of a walk links to: what a reader of a source checkout has beside them.
+#: What a walk's folder holds copies of: what a reader of a source checkout has beside them.
 CHECKOUT_FOLDERS = ("configs", "benchmarks")
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -132,6 +132,7 @@ class Outcome:
     seconds: float
     log: Path | None = None
     cpu_seconds: float = 0.0
+    failure: str | None = None  # found by the walk itself (a server that never answered)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
@@ -140,6 +141,8 @@ class Outcome:
         """Why this block failed the walk, or None."""
         if self.returncode is None:
             return None
+        if self.failure:
+            return self.failure
         out = self.output()
         if TRACEBACK in out:
             return "printed a traceback"
@@ -190,7 +193,6 @@ class Walk:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["DYNROUTE_MAX_STEPS"] = str(WALK_MAX_STEPS)
         env["PET_MASTER_PORT"] = str(free_port())  # a bare torchrun's rendezvous port
-        env.pop("COLUMNS", None)
         return env
 
     def code_of(self, block: Block) -> str:
@@ -239,7 +241,9 @@ class Walk:
         if returncode == 0 and outcome.problem() is None:
             for port in _background_ports(code):
                 if not _wait_for_port(port, self.server_start_s):
-                    outcome.returncode = 124
+                    outcome.failure = (
+                        f"started no server on port {port} in {self.server_start_s:.0f} s"
+                    )
                     break
             outcome.seconds = time.perf_counter() - started
         return outcome
