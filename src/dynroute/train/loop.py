@@ -41,6 +41,7 @@ from dynroute.train.hooks import StepOutput, TrainHooks, moe_progress_text
 from dynroute.train.interrupt import TrainingInterrupted, steps_started, stop_requested
 from dynroute.train.metrics import MetricsLog, read_metrics
 from dynroute.train.progress import progress_bar
+from dynroute.train.quick import cap_steps, max_steps_from_env
 from dynroute.train.runfolder import RUN_FILE, ConfigMismatchError, check_run_folder
 from dynroute.train.schedule import lr_at
 
@@ -110,8 +111,14 @@ def train(
 
     Example:
         >>> train(load_config("configs/tiny.toml"), "runs/tiny")  # doctest: +SKIP
+
+    ``DYNROUTE_MAX_STEPS=N`` in the environment trains at most N steps (a complete short
+    run; :mod:`dynroute.train.quick`) and says so once on stderr.
     """
     started = time.perf_counter()
+    cfg, note = cap_steps(cfg, max_steps_from_env())
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        Console(stderr=True).print(note, markup=False, highlight=False)
     run = _start(cfg, Path(out_dir), hooks or TrainHooks(), expert_parallel, nproc)
     resumed_from = _resume(run, restart_from_model)
     if run.step == 0 and cfg.train.eval_interval:
