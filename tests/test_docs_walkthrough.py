@@ -17,8 +17,6 @@ from docs_walkthrough import REPO, TRACEBACK, Walk, walk_blocks
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: Docs whose walk takes seconds (the rest train, fit or serve: slow).
 FAST = {"architecture.md", "routing.md", "performance.md"}
-#: Docs another branch of issue 28 edits: their markers land with it (see the walk report).
-NOT_YET_WALKED = {"llm-routing.md": "its slow blocks (llm eval of every router) need markers"}
 
 
 def _param(doc: Path) -> object:
@@ -37,8 +35,6 @@ def test_every_doc_with_shell_blocks_runs_at_least_one() -> None:
 
 @pytest.mark.parametrize("doc", [_param(d) for d in DOCS])
 def test_walk_doc(doc: Path, tmp_path: Path) -> None:
-    if doc.name in NOT_YET_WALKED:
-        pytest.skip(f"{doc.name}: {NOT_YET_WALKED[doc.name]}")
     lines, ran = [], []
     with Walk(tmp_path) as walk:
         for block in walk_blocks(doc):
