@@ -133,3 +133,30 @@ def test_training_interrupted_exits_130(capsys: pytest.CaptureFixture[str]) -> N
 def test_a_bug_keeps_its_traceback() -> None:
     with pytest.raises(ZeroDivisionError), user_errors():
         raise ZeroDivisionError("a bug, not a user error")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["analyze", "runs/x", "--capacity-factor", "-1"], "--capacity-factor must be >= 0"),
+        (
+            ["adaptive", "train", "--config", str(REPO / "configs" / "adaptive_tiny.toml"),
+             "--out", "ad", "--routing", "router", "--routers-only"],
+            "--routers-only",
+        ),
+    ],
+    ids=["capacity-factor", "routers-only-without-init-from"],
+)  # fmt: skip
+def test_values_that_mean_nothing_are_refused(tmp_path: Path, args: list[str], needle: str) -> None:
+    """Issue 28 item 5: accepted before, now one line, exit 2, nothing written."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dynroute.cli", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
