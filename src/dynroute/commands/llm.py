@@ -408,8 +408,15 @@ def serve(
     log: DecisionLogFile = None,
     timeout: Timeout = 60.0,
     threads: options.Threads = None,
+    api_key: options.ApiKeys = None,
+    api_key_file: options.ApiKeyFile = None,
+    allow_no_key: options.AllowNoKey = False,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
+
+    Clients' keys: --api-key / --api-key-file / DYNROUTE_API_KEY (every path but /health
+    needs one); a non-loopback --host without a key is refused unless --allow-no-key (the
+    proxy spends its backends' keys for whoever reaches it).
 
     --threads defaults to 1 here: one query at a time, more threads only add
     synchronisation (on a busy 2-core machine, 48 ms instead of 0.4 ms per prediction of
@@ -422,6 +429,7 @@ def serve(
     check_lambda(lam)
     check_budget(budget_usd)
     backends = parse_backend_args(backend, load_backend_file(prices))
+    keys = options.server_keys(host, api_key, api_key_file, allow_no_key)
     check_port(host, port)
     options.set_threads(1 if threads is None else threads)
     from dynroute.llm.routers import load_router
@@ -434,9 +442,12 @@ def serve(
     policy = RoutingPolicy(
         r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd
     )
-    app_ = create_proxy_app(policy, DecisionLog(log), timeout_s=timeout)
+    app_ = create_proxy_app(policy, DecisionLog(log), timeout_s=timeout, api_keys=keys)
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
-    run_app(app_, host, port, f"routing with {r.name} over {names} on http://{host}:{port}/v1")
+    keyed = " (API key required)" if keys else ""
+    run_app(
+        app_, host, port, f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -45,6 +45,9 @@ __all__ = [
     "SHARED_FLAGS",
     "USAGE_ERROR",
     "USER_ERRORS",
+    "AllowNoKey",
+    "ApiKeyFile",
+    "ApiKeys",
     "Config",
     "Corpus",
     "Device",
@@ -64,6 +67,7 @@ __all__ = [
     "interruptible",
     "print_json",
     "print_table",
+    "server_keys",
     "set_threads",
     "status",
     "table",
@@ -242,6 +246,38 @@ def command(func: F) -> F:
             return func(*args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+ApiKeys = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--api-key",
+        help="Accepted client key (repeat for several): requests need 'Authorization: Bearer "
+        "KEY' (/health excepted). Also --api-key-file and DYNROUTE_API_KEY.",
+    ),
+]
+ApiKeyFile = Annotated[
+    Path | None, typer.Option(help="File of accepted client keys, one a line (# comments).")
+]
+AllowNoKey = Annotated[
+    bool,
+    typer.Option(
+        "--allow-no-key",
+        help="Serve on a non-loopback --host without any key (anyone who reaches it may use it).",
+    ),
+]
+
+
+def server_keys(
+    host: str, keys: list[str] | None, key_file: Path | None, allow_no_key: bool
+) -> frozenset[str]:
+    """The keys a server command accepts; refuses a keyless non-loopback ``host`` in one line
+    (:mod:`dynroute.serve.auth`)."""
+    from dynroute.serve.auth import check_exposure, load_keys
+
+    accepted = load_keys(keys, key_file)
+    check_exposure(host, accepted, allow_no_key)
+    return accepted
 
 
 # ---------------------------------------------------------------------------- output

@@ -39,21 +39,30 @@ def serve(
     device: options.Device = None,
     threads: options.Threads = None,
     access_log: AccessLog = False,
+    api_key: options.ApiKeys = None,
+    api_key_file: options.ApiKeyFile = None,
+    allow_no_key: options.AllowNoKey = False,
 ) -> None:
-    """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health)."""
+    """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).
+
+    With --api-key (or --api-key-file, DYNROUTE_API_KEY) every path but /health needs
+    'Authorization: Bearer KEY'; a non-loopback --host without a key is refused unless
+    --allow-no-key.
+    """
     from dynroute.serve.app import create_app
     from dynroute.serve.loading import load_served_model
     from dynroute.serve.runner import check_port, run_app
     from dynroute.train.device import resolve_device
 
+    keys = options.server_keys(host, api_key, api_key_file, allow_no_key)
     check_port(host, port)  # before the model loads: a busy port is a one-line error at once
     options.set_threads(threads)
     dev = str(resolve_device(device or "auto"))  # auto: CUDA when present
     served = load_served_model(model_dir, name, dev)
-    app_ = create_app(served, max_batch=max_batch, wait_ms=batch_wait_ms)
+    app_ = create_app(served, max_batch=max_batch, wait_ms=batch_wait_ms, api_keys=keys)
     banner = (
         f"serving {served.name} ({served.folder}, {dev}, context {served.context_length}) "
-        f"on http://{host}:{port}/v1"
+        f"on http://{host}:{port}/v1{' (API key required)' if keys else ''}"
     )
     run_app(app_, host, port, banner, access_log)
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dynroute.serve import model_routes, state
+from dynroute.serve.auth import RequireKey
 from dynroute.serve.engine import GenerationEngine
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.loading import ServedModel
@@ -19,8 +20,15 @@ from dynroute.serve.schemas import now
 __all__ = ["create_app"]
 
 
-def create_app(served: ServedModel, *, max_batch: int = 8, wait_ms: float = 5.0) -> FastAPI:
-    """The app serving ``served`` (its engine starts and stops with the app's lifespan)."""
+def create_app(
+    served: ServedModel,
+    *,
+    max_batch: int = 8,
+    wait_ms: float = 5.0,
+    api_keys: frozenset[str] = frozenset(),
+) -> FastAPI:
+    """The app serving ``served`` (its engine starts and stops with the app's lifespan);
+    with ``api_keys``, every path but ``/health`` needs one (:mod:`~dynroute.serve.auth`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,4 +53,6 @@ def create_app(served: ServedModel, *, max_batch: int = 8, wait_ms: float = 5.0)
     install_error_handlers(app)
     for module in (state, model_routes):
         app.include_router(module.router)
+    if api_keys:
+        app.add_middleware(RequireKey, keys=api_keys)
     return app

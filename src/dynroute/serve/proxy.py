@@ -11,6 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from dynroute.serve import proxy_routes, state
+from dynroute.serve.auth import RequireKey
 from dynroute.serve.decisions import DecisionLog
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.policy import RoutingPolicy
@@ -25,9 +26,11 @@ def create_proxy_app(
     *,
     timeout_s: float = 60.0,
     connect_timeout_s: float = 2.0,
+    api_keys: frozenset[str] = frozenset(),
 ) -> FastAPI:
     """The proxy app (its HTTP client to the backends opens and closes with the app's
-    lifespan; the log closes with it)."""
+    lifespan; the log closes with it); with ``api_keys``, every path but ``/health``
+    needs one of them (:mod:`~dynroute.serve.auth`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,4 +53,6 @@ def create_proxy_app(
     install_error_handlers(app)
     for module in (state, proxy_routes):
         app.include_router(module.router)
+    if api_keys:
+        app.add_middleware(RequireKey, keys=api_keys)
     return app
