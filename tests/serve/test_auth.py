@@ -69,6 +69,9 @@ def test_no_key_is_401_in_openai_shape_and_health_stays_open(
         post = httpx.post(proc.url + "/v1/completions", json={"model": SMALL, **COMPLETION})
         assert post.status_code == 401
     assert httpx.get(proc.url + "/v1/models", headers=_bearer(key)).status_code == 200
+    assert httpx.get(proc.url + "/metrics").status_code == 401  # behind the key too
+    metrics = httpx.get(proc.url + "/metrics", headers=_bearer(key))
+    assert 'dynroute_requests_total{path="/v1/models",status="401"}' in metrics.text
 
 
 def test_the_openai_client_with_the_key_is_served_through_the_proxy(

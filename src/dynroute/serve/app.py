@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from dynroute.serve import model_routes, state
-from dynroute.serve.auth import RequireKey
 from dynroute.serve.engine import GenerationEngine
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.loading import ServedModel
+from dynroute.serve.middleware import install_middleware
 from dynroute.serve.schemas import now
 
 __all__ = ["create_app"]
@@ -28,7 +28,8 @@ def create_app(
     api_keys: frozenset[str] = frozenset(),
 ) -> FastAPI:
     """The app serving ``served`` (its engine starts and stops with the app's lifespan);
-    with ``api_keys``, every path but ``/health`` needs one (:mod:`~dynroute.serve.auth`)."""
+    with ``api_keys``, every path but ``/health`` needs one (:mod:`~dynroute.serve.auth`);
+    ``GET /metrics`` counts requests (:mod:`~dynroute.serve.metrics`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +54,5 @@ def create_app(
     install_error_handlers(app)
     for module in (state, model_routes):
         app.include_router(module.router)
-    if api_keys:
-        app.add_middleware(RequireKey, keys=api_keys)
+    install_middleware(app, api_keys)
     return app

@@ -11,9 +11,10 @@ import httpx
 from fastapi import FastAPI
 
 from dynroute.serve import proxy_routes, state
-from dynroute.serve.auth import RequireKey
 from dynroute.serve.decisions import DecisionLog
 from dynroute.serve.errors import install_error_handlers
+from dynroute.serve.metrics import MeteredLog
+from dynroute.serve.middleware import install_middleware
 from dynroute.serve.policy import RoutingPolicy
 from dynroute.serve.schemas import now
 
@@ -30,7 +31,8 @@ def create_proxy_app(
 ) -> FastAPI:
     """The proxy app (its HTTP client to the backends opens and closes with the app's
     lifespan; the log closes with it); with ``api_keys``, every path but ``/health``
-    needs one of them (:mod:`~dynroute.serve.auth`)."""
+    needs one of them (:mod:`~dynroute.serve.auth`); ``GET /metrics`` counts requests and
+    every decision (routed share, tokens, spend per backend)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +55,6 @@ def create_proxy_app(
     install_error_handlers(app)
     for module in (state, proxy_routes):
         app.include_router(module.router)
-    if api_keys:
-        app.add_middleware(RequireKey, keys=api_keys)
+    metrics = install_middleware(app, api_keys)
+    app.state.decision_log = MeteredLog(app.state.decision_log, metrics)
     return app

@@ -1,16 +1,17 @@
-"""``app.state`` of both apps: what handlers read there, and the two routes that show it.
+"""``app.state`` of both apps: what handlers read there, and the three routes that show it.
 
-Both apps set ``health`` (a function: the app's own fields of ``GET /health``) and
-``model_cards`` (what ``GET /v1/models`` lists). :func:`~dynroute.serve.app.create_app`
-sets ``served``, its lifespan ``engine``; :func:`~dynroute.serve.proxy.create_proxy_app`
-sets ``policy`` and ``decision_log``, its lifespan ``client`` (every backend call's).
+Both apps set ``health`` (a function: the app's own fields of ``GET /health``),
+``model_cards`` (what ``GET /v1/models`` lists) and ``metrics`` (``GET /metrics``).
+:func:`~dynroute.serve.app.create_app` sets ``served``, its lifespan ``engine``;
+:func:`~dynroute.serve.proxy.create_proxy_app` sets ``policy`` and ``decision_log``, its
+lifespan ``client`` (every backend call's).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 if TYPE_CHECKING:
     import httpx
@@ -41,6 +42,15 @@ async def health(request: Request) -> dict[str, Any]:
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": request.app.state.model_cards}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format (:mod:`dynroute.serve.metrics`)."""
+    from dynroute.serve.metrics import CONTENT_TYPE_LATEST
+
+    body = request.app.state.metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
