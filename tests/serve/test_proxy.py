@@ -137,3 +137,106 @@ def test_a_backends_4xx_is_passed_back_and_logged(stack):
     assert r.headers["x-dynroute-model"] == SMALL
     row = json.loads(stack["log"].read_text().splitlines()[-1])
     assert row["status"] == 400 and row["chosen"] == SMALL and row["cost"] == 0.0
+
+
+CHAT = '{"model": "auto", "messages": [{"role": "user", "content": "hi"}]'  # + fields + "}"
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "status", "needle", "param"),
+    [
+        ("chat/completions", CHAT + ', "x": ' + DEEP + "}", 400, "nests deeper", None),
+        ("chat/completions", CHAT + ', "x": ' + "[" * 100 + "]" * 100 + "}", 400, "deeper", None),
+        ("chat/completions", CHAT + ', "max_tokens": 1.8e308}', 400, "finite", "max_tokens"),
+        ("chat/completions", CHAT + f', "max_tokens": {10**400}}}', 400, "range", "max_tokens"),
+        ("chat/completions", CHAT + ', "seed": 9223372036854775808}', 400, "range", "seed"),
+        ("chat/completions", CHAT + ', "temperature": NaN}', 400, "temperature", "temperature"),
+        ("chat/completions", CHAT + ', "top_k": -Infinity}', 400, "finite", "top_k"),
+        ("chat/completions", CHAT + ', "seed": 1' + "0" * 5000 + "}", 400, "4,300 digits", None),
+        (
+            "chat/completions",
+            '{"model": "auto", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+            400,
+            "surrogate",
+            "messages.0.content",
+        ),
+        ("completions", '{"model": "auto", "prompt": "\\udfff"}', 400, "U+DFFF", "prompt"),
+        (
+            "completions",
+            '{"model": "auto", "prompt": "x", "logit_bias": {"5": -1e999}}',
+            400,
+            "finite",
+            "logit_bias.5",
+        ),
+        ("completions", '{"model": "small", "prompt": [18446744073709551616]}', 400, "range", None),
+        ("completions", '{"model": "router-knn-1e999", "prompt": "x"}', 400, "-inf", "model"),
+        ("completions", '{"model": "auto", "prompt": "x", "\\ud800": 1}', 400, "string", None),
+    ],
+)
+def test_bad_values_are_400s_naming_the_field_and_reach_no_backend(
+    stack, endpoint, body, status, needle, param
+):
+    """Issue 25, items 3, 5 and 8: each was a plain-text 500 (or an ``Infinity`` in the
+    decision log); now a 400 in OpenAI's shape before any decision, the proxy unhurt."""
+    before = stack["log"].read_text().count("\n")
+    r = httpx.post(
+        f"{stack['proxy'].url}/v1/{endpoint}",
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    error = r.json()["error"]
+    assert r.status_code == status and needle in error["message"], error
+    assert error["type"] == "invalid_request_error" and "Traceback" not in r.text
+    if param is not None:
+        assert (error["param"] or "") == param
+    assert stack["log"].read_text().count("\n") == before  # never reached a backend
+    assert chat(proxy_client(stack["proxy"]), "auto", SUM).status_code == 200
+
+
+def test_only_json_bodies_are_read(stack):
+    url = stack["proxy"].url + "/v1/completions"
+    body = json.dumps({"model": SMALL, "prompt": SUM, "max_tokens": 2})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        r = httpx.post(url, content=body, headers={"content-type": kind}, timeout=30)
+        assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+    r = httpx.post(
+        url, content=body, headers={"content-type": "application/json; charset=utf-8"}, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["model"] == SMALL
+
+
+def test_a_requests_own_fault_is_not_retried_and_cools_no_backend(stack):
+    """Issue 25, item 6: a routed request every backend would refuse (it asks for more
+    tokens than the context holds) gets the first backend's 400, tried once; both
+    backends stay in rotation for everyone else."""
+    url = stack["proxy"].url
+    for _ in range(3):
+        r = httpx.post(
+            url + "/v1/completions",
+            json={"model": "auto", "prompt": SUM, "max_tokens": 100000},
+            timeout=30,
+        )
+        assert r.status_code == 400 and "context length" in r.json()["error"]["message"]
+        row = json.loads(stack["log"].read_text().splitlines()[-1])
+        assert row["attempts"] == [] and row["chosen"] == r.headers["x-dynroute-model"]
+    health = httpx.get(url + "/health", timeout=10).json()
+    assert health["backends"] == {SMALL: "ok", BIG: "ok"}
+    assert chat(proxy_client(stack["proxy"]), "auto", POEM).headers["x-dynroute-model"] == BIG
+
+
+def test_the_decision_log_is_strict_json(stack):
+    """``router-knn-inf`` (λ = ∞, the cheapest) is logged with ``knob: null``: every line
+    parses with a parser that refuses NaN and Infinity."""
+    assert chat(proxy_client(stack["proxy"]), "router-knn-inf", POEM).status_code == 200
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = [
+        json.loads(line, parse_constant=refuse) for line in stack["log"].read_text().splitlines()
+    ]
+    assert rows[-1]["requested"] == "router-knn-inf" and rows[-1]["knob"] is None
+    assert rows[-1]["chosen"] == SMALL
