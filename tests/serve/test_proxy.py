@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
 import pytest
 
+from dynroute.llm.routers import load_router
+from dynroute.serve.backends import map_to_router, parse_backend_args
+from dynroute.serve.policy import RoutingPolicy
+from dynroute.serve.proxy import INTERNAL_ERROR, create_proxy_app
 from serve_helpers import BIG, SMALL
+from serving_procs import start_all, stop_all
 
 POEM = "write a poem about fire and love"
 SUM = "what is 7 plus 2"
@@ -240,3 +248,78 @@ def test_the_decision_log_is_strict_json(stack):
     ]
     assert rows[-1]["requested"] == "router-knn-inf" and rows[-1]["knob"] is None
     assert rows[-1]["chosen"] == SMALL
+
+
+def test_an_unexpected_error_is_a_generic_500(router_dir):
+    """In process, as no route of a real proxy fails on purpose: an exception no handler
+    expected is a 500 in OpenAI's shape; its text (internals) never reaches the client."""
+    router = load_router(str(router_dir))
+    backends = parse_backend_args([f"{SMALL}=http://127.0.0.1:9"], {})
+    map_to_router(backends, router.models)
+    app = create_proxy_app(RoutingPolicy(router, backends))
+
+    @app.post("/boom")
+    async def boom() -> None:
+        raise RuntimeError("index out of range in self")
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            return await client.post("/boom")
+
+    r = asyncio.run(post())
+    assert r.status_code == 500 and r.json()["error"]["message"] == INTERNAL_ERROR
+    assert r.json()["error"]["type"] == "server_error" and "index out of" not in r.text
+
+
+#: what the odd backend answers, by prompt
+ODD_ANSWERS = {
+    "list": b"[1, 2]",
+    "html": b"<html>busy</html>",
+    "nan": b'{"choices": [{"text": "ok", "index": 0}], "usage": [1], "score": NaN}',
+}
+
+
+class OddBackend(BaseHTTPRequestHandler):
+    """A backend answering 200 with bodies no OpenAI server sends."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        answer = ODD_ANSWERS[body["prompt"]]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_backends_odd_answer_is_a_502_or_cleaned(router_dir, tmp_path):
+    """A body that is not a JSON object is a 502 in OpenAI's shape; a NaN is sent on as
+    ``null`` (strict JSON) and a ``usage`` that is no object counts as none."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OddBackend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    log = tmp_path / "decisions.jsonl"
+    args = ["llm", "serve", str(router_dir), "--backend", f"{SMALL}={url}", "--log", str(log)]
+    (proxy,) = start_all([args], tmp_path)
+    try:
+        for prompt in ("list", "html"):
+            r = httpx.post(
+                proxy.url + "/v1/completions", json={"model": SMALL, "prompt": prompt}, timeout=30
+            )
+            assert r.status_code == 502 and "no JSON object" in r.json()["error"]["message"]
+        r = httpx.post(
+            proxy.url + "/v1/completions", json={"model": SMALL, "prompt": "nan"}, timeout=30
+        )
+        assert r.status_code == 200 and r.json()["score"] is None and r.json()["model"] == SMALL
+        assert [json.loads(line)["status"] for line in log.read_text().splitlines()] == [
+            502,
+            502,
+            200,
+        ]
+    finally:
+        stop_all([proxy])
+        server.shutdown()
