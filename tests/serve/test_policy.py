@@ -84,6 +84,17 @@ def test_direct_and_unknown_models(router):
         policy.decide("router-mf-1", POEM, None)
     assert parse_model_field("router-sw_ranking-1e-3") == ("sw_ranking", 1e-3)
     assert parse_model_field("router-knn-x") is None
+    assert parse_model_field("router-knn-inf") == ("knn", float("inf"))
+    with pytest.raises(ApiError, match="too large") as refused:
+        policy.decide("router-knn-1e999", POEM, None)  # was λ = inf, Infinity in the log
+    assert refused.value.status == 400 and refused.value.param == "model"
+
+
+def test_cost_never_overflows():
+    small = backends(prices=True)[0]
+    assert small.cost(1000, 500) == pytest.approx(0.002)
+    assert small.cost(10**400, 1) is None and small.cost(1e308, 1e308) is None
+    assert small.cost(None, 1) is None  # type: ignore[arg-type]  # a backend's odd usage
 
 
 def test_backend_errors_name_what_to_do(tmp_path):

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
 import pytest
 
+from dynroute.llm.routers import load_router
+from dynroute.serve.backends import map_to_router, parse_backend_args
+from dynroute.serve.policy import RoutingPolicy
+from dynroute.serve.proxy import INTERNAL_ERROR, create_proxy_app
 from serve_helpers import BIG, SMALL
+from serving_procs import start_all, stop_all
 
 POEM = "write a poem about fire and love"
 SUM = "what is 7 plus 2"
@@ -137,3 +145,181 @@ def test_a_backends_4xx_is_passed_back_and_logged(stack):
     assert r.headers["x-dynroute-model"] == SMALL
     row = json.loads(stack["log"].read_text().splitlines()[-1])
     assert row["status"] == 400 and row["chosen"] == SMALL and row["cost"] == 0.0
+
+
+CHAT = '{"model": "auto", "messages": [{"role": "user", "content": "hi"}]'  # + fields + "}"
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "status", "needle", "param"),
+    [
+        ("chat/completions", CHAT + ', "x": ' + DEEP + "}", 400, "nests deeper", None),
+        ("chat/completions", CHAT + ', "x": ' + "[" * 100 + "]" * 100 + "}", 400, "deeper", None),
+        ("chat/completions", CHAT + ', "max_tokens": 1.8e308}', 400, "finite", "max_tokens"),
+        ("chat/completions", CHAT + f', "max_tokens": {10**400}}}', 400, "range", "max_tokens"),
+        ("chat/completions", CHAT + ', "seed": 9223372036854775808}', 400, "range", "seed"),
+        ("chat/completions", CHAT + ', "temperature": NaN}', 400, "temperature", "temperature"),
+        ("chat/completions", CHAT + ', "top_k": -Infinity}', 400, "finite", "top_k"),
+        ("chat/completions", CHAT + ', "seed": 1' + "0" * 5000 + "}", 400, "4,300 digits", None),
+        (
+            "chat/completions",
+            '{"model": "auto", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+            400,
+            "surrogate",
+            "messages.0.content",
+        ),
+        ("completions", '{"model": "auto", "prompt": "\\udfff"}', 400, "U+DFFF", "prompt"),
+        (
+            "completions",
+            '{"model": "auto", "prompt": "x", "logit_bias": {"5": -1e999}}',
+            400,
+            "finite",
+            "logit_bias.5",
+        ),
+        ("completions", '{"model": "small", "prompt": [18446744073709551616]}', 400, "range", None),
+        ("completions", '{"model": "router-knn-1e999", "prompt": "x"}', 400, "-inf", "model"),
+        ("completions", '{"model": "auto", "prompt": "x", "\\ud800": 1}', 400, "string", None),
+    ],
+)
+def test_bad_values_are_400s_naming_the_field_and_reach_no_backend(
+    stack, endpoint, body, status, needle, param
+):
+    """Issue 25, items 3, 5 and 8: each was a plain-text 500 (or an ``Infinity`` in the
+    decision log); now a 400 in OpenAI's shape before any decision, the proxy unhurt."""
+    before = stack["log"].read_text().count("\n")
+    r = httpx.post(
+        f"{stack['proxy'].url}/v1/{endpoint}",
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    error = r.json()["error"]
+    assert r.status_code == status and needle in error["message"], error
+    assert error["type"] == "invalid_request_error" and "Traceback" not in r.text
+    if param is not None:
+        assert (error["param"] or "") == param
+    assert stack["log"].read_text().count("\n") == before  # never reached a backend
+    assert chat(proxy_client(stack["proxy"]), "auto", SUM).status_code == 200
+
+
+def test_only_json_bodies_are_read(stack):
+    url = stack["proxy"].url + "/v1/completions"
+    body = json.dumps({"model": SMALL, "prompt": SUM, "max_tokens": 2})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        r = httpx.post(url, content=body, headers={"content-type": kind}, timeout=30)
+        assert r.status_code == 415 and "application/json" in r.json()["error"]["message"]
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+    r = httpx.post(
+        url, content=body, headers={"content-type": "application/json; charset=utf-8"}, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["model"] == SMALL
+
+
+def test_a_requests_own_fault_is_not_retried_and_cools_no_backend(stack):
+    """Issue 25, item 6: a routed request every backend would refuse (it asks for more
+    tokens than the context holds) gets the first backend's 400, tried once; both
+    backends stay in rotation for everyone else."""
+    url = stack["proxy"].url
+    for _ in range(3):
+        r = httpx.post(
+            url + "/v1/completions",
+            json={"model": "auto", "prompt": SUM, "max_tokens": 100000},
+            timeout=30,
+        )
+        assert r.status_code == 400 and "context length" in r.json()["error"]["message"]
+        row = json.loads(stack["log"].read_text().splitlines()[-1])
+        assert row["attempts"] == [] and row["chosen"] == r.headers["x-dynroute-model"]
+    health = httpx.get(url + "/health", timeout=10).json()
+    assert health["backends"] == {SMALL: "ok", BIG: "ok"}
+    assert chat(proxy_client(stack["proxy"]), "auto", POEM).headers["x-dynroute-model"] == BIG
+
+
+def test_the_decision_log_is_strict_json(stack):
+    """``router-knn-inf`` (λ = ∞, the cheapest) is logged with ``knob: null``: every line
+    parses with a parser that refuses NaN and Infinity."""
+    assert chat(proxy_client(stack["proxy"]), "router-knn-inf", POEM).status_code == 200
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = [
+        json.loads(line, parse_constant=refuse) for line in stack["log"].read_text().splitlines()
+    ]
+    assert rows[-1]["requested"] == "router-knn-inf" and rows[-1]["knob"] is None
+    assert rows[-1]["chosen"] == SMALL
+
+
+def test_an_unexpected_error_is_a_generic_500(router_dir):
+    """In process, as no route of a real proxy fails on purpose: an exception no handler
+    expected is a 500 in OpenAI's shape; its text (internals) never reaches the client."""
+    router = load_router(str(router_dir))
+    backends = parse_backend_args([f"{SMALL}=http://127.0.0.1:9"], {})
+    map_to_router(backends, router.models)
+    app = create_proxy_app(RoutingPolicy(router, backends))
+
+    @app.post("/boom")
+    async def boom() -> None:
+        raise RuntimeError("index out of range in self")
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            return await client.post("/boom")
+
+    r = asyncio.run(post())
+    assert r.status_code == 500 and r.json()["error"]["message"] == INTERNAL_ERROR
+    assert r.json()["error"]["type"] == "server_error" and "index out of" not in r.text
+
+
+#: what the odd backend answers, by prompt
+ODD_ANSWERS = {
+    "list": b"[1, 2]",
+    "html": b"<html>busy</html>",
+    "nan": b'{"choices": [{"text": "ok", "index": 0}], "usage": [1], "score": NaN}',
+}
+
+
+class OddBackend(BaseHTTPRequestHandler):
+    """A backend answering 200 with bodies no OpenAI server sends."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        answer = ODD_ANSWERS[body["prompt"]]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_backends_odd_answer_is_a_502_or_cleaned(router_dir, tmp_path):
+    """A body that is not a JSON object is a 502 in OpenAI's shape; a NaN is sent on as
+    ``null`` (strict JSON) and a ``usage`` that is no object counts as none."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OddBackend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    log = tmp_path / "decisions.jsonl"
+    args = ["llm", "serve", str(router_dir), "--backend", f"{SMALL}={url}", "--log", str(log)]
+    (proxy,) = start_all([args], tmp_path)
+    try:
+        for prompt in ("list", "html"):
+            r = httpx.post(
+                proxy.url + "/v1/completions", json={"model": SMALL, "prompt": prompt}, timeout=30
+            )
+            assert r.status_code == 502 and "no JSON object" in r.json()["error"]["message"]
+        r = httpx.post(
+            proxy.url + "/v1/completions", json={"model": SMALL, "prompt": "nan"}, timeout=30
+        )
+        assert r.status_code == 200 and r.json()["score"] is None and r.json()["model"] == SMALL
+        assert [json.loads(line)["status"] for line in log.read_text().splitlines()] == [
+            502,
+            502,
+            200,
+        ]
+    finally:
+        stop_all([proxy])
+        server.shutdown()

@@ -54,10 +54,23 @@ class Backend:
         return self.prompt_price is not None and self.completion_price is not None
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
-        """USD for a call with these token counts (None when the prices are unknown)."""
+        """USD for a call with these token counts (None when the prices are unknown, or the
+        counts are not numbers a price can multiply: a backend's odd ``usage`` is no crash).
+
+        Example:
+            >>> b = Backend("big", "http://127.0.0.1:8002", "big", None, 10.0, 30.0)
+            >>> b.cost(1000, 100), b.cost(10**400, 1), b.cost("3", 1)
+            (0.013, None, None)
+        """
         if self.prompt_price is None or self.completion_price is None:
             return None
-        return (prompt_tokens * self.prompt_price + completion_tokens * self.completion_price) / 1e6
+        if not all(isinstance(n, int | float) for n in (prompt_tokens, completion_tokens)):
+            return None
+        try:
+            usd = prompt_tokens * self.prompt_price + completion_tokens * self.completion_price
+        except OverflowError:  # an int beyond any float
+            return None
+        return usd / 1e6 if math.isfinite(usd) else None
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/v1{path}"

@@ -3,30 +3,39 @@
 A row holds ``time`` (ISO 8601, UTC), ``query_sha256`` (never the text), the decision and
 its outcome (:meth:`dynroute.serve.proxy_routes.Exchange.finish`; the fields are listed in
 docs/serving.md): with the graded answers, an outcome table for ``dynroute llm eval``.
+Each line is strict JSON (:func:`~dynroute.common.jsonfile.json_text`: a non-finite
+number is written ``null``, never ``Infinity``), so every JSON reader takes the file.
 
 Example:
     >>> import tempfile, json, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.jsonl"
     >>> with DecisionLog(path) as log:
     ...     log.write({"chosen": "small", "status": 200})
-    >>> json.loads(path.read_text())["chosen"], query_hash("hi")[:12]
+    ...     log.write({"chosen": "big", "knob": float("inf")})
+    >>> [json.loads(line)["knob"] for line in path.read_text().splitlines()[1:]]
+    [None]
+    >>> json.loads(path.read_text().splitlines()[0])["chosen"], query_hash("hi")[:12]
     ('small', '8f434346648f')
+    >>> query_hash(chr(0xD800))[:12]  # a lone surrogate: its escaped bytes are hashed
+    '91a681b99855'
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from dynroute.common.jsonfile import json_text
 
 __all__ = ["DecisionLog", "query_hash"]
 
 
 def query_hash(text: str) -> str:
-    """sha256 hex digest of the UTF-8 text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """sha256 hex digest of the UTF-8 text (a lone surrogate, which UTF-8 cannot encode, as
+    its ``surrogatepass`` bytes: any string a JSON body holds has a hash)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class DecisionLog:
@@ -44,7 +53,7 @@ class DecisionLog:
         if self._file is None:
             return
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self._file.write(json.dumps({"time": stamp, **row}, separators=(",", ":")) + "\n")
+        self._file.write(json_text({"time": stamp, **row}, indent=None) + "\n")
         self._file.flush()
 
     def close(self) -> None:

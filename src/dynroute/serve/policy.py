@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -35,13 +36,31 @@ ROUTER_FIELD = re.compile(r"router-([A-Za-z0-9_]+)(?:-(inf|[0-9]*\.?[0-9]+(?:[eE
 
 
 def parse_model_field(model: str) -> tuple[str, float | None] | None:
-    """``(router name or "" for auto, λ or None)``; None when ``model`` is not a router id."""
+    """``(router name or "" for auto, λ or None)``; None when ``model`` is not a router id.
+    A number too large for a float (``router-knn-1e999``) is a 400: only the word ``inf``
+    asks for an infinite λ (the cheapest backend), never an overflow.
+
+    Example:
+        >>> parse_model_field("router-knn-inf")
+        ('knn', inf)
+        >>> parse_model_field("router-knn-1e999")
+        Traceback (most recent call last):
+        dynroute.serve.errors.ApiError: model 'router-knn-1e999': ...
+    """
     if model == "auto":
         return "", None
     m = ROUTER_FIELD.fullmatch(model)
     if m is None:
         return None
-    return m.group(1), None if m.group(2) is None else float(m.group(2))
+    knob = None if m.group(2) is None else float(m.group(2))
+    if knob is not None and not math.isfinite(knob) and m.group(2) != "inf":
+        raise ApiError(
+            400,
+            f"model {model!r}: {m.group(2)} is too large for a number; use a finite "
+            f"value, or router-{m.group(1)}-inf for the cheapest backend",
+            param="model",
+        )
+    return m.group(1), knob
 
 
 @dataclass

@@ -1,10 +1,16 @@
 """``POST /v1/completions`` and ``POST /v1/chat/completions`` of the routing proxy.
 
-A validated request is decided (:meth:`Exchange.begin`) and sent as the client sent it
+A request is checked before anything is decided (:func:`read_request`): a Content-Type
+other than JSON is a 415; a body that is not a JSON object of the endpoint's schema, nests
+deeper than :data:`MAX_DEPTH`, holds a non-finite number, a number beyond ±(2^63 − 1) or a
+lone UTF-16 surrogate is a 400 naming the field; no backend sees it.
+A valid request is decided (:meth:`Exchange.begin`) and sent as the client sent it
 (unknown fields included), with each backend's own model id, to the decision's backends
-in order. A backend that cannot be reached, times out, or answers 5xx/408/429 is cooled
-down (:meth:`~dynroute.serve.policy.RoutingPolicy.mark_down`) and the next one is tried,
-before any byte reached the client; its 4xx is passed back (the request is at fault).
+in order. A backend fault (:func:`backend_fault`: unreachable, timed out, a 5xx, 408 or
+429) cools that backend down (:meth:`~dynroute.serve.policy.RoutingPolicy.mark_down`)
+and the next one is tried, before any byte reached the client; any other 4xx is the
+request's fault: passed back as it is, no retry, no cool-down (one client's bad request
+costs no other client anything).
 When none answers: 503 naming each failure. An answer carries the backend's name in
 ``model`` (in each streamed chunk too) and in the ``x-dynroute-model`` header. A stream is
 always asked for ``usage`` (to price it; a client that did not ask does not get it); a
@@ -15,6 +21,8 @@ Each request is one row of the decision log, written by :meth:`Exchange.finish`.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,9 +32,10 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from dynroute.common.jsonfile import finite_or_none
 from dynroute.serve.backends import Backend
 from dynroute.serve.decisions import DecisionLog, query_hash
-from dynroute.serve.errors import ApiError, parse_body
+from dynroute.serve.errors import ApiError, Body, parse_body
 from dynroute.serve.policy import Decision, RoutingPolicy
 from dynroute.serve.schemas import (
     DONE,
@@ -39,25 +48,118 @@ from dynroute.serve.schemas import (
 )
 from dynroute.serve.state import client_of, decision_log, policy_of
 
-__all__ = ["MODEL_HEADER", "RETRY_STATUS", "Exchange", "router"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NUMBER",
+    "MODEL_HEADER",
+    "Exchange",
+    "backend_fault",
+    "check_values",
+    "read_request",
+    "router",
+]
 
 router = APIRouter()
 
 MODEL_HEADER = "x-dynroute-model"
-#: a backend answering with these is skipped and the next one tried
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+#: how deep a request body may nest (OpenAI's bodies nest a few levels, tool schemas ~10)
+MAX_DEPTH = 64
+#: the largest number a body may hold: a signed 64-bit integer, what every backend parses
+MAX_NUMBER = 2**63 - 1
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(request: Request) -> Response:
-    body, req = await parse_body(request, CompletionRequest)
+    body, req = await read_request(request, CompletionRequest)
     return await forward(request, "/completions", body, req, req.prompt_text())
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(request: Request) -> Response:
-    body, req = await parse_body(request, ChatCompletionRequest)
+    body, req = await read_request(request, ChatCompletionRequest)
     return await forward(request, "/chat/completions", body, req, req.last_user_text())
+
+
+def backend_fault(status: int) -> bool:
+    """Whether a backend's answer with ``status`` is the backend's fault (a 5xx, a timeout,
+    its rate limit): then it cools down and the next backend is tried. Any other 4xx is
+    the request's: passed back, as every backend would refuse it too.
+
+    Example:
+        >>> [backend_fault(s) for s in (200, 400, 404, 408, 429, 500, 503)]
+        [False, False, False, True, True, True, True]
+    """
+    return status >= 500 or status in (408, 429)
+
+
+async def read_request(request: Request, schema: type[Body]) -> tuple[dict[str, Any], Body]:
+    """``(the JSON object as sent, the same validated by schema)``, or the 4xx of the module
+    doc (415: not JSON; 400: not valid, too deep, a bad number or string)."""
+    kind = request.headers.get("content-type")
+    media = (kind or "").partition(";")[0].strip().lower()
+    if kind and media != "application/json" and not media.endswith("+json"):
+        raise ApiError(
+            415,
+            f"Content-Type {kind[:80]!r} is not JSON; send the body as application/json",
+            code="unsupported_media_type",
+        )
+    try:
+        body, req = await parse_body(request, schema)
+    except RecursionError:  # the JSON parser gave up, at ~1,000 levels
+        raise ApiError(400, f"the request body nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # json's own limit: an integer literal over 4,300 digits
+        raise ApiError(400, "the request body holds a number with over 4,300 digits") from None
+    check_values(body)
+    return body, req
+
+
+def check_values(body: Any) -> None:
+    """Raise a 400 :class:`ApiError` naming the first field of ``body`` (parsed JSON) that
+    nests deeper than :data:`MAX_DEPTH`, is a non-finite number or one beyond
+    ±:data:`MAX_NUMBER`, or holds a lone surrogate (not Unicode: no backend can encode it).
+    Iterative, so any depth the JSON parser accepted is safe here.
+
+    Example:
+        >>> check_values({"model": "auto", "messages": [{"content": "hi"}], "n": 1})
+        >>> check_values({"max_tokens": 10**400})
+        Traceback (most recent call last):
+        dynroute.serve.errors.ApiError: max_tokens: a 1329-bit int is out of range (|x| <= 2^63 - 1)
+        >>> check_values({"stop": ["a", chr(0xD800)]})
+        Traceback (most recent call last):
+        dynroute.serve.errors.ApiError: stop.1 holds a lone UTF-16 surrogate ...
+    """
+    stack: list[tuple[Any, str, int]] = [(body, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"the request body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                check_text(key, f"a key of {path or 'the body'}", path)
+                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}.{i}", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            check_text(value, path, path)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(400, f"{path}: must be a finite number", param=path)
+        elif isinstance(value, int | float) and abs(value) > MAX_NUMBER:
+            # str() of an int over 4,300 digits raises: say how big it is instead
+            shown = str(value) if isinstance(value, float) else f"a {value.bit_length()}-bit int"
+            raise ApiError(400, f"{path}: {shown} is out of range (|x| <= 2^63 - 1)", param=path)
+
+
+def check_text(text: str, what: str, param: str) -> None:
+    found = SURROGATE.search(text)
+    if found:
+        code = f"U+{ord(found.group()):04X}"
+        raise ApiError(
+            400,
+            f"{what} holds a lone UTF-16 surrogate ({code}), which is not Unicode text; "
+            "send each surrogate pair whole, or valid UTF-8",
+            param=param or None,
+        )
 
 
 def backend_payload(body: dict[str, Any], backend: Backend, stream: bool) -> dict[str, Any]:
@@ -91,7 +193,7 @@ async def send(
         )
     except httpx.HTTPError as err:  # refused, reset, timed out
         return f"{type(err).__name__}: {err}"[:200]
-    if upstream.status_code in RETRY_STATUS:
+    if backend_fault(upstream.status_code):
         if stream:
             await upstream.aclose()
         return f"HTTP {upstream.status_code}"
@@ -174,8 +276,10 @@ class Exchange:
         usage: dict[str, Any] | None = None,
         **extra: Any,
     ) -> None:
-        """Settle the cost (usage × prices, else the estimate; 0 for an error) and log."""
+        """Settle the cost (usage × prices, else the estimate; 0 for an error) and log
+        (a ``usage`` that is not a JSON object counts as none)."""
         decision = self.decision
+        usage = usage if isinstance(usage, dict) else None
         cost = None
         if backend is not None and usage:
             cost = backend.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
@@ -198,14 +302,17 @@ class Exchange:
 
 
 async def answer(upstream: httpx.Response, backend: Backend, exchange: Exchange) -> Response:
-    """The backend's whole answer (its status kept; a non-JSON body is a 502)."""
+    """The backend's whole answer (its status kept; a body that is not a JSON object is a
+    502; a non-finite number in it becomes null, as a client's JSON parser needs)."""
     content = await upstream.aread()
     await upstream.aclose()
     exchange.upstream_done()
     try:
-        data = json.loads(content)
-    except json.JSONDecodeError:
-        data = error_body(f"backend {backend.name} answered non-JSON", "server_error")
+        data = finite_or_none(json.loads(content))
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, a huge number
+        data = None
+    if not isinstance(data, dict):
+        data = error_body(f"backend {backend.name} answered no JSON object", "server_error")
         upstream.status_code = 502
     if upstream.status_code < 400 and isinstance(data, dict):
         data["model"] = backend.name
@@ -254,8 +361,8 @@ async def relay(
                 yield DONE
                 continue
             try:
-                chunk = json.loads(data)
-            except json.JSONDecodeError:
+                chunk = finite_or_none(json.loads(data))
+            except (ValueError, RecursionError):
                 continue
             send, seen = relabel(chunk, backend.name, want_usage)
             usage = seen or usage
