@@ -11,7 +11,9 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
+from dynroute.serve.app import create_app
 from dynroute.serve.errors import install_error_handlers
+from dynroute.serve.loading import load_served_model
 from dynroute.serve.model_routes import INTERNAL_ERROR, GuardedRoute, ModelLimits
 from serve_helpers import SMALL
 
@@ -283,3 +285,23 @@ def test_an_unexpected_error_is_a_generic_openai_500():
         r = http.post("/boom", json={})
     error = assert_openai_error(r, 500, INTERNAL_ERROR)
     assert error["type"] == "server_error" and "index out of range" not in r.text
+
+
+def test_a_chat_template_refusal_is_a_400(tiny_models):
+    """A template's own check (``raise_exception``) is about the client's messages."""
+    served = load_served_model(tiny_models[SMALL], SMALL)
+    served.tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'user' %}"
+        "{{ raise_exception('the first message must be a user turn') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    turn = {"model": SMALL, "max_tokens": 2}
+    with TestClient(create_app(served), raise_server_exceptions=False) as http:
+        refused = http.post(
+            "/v1/chat/completions", json={**turn, "messages": [{"role": "assistant"}]}
+        )
+        answered = http.post(
+            "/v1/chat/completions", json={**turn, "messages": [{"role": "user", "content": "x"}]}
+        )
+    error = assert_openai_error(refused, 400, "the first message must be a user turn")
+    assert error["param"] == "messages" and answered.status_code == 200

@@ -55,6 +55,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+try:
+    from jinja2 import TemplateError
+except ImportError:  # jinja2 is optional; without it transformers renders no chat template
+
+    class TemplateError(Exception):  # type: ignore[no-redef]
+        """Never raised: stands for jinja2's when jinja2 is not installed."""
+
+
 #: chat answers default to the rest of the context, at most this many tokens
 DEFAULT_CHAT_TOKENS = 256
 #: what a client is told of an unexpected error (the details go to the server's log)
@@ -164,7 +172,12 @@ async def chat(req: ChatCompletionRequest, request: Request) -> JSONResponse | S
     chars = sum(len(m["content"]) for m in messages)
     if chars > served.max_prompt_chars:
         raise too_many_chars(served, chars, "messages")
-    ids = await run_in_threadpool(served.chat_ids, messages)
+    try:
+        ids = await run_in_threadpool(served.chat_ids, messages)
+    except TemplateError as err:  # the template's own check, e.g. roles must alternate
+        raise ApiError(
+            400, f"the model's chat template refuses these messages: {err}", param="messages"
+        ) from None
     job = make_job(served, ids, req, req.stop_list() + served.chat_stops())
     frames = ChatFrames(served.name, new_id("chatcmpl"))
     if req.stream:
