@@ -305,3 +305,16 @@ def test_a_chat_template_refusal_is_a_400(tiny_models):
         )
     error = assert_openai_error(refused, 400, "the first message must be a user turn")
     assert error["param"] == "messages" and answered.status_code == 200
+
+
+def test_limits_come_from_the_app_state(tiny_models):
+    """``app.state.model_limits`` (what ``create_app`` sets) replaces the defaults."""
+    app = create_app(load_served_model(tiny_models[SMALL], SMALL))
+    app.state.model_limits = ModelLimits(max_body_bytes=200, max_prompts=2)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        big = http.post("/v1/completions", json={"model": SMALL, "prompt": "x" * 300})
+        many = http.post("/v1/completions", json={"model": SMALL, "prompt": ["a", "b", "c"]})
+        fine = http.post("/v1/completions", json={"model": SMALL, "prompt": ["a", "b"]})
+    assert_openai_error(big, 413, "200 bytes")
+    assert_openai_error(many, 400, "at most 2")
+    assert fine.status_code == 200 and len(fine.json()["choices"]) == 2
