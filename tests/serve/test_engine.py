@@ -113,3 +113,21 @@ def test_graph_of_tokens_models_are_not_padded():
 
     assert model("top_k").supports_left_padding
     assert not model("graph_of_tokens").supports_left_padding
+
+
+def test_a_failing_job_fails_alone_and_its_batch_answers(served):
+    """A job the model cannot run (a token id past the embedding) shares a batch with
+    good ones: the batch runs again job by job, so only that job fails."""
+    prompts = [served.encode(t) for t in ("def add(a, b):", "x = 1", "return")]
+    with GenerationEngine(served.model, served.tokenizer, pad_batching=True) as engine:
+        alone = [engine.submit(Job(p, 5)).result(timeout=120).text for p in prompts]
+    gate = threading.Event()
+    with GenerationEngine(served.model, served.tokenizer, pad_batching=True) as engine:
+        engine.submit(Job(served.encode("x"), max_tokens=1, on_text=lambda _: gate.wait(30)))
+        bad = engine.submit(Job([served.vocab_size + 5, 1], 5))
+        good = [engine.submit(Job(p, 5)) for p in prompts]
+        gate.set()
+        assert [f.result(timeout=120).text for f in good] == alone
+        assert isinstance(bad.exception(timeout=120), IndexError)
+        stats = dict(engine.stats)
+    assert stats["largest_batch"] >= 4  # they met in one batch, which then ran job by job

@@ -1,4 +1,5 @@
-"""`dynroute serve` over real HTTP: the OpenAI client, streaming, batching, errors."""
+"""`dynroute serve` over real HTTP: the OpenAI client, streaming, batching, errors, and
+bad input that costs its sender a 4xx and no one else anything (issue 25)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
 
+from dynroute.serve.app import create_app
+from dynroute.serve.errors import install_error_handlers
+from dynroute.serve.loading import load_served_model
+from dynroute.serve.model_routes import INTERNAL_ERROR, GuardedRoute, ModelLimits
 from serve_helpers import SMALL
 
 
@@ -155,3 +162,159 @@ def test_prompt_lists_token_ids_and_echo(stack, client):
         timeout=30,
     )
     assert refused.status_code == 400 and "one prompt" in refused.json()["error"]["message"]
+
+
+def post(stack, path: str, body: bytes | dict, **kw) -> httpx.Response:
+    """POST ``body`` (bytes as they are, else as JSON) to the small model's server."""
+    url = stack["small"].url + path
+    if isinstance(body, dict):
+        return httpx.post(url, json=body, timeout=60, **kw)
+    headers = {"content-type": "application/json"}
+    return httpx.post(url, content=body, headers=headers, timeout=60, **kw)
+
+
+def assert_openai_error(r: httpx.Response, status: int, needle: str) -> dict:
+    assert r.status_code == status, r.text[:300]
+    assert "Traceback" not in r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert needle in error["message"], error
+    return error
+
+
+@pytest.mark.parametrize("echo", [False, True])
+@pytest.mark.parametrize("ids", [[5000], [-1], [2**63], [5, 2**64 + 3]])
+def test_token_ids_outside_the_vocabulary_are_a_400(stack, ids, echo):
+    body = {"model": SMALL, "prompt": ids, "echo": echo, "max_tokens": 2}
+    error = assert_openai_error(post(stack, "/v1/completions", body), 400, "vocabulary")
+    assert error["param"] == "prompt" and "0 to 299" in error["message"]
+
+
+def test_a_bad_request_does_not_fail_its_batch(stack, client):
+    """Seven greedy requests and one with a token id past the vocabulary, sent together
+    (issue 25: all eight used to get a 500): the seven answer as they do alone."""
+    prompts = ["def f(x):", "def g(y):", "x = 1", "import torch", "class A:", "return", "y"]
+    alone = [
+        client.completions.create(model=SMALL, prompt=p, max_tokens=5).choices[0].text
+        for p in prompts
+    ]
+    bodies = [{"model": SMALL, "prompt": p, "max_tokens": 5} for p in prompts]
+    bodies.insert(3, {"model": SMALL, "prompt": [5000], "max_tokens": 5, "echo": True})
+    for _ in range(3):
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: post(stack, "/v1/completions", b), bodies))
+        assert_openai_error(answers.pop(3), 400, "vocabulary")
+        assert [r.status_code for r in answers] == [200] * 7
+        assert [r.json()["choices"][0]["text"] for r in answers] == alone
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", b'{"model": "small", "prompt": "def \\ud800 f"}'),
+        ("/v1/completions", b'{"model": "small", "prompt": ["x", "\\udfff"]}'),
+        ("/v1/completions", b'{"model": "small", "prompt": "x", "stop": ["\\ud800"]}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "small", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "small", "messages": [{"role": "user", '
+            b'"content": [{"type": "text", "text": "\\ud800"}]}]}',
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_a_400(stack, path, body):
+    assert b"\\ud" in body  # the JSON escape, as a client sends it
+    assert_openai_error(post(stack, path, body), 400, "lone surrogate")
+
+
+def test_a_tiny_temperature_is_greedy_and_odd_numbers_are_refused(stack, client):
+    greedy = client.completions.create(model=SMALL, prompt="def f(x):", max_tokens=6)
+    tiny = client.completions.create(
+        model=SMALL, prompt="def f(x):", max_tokens=6, temperature=1e-40
+    )
+    assert tiny.choices[0].text == greedy.choices[0].text
+    for field in ("temperature", "top_p"):
+        for number in ("NaN", "Infinity", "-Infinity"):
+            body = f'{{"model": "small", "prompt": "x", "{field}": {number}}}'.encode()
+            error = assert_openai_error(post(stack, "/v1/completions", body), 400, field)
+            assert error["param"] == field
+
+
+def test_request_size_limits(stack):
+    limit = ModelLimits().max_body_bytes
+    huge = {"model": SMALL, "prompt": "x" * (limit + 10)}
+    error = assert_openai_error(post(stack, "/v1/completions", huge), 413, f"{limit:,} bytes")
+    assert error["type"] == "invalid_request_error"
+
+    def chunks():  # no Content-Length: the server counts what it reads
+        yield b'{"model": "small", "prompt": "'
+        for _ in range(limit // 50_000 + 1):
+            yield b"x" * 50_000
+        yield b'"}'
+
+    chunked = post(stack, "/v1/completions", chunks())
+    assert_openai_error(chunked, 413, f"{limit:,} bytes")
+    many = {"model": SMALL, "prompt": ["x"] * (ModelLimits().max_prompts + 1)}
+    error = assert_openai_error(post(stack, "/v1/completions", many), 400, "at most 64")
+    assert error["param"] == "prompt"
+    # under the body limit but past what 256 tokens can hold: refused untokenized
+    long = {"model": SMALL, "prompt": "def f(x): " * 90_000}
+    error = assert_openai_error(post(stack, "/v1/completions", long), 400, "900,000 characters")
+    assert error["code"] == "context_length_exceeded"
+    chat = {"model": SMALL, "messages": [{"role": "user", "content": "y" * 500_000}]}
+    error = assert_openai_error(post(stack, "/v1/chat/completions", chat), 400, "characters")
+    assert error["param"] == "messages"
+    assert httpx.get(stack["small"].url + "/health", timeout=10).status_code == 200
+
+
+def test_an_unexpected_error_is_a_generic_openai_500():
+    """The exception's text (here torch's "index out of range in self") stays in the log."""
+    routes = APIRouter(route_class=GuardedRoute)  # as model_routes.router is
+
+    @routes.post("/boom")
+    async def boom() -> None:
+        raise IndexError("index out of range in self")
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(routes)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        r = http.post("/boom", json={})
+    error = assert_openai_error(r, 500, INTERNAL_ERROR)
+    assert error["type"] == "server_error" and "index out of range" not in r.text
+
+
+def test_a_chat_template_refusal_is_a_400(tiny_models):
+    """A template's own check (``raise_exception``) is about the client's messages."""
+    served = load_served_model(tiny_models[SMALL], SMALL)
+    served.tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'user' %}"
+        "{{ raise_exception('the first message must be a user turn') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    turn = {"model": SMALL, "max_tokens": 2}
+    with TestClient(create_app(served), raise_server_exceptions=False) as http:
+        refused = http.post(
+            "/v1/chat/completions", json={**turn, "messages": [{"role": "assistant"}]}
+        )
+        answered = http.post(
+            "/v1/chat/completions", json={**turn, "messages": [{"role": "user", "content": "x"}]}
+        )
+    error = assert_openai_error(refused, 400, "the first message must be a user turn")
+    assert error["param"] == "messages" and answered.status_code == 200
+
+
+def test_limits_come_from_the_app_state(tiny_models):
+    """``app.state.model_limits`` (what ``create_app`` sets) replaces the defaults."""
+    app = create_app(load_served_model(tiny_models[SMALL], SMALL))
+    app.state.model_limits = ModelLimits(max_body_bytes=200, max_prompts=2)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        big = http.post("/v1/completions", json={"model": SMALL, "prompt": "x" * 300})
+        many = http.post("/v1/completions", json={"model": SMALL, "prompt": ["a", "b", "c"]})
+        fine = http.post("/v1/completions", json={"model": SMALL, "prompt": ["a", "b"]})
+    assert_openai_error(big, 413, "200 bytes")
+    assert_openai_error(many, 400, "at most 2")
+    assert fine.status_code == 200 and len(fine.json()["choices"]) == 2

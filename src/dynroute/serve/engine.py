@@ -7,6 +7,8 @@ sampling settings (temperature, top_p); a model that ignores ``attention_mask`` 
 models) batches only prompts of equal length, others are left-padded. A stopping
 criterion sees every step, so each row stops on its own (``max_tokens``, stop strings, a
 client gone) and streams its text as it grows (:func:`dynroute.serve.stops.visible_text`).
+A batch that fails runs again one job at a time, so one bad job fails alone (its
+traceback goes to the log; its future gets the error).
 
 Example:
     >>> import torch
@@ -23,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -36,7 +39,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from dynroute.serve.stops import visible_text
 
-__all__ = ["Completion", "GenerationEngine", "Job"]
+__all__ = ["GREEDY_BELOW", "Completion", "GenerationEngine", "Job"]
+
+log = logging.getLogger(__name__)
+
+#: temperatures under this are greedy: dividing logits by less overflows float32 to
+#: inf/nan ("probability tensor contains inf/nan"), and sampling is argmax there anyway
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -56,7 +65,7 @@ class Job:
     Args:
         prompt_ids: token ids ``[T]``.
         max_tokens: most tokens to generate.
-        temperature: 0 = greedy; else sampling with ``top_p``.
+        temperature: 0 (or under :data:`GREEDY_BELOW`) = greedy; else sampling with ``top_p``.
         stops: stop strings (the text ends before the first one).
         on_text: called on the worker thread with each new piece of visible text.
     """
@@ -71,7 +80,15 @@ class Job:
     future: Future[Completion] = field(default_factory=Future)
 
     def sampling(self) -> tuple[float, float]:
-        return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
+        """``(temperature, top_p)`` of the batch this job may join (greedy: ``(0, 1)``).
+
+        Example:
+            >>> Job([1], 1, temperature=1e-40).sampling(), Job([1], 1, 0.7, 0.9).sampling()
+            ((0.0, 1.0), (0.7, 0.9))
+        """
+        if self.temperature < GREEDY_BELOW:
+            return (0.0, 1.0)
+        return (self.temperature, self.top_p)
 
 
 @dataclass
@@ -221,56 +238,70 @@ class GenerationEngine:
             job.future.cancel()
 
     def _generate(self, batch: list[Job]) -> None:
+        """Run ``batch``; if it fails, run again alone each job that has shown no text yet
+        (the one at fault fails alone; a job that streamed text cannot start over)."""
         rows = [_Row(j) for j in batch]
         try:
-            width = max(len(j.prompt_ids) for j in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, j in enumerate(batch):  # left padding: every prompt ends at the same column
-                ids[i, width - len(j.prompt_ids) :] = torch.tensor(j.prompt_ids)
-                mask[i, width - len(j.prompt_ids) :] = 1
-            device = next(self.model.parameters()).device
-            temperature, top_p = batch[0].sampling()
-            sampling: dict[str, Any] = (
-                {"do_sample": False}
-                if temperature == 0
-                else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-            )
-            criterion = _BatchCriterion(
-                rows, lambda t: self.tokenizer.decode(t, skip_special_tokens=False), self.eos
-            )
-            self.stats["generate_calls"] += 1
-            self.stats["requests"] += len(batch)
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-            # A model without padding support gets equal-length rows and no mask (its
-            # generate() refuses an argument its forward does not take).
-            masked = {"attention_mask": mask.to(device)} if self.pad_batching else {}
-            with torch.inference_mode():
-                self.model.generate(
-                    ids.to(device),
-                    **masked,
-                    max_new_tokens=max(j.max_tokens for j in batch),
-                    pad_token_id=self.pad_id,
-                    eos_token_id=sorted(self.eos) or None,
-                    stopping_criteria=StoppingCriteriaList([criterion]),
-                    **sampling,
-                )
+            self._generate_rows(rows)
+        except Exception as err:
+            if len(batch) == 1:
+                log.error("generation failed for one request", exc_info=err)
+            else:
+                log.warning("a batch of %d failed; running its jobs one by one", len(batch))
             for row in rows:
-                if row.finish is None:  # generate stopped on its own (max_new_tokens)
-                    row.finish = "length"
-                    criterion.show(row, final=True)
-                row.job.future.set_result(
-                    Completion(
-                        row.shown,
-                        len(row.job.prompt_ids),
-                        len(row.ids),
-                        "stop" if row.finish == "cancelled" else row.finish,
-                    )
-                )
-        except Exception as err:  # the callers turn it into a 500 each
-            for row in rows:
-                if not row.job.future.done():
+                if row.job.future.done():
+                    continue
+                if len(batch) > 1 and not row.shown:
+                    self._generate([row.job])
+                else:
                     row.job.future.set_exception(err)
+
+    def _generate_rows(self, rows: list[_Row]) -> None:
+        batch = [r.job for r in rows]
+        width = max(len(j.prompt_ids) for j in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, j in enumerate(batch):  # left padding: every prompt ends at the same column
+            ids[i, width - len(j.prompt_ids) :] = torch.tensor(j.prompt_ids)
+            mask[i, width - len(j.prompt_ids) :] = 1
+        device = next(self.model.parameters()).device
+        temperature, top_p = batch[0].sampling()
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if temperature == 0
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        )
+        criterion = _BatchCriterion(
+            rows, lambda t: self.tokenizer.decode(t, skip_special_tokens=False), self.eos
+        )
+        self.stats["generate_calls"] += 1
+        self.stats["requests"] += len(batch)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        # A model without padding support gets equal-length rows and no mask (its
+        # generate() refuses an argument its forward does not take).
+        masked = {"attention_mask": mask.to(device)} if self.pad_batching else {}
+        with torch.inference_mode():
+            self.model.generate(
+                ids.to(device),
+                **masked,
+                max_new_tokens=max(j.max_tokens for j in batch),
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos) or None,
+                stopping_criteria=StoppingCriteriaList([criterion]),
+                **sampling,
+            )
+        for row in rows:
+            if row.finish is None:  # generate stopped on its own (max_new_tokens)
+                row.finish = "length"
+                criterion.show(row, final=True)
+            row.job.future.set_result(
+                Completion(
+                    row.shown,
+                    len(row.job.prompt_ids),
+                    len(row.ids),
+                    "stop" if row.finish == "cancelled" else row.finish,
+                )
+            )
 
 
 def _drop_cancelled(job: Job) -> bool:

@@ -13,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ class ServedModel:
         name: the id clients put in ``model``; folder: where the weights are.
         context_length: longest prompt + completion in tokens.
         pad_batching: whether the model honours ``attention_mask`` (left padding).
+
+    ``encode`` and ``chat_ids`` may run on several threads at once (the server tokenizes
+    off its event loop): one lock keeps a tokenizer's settings from changing mid-call.
     """
 
     model: Any
@@ -48,21 +53,38 @@ class ServedModel:
     folder: Path
     context_length: int
     pad_batching: bool
+    encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold are ``0 .. vocab_size - 1`` (the embedding's rows)."""
+        embeddings = self.model.get_input_embeddings()
+        return int(embeddings.num_embeddings if embeddings is not None else len(self.tokenizer))
+
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """Characters beyond which a text cannot fit the context: every token covers at
+        most as many characters as its longest vocabulary entry has (checked before a
+        text is tokenized, so a huge prompt is refused without tokenizing it)."""
+        longest = max(map(len, self.tokenizer.get_vocab()), default=1)
+        return self.context_length * max(longest, 1)
 
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text)["input_ids"])
+        with self.encode_lock:
+            return list(self.tokenizer(text)["input_ids"])
 
     def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of a chat prompt ending where the assistant's answer starts."""
         if self.has_chat_template:
-            text = self.tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            with self.encode_lock:
+                text = self.tokenizer.apply_chat_template(
+                    list(messages), tokenize=False, add_generation_prompt=True
+                )
+                return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self.encode(chat_prompt_text(messages))
 
     def chat_stops(self) -> list[str]:

@@ -3,17 +3,28 @@
 Each prompt (a string, a list of strings answered together, or token ids) becomes an
 engine :class:`~dynroute.serve.engine.Job`; the event loop awaits its future or, streaming,
 sends each new piece of text as an event framed by the endpoint's :class:`Frames`.
+
+Bad input costs its sender a 4xx and no one else anything: a request is checked before
+it reaches a batch (body size, number of prompts, prompt characters before tokenizing,
+token ids in the vocabulary), tokenized off the event loop, and an unexpected error is a
+500 in OpenAI's error format with a generic message (the traceback goes to the log).
+What a request may ask for is :class:`ModelLimits` (``app.state.model_limits``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from dynroute.serve.engine import Completion, GenerationEngine, Job
 from dynroute.serve.errors import ApiError
@@ -31,12 +42,109 @@ from dynroute.serve.schemas import (
 )
 from dynroute.serve.state import engine_of, served_model
 
-__all__ = ["DEFAULT_CHAT_TOKENS", "ChatFrames", "CompletionFrames", "Frames", "router"]
+__all__ = [
+    "DEFAULT_CHAT_TOKENS",
+    "INTERNAL_ERROR",
+    "ChatFrames",
+    "CompletionFrames",
+    "Frames",
+    "GuardedRoute",
+    "ModelLimits",
+    "router",
+]
 
-router = APIRouter()
+log = logging.getLogger(__name__)
+
+try:
+    from jinja2 import TemplateError
+except ImportError:  # jinja2 is optional; without it transformers renders no chat template
+
+    class TemplateError(Exception):  # type: ignore[no-redef]
+        """Never raised: stands for jinja2's when jinja2 is not installed."""
+
 
 #: chat answers default to the rest of the context, at most this many tokens
 DEFAULT_CHAT_TOKENS = 256
+#: what a client is told of an unexpected error (the details go to the server's log)
+INTERNAL_ERROR = "the server failed to answer this request; its log has the details"
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one request to ``dynroute serve`` may ask for.
+
+    Attributes:
+        max_body_bytes: largest request body (more: 413).
+        max_prompts: most prompts in one ``/v1/completions`` request (more: 400).
+
+    Example:
+        >>> ModelLimits().max_body_bytes, ModelLimits(max_prompts=4).max_prompts
+        (1000000, 4)
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_prompts: int = 64
+
+
+def limits_of(request: Request) -> ModelLimits:
+    """The app's :class:`ModelLimits` (``app.state.model_limits``; else the defaults)."""
+    limits = getattr(request.app.state, "model_limits", None)
+    return limits if isinstance(limits, ModelLimits) else ModelLimits()
+
+
+class LimitedRequest(Request):
+    """A request whose body is read at most ``limit`` bytes far (more: a 413)."""
+
+    def __init__(self, request: Request, limit: int) -> None:
+        super().__init__(request.scope, request.receive)
+        self.limit = limit
+        self.read: bytes | None = None
+
+    def too_large(self) -> ApiError:
+        return ApiError(
+            413,
+            f"the request body is larger than this server's limit of {self.limit:,} bytes; "
+            "send less (a shorter prompt, fewer prompts)",
+            code="request_too_large",
+        )
+
+    async def body(self) -> bytes:
+        if self.read is None:
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.limit:
+                raise self.too_large()  # refused before a byte of it is read
+            chunks, size = [], 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > self.limit:
+                    raise self.too_large()
+                chunks.append(chunk)
+            self.read = b"".join(chunks)
+        return self.read
+
+
+class GuardedRoute(APIRoute):
+    """A route that reads at most ``max_body_bytes`` of a body and answers an unexpected
+    error as a generic 500 in OpenAI's format (its traceback goes to the log)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            limited = LimitedRequest(request, limits_of(request).max_body_bytes)
+            try:
+                await limited.body()  # a 413 here, not FastAPI's "error parsing the body"
+                return await handler(limited)
+            except (ApiError, HTTPException, RequestValidationError):
+                raise
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                return ApiError(500, INTERNAL_ERROR, kind="server_error").response()
+
+        return guarded
+
+
+router = APIRouter(route_class=GuardedRoute)
 
 
 @router.post("/v1/completions", response_model=None)
@@ -44,16 +152,11 @@ async def completions(req: CompletionRequest, request: Request) -> JSONResponse 
     served, engine = served_model(request), engine_of(request)
     check_model(served, req.model)
     prompts = req.prompts()
+    check_prompts(served, prompts, limits_of(request))
     if req.stream and len(prompts) > 1:
         raise ApiError(400, "stream=true takes one prompt, not a list", param="prompt")
-    jobs = [
-        make_job(served, p if isinstance(p, list) else served.encode(p), req, req.stop_list())
-        for p in prompts
-    ]
-    echoes = [
-        (served.tokenizer.decode(p) if isinstance(p, list) else p) if req.echo else ""
-        for p in prompts
-    ]
+    ids, echoes = await run_in_threadpool(tokenize_prompts, served, prompts, req.echo)
+    jobs = [make_job(served, i, req, req.stop_list()) for i in ids]
     frames = CompletionFrames(served.name, new_id("cmpl"), echo=echoes[0] if req.echo else None)
     if req.stream:
         return stream_job(engine, jobs[0], frames, req.include_usage)
@@ -66,11 +169,70 @@ async def chat(req: ChatCompletionRequest, request: Request) -> JSONResponse | S
     served, engine = served_model(request), engine_of(request)
     check_model(served, req.model)
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    job = make_job(served, served.chat_ids(messages), req, req.stop_list() + served.chat_stops())
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > served.max_prompt_chars:
+        raise too_many_chars(served, chars, "messages")
+    try:
+        ids = await run_in_threadpool(served.chat_ids, messages)
+    except TemplateError as err:  # the template's own check, e.g. roles must alternate
+        raise ApiError(
+            400, f"the model's chat template refuses these messages: {err}", param="messages"
+        ) from None
+    job = make_job(served, ids, req, req.stop_list() + served.chat_stops())
     frames = ChatFrames(served.name, new_id("chatcmpl"))
     if req.stream:
         return stream_job(engine, job, frames, req.include_usage)
     return JSONResponse(frames.answer(await run_job(engine, job)))
+
+
+def check_prompts(
+    served: ServedModel, prompts: Sequence[str | list[int]], limits: ModelLimits
+) -> None:
+    """400 unless there are at most ``limits.max_prompts`` prompts, each text short enough
+    to fit the context untokenized and each token id in the vocabulary."""
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(
+            400,
+            f"prompt holds {len(prompts)} prompts; this server takes at most "
+            f"{limits.max_prompts} per request: send the rest in further requests",
+            param="prompt",
+        )
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            if len(prompt) > served.max_prompt_chars:
+                raise too_many_chars(served, len(prompt), "prompt")
+            continue
+        bad = next((t for t in prompt if not 0 <= t < served.vocab_size), None)
+        if bad is not None:
+            raise ApiError(
+                400,
+                f"prompt holds token id {bad}, outside this model's vocabulary "
+                f"(0 to {served.vocab_size - 1})",
+                param="prompt",
+            )
+
+
+def too_many_chars(served: ServedModel, chars: int, param: str) -> ApiError:
+    return ApiError(
+        400,
+        f"the {param} is {chars:,} characters; this model's context of "
+        f"{served.context_length} tokens holds at most {served.max_prompt_chars:,}: "
+        "shorten it",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def tokenize_prompts(
+    served: ServedModel, prompts: Sequence[str | list[int]], echo: bool
+) -> tuple[list[list[int]], list[str]]:
+    """``(token ids, echoed text)`` of each prompt (text ``""`` unless ``echo``); slow on
+    long texts, so the routes call it off the event loop."""
+    ids = [p if isinstance(p, list) else served.encode(p) for p in prompts]
+    echoes = [
+        (served.tokenizer.decode(p) if isinstance(p, list) else p) if echo else "" for p in prompts
+    ]
+    return ids, echoes
 
 
 @dataclass
@@ -209,11 +371,11 @@ def usage_of(done: Completion) -> dict[str, Any]:
 
 
 async def run_job(engine: GenerationEngine, job: Job) -> Completion:
-    """The job's completion (a failure in the model is a 500)."""
+    """The job's completion (a failure in the model is a 500; the engine logs why)."""
     try:
         return await asyncio.wrap_future(engine.submit(job))
     except Exception as err:
-        raise ApiError(500, f"generation failed: {err}", kind="server_error") from err
+        raise ApiError(500, INTERNAL_ERROR, kind="server_error") from err
 
 
 def stream_job(
@@ -247,8 +409,8 @@ async def events(
             yield sse(frames.piece(text))
         try:
             result = done.result()
-        except Exception as err:
-            yield sse(error_body(f"generation failed: {err}", "server_error"))
+        except Exception:
+            yield sse(error_body(INTERNAL_ERROR, "server_error"))
             return
         yield sse(frames.ending(result))
         if include_usage:

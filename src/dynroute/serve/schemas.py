@@ -3,7 +3,9 @@
 Only the fields dynroute acts on are typed; any other field an OpenAI client sends
 (``user``, ``logit_bias``, ...) is accepted and ignored (``extra="allow"``), so official
 clients work unchanged, and the proxy forwards those fields to its backends untouched.
-A stream is ``data: {json}`` events, then ``data: [DONE]``.
+A stream is ``data: {json}`` events, then ``data: [DONE]``. Text that is not valid
+Unicode (a lone surrogate such as ``"\\ud800"``, which JSON can spell) is refused where a
+field is read: no tokenizer or log can take it.
 
 Example:
     >>> req = CompletionRequest.model_validate({"model": "m", "prompt": "def", "stop": "\\n"})
@@ -37,12 +39,41 @@ __all__ = [
     "now",
     "sse",
     "sse_data",
+    "unicode_text",
 ]
 
 #: OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 DEFAULT_COMPLETION_TOKENS = 16
 #: the last event of every stream
 DONE = "data: [DONE]\n\n"
+
+
+def unicode_text(text: str) -> str:
+    """``text``, or a ValueError naming its first lone surrogate (not encodable as UTF-8).
+
+    Example:
+        >>> unicode_text("héllo")
+        'héllo'
+        >>> unicode_text("a\\ud800")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: holds a lone surrogate (U+D800) at character 1; ...
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"holds a lone surrogate (U+{ord(text[err.start]):04X}) at character {err.start}; "
+            "send valid Unicode text"
+        ) from None
+    return text
+
+
+def _unicode_texts(value: Any) -> Any:
+    """``value`` (a string, or a list) after :func:`unicode_text` of each string in it."""
+    for item in [value] if isinstance(value, str) else value or []:
+        if isinstance(item, str):
+            unicode_text(item)
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -71,7 +102,7 @@ class GenerationParams(BaseModel):
         items = [v] if isinstance(v, str) else (v or [])
         if len(items) > 4 or any(not s for s in items):
             raise ValueError("stop takes at most 4 non-empty strings")
-        return v
+        return _unicode_texts(v)
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -87,6 +118,8 @@ class CompletionRequest(GenerationParams):
 
     prompt: str | list[str] | list[int]
     echo: bool = False
+
+    _prompt_text = field_validator("prompt")(_unicode_texts)
 
     @model_validator(mode="after")
     def _defaults(self) -> CompletionRequest:
@@ -118,6 +151,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+
+    @model_validator(mode="after")
+    def _unicode_content(self) -> ChatMessage:
+        unicode_text(self.text())
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
