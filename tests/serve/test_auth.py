@@ -33,7 +33,10 @@ def keyed(
         f'[backends.{BIG}]\napi_key_env = "TEST_BACKEND_KEY"\n'
     )
     serve = ["serve", "--threads", "1", str(tiny_models[SMALL]), "--name", SMALL]
-    (backend,) = start_all([[*serve, "--api-key", BACKEND_KEY]], root / "logs", prefix="keyed")
+    limits = ["--max-body-bytes", "4000", "--max-prompts", "2"]  # the flags reach the app
+    (backend,) = start_all(
+        [[*serve, "--api-key", BACKEND_KEY, *limits]], root / "logs", prefix="keyed"
+    )
     os.environ["TEST_BACKEND_KEY"] = BACKEND_KEY  # the proxy's own key to its backend
     proxies: list[Proc] = []
     try:
@@ -109,3 +112,11 @@ def test_a_keyless_non_loopback_host_is_refused_in_one_line(
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     line = done.stderr.strip()
     assert len(line.splitlines()) == 1 and "--allow-no-key" in line and "--api-key" in line
+
+
+def test_the_limit_flags_reach_the_model_server(keyed: dict[str, Proc]) -> None:
+    url, headers = keyed["backend"].url + "/v1/completions", _bearer(BACKEND_KEY)
+    big = httpx.post(url, headers=headers, json={"model": SMALL, "prompt": "x" * 5000})
+    assert big.status_code == 413 and big.json()["error"]["message"], big.text
+    many = httpx.post(url, headers=headers, json={"model": SMALL, "prompt": ["a", "b", "c"]})
+    assert many.status_code == 400 and "2" in many.json()["error"]["message"], many.text

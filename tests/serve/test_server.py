@@ -12,9 +12,9 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
 from dynroute.serve.app import create_app
-from dynroute.serve.errors import install_error_handlers
+from dynroute.serve.errors import INTERNAL_ERROR, install_error_handlers
 from dynroute.serve.loading import load_served_model
-from dynroute.serve.model_routes import INTERNAL_ERROR, GuardedRoute, ModelLimits
+from dynroute.serve.model_routes import GuardedRoute, ModelLimits
 from serve_helpers import SMALL
 
 

@@ -26,6 +26,12 @@ BatchWait = Annotated[
     float, typer.Option(min=0.0, help="How long an idle server waits to fill a batch.")
 ]
 AccessLog = Annotated[bool, typer.Option(help="Log every request.")]
+MaxBodyBytes = Annotated[
+    int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
+]
+MaxPrompts = Annotated[
+    int, typer.Option(min=1, help="Most prompts in one /v1/completions request (more: 400).")
+]
 
 
 @options.command
@@ -42,6 +48,8 @@ def serve(
     api_key: options.ApiKeys = None,
     api_key_file: options.ApiKeyFile = None,
     allow_no_key: options.AllowNoKey = False,
+    max_body_bytes: MaxBodyBytes = 1_000_000,
+    max_prompts: MaxPrompts = 64,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).
 
@@ -51,6 +59,7 @@ def serve(
     """
     from dynroute.serve.app import create_app
     from dynroute.serve.loading import load_served_model
+    from dynroute.serve.model_routes import ModelLimits
     from dynroute.serve.runner import check_port, run_app
     from dynroute.train.device import resolve_device
 
@@ -59,7 +68,10 @@ def serve(
     options.set_threads(threads)
     dev = str(resolve_device(device or "auto"))  # auto: CUDA when present
     served = load_served_model(model_dir, name, dev)
-    app_ = create_app(served, max_batch=max_batch, wait_ms=batch_wait_ms, api_keys=keys)
+    limits = ModelLimits(max_body_bytes=max_body_bytes, max_prompts=max_prompts)
+    app_ = create_app(
+        served, max_batch=max_batch, wait_ms=batch_wait_ms, api_keys=keys, limits=limits
+    )
     banner = (
         f"serving {served.name} ({served.folder}, {dev}, context {served.context_length}) "
         f"on http://{host}:{port}/v1{' (API key required)' if keys else ''}"

@@ -15,6 +15,7 @@ from dynroute.serve.engine import GenerationEngine
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.loading import ServedModel
 from dynroute.serve.middleware import install_middleware
+from dynroute.serve.model_routes import ModelLimits
 from dynroute.serve.schemas import now
 
 __all__ = ["create_app"]
@@ -26,10 +27,12 @@ def create_app(
     max_batch: int = 8,
     wait_ms: float = 5.0,
     api_keys: frozenset[str] = frozenset(),
+    limits: ModelLimits | None = None,
 ) -> FastAPI:
     """The app serving ``served`` (its engine starts and stops with the app's lifespan);
     with ``api_keys``, every path but ``/health`` needs one (:mod:`~dynroute.serve.auth`);
-    ``GET /metrics`` counts requests (:mod:`~dynroute.serve.metrics`)."""
+    ``GET /metrics`` counts requests (:mod:`~dynroute.serve.metrics`); ``limits`` bound
+    what one request may ask (:class:`~dynroute.serve.model_routes.ModelLimits`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +51,7 @@ def create_app(
 
     app = FastAPI(title=f"dynroute serve: {served.name}", lifespan=lifespan)
     app.state.served = served
+    app.state.model_limits = limits or ModelLimits()
     app.state.health = lambda: {"model": served.name, "batching": dict(app.state.engine.stats)}
     card = state.model_card(served.name, now(), max_model_len=served.context_length)
     app.state.model_cards = [card]

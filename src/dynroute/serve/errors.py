@@ -30,7 +30,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dynroute.serve.schemas import error_body
 
-__all__ = ["ApiError", "install_error_handlers", "parse_body", "validation_message"]
+__all__ = [
+    "INTERNAL_ERROR",
+    "ApiError",
+    "Body",
+    "install_error_handlers",
+    "parse_body",
+    "validation_message",
+]
+
+#: All a client learns of an unexpected error (its text and traceback go to the log only).
+INTERNAL_ERROR = "the server failed on this request (an internal error; its log has the details)"
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -83,7 +93,8 @@ async def parse_body(request: Request, schema: type[Body]) -> tuple[dict[str, An
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer validation errors, HTTP errors and :class:`ApiError` in OpenAI's format."""
+    """Answer validation errors, HTTP errors, :class:`ApiError` and any unexpected error
+    (a generic 500, :data:`INTERNAL_ERROR`) in OpenAI's format."""
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
@@ -93,6 +104,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc.errors())
         return JSONResponse(error_body(message, param=param), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises after answering: uvicorn logs the traceback
+        return JSONResponse(error_body(INTERNAL_ERROR, "server_error"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from dynroute.serve.engine import Completion, GenerationEngine, Job
-from dynroute.serve.errors import ApiError
+from dynroute.serve.errors import INTERNAL_ERROR, ApiError
 from dynroute.serve.loading import ServedModel
 from dynroute.serve.schemas import (
     DONE,
@@ -44,7 +44,6 @@ from dynroute.serve.state import engine_of, served_model
 
 __all__ = [
     "DEFAULT_CHAT_TOKENS",
-    "INTERNAL_ERROR",
     "ChatFrames",
     "CompletionFrames",
     "Frames",
@@ -66,7 +65,6 @@ except ImportError:  # jinja2 is optional; without it transformers renders no ch
 #: chat answers default to the rest of the context, at most this many tokens
 DEFAULT_CHAT_TOKENS = 256
 #: what a client is told of an unexpected error (the details go to the server's log)
-INTERNAL_ERROR = "the server failed to answer this request; its log has the details"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 (its routes: :mod:`~dynroute.serve.state`, :mod:`~dynroute.serve.proxy_routes`).
 Middleware and dependencies go on the app here.
 
-An error no handler expected is a 500 in OpenAI's error shape with a generic message: its
-text (which may quote a backend or the proxy's internals) and traceback go to the log only.
+An error no handler expected is a 500 in OpenAI's error shape with a generic message
+(:data:`dynroute.serve.errors.INTERNAL_ERROR`): its text and traceback go to the log only.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from dynroute.serve import proxy_routes, state
 from dynroute.serve.decisions import DecisionLog
@@ -21,12 +20,9 @@ from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.metrics import MeteredLog
 from dynroute.serve.middleware import install_middleware
 from dynroute.serve.policy import RoutingPolicy
-from dynroute.serve.schemas import error_body, now
+from dynroute.serve.schemas import now
 
-__all__ = ["INTERNAL_ERROR", "create_proxy_app"]
-
-#: all a client learns of an unexpected error
-INTERNAL_ERROR = "the proxy failed on this request (an internal error; its log has the details)"
+__all__ = ["create_proxy_app"]
 
 
 def create_proxy_app(
@@ -61,15 +57,8 @@ def create_proxy_app(
     created = now()
     app.state.model_cards = [state.model_card(m, created) for m in policy.model_ids()]
     install_error_handlers(app)
-    app.add_exception_handler(Exception, internal_error)
     for module in (state, proxy_routes):
         app.include_router(module.router)
     metrics = install_middleware(app, api_keys)
     app.state.decision_log = MeteredLog(app.state.decision_log, metrics)
     return app
-
-
-async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-    """The 500 for an unexpected error (Starlette re-raises it after: the server logs the
-    traceback)."""
-    return JSONResponse(error_body(INTERNAL_ERROR, "server_error"), status_code=500)
