@@ -411,6 +411,7 @@ def serve(
     api_key: options.ApiKeys = None,
     api_key_file: options.ApiKeyFile = None,
     allow_no_key: options.AllowNoKey = False,
+    max_concurrent: options.MaxConcurrent = 0,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -442,7 +443,9 @@ def serve(
     policy = RoutingPolicy(
         r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd
     )
-    app_ = create_proxy_app(policy, DecisionLog(log), timeout_s=timeout, api_keys=keys)
+    app_ = create_proxy_app(
+        policy, DecisionLog(log), timeout_s=timeout, api_keys=keys, max_concurrent=max_concurrent
+    )
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
     keyed = " (API key required)" if keys else ""
     run_app(

@@ -53,6 +53,7 @@ __all__ = [
     "Device",
     "Experts",
     "Json",
+    "MaxConcurrent",
     "OptionalConfig",
     "Progress",
     "QueryRouters",
@@ -264,6 +265,16 @@ AllowNoKey = Annotated[
     typer.Option(
         "--allow-no-key",
         help="Serve on a non-loopback --host without any key (anyone who reaches it may use it).",
+    ),
+]
+
+
+MaxConcurrent = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Most requests in flight per client (its API key, else its address); more: 429 "
+        "with Retry-After. 0: no limit.",
     ),
 ]
 

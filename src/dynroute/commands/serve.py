@@ -50,6 +50,7 @@ def serve(
     allow_no_key: options.AllowNoKey = False,
     max_body_bytes: MaxBodyBytes = 1_000_000,
     max_prompts: MaxPrompts = 64,
+    max_concurrent: options.MaxConcurrent = 0,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).
 
@@ -70,8 +71,9 @@ def serve(
     served = load_served_model(model_dir, name, dev)
     limits = ModelLimits(max_body_bytes=max_body_bytes, max_prompts=max_prompts)
     app_ = create_app(
-        served, max_batch=max_batch, wait_ms=batch_wait_ms, api_keys=keys, limits=limits
-    )
+        served, max_batch=max_batch, wait_ms=batch_wait_ms, api_keys=keys, limits=limits,
+        max_concurrent=max_concurrent,
+    )  # fmt: skip
     banner = (
         f"serving {served.name} ({served.folder}, {dev}, context {served.context_length}) "
         f"on http://{host}:{port}/v1{' (API key required)' if keys else ''}"

@@ -28,6 +28,7 @@ def create_app(
     wait_ms: float = 5.0,
     api_keys: frozenset[str] = frozenset(),
     limits: ModelLimits | None = None,
+    max_concurrent: int = 0,
 ) -> FastAPI:
     """The app serving ``served`` (its engine starts and stops with the app's lifespan);
     with ``api_keys``, every path but ``/health`` needs one (:mod:`~dynroute.serve.auth`);
@@ -58,5 +59,5 @@ def create_app(
     install_error_handlers(app)
     for module in (state, model_routes):
         app.include_router(module.router)
-    install_middleware(app, api_keys)
+    install_middleware(app, api_keys, max_concurrent)
     return app

@@ -32,6 +32,7 @@ def create_proxy_app(
     timeout_s: float = 60.0,
     connect_timeout_s: float = 2.0,
     api_keys: frozenset[str] = frozenset(),
+    max_concurrent: int = 0,
 ) -> FastAPI:
     """The proxy app (its HTTP client to the backends opens and closes with the app's
     lifespan; the log closes with it); with ``api_keys``, every path but ``/health``
@@ -59,6 +60,6 @@ def create_proxy_app(
     install_error_handlers(app)
     for module in (state, proxy_routes):
         app.include_router(module.router)
-    metrics = install_middleware(app, api_keys)
+    metrics = install_middleware(app, api_keys, max_concurrent)
     app.state.decision_log = MeteredLog(app.state.decision_log, metrics)
     return app
