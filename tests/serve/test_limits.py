@@ -8,34 +8,26 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from serve_helpers import SMALL
+from serve_helpers import SMALL, FakeBackend
 from serving_procs import start_all, stop_all
 
 HOLD_S = 2.0  # how long the slow backend takes to answer
 KEYS = ("key-a", "key-b")
 
 
-class SlowBackend(BaseHTTPRequestHandler):
+class SlowBackend(FakeBackend):
     """Answers every completion after HOLD_S seconds."""
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
+    def answer(self, request: dict[str, Any]) -> bytes:
         time.sleep(HOLD_S)
-        answer = json.dumps({"choices": [{"text": "ok", "index": 0}], "usage": {}}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        return json.dumps({"choices": [{"text": "ok", "index": 0}], "usage": {}}).encode()
 
 
 @pytest.fixture(scope="module")

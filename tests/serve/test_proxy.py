@@ -8,7 +8,8 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import openai
@@ -19,7 +20,7 @@ from dynroute.serve.backends import map_to_router, parse_backend_args
 from dynroute.serve.errors import INTERNAL_ERROR
 from dynroute.serve.policy import RoutingPolicy
 from dynroute.serve.proxy import create_proxy_app
-from serve_helpers import BIG, SMALL
+from serve_helpers import BIG, SMALL, FakeBackend
 from serving_procs import start_all, stop_all
 
 POEM = "write a poem about fire and love"
@@ -282,20 +283,11 @@ ODD_ANSWERS = {
 }
 
 
-class OddBackend(BaseHTTPRequestHandler):
+class OddBackend(FakeBackend):
     """A backend answering 200 with bodies no OpenAI server sends."""
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        answer = ODD_ANSWERS[body["prompt"]]
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def answer(self, request: dict[str, Any]) -> bytes:
+        return ODD_ANSWERS[request["prompt"]]
 
 
 def test_a_backends_odd_answer_is_a_502_or_cleaned(router_dir, tmp_path):
