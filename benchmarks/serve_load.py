@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -44,6 +45,8 @@ from serving_procs import Proc, start_all, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 CLIENT_TIMEOUT_S = 60.0
+API_KEY = "sk-serve-load"
+KEY_HEADERS = {"authorization": f"Bearer {API_KEY}"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -52,8 +55,17 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
-def setup(work: Path, models: list[str]) -> tuple[list[Proc], Proc]:
-    """Backends and the proxy, started and ready."""
+def proxy_args(work: Path, name: str, backends: list[Proc], models: list[str]) -> list[str]:
+    """``dynroute llm serve`` of the router in ``work``, logging to ``work/NAME.jsonl``."""
+    pairs = [
+        a for b, m in zip(backends, models, strict=True) for a in ("--backend", f"{m}={b.url}")
+    ]
+    return ["llm", "serve", str(work / "router"), "--log", str(work / f"{name}.jsonl"), *pairs]
+
+
+def setup(work: Path, models: list[str]) -> tuple[list[Proc], dict[str, Proc]]:
+    """Backends and two proxies of the same router, started and ready: ``open`` (no key)
+    and ``keyed`` (``--api-key``: every request also pays for the key check)."""
     from dynroute.llm import load_dataset, make_query_router
     from dynroute.serve.tiny import write_tiny_model
 
@@ -73,20 +85,10 @@ def setup(work: Path, models: list[str]) -> tuple[list[Proc], Proc]:
         prefix="backend",
     )
     try:
-        (proxy,) = start_all(
+        open_, keyed = start_all(
             [
-                [
-                    "llm",
-                    "serve",
-                    str(work / "router"),
-                    "--log",
-                    str(work / "decisions.jsonl"),
-                ]
-                + [
-                    a
-                    for b, m in zip(backends, models, strict=True)
-                    for a in ("--backend", f"{m}={b.url}")
-                ]
+                proxy_args(work, "open", backends, models),
+                [*proxy_args(work, "keyed", backends, models), "--api-key", API_KEY],
             ],
             work / "logs",
             prefix="proxy",
@@ -94,7 +96,7 @@ def setup(work: Path, models: list[str]) -> tuple[list[Proc], Proc]:
     except BaseException:
         stop_all(backends)
         raise
-    return backends, proxy
+    return backends, {"open": open_, "keyed": keyed}
 
 
 def request_body(query: str, i: int, max_tokens: int) -> tuple[str, dict[str, Any]]:
@@ -147,34 +149,42 @@ async def send(
 
 
 async def overhead(
-    proxy: Proc, backends: dict[str, Proc], queries: list[str], pairs: int
+    proxies: dict[str, Proc], backends: dict[str, Proc], queries: list[str], pairs: int
 ) -> dict[str, Any]:
-    """Median per-pair difference: via the proxy minus directly to the same backend."""
-    diffs, direct_ms, proxied_ms = [], [], []
+    """Median per-pair difference: via each proxy minus directly to the same backend, the
+    three calls of a pair one after the other (open proxy, keyed proxy, direct)."""
+    ms: dict[str, list[float]] = {"direct": [], "open": [], "keyed": []}
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
         for i in range(pairs + 5):  # the first 5 warm connections and caches up
             body = {"model": "auto", "prompt": queries[i % len(queries)], "max_tokens": 2}
-            t0 = time.perf_counter()
-            r = await client.post(proxy.url + "/v1/completions", json=body)
-            t_proxy = time.perf_counter() - t0
-            name = r.headers["x-dynroute-model"]
+            answers, took = {}, {}
+            for name, proc in proxies.items():
+                t0 = time.perf_counter()
+                answers[name] = await client.post(
+                    proc.url + "/v1/completions", json=body, headers=KEY_HEADERS
+                )
+                took[name] = time.perf_counter() - t0
+            chosen = answers["open"].headers["x-dynroute-model"]
             t0 = time.perf_counter()
             d = await client.post(
-                backends[name].url + "/v1/completions", json={**body, "model": name}
+                backends[chosen].url + "/v1/completions", json={**body, "model": chosen}
             )
-            t_direct = time.perf_counter() - t0
-            assert r.status_code == d.status_code == 200, (r.text, d.text)
-            assert r.json()["choices"][0]["text"] == d.json()["choices"][0]["text"]
+            took["direct"] = time.perf_counter() - t0
+            texts = {r.json()["choices"][0]["text"] for r in (*answers.values(), d)}
+            assert len(texts) == 1, [r.text for r in (*answers.values(), d)]
             if i >= 5:
-                diffs.append((t_proxy - t_direct) * 1e3)
-                direct_ms.append(t_direct * 1e3)
-                proxied_ms.append(t_proxy * 1e3)
+                for name, t in took.items():
+                    ms[name].append(t * 1e3)
+    diffs = {n: [p - d for p, d in zip(ms[n], ms["direct"], strict=True)] for n in proxies}
     return {
         "pairs": pairs,
-        "p50_direct_ms": statistics.median(direct_ms),
-        "p50_proxied_ms": statistics.median(proxied_ms),
-        "p50_overhead_ms": statistics.median(diffs),
-        "p90_overhead_ms": percentile(diffs, 90),
+        "p50_direct_ms": statistics.median(ms["direct"]),
+        "p50_proxied_ms": statistics.median(ms["open"]),
+        "p50_overhead_ms": statistics.median(diffs["open"]),
+        "p90_overhead_ms": percentile(diffs["open"], 90),
+        "p50_keyed_proxied_ms": statistics.median(ms["keyed"]),
+        "p50_keyed_overhead_ms": statistics.median(diffs["keyed"]),
+        "p90_keyed_overhead_ms": percentile(diffs["keyed"], 90),
     }
 
 
@@ -185,8 +195,10 @@ async def load(
     clients: int,
     max_tokens: int,
     on_sent: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
-    """``n`` requests from ``clients`` concurrent workers; ``on_sent(i)`` after each send."""
+    """``n`` requests from ``clients`` concurrent workers (closed loop: each sends its next
+    request when its last is answered); ``on_sent(i)`` after each send."""
     todo: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         todo.put_nowait(i)
@@ -202,9 +214,55 @@ async def load(
             results.append(await send(client, proxy.url, path, body))
 
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
+    async with httpx.AsyncClient(
+        timeout=CLIENT_TIMEOUT_S, limits=limits, headers=headers
+    ) as client:
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     return results, time.perf_counter() - start
+
+
+def arrival_gaps(n: int, rate: float, shape: float, seed: int = 0) -> list[float]:
+    """``n`` gaps (s) between arrivals at ``rate`` per second on average: Gamma-distributed
+    with this ``shape`` (1: Poisson arrivals; below 1: bursts and lulls, as BurstGPT found
+    in real chat traffic; the coefficient of variation is 1/sqrt(shape)).
+
+    Example:
+        >>> gaps = arrival_gaps(20000, rate=50.0, shape=0.25)
+        >>> round(sum(gaps) / len(gaps), 3), round(statistics.pstdev(gaps) * 50, 1)
+        (0.02, 2.0)
+    """
+    draw = random.Random(seed)
+    return [draw.gammavariate(shape, 1.0 / (shape * rate)) for _ in range(n)]
+
+
+async def open_loop(
+    proxy: Proc, queries: list[str], gaps: list[float], max_tokens: int
+) -> tuple[list[dict[str, Any]], float]:
+    """One request at each arrival time, whether or not earlier ones were answered (open
+    loop: a burst queues up in the server, as real traffic does)."""
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
+    start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
+        tasks = []
+        due = start
+        for i, gap in enumerate(gaps):
+            due += gap
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            path, body = request_body(queries[i % len(queries)], i, max_tokens)
+            tasks.append(asyncio.create_task(send(client, proxy.url, path, body)))
+        results = list(await asyncio.gather(*tasks))
+    return results, time.perf_counter() - start
+
+
+async def bursty(
+    proxy: Proc, queries: list[str], n: int, rate: float, max_tokens: int
+) -> dict[str, Any]:
+    """The same ``n`` requests at the same mean ``rate``, Poisson then Gamma(0.25) arrivals."""
+    out: dict[str, Any] = {}
+    for name, shape in (("poisson", 1.0), ("gamma_0.25", 0.25)):
+        results, secs = await open_loop(proxy, queries, arrival_gaps(n, rate, shape), max_tokens)
+        out[name] = {**summary(results, secs), "shape": shape, "rate_rps": rate}
+    return out
 
 
 def summary(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
@@ -229,6 +287,66 @@ def summary(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
+def log_rows(work: Path, name: str) -> list[dict[str, Any]]:
+    """The decision log of proxy ``name`` (``open`` or ``keyed``)."""
+    return [json.loads(x) for x in (work / f"{name}.jsonl").read_text().splitlines()]
+
+
+async def fault_run(
+    proxy: Proc, by_name: dict[str, Proc], victim: str, queries: list[str], args: Any
+) -> dict[str, Any]:
+    """``--fault-requests`` from the same clients; ``victim`` is SIGKILLed a third of the way."""
+    kill_at = args.fault_requests // 3
+    killed: dict[str, Any] = {}
+
+    def on_sent(i: int) -> None:
+        if i == kill_at and not killed:
+            by_name[victim].kill()
+            killed.update(backend=victim, after_requests_sent=i)
+
+    results, secs = await load(
+        proxy, queries[::-1], args.fault_requests, args.clients, args.max_tokens, on_sent
+    )
+    return {**summary(results, secs), "killed": killed}
+
+
+async def phases(
+    work: Path, proxies: dict[str, Proc], by_name: dict[str, Proc], queries: list[str], args: Any
+) -> dict[str, Any]:
+    """Overhead, steady load (without and with keys), bursty arrivals, then the fault."""
+    out: dict[str, Any] = {}
+    over = await overhead(proxies, by_name, queries, args.pairs)
+    inside = [r["latency_ms"] - r["upstream_ms"] for r in log_rows(work, "open")[5:]]
+    over["p50_inside_proxy_ms"] = statistics.median(inside)
+    inside = [r["latency_ms"] - r["upstream_ms"] for r in log_rows(work, "keyed")[5:]]
+    over["p50_inside_keyed_proxy_ms"] = statistics.median(inside)
+    out["overhead"] = over
+    print(f"overhead: {over}", flush=True)
+    n, c, m = args.requests, args.clients, args.max_tokens
+    out["load"] = summary(*await load(proxies["open"], queries, n, c, m))
+    print(f"load: {out['load']}", flush=True)
+    keyed = await load(proxies["keyed"], queries, n, c, m, headers=KEY_HEADERS)
+    out["load_with_keys"] = summary(*keyed)
+    print(f"load with keys: {out['load_with_keys']}", flush=True)
+    out["bursty"] = await bursty(proxies["open"], queries, args.burst_requests, args.rate, m)
+    print(f"bursty: {out['bursty']}", flush=True)
+    victim = max(out["load"]["by_backend"], key=out["load"]["by_backend"].get)
+    fault = await fault_run(proxies["open"], by_name, victim, queries, args)
+    # From the proxy's log: answered although a backend failed first (retried).
+    rows = log_rows(work, "open")[-args.fault_requests :]
+    fault["answered_after_a_failed_attempt"] = sum(
+        1 for r in rows if r["attempts"] and r["status"] == 200
+    )
+    out["fault"] = fault
+    print(f"fault: {fault}", flush=True)
+    out["surviving_backend_batching"] = {
+        name: httpx.get(b.url + "/health", timeout=5).json().get("batching")
+        for name, b in by_name.items()
+        if name != victim
+    }
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from dynroute.llm import load_dataset
 
@@ -237,89 +355,59 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     models = list(test.models)
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         t0 = time.perf_counter()
-        backends, proxy = setup(Path(tmp), models)
+        backends, proxies = setup(Path(tmp), models)
         startup = time.perf_counter() - t0
-        by_name = dict(zip(models, backends, strict=True))
         try:
             load_before = os.getloadavg()
-            over = await overhead(proxy, by_name, queries, args.pairs)
-            rows = [json.loads(x) for x in (Path(tmp) / "decisions.jsonl").read_text().splitlines()]
-            inside = [r["latency_ms"] - r["upstream_ms"] for r in rows[5:]]
-            over["p50_inside_proxy_ms"] = statistics.median(inside)
-            print(f"overhead: {over}", flush=True)
-            results, secs = await load(proxy, queries, args.requests, args.clients, args.max_tokens)
-            steady = summary(results, secs)
-            print(f"load: {steady}", flush=True)
-            victim = max(steady["by_backend"], key=steady["by_backend"].get)
-            kill_at = args.fault_requests // 3
-            killed: dict[str, Any] = {}
-
-            def on_sent(i: int) -> None:
-                if i == kill_at and not killed:
-                    by_name[victim].kill()
-                    killed.update(backend=victim, after_requests_sent=i)
-
-            results, secs = await load(
-                proxy, queries[::-1], args.fault_requests, args.clients, args.max_tokens, on_sent
-            )
-            fault = {**summary(results, secs), "killed": killed}
-            # From the proxy's log: answered although a backend failed first (retried).
-            rows = [json.loads(x) for x in (Path(tmp) / "decisions.jsonl").read_text().splitlines()]
-            fault["answered_after_a_failed_attempt"] = sum(
-                1 for r in rows[-args.fault_requests :] if r["attempts"] and r["status"] == 200
-            )
-            print(f"fault: {fault}", flush=True)
+            by_name = dict(zip(models, backends, strict=True))
+            result = await phases(Path(tmp), proxies, by_name, queries, args)
             load_after = os.getloadavg()
-            health = {
-                m: httpx.get(b.url + "/health", timeout=5).json().get("batching")
-                for m, b in by_name.items()
-                if m != victim
-            }
         finally:
-            stop_all([proxy, *backends])
-    return {
-        "config": {
-            "requests": args.requests,
-            "clients": args.clients,
-            "fault_requests": args.fault_requests,
-            "pairs": args.pairs,
-            "max_tokens": args.max_tokens,
-            "backends": models,
-            "router": "knn fitted on routellm-gsm8k, lambda 25",
-            "models": "tiny random DynMoE (dynroute.serve.tiny), --threads 1, --max-batch 16",
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
-            "startup_seconds": startup,
-            "load_average_before_after": [load_before[0], load_after[0]],
-            "cpu_count": os.cpu_count(),
-        },
-        "overhead": over,
-        "load": steady,
-        "fault": fault,
-        "surviving_backend_batching": health,
+            stop_all([*proxies.values(), *backends])
+    config = {
+        **{k: v for k, v in vars(args).items() if k != "out"},
+        "backends": models,
+        "router": "knn fitted on routellm-gsm8k, lambda 25",
+        "models": "tiny random DynMoE (dynroute.serve.tiny), --threads 1, --max-batch 16",
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "startup_seconds": startup,
+        "load_average_before_after": [load_before[0], load_after[0]],
+        "cpu_count": os.cpu_count(),
     }
+    return {"config": config, **result}
 
 
 def table(result: dict[str, Any]) -> str:
     """Markdown rows for BENCHMARKS.md and docs/serving.md."""
-    o, l, f = result["overhead"], result["load"], result["fault"]
+    o, f, c = result["overhead"], result["fault"], result["config"]["clients"]
     lines = [
         "| phase | requests | clients | throughput | p50 | p99 | answered | refused | lost |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    c = result["config"]["clients"]
-    for name, s in (("load", l), (f"fault (killed {f['killed'].get('backend')})", f)):
+    b = result["bursty"]
+    rows = [
+        ("load", c, result["load"]),
+        ("load, with an API key", c, result["load_with_keys"]),
+        *(
+            (f"{name} arrivals, {s['rate_rps']:g} req/s (open loop)", "—", s)
+            for name, s in b.items()
+        ),
+        (f"fault (killed {f['killed'].get('backend')})", c, f),
+    ]
+    for name, clients, s in rows:
         lines.append(
-            f"| {name} | {s['requests']} | {c} | {s['throughput_rps']:.1f} req/s | "
+            f"| {name} | {s['requests']} | {clients} | {s['throughput_rps']:.1f} req/s | "
             f"{s['p50_ms']:.0f} ms | {s['p99_ms']:.0f} ms | {s['answered']} | "
             f"{s['refused']} | {s['lost']} |"
         )
     lines.append("")
     lines.append(
         f"Proxy overhead over a direct call to the same backend ({o['pairs']} sequential pairs): "
-        f"p50 {o['p50_overhead_ms']:.2f} ms (p90 {o['p90_overhead_ms']:.2f} ms); "
+        f"p50 {o['p50_overhead_ms']:.2f} ms (p90 {o['p90_overhead_ms']:.2f} ms); with an API "
+        f"key p50 {o['p50_keyed_overhead_ms']:.2f} ms (p90 {o['p90_keyed_overhead_ms']:.2f} ms); "
         f"direct p50 {o['p50_direct_ms']:.1f} ms, proxied p50 {o['p50_proxied_ms']:.1f} ms; "
         f"inside the proxy (its log: latency − time waiting for the backend) p50 "
-        f"{o['p50_inside_proxy_ms']:.2f} ms."
+        f"{o['p50_inside_proxy_ms']:.2f} ms, with a key {o['p50_inside_keyed_proxy_ms']:.2f} ms."
     )
     return "\n".join(lines) + "\n"
 
@@ -331,6 +419,8 @@ def main() -> None:
     parser.add_argument("--fault-requests", type=int, default=320)
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--burst-requests", type=int, default=400)
+    parser.add_argument("--rate", type=float, default=40.0, help="mean arrivals per second")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 def test_serve_load_script_runs_and_loses_nothing(tmp_path):
     out = tmp_path / "serve_load.json"
     args = ["--requests", "24", "--clients", "4", "--fault-requests", "18", "--pairs", "6"]
+    args += ["--burst-requests", "30", "--rate", "20"]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--out", str(out)],
         capture_output=True,
@@ -32,3 +33,7 @@ def test_serve_load_script_runs_and_loses_nothing(tmp_path):
     assert fault["lost"] == 0 and fault["answered"] + fault["refused"] == 18
     assert fault["killed"]["backend"] in result["config"]["backends"]
     assert result["overhead"]["p50_inside_proxy_ms"] > 0
+    assert result["load_with_keys"]["answered"] == 24 and result["load_with_keys"]["lost"] == 0
+    assert result["overhead"]["p50_inside_keyed_proxy_ms"] > 0
+    for arrivals in result["bursty"].values():
+        assert arrivals["answered"] == 30 and arrivals["lost"] == 0
