@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FOLDER_KINDS", "FolderKind", "describe_folder", "folder_kind", "run_folders"]
+__all__ = [
+    "FOLDER_KINDS",
+    "QUERY_ROUTER",
+    "FolderKind",
+    "describe_folder",
+    "folder_kind",
+    "run_folders",
+]
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -103,6 +110,9 @@ class FolderKind:
     hint: Callable[[Path], str] = lambda p: ""
 
 
+#: What ``dynroute llm fit`` writes (the one kind ``llm serve/eval`` read).
+QUERY_ROUTER = FolderKind("a fitted query router", "dynroute llm fit", False, _query_router)
+
 #: Every kind, most specific first: the first that matches is the folder's kind.
 FOLDER_KINDS: tuple[FolderKind, ...] = (
     FolderKind("a LoRA-experts run", "dynroute lora train", False, _lora_run, _lora_hint),
@@ -131,7 +141,7 @@ FOLDER_KINDS: tuple[FolderKind, ...] = (
         False,
         lambda p: (p / "result.json").is_file() and (p / "report.html").is_file(),
     ),
-    FolderKind("a fitted query router", "dynroute llm fit", False, _query_router),
+    QUERY_ROUTER,
     FolderKind("a training run", "dynroute train / dynroute adaptive train", True, _training_run),
     FolderKind("a model folder", "save_pretrained / dynroute patch", True, _model_folder),
 )

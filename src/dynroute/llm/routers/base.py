@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from dynroute.common.files import atomic_path, atomic_write_text
-from dynroute.common.folders import describe_folder, folder_kind
+from dynroute.common.folders import QUERY_ROUTER, describe_folder, folder_kind
 from dynroute.common.registry import Registry
 from dynroute.llm.data import OutcomeTable
 from dynroute.llm.decide import decide, lambda_grid
@@ -239,7 +239,7 @@ def load_router(directory: str | Path) -> QueryRouter:
     d = Path(directory)
     cfg_path, ten_path = d / "config.json", d / "tensors.safetensors"
     kind = folder_kind(d)
-    if kind is not None and kind.name != "a fitted query router":  # a model, a run, a report
+    if kind is not None and kind is not QUERY_ROUTER:  # a model, a run, a report
         raise FileNotFoundError(
             f"{describe_folder(d)}; pass the --out folder of `dynroute llm fit` (a fitted "
             "query router)"
