@@ -34,9 +34,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dynroute.common.jsonfile import finite_or_none
 from dynroute.serve.backends import Backend
+from dynroute.serve.budgets import BudgetRefused, Budgets
 from dynroute.serve.decisions import DecisionLog, query_hash
 from dynroute.serve.errors import ApiError, Body, parse_body
-from dynroute.serve.policy import Decision, RoutingPolicy
+from dynroute.serve.limits import client_id
+from dynroute.serve.policy import CHARS_PER_TOKEN, Decision, RoutingPolicy
 from dynroute.serve.schemas import (
     DONE,
     ChatCompletionRequest,
@@ -47,6 +49,7 @@ from dynroute.serve.schemas import (
     sse_data,
 )
 from dynroute.serve.state import client_of, decision_log, policy_of
+from dynroute.serve.store import Reservation
 
 __all__ = [
     "MAX_DEPTH",
@@ -206,6 +209,13 @@ async def forward(
     """The answer to a request to ``/v1{path}`` (``query``: the text the router reads)."""
     policy, client = policy_of(request), client_of(request)
     exchange = Exchange.begin(policy, decision_log(request), path, req, query)
+    budgets: Budgets | None = getattr(request.app.state, "budgets", None)
+    if budgets is not None:  # the key's budget and rate limits, before any backend is called
+        try:
+            await exchange.reserve(budgets, client_id(request.scope), query)
+        except BudgetRefused as refused:
+            policy.settle(exchange.decision, 0.0)
+            return refused.response()
     attempts: list[dict[str, str]] = []
     for backend in exchange.decision.order:
         payload = backend_payload(body, backend, req.stream)
@@ -240,6 +250,8 @@ class Exchange:
     row: dict[str, Any]
     start: float  # when the request arrived
     upstream_start: float = 0.0  # when it was sent to the backend that answers
+    budgets: Budgets | None = None  # with --db: the key's charge, settled by finish
+    reservation: Reservation | None = None
 
     @classmethod
     def begin(
@@ -264,6 +276,18 @@ class Exchange:
             "estimated_cost": decision.estimated.get(decision.order[0].name),
         }
         return cls(policy, log, decision, row, start)
+
+    async def reserve(self, budgets: Budgets, client: str, query: str) -> None:
+        """Charge the first choice's estimate to the client's key (``client``:
+        :func:`~dynroute.serve.limits.client_id`); :class:`BudgetRefused` when over."""
+        key = client.removeprefix("key:") if client.startswith("key:") else None
+        first = self.decision.order[0].name
+        usd = self.decision.estimated.get(first) or 0.0
+        prompt = len(query) / CHARS_PER_TOKEN
+        self.budgets = budgets
+        self.reservation = await budgets.reserve(key, usd, prompt, first, time.time())
+        if self.reservation is not None:
+            self.row["key"] = self.reservation.key_name
 
     def upstream_done(self) -> None:
         """Note how long the backend took; ``latency_ms`` minus this is the proxy's own."""
@@ -298,6 +322,11 @@ class Exchange:
             status=status,
             **extra,
         )
+        if self.budgets is not None and self.reservation is not None:
+            self.budgets.settle(
+                self.reservation, self.row["cost"], self.row["prompt_tokens"],
+                self.row["completion_tokens"], backend.name if backend else None,
+            )  # fmt: skip
         self.log.write(self.row)
 
 
