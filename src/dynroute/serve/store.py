@@ -15,8 +15,9 @@ driver; several proxy replicas share one). Three tables, created on open (idempo
 
 :meth:`Store.reserve` is the one place a budget is charged: it locks the key's row
 (PostgreSQL ``SELECT ... FOR UPDATE``; SQLite ``BEGIN IMMEDIATE`` locks the whole file),
-sums the key's spend, asks ``check`` and inserts the reservation, in one transaction:
-two proxies on one database see each other's reservations. Settlements and decision rows
+sums the key's spend, asks ``check`` (:func:`~dynroute.serve.budgets.check_limits`) and
+inserts the reservation, in one transaction: two proxies on one database see each other's
+reservations. Settlements and decision rows
 go through one writer thread (:meth:`Store.later`), so a request never waits for them.
 Every method blocks: call it in a thread from async code.
 
@@ -25,7 +26,7 @@ Example:
     >>> url = "sqlite:///" + str(pathlib.Path(tempfile.mkdtemp()) / "proxy.db")
     >>> store = open_store(url)
     >>> store.sync_keys([KeyRow("team-a", "ab" * 32, usd_per_day=1.0)])
-    >>> ok = store.reserve("ab" * 32, Charge(0.25, 12, "small", 1e9), lambda k, u: None)
+    >>> ok = store.reserve("ab" * 32, Charge(0.25, 12, "small", 1e9), lambda k, u, c: None)
     >>> ok.key_name, store.usage("team-a", 1e9).usd_day
     ('team-a', 0.25)
     >>> store.close()
@@ -186,7 +187,8 @@ def engine_url(url: str) -> URL:
         parsed = None
     backend = parsed.get_backend_name() if parsed is not None else ""
     if parsed is None or backend not in ("sqlite", "postgresql", "postgres"):
-        raise ValueError(f"--db {url}: not a SQLite or PostgreSQL URL; {REMEDY_URL}")
+        shown = url if parsed is None else parsed.render_as_string(hide_password=True)
+        raise ValueError(f"--db {shown}: not a SQLite or PostgreSQL URL; {REMEDY_URL}")
     if backend in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -309,9 +311,10 @@ class Store:
         self,
         key_sha256: str,
         charge: Charge,
-        check: Callable[[KeyRow, Usage], Refusal | None],
+        check: Callable[[KeyRow, Usage, Charge], Refusal | None],
     ) -> Reservation | Refusal | None:
-        """Charge ``charge`` to the key with this hash unless ``check(key, usage)`` refuses;
+        """Charge ``charge`` to the key with this hash unless ``check(key, usage, charge)``
+        refuses;
         None for a key the table does not hold. One transaction, the key's row locked."""
         with self.engine.begin() as conn:
             found = conn.execute(
@@ -320,7 +323,7 @@ class Store:
             if found is None:
                 return None
             key = KeyRow(**found._asdict())
-            refusal = check(key, self.usage(key.name, charge.now, conn))
+            refusal = check(key, self.usage(key.name, charge.now, conn), charge)
             if refusal is not None:
                 return refusal
             values = {
