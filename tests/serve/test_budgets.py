@@ -8,6 +8,7 @@ spend at most the budget; the decision log comes back out of the database as JSO
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -103,7 +104,11 @@ def _metric(text: str, name: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def _budget_survives_a_crash(args: list[str], logs: Path) -> None:
+def _budget_survives_a_crash(
+    args: list[str], logs: Path, then: Callable[[Proc], None] | None = None
+) -> None:
+    """Spend team-a's budget, SIGKILL the proxy, start it again: still over; the other
+    keys' per-minute limits hold; then ``then(the restarted proxy)``."""
     (proxy,) = start_all([args], logs, prefix="budget")
     try:
         assert _spend_until_refused(proxy) == [200] * 4 + [429] * 2  # 4 × 0.011 fit in 0.05
@@ -121,6 +126,8 @@ def _budget_survives_a_crash(args: list[str], logs: Path) -> None:
     try:
         _assert_over_budget(_post(again, "team-a"))  # the spend outlived the process
         _assert_per_minute_limits(again)  # other keys: their own limits
+        if then is not None:
+            then(again)
     finally:
         stop_all([again])
 
@@ -142,8 +149,20 @@ def test_over_budget_is_a_429_that_survives_a_sigkill(
     router_dir: Path, backend_url: str, tmp_path: Path
 ) -> None:
     """No --db: a keys file with a budget keeps it in SQLite next to it (keys.db). The
-    restarted proxy also enforces the per-minute limits (429 with Retry-After)."""
-    _budget_survives_a_crash(_proxy_args(router_dir, backend_url, tmp_path, None), tmp_path)
+    restarted proxy also enforces the per-minute limits (429 with Retry-After), and answers
+    503 while its database is unusable."""
+
+    def database_lost(proxy: Proc) -> None:  # fail closed: no ledger, no backend call
+        with sqlite3.connect(tmp_path / "keys.db") as db:
+            db.execute("ALTER TABLE dynroute_spend RENAME TO elsewhere")
+        answer = _post(proxy, "team-b")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "budget_store_unavailable"
+        with sqlite3.connect(tmp_path / "keys.db") as db:
+            db.execute("ALTER TABLE elsewhere RENAME TO dynroute_spend")
+
+    args = _proxy_args(router_dir, backend_url, tmp_path, None)
+    _budget_survives_a_crash(args, tmp_path, then=database_lost)
     assert (tmp_path / "keys.db").is_file()
     export = tmp_path / "export.jsonl"
     done = subprocess.run(

@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import anyio.to_thread
 from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse
 
+from dynroute.serve.errors import ApiError
 from dynroute.serve.keyfile import LIMIT_FIELDS, KeySpec, is_toml_key_file, read_key_file
 from dynroute.serve.schemas import error_body
 from dynroute.serve.store import Charge, KeyRow, Refusal, Reservation, Store, Usage, open_store
@@ -50,6 +53,7 @@ __all__ = [
     "BudgetRefused",
     "Budgets",
     "check_limits",
+    "client_key_sha256",
     "key_rows",
     "key_sha256",
     "open_proxy_store",
@@ -65,6 +69,22 @@ def key_sha256(key: str) -> str:
         '0f2c10bf3d128c71'
     """
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def client_key_sha256(client: str) -> str | None:
+    """The SHA-256 of a request's bearer token, from its
+    :func:`~dynroute.serve.limits.client_id` (``key:`` + the header's bytes as latin-1),
+    hashed as those bytes, so a non-ASCII key hashes as :func:`key_sha256` hashes it;
+    None for a client known by its address only.
+
+    Example:
+        >>> client = "key:" + "sk-é".encode().decode("latin-1")  # as the header carries it
+        >>> client_key_sha256(client) == key_sha256("sk-é"), client_key_sha256("addr:::1")
+        (True, None)
+    """
+    if not client.startswith("key:"):
+        return None
+    return hashlib.sha256(client.removeprefix("key:").encode("latin-1")).hexdigest()
 
 
 def plain_key_name(key: str) -> str:
@@ -174,17 +194,33 @@ class Budgets:
         )
 
     async def reserve(
-        self, key: str | None, usd: float, prompt_tokens: float, backend: str | None, now: float
+        self,
+        key_digest: str | None,
+        usd: float,
+        prompt_tokens: float,
+        backend: str | None,
+        now: float,
     ) -> Reservation | None:
-        """Charge the estimate to ``key`` (None, or a key the database does not hold: no
-        limit, nothing charged); raise :class:`BudgetRefused` when over a limit. The
-        transaction runs in a worker thread, off the event loop."""
-        if key is None:
+        """Charge the estimate to the key with this SHA-256 (None, or a key the database
+        does not hold: no limit, nothing charged); raise :class:`BudgetRefused` when over
+        a limit, a 503 :class:`~dynroute.serve.errors.ApiError` when the database does
+        not answer (fail closed). The transaction runs in a worker thread."""
+        if key_digest is None:
             return None
         charge = Charge(usd if math.isfinite(usd) else 0.0, prompt_tokens, backend, now)
-        done = await anyio.to_thread.run_sync(
-            self.store.reserve, key_sha256(key), charge, check_limits
-        )
+        try:
+            done = await anyio.to_thread.run_sync(
+                self.store.reserve, key_digest, charge, check_limits
+            )
+        except SQLAlchemyError as err:
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:120]
+            print(f"dynroute: --db {self.store.url}: {reason}", file=sys.stderr)
+            raise ApiError(
+                503,
+                "the proxy's budget database does not answer; retry later",
+                kind="service_unavailable",
+                code="budget_store_unavailable",
+            ) from None
         if isinstance(done, Refusal):
             self.refusals.labels(done.key_name, done.code).inc()
             raise BudgetRefused(done)

@@ -4,7 +4,9 @@ A request is checked before anything is decided (:func:`read_request`): a Conten
 other than JSON is a 415; a body that is not a JSON object of the endpoint's schema, nests
 deeper than :data:`MAX_DEPTH`, holds a non-finite number, a number beyond ±(2^63 − 1) or a
 lone UTF-16 surrogate is a 400 naming the field; no backend sees it.
-A valid request is decided (:meth:`Exchange.begin`) and sent as the client sent it
+A valid request is decided (:meth:`Exchange.begin`); with ``--db``, its estimated cost is
+charged to the client's key first (:mod:`~dynroute.serve.budgets`: over a budget or a rate
+limit, a 429 and no backend called); then it is sent as the client sent it
 (unknown fields included), with each backend's own model id, to the decision's backends
 in order. A backend fault (:func:`backend_fault`: unreachable, timed out, a 5xx, 408 or
 429) cools that backend down (:meth:`~dynroute.serve.policy.RoutingPolicy.mark_down`)
@@ -34,7 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dynroute.common.jsonfile import finite_or_none
 from dynroute.serve.backends import Backend
-from dynroute.serve.budgets import BudgetRefused, Budgets
+from dynroute.serve.budgets import BudgetRefused, Budgets, client_key_sha256
 from dynroute.serve.decisions import DecisionLog, query_hash
 from dynroute.serve.errors import ApiError, Body, parse_body
 from dynroute.serve.limits import client_id
@@ -213,7 +215,7 @@ async def forward(
     if budgets is not None:  # the key's budget and rate limits, before any backend is called
         try:
             await exchange.reserve(budgets, client_id(request.scope), query)
-        except BudgetRefused as refused:
+        except (BudgetRefused, ApiError) as refused:  # over a limit; the database is down
             policy.settle(exchange.decision, 0.0)
             return refused.response()
     attempts: list[dict[str, str]] = []
@@ -280,12 +282,12 @@ class Exchange:
     async def reserve(self, budgets: Budgets, client: str, query: str) -> None:
         """Charge the first choice's estimate to the client's key (``client``:
         :func:`~dynroute.serve.limits.client_id`); :class:`BudgetRefused` when over."""
-        key = client.removeprefix("key:") if client.startswith("key:") else None
         first = self.decision.order[0].name
         usd = self.decision.estimated.get(first) or 0.0
         prompt = len(query) / CHARS_PER_TOKEN
         self.budgets = budgets
-        self.reservation = await budgets.reserve(key, usd, prompt, first, time.time())
+        digest = client_key_sha256(client)
+        self.reservation = await budgets.reserve(digest, usd, prompt, first, time.time())
         if self.reservation is not None:
             self.row["key"] = self.reservation.key_name
 
