@@ -96,8 +96,13 @@ def test_settle_replaces_the_estimate_and_decisions_keep_their_order(tmp_path: P
     with DecisionLog(None, store) as log:
         for i in range(3):
             log.write({"chosen": "small", "i": i, "key": "team-a", "knob": float("inf")})
+    tomorrow = now + 86400  # same UTC month, the next day
+    late = store.reserve(key_sha256(NAMED), Charge(0.75, 10, "big", tomorrow), check_limits)
+    assert isinstance(late, Reservation)  # a new day: 0.75 fits in 1
     store.flush()
     assert store.usage("team-a", now).usd_day == 0.125
+    next_day = store.usage("team-a", tomorrow)
+    assert (next_day.usd_day, next_day.usd_month) == (0.75, 0.875)
     lines = list(store.decision_lines())
     store.close()
     rows_back = [json.loads(line) for line in lines]
@@ -114,9 +119,7 @@ def test_settle_replaces_the_estimate_and_decisions_keep_their_order(tmp_path: P
     ],
     ids=["bad-url", "unwritable-file", "unreachable-server"],
 )
-def test_a_database_that_cannot_be_opened_is_one_line_naming_the_url(
-    url: str, says: str
-) -> None:
+def test_a_database_that_cannot_be_opened_is_one_line_naming_the_url(url: str, says: str) -> None:
     with pytest.raises(ValueError) as info:
         open_store(url)
     message = str(info.value)

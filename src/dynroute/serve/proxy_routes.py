@@ -287,9 +287,11 @@ class Exchange:
         prompt = len(query) / CHARS_PER_TOKEN
         self.budgets = budgets
         digest = client_key_sha256(client)
+        started = time.perf_counter()
         self.reservation = await budgets.reserve(digest, usd, prompt, first, time.time())
-        if self.reservation is not None:
+        if self.reservation is not None:  # the key, and how long its check took
             self.row["key"] = self.reservation.key_name
+            self.row["budget_ms"] = round((time.perf_counter() - started) * 1e3, 3)
 
     def upstream_done(self) -> None:
         """Note how long the backend took; ``latency_ms`` minus this is the proxy's own."""
