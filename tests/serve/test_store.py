@@ -48,6 +48,23 @@ def test_keys_are_stored_as_sha256_only(tmp_path: Path) -> None:
         assert PLAIN.encode() not in data and NAMED.encode() not in data
 
 
+def test_a_renamed_or_rotated_key_keeps_its_spend(tmp_path: Path) -> None:
+    store = open_store(_sqlite(tmp_path))
+    store.sync_keys([KeyRow("team-a", key_sha256(NAMED), usd_per_day=1.0)])
+    held = store.reserve(key_sha256(NAMED), Charge(0.5, 1, "big", 3e6), check_limits)
+    assert isinstance(held, Reservation)
+    store.sync_keys([KeyRow("team-x", key_sha256(NAMED), usd_per_day=2.0)])  # renamed
+    assert store.usage("team-x", 3e6).usd_day == 0.5
+    store.sync_keys([KeyRow("team-x", key_sha256("sk-new"), usd_per_day=2.0)])  # rotated
+    refused = store.reserve(key_sha256("sk-new"), Charge(1.6, 1, "big", 3e6), check_limits)
+    assert isinstance(refused, Refusal) and "team-x" in refused.message  # 0.5 + 1.6 > 2
+    assert store.reserve(key_sha256(NAMED), Charge(0.1, 1, "big", 3e6), check_limits) is None
+    store.sync_keys([KeyRow("team-z", "ff" * 32)])
+    with pytest.raises(ValueError, match="each key one name"):  # team-z's name, another key
+        store.sync_keys([KeyRow("team-z", key_sha256("sk-new"))])  # ... and team-x's key
+    store.close()
+
+
 def _race(urls: list[str], limit: float, cost: float, attempts: int) -> tuple[int, float]:
     """``attempts`` reservations of ``cost`` from 16 threads over one store per URL (the
     same database); ``(how many were granted, the key's day spend)``."""

@@ -228,6 +228,21 @@ def add_to_totals(conn: Connection, key_name: str, when: float, usd: float) -> N
             conn.execute(totals_table.insert(), row)
 
 
+def sync_key(conn: Connection, key: KeyRow) -> None:
+    """Insert or update one key (see :meth:`Store.sync_keys`)."""
+    k = keys_table.c
+    values = {"key_sha256": key.key_sha256, **{n: getattr(key, n) for n in LIMITS}}
+    old = conn.execute(sa.select(k.name).where(k.key_sha256 == key.key_sha256)).scalar()
+    if old is not None and old != key.name:  # renamed in the keys file: its spend follows
+        conn.execute(keys_table.update().where(k.name == old).values(name=key.name))
+        for table in (spend_table, totals_table):
+            conn.execute(table.update().where(table.c.key_name == old).values(key_name=key.name))
+    if conn.execute(sa.select(k.name).where(k.name == key.name)).first():
+        conn.execute(keys_table.update().where(k.name == key.name), values)
+    else:
+        conn.execute(keys_table.insert(), {"name": key.name, **values})
+
+
 def open_store(url: str) -> Store:
     """Connect to ``--db URL`` and create the tables if missing. A bad URL, a server that
     does not answer, a file that cannot be written: one-line ValueError naming the URL
@@ -270,36 +285,22 @@ class Store:
     # ------------------------------------------------------------------ keys
 
     def sync_keys(self, keys: Sequence[KeyRow]) -> None:
-        """Make the table hold ``keys`` (by name: a new hash or new limits replace the old;
-        keys not given are left as they are, so replicas may add theirs)."""
+        """Make the table hold ``keys``: a key already stored (same hash) takes the new name
+        and limits, its spend moving with it; a name already stored takes the new hash (a
+        rotated key keeps its spend); keys not given stay, so replicas may add theirs."""
         for attempt in range(2):  # two replicas starting at once: one insert loses, retry
             try:
                 with self.engine.begin() as conn:
                     for k in keys:
-                        values = {"key_sha256": k.key_sha256, **{n: getattr(k, n) for n in LIMITS}}
-                        known = conn.execute(
-                            sa.select(keys_table.c.name).where(keys_table.c.name == k.name)
-                        ).first()
-                        if known:
-                            conn.execute(
-                                keys_table.update().where(keys_table.c.name == k.name), values
-                            )
-                        else:
-                            conn.execute(keys_table.insert(), {"name": k.name, **values})
+                        sync_key(conn, k)
                 return
             except sa.exc.IntegrityError as err:
                 if attempt:
                     raise ValueError(
-                        f"--db {self.url}: a key of the keys file is already stored under "
-                        f"another name ({str(err.orig).splitlines()[0][:120]}); give each key "
-                        "one name"
+                        f"--db {self.url}: cannot store the keys file's keys "
+                        f"({str(err.orig).splitlines()[0][:120]}); give each key one name, "
+                        "and each name one key"
                     ) from None
-
-    def key_names(self) -> dict[str, str]:
-        """``{key_sha256: name}`` of every stored key."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(keys_table.c.key_sha256, keys_table.c.name))
-            return {h: n for h, n in rows}
 
     # ------------------------------------------------------------------ spend
 
