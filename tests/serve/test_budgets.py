@@ -46,14 +46,28 @@ class PricedBackend(FakeBackend):
         return json.dumps(body).encode()
 
 
-@pytest.fixture(scope="module")
-def backend_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PricedBackend)
+class UnderestimatedBackend(PricedBackend):
+    """Counts 11 more prompt tokens than the proxy estimates (a chat template, say): each
+    request costs twice its estimate."""
+
+    def answer(self, request: dict[str, Any]) -> bytes:
+        body = json.loads(super().answer(request))
+        body["usage"]["prompt_tokens"] += 11
+        return json.dumps(body).encode()
+
+
+def _serve(handler: type[FakeBackend]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def backend_url() -> Iterator[str]:
+    yield from _serve(PricedBackend)
 
 
 def _files(root: Path, usd_per_day: float = DAY_BUDGET) -> tuple[Path, Path]:
@@ -238,3 +252,21 @@ def test_two_proxies_on_one_database_never_overspend(
     print(f"two proxies on {engine}: {answered} answered, ${spent:.4f} of ${budget}")
     assert spent <= budget + COST  # the promise: never over by more than one request
     assert answered == 18 and spent == pytest.approx(0.198)  # exact: the estimate is exact
+
+
+@pytest.mark.slow
+def test_an_estimate_that_misses_is_over_by_at_most_what_the_requests_in_flight_missed(
+    router_dir: Path, tmp_path: Path
+) -> None:
+    """Each request costs twice its estimate: the key can pass its budget by the misses of
+    the requests in flight when it was reached (16 clients: at most 16 × $0.011)."""
+    url_iter = _serve(UnderestimatedBackend)
+    url = next(url_iter)
+    try:
+        answered, spent = _two_proxies_race(
+            router_dir, url, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", 0.2
+        )
+    finally:
+        next(url_iter, None)
+    print(f"estimate half the cost: {answered} answered, ${spent:.4f} of $0.2")
+    assert 0.2 - 2 * COST < spent <= 0.2 + 16 * COST
