@@ -74,3 +74,31 @@ def stack(
         }
     finally:
         stop_all([*proxies, *procs])
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real PostgreSQL server for this session (the ``pgserver`` wheel); the fixture is a
+    function ``new_database(name) -> URL`` giving each test an empty database of its own."""
+    try:
+        import pgserver
+        import psycopg
+    except ImportError as err:
+        pytest.skip(f"no PostgreSQL for the tests: {err} (pip install pgserver psycopg[binary])")
+    try:
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    except Exception as err:  # any failure to start: skip, with its reason
+        pytest.skip(f"pgserver could not start PostgreSQL here: {err}")
+    admin = server.get_uri()
+
+    def new_database(name: str) -> str:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        path, _, query = admin.partition("?")
+        return f"{path.rsplit('/', 1)[0]}/{name}?{query}"
+
+    try:
+        yield new_database
+    finally:
+        server.cleanup()

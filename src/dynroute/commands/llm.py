@@ -412,12 +412,15 @@ def serve(
     api_key_file: options.ApiKeyFile = None,
     allow_no_key: options.AllowNoKey = False,
     max_concurrent: options.MaxConcurrent = 0,
+    db: options.Database = None,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
     Clients' keys: --api-key / --api-key-file / DYNROUTE_API_KEY (every path but /health
     needs one); a non-loopback --host without a key is refused unless --allow-no-key (the
-    proxy spends its backends' keys for whoever reaches it).
+    proxy spends its backends' keys for whoever reaches it). A keys file ending in .toml
+    names each key and its budgets ([keys.NAME] key, usd_per_day, usd_per_month,
+    requests_per_minute, prompt_tokens_per_minute), kept in --db across restarts.
 
     --threads defaults to 1 here: one query at a time, more threads only add
     synchronisation (on a busy 2-core machine, 48 ms instead of 0.4 ms per prediction of
@@ -432,6 +435,9 @@ def serve(
     backends = parse_backend_args(backend, load_backend_file(prices))
     keys = options.server_keys(host, api_key, api_key_file, allow_no_key)
     check_port(host, port)
+    from dynroute.serve.budgets import open_proxy_store
+
+    store = open_proxy_store(db, keys, api_key_file)
     options.set_threads(1 if threads is None else threads)
     from dynroute.llm.routers import load_router
     from dynroute.serve.decisions import DecisionLog
@@ -444,13 +450,37 @@ def serve(
         r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd
     )
     app_ = create_proxy_app(
-        policy, DecisionLog(log), timeout_s=timeout, api_keys=keys, max_concurrent=max_concurrent
-    )
+        policy, DecisionLog(log, store), timeout_s=timeout, api_keys=keys,
+        max_concurrent=max_concurrent, store=store,
+    )  # fmt: skip
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
-    keyed = " (API key required)" if keys else ""
+    keyed = (" (API key required)" if keys else "") + (f" (db: {store.url})" if store else "")
     run_app(
         app_, host, port, f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
     )
+
+
+@llm.command("export-log")
+@options.command
+def export_log(
+    db: Annotated[str, typer.Option("--db", help="The database `llm serve --db` wrote.")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write (as `llm serve --log`).")],
+) -> None:
+    """Write the decision log kept in a `llm serve --db` database as JSONL (the lines
+    `--log FILE` writes), oldest first."""
+    from dynroute.common.files import atomic_path
+    from dynroute.serve.store import open_store
+
+    store = open_store(db)
+    try:
+        count = 0
+        with atomic_path(out) as tmp, Path(tmp).open("w", encoding="utf-8") as f:
+            for line in store.decision_lines():
+                f.write(line + "\n")
+                count += 1
+    finally:
+        store.close()
+    print(f"wrote {count} decisions to {out}")
 
 
 def register(app: typer.Typer) -> None:

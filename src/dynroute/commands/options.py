@@ -50,6 +50,7 @@ __all__ = [
     "ApiKeys",
     "Config",
     "Corpus",
+    "Database",
     "Device",
     "Experts",
     "Json",
@@ -275,6 +276,17 @@ MaxConcurrent = Annotated[
         min=0,
         help="Most requests in flight per client (its API key, else its address); more: 429 "
         "with Retry-After. 0: no limit.",
+    ),
+]
+
+
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="The proxy's database for keys, budgets and the decision log: sqlite:///PATH or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB (default: none; a keys file with budgets: "
+        "sqlite next to it, KEYS.db).",
     ),
 ]
 

@@ -1,7 +1,8 @@
 """Inbound API keys for both servers: ``Authorization: Bearer KEY`` or a 401.
 
 Keys come from ``--api-key KEY`` (repeatable), ``--api-key-file FILE`` (one key a line,
-``#`` comments) and the ``DYNROUTE_API_KEY`` environment variable (comma-separated), as
+``#`` comments; a ``.toml`` file names keys and their limits: :mod:`~dynroute.serve.keyfile`)
+and the ``DYNROUTE_API_KEY`` environment variable (comma-separated), as
 vLLM's ``--api-key`` and LiteLLM's master key work. With no key the server is open, which
 :func:`check_exposure` allows on a loopback address only, unless the user says they mean
 it (``--allow-no-key``): the routing proxy spends *its* backends' keys for whoever can
@@ -31,6 +32,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dynroute.serve.keyfile import is_toml_key_file, read_key_file
 from dynroute.serve.schemas import error_body
 
 __all__ = ["KEY_ENV_VAR", "OPEN_PATHS", "RequireKey", "check_exposure", "load_keys"]
@@ -55,8 +57,11 @@ def load_keys(
     if key_file is not None:
         if not key_file.is_file():
             raise FileNotFoundError(f"--api-key-file {key_file}: no such file")
-        lines = key_file.read_text(encoding="utf-8").splitlines()
-        from_file = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if is_toml_key_file(key_file):  # named keys with limits (serve/keyfile.py)
+            from_file = [spec.key for spec in read_key_file(key_file)]
+        else:
+            lines = [ln.strip() for ln in key_file.read_text(encoding="utf-8").splitlines()]
+            from_file = [ln for ln in lines if ln and not ln.startswith("#")]
         if not from_file:
             raise ValueError(f"--api-key-file {key_file} holds no key (one key a line)")
         found += from_file

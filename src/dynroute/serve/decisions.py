@@ -25,9 +25,12 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynroute.common.jsonfile import json_text
+
+if TYPE_CHECKING:
+    from dynroute.serve.store import Store
 
 __all__ = ["DecisionLog", "query_hash"]
 
@@ -40,21 +43,27 @@ def query_hash(text: str) -> str:
 
 class DecisionLog:
     """Append rows to a JSONL file (None: keep nothing); each line is flushed at once,
-    so a crash loses no finished request."""
+    so a crash loses no finished request. With a ``store`` (``--db``), each row also goes
+    to its ``dynroute_decisions`` table (queued; the store's owner closes it)."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, store: Store | None = None) -> None:
         self.path = None if path is None else Path(path)
+        self.store = store
         self._file = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8", buffering=1)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._file is None:
+        if self._file is None and self.store is None:
             return
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self._file.write(json_text({"time": stamp, **row}, indent=None) + "\n")
-        self._file.flush()
+        stamped = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **row}
+        line = json_text(stamped, indent=None)
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+        if self.store is not None:
+            self.store.add_decision(stamped, line)
 
     def close(self) -> None:
         if self._file is not None:

@@ -15,12 +15,14 @@ import httpx
 from fastapi import FastAPI
 
 from dynroute.serve import proxy_routes, state
+from dynroute.serve.budgets import Budgets
 from dynroute.serve.decisions import DecisionLog
 from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.metrics import MeteredLog
 from dynroute.serve.middleware import install_middleware
 from dynroute.serve.policy import RoutingPolicy
 from dynroute.serve.schemas import now
+from dynroute.serve.store import Store
 
 __all__ = ["create_proxy_app"]
 
@@ -33,11 +35,15 @@ def create_proxy_app(
     connect_timeout_s: float = 2.0,
     api_keys: frozenset[str] = frozenset(),
     max_concurrent: int = 0,
+    store: Store | None = None,
 ) -> FastAPI:
     """The proxy app (its HTTP client to the backends opens and closes with the app's
     lifespan; the log closes with it); with ``api_keys``, every path but ``/health``
     needs one of them (:mod:`~dynroute.serve.auth`); ``GET /metrics`` counts requests and
-    every decision (routed share, tokens, spend per backend)."""
+    every decision (routed share, tokens, spend per backend). With a ``store`` (``--db``),
+    every key's budget and rate limits are checked before a backend is called
+    (:mod:`~dynroute.serve.budgets`; give ``log`` the same store to keep its rows there);
+    the store closes with the app."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,10 +56,12 @@ def create_proxy_app(
         finally:
             await app.state.client.aclose()
             app.state.decision_log.close()
+            if store is not None:
+                store.close()
 
     app = FastAPI(title="dynroute llm serve", lifespan=lifespan)
     app.state.policy = policy
-    app.state.decision_log = log or DecisionLog(None)
+    app.state.decision_log = log or DecisionLog(None, store)
     app.state.health = policy.health
     created = now()
     app.state.model_cards = [state.model_card(m, created) for m in policy.model_ids()]
@@ -61,5 +69,6 @@ def create_proxy_app(
     for module in (state, proxy_routes):
         app.include_router(module.router)
     metrics = install_middleware(app, api_keys, max_concurrent)
+    app.state.budgets = None if store is None else Budgets(store, metrics.registry)
     app.state.decision_log = MeteredLog(app.state.decision_log, metrics)
     return app

@@ -4,7 +4,9 @@ A request is checked before anything is decided (:func:`read_request`): a Conten
 other than JSON is a 415; a body that is not a JSON object of the endpoint's schema, nests
 deeper than :data:`MAX_DEPTH`, holds a non-finite number, a number beyond ±(2^63 − 1) or a
 lone UTF-16 surrogate is a 400 naming the field; no backend sees it.
-A valid request is decided (:meth:`Exchange.begin`) and sent as the client sent it
+A valid request is decided (:meth:`Exchange.begin`); with ``--db``, its estimated cost is
+charged to the client's key first (:mod:`~dynroute.serve.budgets`: over a budget or a rate
+limit, a 429 and no backend called); then it is sent as the client sent it
 (unknown fields included), with each backend's own model id, to the decision's backends
 in order. A backend fault (:func:`backend_fault`: unreachable, timed out, a 5xx, 408 or
 429) cools that backend down (:meth:`~dynroute.serve.policy.RoutingPolicy.mark_down`)
@@ -34,9 +36,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dynroute.common.jsonfile import finite_or_none
 from dynroute.serve.backends import Backend
+from dynroute.serve.budgets import BudgetRefused, Budgets, client_key_sha256
 from dynroute.serve.decisions import DecisionLog, query_hash
 from dynroute.serve.errors import ApiError, Body, parse_body
-from dynroute.serve.policy import Decision, RoutingPolicy
+from dynroute.serve.limits import client_id
+from dynroute.serve.policy import CHARS_PER_TOKEN, Decision, RoutingPolicy
 from dynroute.serve.schemas import (
     DONE,
     ChatCompletionRequest,
@@ -47,6 +51,7 @@ from dynroute.serve.schemas import (
     sse_data,
 )
 from dynroute.serve.state import client_of, decision_log, policy_of
+from dynroute.serve.store import Reservation
 
 __all__ = [
     "MAX_DEPTH",
@@ -206,6 +211,13 @@ async def forward(
     """The answer to a request to ``/v1{path}`` (``query``: the text the router reads)."""
     policy, client = policy_of(request), client_of(request)
     exchange = Exchange.begin(policy, decision_log(request), path, req, query)
+    budgets: Budgets | None = getattr(request.app.state, "budgets", None)
+    if budgets is not None:  # the key's budget and rate limits, before any backend is called
+        try:
+            await exchange.reserve(budgets, client_id(request.scope), query)
+        except (BudgetRefused, ApiError) as refused:  # over a limit; the database is down
+            policy.settle(exchange.decision, 0.0)
+            return refused.response()
     attempts: list[dict[str, str]] = []
     for backend in exchange.decision.order:
         payload = backend_payload(body, backend, req.stream)
@@ -240,6 +252,8 @@ class Exchange:
     row: dict[str, Any]
     start: float  # when the request arrived
     upstream_start: float = 0.0  # when it was sent to the backend that answers
+    budgets: Budgets | None = None  # with --db: the key's charge, settled by finish
+    reservation: Reservation | None = None
 
     @classmethod
     def begin(
@@ -264,6 +278,20 @@ class Exchange:
             "estimated_cost": decision.estimated.get(decision.order[0].name),
         }
         return cls(policy, log, decision, row, start)
+
+    async def reserve(self, budgets: Budgets, client: str, query: str) -> None:
+        """Charge the first choice's estimate to the client's key (``client``:
+        :func:`~dynroute.serve.limits.client_id`); :class:`BudgetRefused` when over."""
+        first = self.decision.order[0].name
+        usd = self.decision.estimated.get(first) or 0.0
+        prompt = len(query) / CHARS_PER_TOKEN
+        self.budgets = budgets
+        digest = client_key_sha256(client)
+        started = time.perf_counter()
+        self.reservation = await budgets.reserve(digest, usd, prompt, first, time.time())
+        if self.reservation is not None:  # the key, and how long its check took
+            self.row["key"] = self.reservation.key_name
+            self.row["budget_ms"] = round((time.perf_counter() - started) * 1e3, 3)
 
     def upstream_done(self) -> None:
         """Note how long the backend took; ``latency_ms`` minus this is the proxy's own."""
@@ -298,6 +326,11 @@ class Exchange:
             status=status,
             **extra,
         )
+        if self.budgets is not None and self.reservation is not None:
+            self.budgets.settle(
+                self.reservation, self.row["cost"], self.row["prompt_tokens"],
+                self.row["completion_tokens"], backend.name if backend else None,
+            )  # fmt: skip
         self.log.write(self.row)
 
 
