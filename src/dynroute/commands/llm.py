@@ -412,6 +412,8 @@ def serve(
     api_key_file: options.ApiKeyFile = None,
     allow_no_key: options.AllowNoKey = False,
     max_concurrent: options.MaxConcurrent = 0,
+    breaker_threshold: options.BreakerThreshold = 3,
+    breaker_cooldown: options.BreakerCooldown = 5.0,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -441,8 +443,9 @@ def serve(
     r = load_router(router)
     map_to_router(backends, r.models)
     policy = RoutingPolicy(
-        r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd
-    )
+        r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd,
+        cooldown_s=breaker_cooldown, fault_threshold=breaker_threshold,
+    )  # fmt: skip
     app_ = create_proxy_app(
         policy, DecisionLog(log), timeout_s=timeout, api_keys=keys, max_concurrent=max_concurrent
     )

@@ -380,3 +380,21 @@ def print_json(payload: Any) -> None:
     from dynroute.common.jsonfile import json_text
 
     print(json_text(payload, indent=None))  # NaN and inf as null: strict parsers read it
+
+
+# ---------------------------------------------------------------------------- operations
+
+BreakerThreshold = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Consecutive backend faults (unreachable, 5xx, 408, 429) that open a backend's "
+        "circuit breaker: it is then tried only after the others.",
+    ),
+]
+BreakerCooldown = Annotated[
+    float,
+    typer.Option(
+        min=0.0, help="Seconds an open breaker waits before its backend is probed back in."
+    ),
+]
