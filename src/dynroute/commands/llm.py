@@ -414,6 +414,7 @@ def serve(
     max_concurrent: options.MaxConcurrent = 0,
     breaker_threshold: options.BreakerThreshold = 3,
     breaker_cooldown: options.BreakerCooldown = 5.0,
+    drain_timeout: options.DrainTimeout = 30.0,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -451,9 +452,8 @@ def serve(
     )
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
     keyed = " (API key required)" if keys else ""
-    run_app(
-        app_, host, port, f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
-    )
+    banner = f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
+    run_app(app_, host, port, banner, drain_timeout_s=drain_timeout)
 
 
 def register(app: typer.Typer) -> None:

@@ -398,3 +398,11 @@ BreakerCooldown = Annotated[
         min=0.0, help="Seconds an open breaker waits before its backend is probed back in."
     ),
 ]
+DrainTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="On SIGTERM, seconds to let requests in flight (streams too) finish while new "
+        "ones get 503; then the server exits.",
+    ),
+]

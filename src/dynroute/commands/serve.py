@@ -51,6 +51,7 @@ def serve(
     max_body_bytes: MaxBodyBytes = 1_000_000,
     max_prompts: MaxPrompts = 64,
     max_concurrent: options.MaxConcurrent = 0,
+    drain_timeout: options.DrainTimeout = 30.0,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).
 
@@ -78,7 +79,7 @@ def serve(
         f"serving {served.name} ({served.folder}, {dev}, context {served.context_length}) "
         f"on http://{host}:{port}/v1{' (API key required)' if keys else ''}"
     )
-    run_app(app_, host, port, banner, access_log)
+    run_app(app_, host, port, banner, access_log, drain_timeout_s=drain_timeout)
 
 
 def register(app: typer.Typer) -> None:
