@@ -406,3 +406,17 @@ DrainTimeout = Annotated[
         "ones get 503; then the server exits.",
     ),
 ]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        help="Key of the admin endpoints (POST /admin/reload re-reads the router folder and "
+        "prices file; so does SIGHUP). Also DYNROUTE_ADMIN_KEY. Without one: 403.",
+    ),
+]
+
+
+def admin_key(key: str | None) -> str | None:
+    """The admin key of a server command: ``--admin-key``, else ``DYNROUTE_ADMIN_KEY``."""
+    from dynroute.serve.auth import load_admin_key
+
+    return load_admin_key(key)

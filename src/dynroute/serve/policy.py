@@ -227,12 +227,13 @@ class RoutingPolicy:
         """``b`` answered: its breaker closes."""
         b.breaker.success()
 
-    def adopt_breakers(self, old: RoutingPolicy) -> None:
-        """Keep the breakers of ``old``'s backends of the same name (a reload forgets no
-        backend's health)."""
+    def carry_over(self, old: RoutingPolicy) -> None:
+        """Take over what ``old`` learnt while serving (a reload forgets nothing): the
+        breakers of its backends of the same name, the budget's running totals."""
         for b in self.backends:
             if b.name in old.by_name:
                 b.breaker = old.by_name[b.name].breaker
+        self.decided, self.spent = old.decided, old.spent
 
     def health(self) -> dict[str, Any]:
         """The proxy's fields of ``GET /health``: the router; each backend ``"ok"`` or
