@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,9 +74,10 @@ class ServerMetrics:
         """Export ``dynroute_proxy_backend_up{backend}`` from ``up()`` at each scrape."""
         self.registry.register(BackendsUp(up))
 
-    def watch(self, name: str, doc: str, value: Callable[[], float]) -> None:
-        """Export the gauge ``name`` (no labels) from ``value()`` at each scrape."""
-        self.registry.register(GaugeOf(name, doc, value))
+    def watch(self, name: str, doc: str, value: Callable[[], float], counter: bool = False) -> None:
+        """Export ``name`` (no labels; a gauge, or a ``counter``) from ``value()`` at each
+        scrape."""
+        self.registry.register(GaugeOf(name, doc, value, counter))
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         label = path if path in KNOWN_PATHS else "other"
@@ -117,13 +118,16 @@ class BackendsUp(Collector):
 
 
 class GaugeOf(Collector):
-    """A gauge read from a function at each scrape."""
+    """A gauge (or a counter) read from a function at each scrape."""
 
-    def __init__(self, name: str, doc: str, value: Callable[[], float]) -> None:
-        self.name, self.doc, self.value = name, doc, value
+    def __init__(
+        self, name: str, doc: str, value: Callable[[], float], counter: bool = False
+    ) -> None:
+        self.name, self.doc, self.value, self.counter = name, doc, value, counter
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily(self.name, self.doc, value=float(self.value()))
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        kind = CounterMetricFamily if self.counter else GaugeMetricFamily
+        yield kind(self.name, self.doc, value=float(self.value()))
 
 
 class CountRequests:
