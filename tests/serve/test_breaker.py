@@ -75,3 +75,23 @@ def test_a_killed_backend_is_skipped_then_probed_back_in(breaker_proxy) -> None:
     print(f"opened→closed {closed - opened:.2f} s, answering→closed {closed - restarted:.2f} s")
     # once the backend answers, closed by a probe within the cool-down and a probe round
     assert closed - restarted < COOLDOWN_S + 3, closed - restarted
+
+
+def test_the_breakers_states_in_order() -> None:
+    """Closed until the threshold; open (no request admitted) for the cool-down; then
+    half-open: one trial request admitted, a fault reopens, a success closes."""
+    from dynroute.serve.breaker import Breaker
+
+    b = Breaker(threshold=3, cooldown_s=5.0)
+    b.fault(now=0.0)
+    b.success()  # a success in between: the count starts over
+    for t in (1.0, 2.0):
+        b.fault(now=t)
+    assert b.state(now=2.0) == "closed" and b.admits(now=2.0)
+    b.fault(now=3.0)
+    assert b.state(now=3.0) == "open" and not b.admits(now=7.9) and b.opened == 1
+    assert b.admits(now=8.0) and not b.admits(now=8.1)  # one trial at a time
+    b.fault(now=8.5)  # the trial failed: open for another cool-down
+    assert b.state(now=13.4) == "open" and b.state(now=13.5) == "half_open"
+    b.success()
+    assert b.state(now=13.5) == "closed" and b.opened == 1 and b.faults == 0

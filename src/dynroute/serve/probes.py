@@ -18,7 +18,14 @@ import httpx
 if TYPE_CHECKING:
     from dynroute.serve.backends import Backend
 
-__all__ = ["PROBE_EVERY_S", "PROBE_TIMEOUT_S", "probe_forever", "probe_once", "probing"]
+__all__ = [
+    "PROBE_EVERY_S",
+    "PROBE_TIMEOUT_S",
+    "probe_forever",
+    "probe_once",
+    "probe_round",
+    "probing",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +79,19 @@ async def probe_forever(
     until cancelled."""
     while True:
         await asyncio.sleep(PROBE_EVERY_S)
-        due = [b for b in backends() if b.breaker.state() == "half_open"]
-        if not due:
-            continue
-        answers = await asyncio.gather(*(probe_once(client, b) for b in due))  # never raises
-        for b, up in zip(due, answers, strict=True):
-            if up:
-                b.breaker.success()
-                log.warning("backend %s answers its probe: back in rotation", b.name)
-            elif b.breaker.state() == "half_open":  # no request reopened it meanwhile
-                b.breaker.fault()
+        try:
+            await probe_round(backends(), client)
+        except Exception:  # a probe round must never end the probing
+            log.exception("a round of backend probes failed")
+
+
+async def probe_round(backends: Sequence[Backend], client: httpx.AsyncClient) -> None:
+    """Probe each half-open backend once, closing or reopening its breaker."""
+    due = [b for b in backends if b.breaker.state() == "half_open"]
+    answers = await asyncio.gather(*(probe_once(client, b) for b in due))
+    for b, up in zip(due, answers, strict=True):
+        if up:
+            b.breaker.success()
+            log.warning("backend %s answers its probe: back in rotation", b.name)
+        elif b.breaker.state() == "half_open":  # no request reopened it meanwhile
+            b.breaker.fault()

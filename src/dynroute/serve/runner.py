@@ -53,15 +53,19 @@ def run_app(
 
     drain = getattr(app.state, "drain", None)
     reload = getattr(app.state, "reload", None)
+    reloads: set[asyncio.Task[Any]] = set()  # held: the loop keeps only weak references
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
                 if reload is not None:
-                    asyncio.get_running_loop().add_signal_handler(
-                        signal.SIGHUP, lambda: asyncio.ensure_future(reload("SIGHUP"))
-                    )
+                    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
                 print(banner, flush=True)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
