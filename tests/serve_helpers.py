@@ -43,3 +43,85 @@ class FakeBackend(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """A fake OpenAI backend: ``GET /health`` and ``/v1/models`` answer 200; a POST is a
+    completion (``{"choices": [{"text": NAME}]}``) or, with ``"stream": true``, ``PIECES``
+    chunks ``DELAY`` seconds apart, a usage chunk and ``[DONE]``."""
+
+    NAME, PIECES, DELAY = "fake", 10, 0.0
+
+    def do_GET(self) -> None:
+        self.reply(200, json.dumps({"status": "ok", "data": []}).encode())
+
+    def do_POST(self) -> None:
+        import time
+
+        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        usage = {"prompt_tokens": 1, "completion_tokens": self.PIECES, "total_tokens": 11}
+        if not request.get("stream"):
+            choice = {"index": 0, "text": self.NAME, "finish_reason": "stop"}
+            body = {"id": "x", "model": self.NAME, "usage": usage, "choices": [choice]}
+            self.reply(200, json.dumps(body).encode())
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        for i in range(self.PIECES):
+            time.sleep(self.DELAY)
+            chunk = {"id": "x", "model": self.NAME, "choices": [{"index": 0, "text": str(i)}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        tail = {"id": "x", "model": self.NAME, "choices": [], "usage": usage}
+        self.wfile.write(f"data: {json.dumps(tail)}\n\ndata: [DONE]\n\n".encode())
+        self.close_connection = True
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def start_fake_backend(port: int, name: str, pieces: int = 10, delay: float = 0.0) -> Any:
+    """A :class:`FakeOpenAI` in its own process on ``port`` (a ``subprocess.Popen``: kill it
+    to take the backend down); returns once it answers."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import serve_helpers as h; "
+        "h.serve_fake(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))"
+    )
+    here = str(Path(__file__).parent)
+    args = [sys.executable, "-c", code, here, str(port), name, str(pieces), str(delay)]
+    proc = subprocess.Popen(args)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the fake backend on port {port} did not start")
+
+
+def serve_fake(port: int, name: str, pieces: int, delay: float) -> None:
+    """Run :class:`FakeOpenAI` on ``port`` until killed (what :func:`start_fake_backend`
+    starts)."""
+    from http.server import ThreadingHTTPServer
+
+    handler = type("Fake", (FakeOpenAI,), {"NAME": name, "PIECES": pieces, "DELAY": delay})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    server.serve_forever()

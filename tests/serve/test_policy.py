@@ -41,7 +41,8 @@ def test_lambda_mode_orders_by_utility_and_failed_backends_go_last(router):
     policy = RoutingPolicy(router, backends())
     d = policy.decide("auto", POEM, None)
     assert [b.name for b in d.order] == [BIG, SMALL] and d.knob == 20.0
-    policy.mark_down(policy.by_name[BIG])
+    for _ in range(3):  # the breaker's threshold: 3 consecutive faults open it
+        policy.mark_down(policy.by_name[BIG])
     assert [b.name for b in policy.decide("auto", POEM, None).order] == [SMALL, BIG]
     policy.mark_up(policy.by_name[BIG])
     assert policy.decide("router-knn-inf", POEM, None).order[0].name == SMALL

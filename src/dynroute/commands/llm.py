@@ -413,6 +413,10 @@ def serve(
     allow_no_key: options.AllowNoKey = False,
     max_concurrent: options.MaxConcurrent = 0,
     db: options.Database = None,
+    breaker_threshold: options.BreakerThreshold = 3,
+    breaker_cooldown: options.BreakerCooldown = 5.0,
+    drain_timeout: options.DrainTimeout = 30.0,
+    admin_key: options.AdminKey = None,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -443,21 +447,28 @@ def serve(
     from dynroute.serve.decisions import DecisionLog
     from dynroute.serve.policy import RoutingPolicy
     from dynroute.serve.proxy import create_proxy_app
+    from dynroute.serve.reload import enable_reload
 
-    r = load_router(router)
-    map_to_router(backends, r.models)
-    policy = RoutingPolicy(
-        r, backends, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd
-    )
+    def build_policy() -> RoutingPolicy:  # at the start, and again on each reload
+        r = load_router(router)
+        found = parse_backend_args(backend, load_backend_file(prices))
+        map_to_router(found, r.models)
+        return RoutingPolicy(
+            r, found, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd,
+            cooldown_s=breaker_cooldown, fault_threshold=breaker_threshold,
+        )  # fmt: skip
+
+    policy = build_policy()
+    r = policy.router
     app_ = create_proxy_app(
         policy, DecisionLog(log, store), timeout_s=timeout, api_keys=keys,
         max_concurrent=max_concurrent, store=store,
     )  # fmt: skip
+    enable_reload(app_, build_policy, options.admin_key(admin_key))
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
     keyed = (" (API key required)" if keys else "") + (f" (db: {store.url})" if store else "")
-    run_app(
-        app_, host, port, f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
-    )
+    banner = f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
+    run_app(app_, host, port, banner, drain_timeout_s=drain_timeout)
 
 
 @llm.command("export-log")

@@ -392,3 +392,43 @@ def print_json(payload: Any) -> None:
     from dynroute.common.jsonfile import json_text
 
     print(json_text(payload, indent=None))  # NaN and inf as null: strict parsers read it
+
+
+# ---------------------------------------------------------------------------- operations
+
+BreakerThreshold = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Consecutive backend faults (unreachable, 5xx, 408, 429) that open a backend's "
+        "circuit breaker: it is then tried only after the others.",
+    ),
+]
+BreakerCooldown = Annotated[
+    float,
+    typer.Option(
+        min=0.0, help="Seconds an open breaker waits before its backend is probed back in."
+    ),
+]
+DrainTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="On SIGTERM, seconds to let requests in flight (streams too) finish while new "
+        "ones get 503; then the server exits.",
+    ),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        help="Key of the admin endpoints (POST /admin/reload re-reads the router folder and "
+        "prices file; so does SIGHUP). Also DYNROUTE_ADMIN_KEY. Without one: 403.",
+    ),
+]
+
+
+def admin_key(key: str | None) -> str | None:
+    """The admin key of a server command: ``--admin-key``, else ``DYNROUTE_ADMIN_KEY``."""
+    from dynroute.serve.auth import load_admin_key
+
+    return load_admin_key(key)

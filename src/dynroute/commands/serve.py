@@ -33,6 +33,21 @@ MaxPrompts = Annotated[
     int, typer.Option(min=1, help="Most prompts in one /v1/completions request (more: 400).")
 ]
 
+MaxPromptTokens = Annotated[
+    int | None,
+    typer.Option(min=1, help="Most tokens in one prompt (more: 400). Default: the context."),
+]
+MaxTokensCap = Annotated[
+    int | None,
+    typer.Option(min=1, help="Most max_tokens one request may ask for (more: 400)."),
+]
+RequestTimeout = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, help="Seconds a generation may take; longer: stopped, 504 (a stream: an error)."
+    ),
+]
+
 
 @options.command
 def serve(
@@ -51,6 +66,10 @@ def serve(
     max_body_bytes: MaxBodyBytes = 1_000_000,
     max_prompts: MaxPrompts = 64,
     max_concurrent: options.MaxConcurrent = 0,
+    drain_timeout: options.DrainTimeout = 30.0,
+    max_prompt_tokens: MaxPromptTokens = None,
+    max_tokens_cap: MaxTokensCap = None,
+    request_timeout: RequestTimeout = None,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).
 
@@ -69,7 +88,10 @@ def serve(
     options.set_threads(threads)
     dev = str(resolve_device(device or "auto"))  # auto: CUDA when present
     served = load_served_model(model_dir, name, dev)
-    limits = ModelLimits(max_body_bytes=max_body_bytes, max_prompts=max_prompts)
+    limits = ModelLimits(
+        max_body_bytes=max_body_bytes, max_prompts=max_prompts, request_timeout_s=request_timeout,
+        max_prompt_tokens=max_prompt_tokens, max_tokens_cap=max_tokens_cap,
+    )  # fmt: skip
     app_ = create_app(
         served, max_batch=max_batch, wait_ms=batch_wait_ms, api_keys=keys, limits=limits,
         max_concurrent=max_concurrent,
@@ -78,7 +100,7 @@ def serve(
         f"serving {served.name} ({served.folder}, {dev}, context {served.context_length}) "
         f"on http://{host}:{port}/v1{' (API key required)' if keys else ''}"
     )
-    run_app(app_, host, port, banner, access_log)
+    run_app(app_, host, port, banner, access_log, drain_timeout_s=drain_timeout)
 
 
 def register(app: typer.Typer) -> None:

@@ -59,5 +59,11 @@ def create_app(
     install_error_handlers(app)
     for module in (state, model_routes):
         app.include_router(module.router)
-    install_middleware(app, api_keys, max_concurrent)
+    metrics = install_middleware(app, api_keys, max_concurrent)
+    metrics.watch(
+        "dynroute_cancelled",
+        "Generations stopped because their client left",
+        lambda: app.state.engine.stats["cancelled"] if hasattr(app.state, "engine") else 0,
+        counter=True,
+    )
     return app

@@ -9,7 +9,9 @@ it (``--allow-no-key``): the routing proxy spends *its* backends' keys for whoev
 reach it.
 
 ``/health`` stays open (load balancers and the readiness probes of tests call it); every
-other path needs a key. Keys are compared in constant time.
+other path needs a key, but for ``/admin/...``, which checks the admin key itself
+(``--admin-key`` or ``DYNROUTE_ADMIN_KEY``: :mod:`~dynroute.serve.reload`). Keys are
+compared in constant time.
 
 Example:
     >>> sorted(load_keys(["k1"], None, {"DYNROUTE_API_KEY": "k2, k3"}))
@@ -35,12 +37,49 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dynroute.serve.keyfile import is_toml_key_file, read_key_file
 from dynroute.serve.schemas import error_body
 
-__all__ = ["KEY_ENV_VAR", "OPEN_PATHS", "RequireKey", "check_exposure", "load_keys"]
+__all__ = [
+    "ADMIN_KEY_ENV_VAR",
+    "ADMIN_PREFIX",
+    "KEY_ENV_VAR",
+    "OPEN_PATHS",
+    "RequireKey",
+    "bearer_token",
+    "check_exposure",
+    "load_admin_key",
+    "load_keys",
+]
 
 #: Comma-separated API keys, read when no ``--api-key`` flag gives them.
 KEY_ENV_VAR = "DYNROUTE_API_KEY"
 #: Paths answered without a key.
 OPEN_PATHS = frozenset({"/health"})
+#: The admin key, read when no ``--admin-key`` flag gives it.
+ADMIN_KEY_ENV_VAR = "DYNROUTE_ADMIN_KEY"
+#: Paths that check the admin key instead of a client key.
+ADMIN_PREFIX = "/admin/"
+
+
+def load_admin_key(key: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The admin key: the flag's, else ``DYNROUTE_ADMIN_KEY``; None: no admin endpoints.
+
+    Example:
+        >>> load_admin_key(None, {"DYNROUTE_ADMIN_KEY": " root "}), load_admin_key(None, {})
+        ('root', None)
+    """
+    env = os.environ if environ is None else environ
+    found = (key or env.get(ADMIN_KEY_ENV_VAR) or "").strip()
+    return found or None
+
+
+def bearer_token(headers: Mapping[str, str]) -> bytes:
+    """The bearer token of a request's headers (``b""`` when there is none).
+
+    Example:
+        >>> bearer_token({"authorization": "Bearer k1 "}), bearer_token({})
+        (b'k1', b'')
+    """
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
 
 
 def load_keys(
@@ -114,7 +153,11 @@ class RequireKey:
         return any([hmac.compare_digest(token, key) for key in self.keys])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if self._authorized(scope):
             await self.app(scope, receive, send)
             return
         body: dict[str, Any] = error_body(

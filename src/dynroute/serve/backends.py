@@ -18,9 +18,11 @@ import math
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dynroute.serve.breaker import Breaker
 
 __all__ = ["Backend", "load_backend_file", "map_to_router", "parse_backend_args"]
 
@@ -38,6 +40,7 @@ class Backend:
         router_model: the router's name for this model (None: reachable only by name).
         prompt_price, completion_price: USD per million tokens (None: unknown).
         api_key: sent as a bearer token when set.
+        breaker: its circuit breaker (:mod:`~dynroute.serve.breaker`).
     """
 
     name: str
@@ -47,7 +50,7 @@ class Backend:
     prompt_price: float | None = None
     completion_price: float | None = None
     api_key: str | None = None
-    down_until: float = 0.0  # monotonic time before which it is skipped when others can answer
+    breaker: Breaker = field(default_factory=Breaker, compare=False)  # its health
 
     @property
     def priced(self) -> bool:

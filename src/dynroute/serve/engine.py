@@ -6,7 +6,9 @@ job for others; the jobs queued while a batch runs form the next one. A batch sh
 sampling settings (temperature, top_p); a model that ignores ``attention_mask`` (adaptive
 models) batches only prompts of equal length, others are left-padded. A stopping
 criterion sees every step, so each row stops on its own (``max_tokens``, stop strings, a
-client gone) and streams its text as it grows (:func:`dynroute.serve.stops.visible_text`).
+client gone: its job's ``cancelled`` set, the row stops at the next step and frees its
+slot; a cancelled job still queued never runs) and streams its text as it grows
+(:func:`dynroute.serve.stops.visible_text`).
 A batch that fails runs again one job at a time, so one bad job fails alone (its
 traceback goes to the log; its future gets the error).
 
@@ -171,8 +173,9 @@ class GenerationEngine:
             if tokenizer.pad_token_id is not None
             else min(self.eos, default=0)
         )
-        #: generate calls, requests they served, largest batch (``/health`` shows them)
-        self.stats = {"generate_calls": 0, "requests": 0, "largest_batch": 0}
+        #: generate calls, requests they served, largest batch, jobs stopped or dropped
+        #: because they were cancelled (``/health`` shows them)
+        self.stats = {"generate_calls": 0, "requests": 0, "largest_batch": 0, "cancelled": 0}
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="dynroute-generate", daemon=True)
         self._thread.start()
@@ -226,7 +229,9 @@ class GenerationEngine:
                     closing = True
                 else:
                     pending.append(job)
-            pending = [j for j in pending if not _drop_cancelled(j)]
+            kept = [j for j in pending if not _drop_cancelled(j)]
+            self.stats["cancelled"] += len(pending) - len(kept)
+            pending = kept
             if not pending:
                 continue
             key = self._key(pending[0])
@@ -290,6 +295,7 @@ class GenerationEngine:
                 stopping_criteria=StoppingCriteriaList([criterion]),
                 **sampling,
             )
+        self.stats["cancelled"] += sum(row.finish == "cancelled" for row in rows)
         for row in rows:
             if row.finish is None:  # generate stopped on its own (max_new_tokens)
                 row.finish = "length"

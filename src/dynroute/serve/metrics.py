@@ -7,7 +7,12 @@ Every app has its own registry (two apps in one process never share counters):
 - the proxy's decisions, from the rows of its decision log:
   ``dynroute_routed_total{backend, status}`` (the routed share per backend),
   ``dynroute_tokens_total{backend, kind}`` (prompt / completion) and
-  ``dynroute_spend_usd_total{backend}`` (usage × prices, else the estimate).
+  ``dynroute_spend_usd_total{backend}`` (usage × prices, else the estimate);
+- the proxy's backends: ``dynroute_proxy_backend_up{backend}`` (1: its circuit breaker is
+  closed, 0: open or half-open; :mod:`~dynroute.serve.breaker`);
+- ``dynroute_draining`` (1 once SIGTERM asked the server to drain,
+  :mod:`~dynroute.serve.drain`) and, on the model server,
+  ``dynroute_cancelled_total`` (generations stopped because their client left).
 
 ``/metrics`` sits behind the API key like every path but ``/health``: give the scraper
 the key (``authorization`` in Prometheus' scrape config).
@@ -25,10 +30,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CONTENT_TYPE_LATEST", "CountRequests", "MeteredLog", "ServerMetrics"]
@@ -62,6 +70,15 @@ class ServerMetrics:
         )
         self.spend = Counter("dynroute_spend_usd", "USD spent per backend", ["backend"], registry=r)
 
+    def watch_backends(self, up: Callable[[], dict[str, bool]]) -> None:
+        """Export ``dynroute_proxy_backend_up{backend}`` from ``up()`` at each scrape."""
+        self.registry.register(BackendsUp(up))
+
+    def watch(self, name: str, doc: str, value: Callable[[], float], counter: bool = False) -> None:
+        """Export ``name`` (no labels; a gauge, or a ``counter``) from ``value()`` at each
+        scrape."""
+        self.registry.register(GaugeOf(name, doc, value, counter))
+
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         label = path if path in KNOWN_PATHS else "other"
         self.requests.labels(label, str(status)).inc()
@@ -82,6 +99,35 @@ class ServerMetrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class BackendsUp(Collector):
+    """``dynroute_proxy_backend_up{backend}``: 1 where the backend's breaker is closed."""
+
+    def __init__(self, up: Callable[[], dict[str, bool]]) -> None:
+        self.up = up
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "dynroute_proxy_backend_up", "1: the backend's circuit breaker is closed",
+            labels=["backend"],
+        )  # fmt: skip
+        for name, up in self.up().items():
+            gauge.add_metric([name], 1.0 if up else 0.0)
+        yield gauge
+
+
+class GaugeOf(Collector):
+    """A gauge (or a counter) read from a function at each scrape."""
+
+    def __init__(
+        self, name: str, doc: str, value: Callable[[], float], counter: bool = False
+    ) -> None:
+        self.name, self.doc, self.value, self.counter = name, doc, value, counter
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        kind = CounterMetricFamily if self.counter else GaugeMetricFamily
+        yield kind(self.name, self.doc, value=float(self.value()))
 
 
 class CountRequests:

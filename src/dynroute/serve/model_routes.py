@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -74,6 +75,12 @@ class ModelLimits:
     Attributes:
         max_body_bytes: largest request body (more: 413).
         max_prompts: most prompts in one ``/v1/completions`` request (more: 400).
+        request_timeout_s: longest a generation may take (longer: cancelled, a 504; a
+            stream ends with an error event instead); None: no limit.
+        max_prompt_tokens: most tokens in one prompt (more: 400; a text is first checked on
+            its length, so one far too long is refused before it is tokenized).
+        max_tokens_cap: most ``max_tokens`` one request may ask for (more: 400; a chat
+            request without ``max_tokens`` gets at most this many).
 
     Example:
         >>> ModelLimits().max_body_bytes, ModelLimits(max_prompts=4).max_prompts
@@ -82,6 +89,9 @@ class ModelLimits:
 
     max_body_bytes: int = 1_000_000
     max_prompts: int = 64
+    request_timeout_s: float | None = None
+    max_prompt_tokens: int | None = None
+    max_tokens_cap: int | None = None
 
 
 def limits_of(request: Request) -> ModelLimits:
@@ -147,40 +157,45 @@ router = APIRouter(route_class=GuardedRoute)
 
 @router.post("/v1/completions", response_model=None)
 async def completions(req: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    served, engine = served_model(request), engine_of(request)
+    served, engine, limits = served_model(request), engine_of(request), limits_of(request)
     check_model(served, req.model)
     prompts = req.prompts()
-    check_prompts(served, prompts, limits_of(request))
+    check_prompts(served, prompts, limits)
+    check_max_tokens(req.max_tokens, limits)
     if req.stream and len(prompts) > 1:
         raise ApiError(400, "stream=true takes one prompt, not a list", param="prompt")
     ids, echoes = await run_in_threadpool(tokenize_prompts, served, prompts, req.echo)
-    jobs = [make_job(served, i, req, req.stop_list()) for i in ids]
+    jobs = [make_job(served, i, req, req.stop_list(), limits) for i in ids]
     frames = CompletionFrames(served.name, new_id("cmpl"), echo=echoes[0] if req.echo else None)
     if req.stream:
-        return stream_job(engine, jobs[0], frames, req.include_usage)
-    results = await asyncio.gather(*(run_job(engine, j) for j in jobs))
+        return stream_job(engine, jobs[0], frames, req.include_usage, limits.request_timeout_s)
+    results = await run_jobs(request, engine, jobs)
     return JSONResponse(frames.answer(echoes, results))
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(req: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    served, engine = served_model(request), engine_of(request)
+    served, engine, limits = served_model(request), engine_of(request), limits_of(request)
     check_model(served, req.model)
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     chars = sum(len(m["content"]) for m in messages)
+    if chars > prompt_chars_cap(served, limits):  # the server's cap first
+        raise over_token_cap(limits, f"{chars:,} characters", "messages")
     if chars > served.max_prompt_chars:
         raise too_many_chars(served, chars, "messages")
+    check_max_tokens(req.max_tokens, limits)
     try:
         ids = await run_in_threadpool(served.chat_ids, messages)
     except TemplateError as err:  # the template's own check, e.g. roles must alternate
         raise ApiError(
             400, f"the model's chat template refuses these messages: {err}", param="messages"
         ) from None
-    job = make_job(served, ids, req, req.stop_list() + served.chat_stops())
+    job = make_job(served, ids, req, req.stop_list() + served.chat_stops(), limits)
     frames = ChatFrames(served.name, new_id("chatcmpl"))
     if req.stream:
-        return stream_job(engine, job, frames, req.include_usage)
-    return JSONResponse(frames.answer(await run_job(engine, job)))
+        return stream_job(engine, job, frames, req.include_usage, limits.request_timeout_s)
+    (done,) = await run_jobs(request, engine, [job])
+    return JSONResponse(frames.answer(done))
 
 
 def check_prompts(
@@ -197,9 +212,13 @@ def check_prompts(
         )
     for prompt in prompts:
         if isinstance(prompt, str):
+            if len(prompt) > prompt_chars_cap(served, limits):  # the server's cap first
+                raise over_token_cap(limits, f"{len(prompt):,} characters", "prompt")
             if len(prompt) > served.max_prompt_chars:
                 raise too_many_chars(served, len(prompt), "prompt")
             continue
+        if limits.max_prompt_tokens is not None and len(prompt) > limits.max_prompt_tokens:
+            raise over_token_cap(limits, f"{len(prompt):,} tokens", "prompt")
         bad = next((t for t in prompt if not 0 <= t < served.vocab_size), None)
         if bad is not None:
             raise ApiError(
@@ -208,6 +227,38 @@ def check_prompts(
                 f"(0 to {served.vocab_size - 1})",
                 param="prompt",
             )
+
+
+def prompt_chars_cap(served: ServedModel, limits: ModelLimits) -> float:
+    """Characters beyond which a text has more than ``limits.max_prompt_tokens`` tokens
+    for sure (each token covers at most the longest vocabulary entry's characters)."""
+    if limits.max_prompt_tokens is None:
+        return float("inf")
+    longest = max(served.max_prompt_chars // max(served.context_length, 1), 1)
+    return limits.max_prompt_tokens * longest
+
+
+def over_token_cap(limits: ModelLimits, size: str, param: str) -> ApiError:
+    return ApiError(
+        400,
+        f"the {param} is {size}; this server takes at most {limits.max_prompt_tokens:,} "
+        "prompt tokens per prompt (--max-prompt-tokens): shorten it",
+        param=param,
+        code="prompt_too_long",
+    )
+
+
+def check_max_tokens(max_tokens: int | None, limits: ModelLimits) -> None:
+    """400 when ``max_tokens`` is over ``limits.max_tokens_cap``."""
+    cap = limits.max_tokens_cap
+    if max_tokens is not None and cap is not None and max_tokens > cap:
+        raise ApiError(
+            400,
+            f"max_tokens is {max_tokens:,}; this server generates at most {cap:,} tokens "
+            "per request (--max-tokens-cap): ask for fewer",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
 
 
 def too_many_chars(served: ServedModel, chars: int, param: str) -> ApiError:
@@ -339,13 +390,23 @@ def check_model(served: ServedModel, name: str) -> None:
         )
 
 
-def make_job(served: ServedModel, ids: list[int], req: GenerationParams, stops: list[str]) -> Job:
-    """A job completing ``ids`` with the request's settings (a 400 for an empty prompt or
-    one that leaves no room for ``max_tokens``)."""
+def make_job(
+    served: ServedModel,
+    ids: list[int],
+    req: GenerationParams,
+    stops: list[str],
+    limits: ModelLimits | None = None,
+) -> Job:
+    """A job completing ``ids`` with the request's settings (a 400 for an empty prompt,
+    one over ``limits.max_prompt_tokens`` or one that leaves no room for ``max_tokens``)."""
+    limits = limits or ModelLimits()
     if not ids:
         raise ApiError(400, "the prompt is empty (0 tokens)", param="prompt")
+    if limits.max_prompt_tokens is not None and len(ids) > limits.max_prompt_tokens:
+        raise over_token_cap(limits, f"{len(ids):,} tokens", "prompt")
     room = served.context_length - len(ids)
-    wanted = req.max_tokens if req.max_tokens is not None else min(DEFAULT_CHAT_TOKENS, room)
+    default = min(DEFAULT_CHAT_TOKENS, room, limits.max_tokens_cap or room)
+    wanted = req.max_tokens if req.max_tokens is not None else default
     if room < 1 or wanted > room:
         raise ApiError(
             400,
@@ -368,18 +429,52 @@ def usage_of(done: Completion) -> dict[str, Any]:
     return Usage.of(done.prompt_tokens, done.completion_tokens).model_dump()
 
 
-async def run_job(engine: GenerationEngine, job: Job) -> Completion:
-    """The job's completion (a failure in the model is a 500; the engine logs why)."""
+async def run_jobs(request: Request, engine: GenerationEngine, jobs: list[Job]) -> list[Completion]:
+    """The jobs' completions (a failure in the model is a 500; the engine logs why). A
+    client that leaves first cancels them (each stops at its next step, freeing its batch
+    slot); past the request timeout they are cancelled and the answer is a 504."""
+    answers = asyncio.gather(*(asyncio.wrap_future(engine.submit(j)) for j in jobs))
+    left = asyncio.ensure_future(client_left(request))
+    timeout = limits_of(request).request_timeout_s
     try:
-        return await asyncio.wrap_future(engine.submit(job))
-    except Exception as err:
-        raise ApiError(500, INTERNAL_ERROR, kind="server_error") from err
+        await asyncio.wait({answers, left}, timeout=timeout, return_when=FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if answers.done():
+        try:
+            return answers.result()
+        except Exception as err:
+            raise ApiError(500, INTERNAL_ERROR, kind="server_error") from err
+    for job in jobs:
+        job.cancelled.set()
+    answers.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved"
+    if not left.cancelled() and left.done():
+        raise ApiError(499, "the client closed the connection", code="client_closed_request")
+    raise ApiError(
+        504,
+        f"the generation took longer than this server's --request-timeout of {timeout:g} s; "
+        "ask for fewer tokens (max_tokens), or retry",
+        kind="timeout_error",
+        code="request_timeout",
+    )
+
+
+async def client_left(request: Request) -> None:
+    """Return once the client has closed its connection (the body is read already, so the
+    only message left to receive is ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def stream_job(
-    engine: GenerationEngine, job: Job, frames: Frames, include_usage: bool
+    engine: GenerationEngine,
+    job: Job,
+    frames: Frames,
+    include_usage: bool,
+    timeout_s: float | None = None,
 ) -> StreamingResponse:
-    """Stream the job's text as it is generated, framed by ``frames``, then ``[DONE]``."""
+    """Stream the job's text as it is generated, framed by ``frames``, then ``[DONE]``
+    (past ``timeout_s``: cancelled, and an error event ends the stream)."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
     job.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
@@ -387,7 +482,8 @@ def stream_job(
     # Scheduled after every on_text of this job (same thread, FIFO), so it comes last.
     done.add_done_callback(lambda _: pieces.put_nowait(None))
     return StreamingResponse(
-        events(job, pieces, done, frames, include_usage), media_type="text/event-stream"
+        events(job, pieces, done, frames, include_usage, timeout_s),
+        media_type="text/event-stream",
     )
 
 
@@ -397,13 +493,24 @@ async def events(
     done: asyncio.Future[Completion],
     frames: Frames,
     include_usage: bool,
+    timeout_s: float | None = None,
 ) -> AsyncIterator[str]:
     """The events of :func:`stream_job` (``pieces`` ends with None once ``done`` is)."""
+    deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
     try:
         first = frames.opening()
         if first is not None:
             yield sse(first)
-        while (text := await pieces.get()) is not None:
+        while True:
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            try:
+                text = await asyncio.wait_for(pieces.get(), left)
+            except TimeoutError:
+                message = f"the generation took longer than --request-timeout {timeout_s:g} s"
+                yield sse(error_body(message, "timeout_error", code="request_timeout"))
+                return
+            if text is None:
+                break
             yield sse(frames.piece(text))
         try:
             result = done.result()

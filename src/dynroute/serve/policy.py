@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from dynroute.llm.decide import decide
 from dynroute.serve.backends import Backend
+from dynroute.serve.breaker import DEFAULT_COOLDOWN_S, DEFAULT_THRESHOLD
 from dynroute.serve.errors import ApiError
 
 __all__ = ["Decision", "RoutingPolicy", "parse_model_field"]
@@ -85,7 +85,9 @@ class RoutingPolicy:
         cascade: cascade mode for every routed request.
         threshold: cascade threshold (None: the cascade router's, else 0.5).
         budget: mean USD per request to stay under (None: no budget).
-        cooldown_s: how long a failed backend is tried only after the others.
+        cooldown_s: how long an open breaker waits before its backend is probed.
+        fault_threshold: consecutive backend faults that open a backend's breaker
+            (:mod:`~dynroute.serve.breaker`; an open one is tried only after the others).
     """
 
     def __init__(
@@ -97,7 +99,8 @@ class RoutingPolicy:
         cascade: bool = False,
         threshold: float | None = None,
         budget: float | None = None,
-        cooldown_s: float = 5.0,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        fault_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
         self.router, self.backends = router, backends
         self.by_name = {b.name: b for b in backends}
@@ -107,6 +110,8 @@ class RoutingPolicy:
             threshold if threshold is not None else float(getattr(router, "threshold", 0.5))
         )
         self.budget, self.cooldown_s = budget, cooldown_s
+        for b in backends:
+            b.breaker.cooldown_s, b.breaker.threshold = cooldown_s, fault_threshold
         self.columns = [list(router.models).index(b.router_model) for b in backends]
         self.priced = all(b.priced for b in backends)
         self.decided, self.spent = 0, 0.0
@@ -150,11 +155,11 @@ class RoutingPolicy:
             lam = self.lam if knob is None else knob
             order = self._lambda_order(pred, cost, allowed, lam)
             mode, used = "lambda", lam
-        # Backends that failed recently go last (still tried: they may be back).
-        clock = time.monotonic()
+        # Backends whose breaker is open go last (still tried when no other answers).
         ranked = [self.backends[i] for i in order]
-        ranked = [b for b in ranked if b.down_until <= clock] + [
-            b for b in ranked if b.down_until > clock
+        admitted = [b.breaker.admits() for b in ranked]
+        ranked = [b for b, ok in zip(ranked, admitted, strict=True) if ok] + [
+            b for b, ok in zip(ranked, admitted, strict=True) if not ok
         ]
         decision = Decision(
             mode + ("+budget" if self.budget is not None else ""),
@@ -215,13 +220,31 @@ class RoutingPolicy:
         d.reserved = real
 
     def mark_down(self, b: Backend) -> None:
-        b.down_until = time.monotonic() + self.cooldown_s
+        """A backend fault of ``b`` (counts towards opening its breaker)."""
+        b.breaker.fault()
 
     def mark_up(self, b: Backend) -> None:
-        b.down_until = 0.0
+        """``b`` answered: its breaker closes."""
+        b.breaker.success()
+
+    def carry_over(self, old: RoutingPolicy) -> None:
+        """Take over what ``old`` learnt while serving (a reload forgets nothing): the
+        breakers of its backends of the same name, the budget's running totals."""
+        for b in self.backends:
+            if b.name in old.by_name:
+                b.breaker = old.by_name[b.name].breaker
+        self.decided, self.spent = old.decided, old.spent
 
     def health(self) -> dict[str, Any]:
-        """The proxy's fields of ``GET /health``: the router, which backends cool down."""
-        clock = time.monotonic()
-        down = {b.name: "cooling down" if b.down_until > clock else "ok" for b in self.backends}
-        return {"router": self.router.name, "backends": down}
+        """The proxy's fields of ``GET /health``: the router; each backend ``"ok"`` or
+        ``"cooling down"`` (its breaker open or half-open); each breaker's state."""
+        states = {b.name: b.breaker.state() for b in self.backends}
+        return {
+            "router": self.router.name,
+            "backends": {n: "ok" if s == "closed" else "cooling down" for n, s in states.items()},
+            "breakers": {
+                b.name: {"state": states[b.name], "faults": b.breaker.faults,
+                         "opened": b.breaker.opened}
+                for b in self.backends
+            },
+        }  # fmt: skip

@@ -21,6 +21,7 @@ from dynroute.serve.errors import install_error_handlers
 from dynroute.serve.metrics import MeteredLog
 from dynroute.serve.middleware import install_middleware
 from dynroute.serve.policy import RoutingPolicy
+from dynroute.serve.probes import probing
 from dynroute.serve.schemas import now
 from dynroute.serve.store import Store
 
@@ -52,7 +53,8 @@ def create_proxy_app(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
         try:
-            yield
+            async with probing(app):  # the backends' breakers (dynroute.serve.probes)
+                yield
         finally:
             await app.state.client.aclose()
             app.state.decision_log.close()
