@@ -34,6 +34,10 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "analyze": ([nope], nope),
         "patch": ([nope, "--router", "top_p:p=0.4"], nope),
         "serve": ([nope, "--port", "1"], nope),
+        "llm export-log": (
+            ["--db", "mysql://h/db", "--out", str(tmp / "x.jsonl")],
+            "not a SQLite or PostgreSQL URL",
+        ),
         "bench frontier": (["--config", str(tmp / "none.toml")], "none.toml"),
         "adaptive train": (
             ["--config", bad, "--out", str(tmp / "o2")],

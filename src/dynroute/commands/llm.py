@@ -479,16 +479,11 @@ def export_log(
 ) -> None:
     """Write the decision log kept in a `llm serve --db` database as JSONL (the lines
     `--log FILE` writes), oldest first."""
-    from dynroute.common.files import atomic_path
     from dynroute.serve.store import open_store
 
     store = open_store(db)
     try:
-        count = 0
-        with atomic_path(out) as tmp, Path(tmp).open("w", encoding="utf-8") as f:
-            for line in store.decision_lines():
-                f.write(line + "\n")
-                count += 1
+        count = store.export_decisions(out)
     finally:
         store.close()
     print(f"wrote {count} decisions to {out}")

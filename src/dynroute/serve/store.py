@@ -51,6 +51,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from dynroute.common.files import atomic_path
+
 __all__ = [
     "Charge",
     "KeyRow",
@@ -395,6 +397,16 @@ class Store:
             query = sa.select(decisions_table.c.row).order_by(decisions_table.c.id)
             for (line,) in conn.execution_options(yield_per=1000).execute(query):
                 yield line
+
+    def export_decisions(self, out: Path) -> int:
+        """Write :meth:`decision_lines` to ``out`` as JSONL (the lines ``--log FILE``
+        writes; atomically: a crash leaves no half file); the number of rows."""
+        count = 0
+        with atomic_path(out) as tmp, Path(tmp).open("w", encoding="utf-8") as f:
+            for line in self.decision_lines():
+                f.write(line + "\n")
+                count += 1
+        return count
 
     # ------------------------------------------------------------------ writer
 
