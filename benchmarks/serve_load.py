@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import tempfile
 import time
@@ -123,7 +124,7 @@ async def send(
                 lines = [line async for line in r.aiter_lines() if line.startswith("data:")]
                 if r.status_code == 200 and lines and lines[-1] == "data: [DONE]":
                     outcome = "answered"
-                elif r.status_code == 503 or any('"error"' in line for line in lines):
+                elif r.status_code in (429, 503) or any('"error"' in line for line in lines):
                     outcome = "refused"
                 else:
                     detail = f"HTTP {r.status_code}, {len(lines)} events"
@@ -133,7 +134,7 @@ async def send(
             data = r.json()
             if r.status_code == 200 and data.get("choices"):
                 outcome = "answered"
-            elif r.status_code == 503 and "error" in data:
+            elif r.status_code in (429, 503) and "error" in data:
                 outcome = "refused"
             else:
                 detail = f"HTTP {r.status_code}: {str(data)[:120]}"
@@ -287,6 +288,111 @@ def summary(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
+PRICES = """
+[backends.gpt-4-1106-preview]
+prompt_price = 10.0
+completion_price = 30.0
+[backends.mixtral-8x7b-instruct]
+prompt_price = 0.6
+completion_price = 0.6
+"""
+
+
+def budget_proxy(work: Path, backends: list[Proc], models: list[str], usd: float) -> Proc:
+    """A proxy whose one key (``budget-key``) may spend ``usd`` a day, kept in SQLite."""
+    (work / "prices.toml").write_text(PRICES)
+    keys = f'[keys.budget]\nkey = "budget-key"\nusd_per_day = {usd!r}\n'
+    (work / "budget-keys.toml").write_text(keys)
+    args = proxy_args(work, "budget", backends, models)
+    args += ["--prices", str(work / "prices.toml"), "--api-key-file"]
+    args += [str(work / "budget-keys.toml"), "--db", f"sqlite:///{work / 'budget.db'}"]
+    (proxy,) = start_all([args], work / "logs", prefix="budget")
+    return proxy
+
+
+async def budget_run(
+    work: Path, backends: list[Proc], models: list[str], queries: list[str], args: Any
+) -> dict[str, Any]:
+    """A key hits its daily limit mid-run: what it spent against the limit; then the proxy
+    is SIGKILLed and started again on the same database: is the key still refused?"""
+    from dynroute.serve.store import open_store
+
+    headers = {"authorization": "Bearer budget-key"}
+    proxy = budget_proxy(work, backends, models, args.budget_usd)
+    try:
+        results, secs = await load(
+            proxy, queries, args.budget_requests, args.clients, args.max_tokens, headers=headers
+        )
+        proxy.kill()  # as a crash: whatever it had not written is lost
+        proxy = budget_proxy(work, backends, models, args.budget_usd)
+        after, _ = await load(proxy, queries, 4, 1, args.max_tokens, headers=headers)
+    finally:
+        proxy.stop()
+    costs = [r["cost"] for r in log_rows(work, "budget") if r.get("cost") is not None]
+    store = open_store(f"sqlite:///{work / 'budget.db'}")
+    try:
+        spent = store.usage("budget", time.time()).usd_day
+    finally:
+        store.close()
+    return {
+        **summary(results, secs),
+        "limit_usd": args.budget_usd,
+        "spent_usd": spent,
+        "over_limit_usd": spent - args.budget_usd,
+        "largest_request_usd": max(costs) if costs else None,
+        "after_restart": [r["outcome"] for r in after],
+    }
+
+
+async def drain_run(proxy: Proc, queries: list[str], n: int, max_tokens: int) -> dict[str, Any]:
+    """``n`` streams; once ``0.8·n`` have their response headers (in flight), SIGTERM the
+    proxy; a request sent during the drain must be refused (503); every stream must end
+    with ``[DONE]``; the proxy must exit 0 once they have."""
+    started = asyncio.Event()
+    in_flight = 0
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+
+    async def stream(client: httpx.AsyncClient, i: int) -> dict[str, Any]:
+        nonlocal in_flight
+        body = {"model": "auto", "prompt": queries[i % len(queries)], "stream": True}
+        t0, outcome, backend = time.perf_counter(), "lost", None
+        try:
+            async with client.stream(
+                "POST", proxy.url + "/v1/completions", json={**body, "max_tokens": max_tokens}
+            ) as r:
+                backend = r.headers.get("x-dynroute-model")
+                in_flight += 1
+                if in_flight >= 0.8 * n:
+                    started.set()
+                lines = [x async for x in r.aiter_lines() if x.startswith("data:")]
+                if r.status_code == 200 and lines and lines[-1] == "data: [DONE]":
+                    outcome = "answered"
+        except httpx.HTTPError:
+            pass
+        ms = (time.perf_counter() - t0) * 1e3
+        return {"outcome": outcome, "stream": True, "ms": ms, "backend": backend, "detail": ""}
+
+    async with httpx.AsyncClient(
+        timeout=CLIENT_TIMEOUT_S, limits=limits, headers=KEY_HEADERS
+    ) as client:
+        tasks = [asyncio.create_task(stream(client, i)) for i in range(n)]
+        await asyncio.wait_for(started.wait(), CLIENT_TIMEOUT_S)
+        t_term = time.perf_counter()
+        proxy.popen.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        path, body = request_body(queries[0], 0, max_tokens)
+        during = await send(client, proxy.url, path, body)
+        results = list(await asyncio.gather(*tasks))
+    code = await asyncio.to_thread(proxy.popen.wait, CLIENT_TIMEOUT_S)
+    return {
+        **summary(results, time.perf_counter() - t_term),
+        "in_flight_at_sigterm": in_flight,
+        "request_during_drain": during["outcome"],
+        "exit_code": code,
+        "exit_seconds_after_sigterm": time.perf_counter() - t_term,
+    }
+
+
 def log_rows(work: Path, name: str) -> list[dict[str, Any]]:
     """The decision log of proxy ``name`` (``open`` or ``keyed``)."""
     return [json.loads(x) for x in (work / f"{name}.jsonl").read_text().splitlines()]
@@ -330,6 +436,10 @@ async def phases(
     print(f"load with keys: {out['load_with_keys']}", flush=True)
     out["bursty"] = await bursty(proxies["open"], queries, args.burst_requests, args.rate, m)
     print(f"bursty: {out['bursty']}", flush=True)
+    out["budget"] = await budget_run(work, list(by_name.values()), list(by_name), queries, args)
+    print(f"budget: {out['budget']}", flush=True)
+    out["drain"] = await drain_run(proxies["keyed"], queries, args.drain_streams, 32)
+    print(f"drain: {out['drain']}", flush=True)
     victim = max(out["load"]["by_backend"], key=out["load"]["by_backend"].get)
     fault = await fault_run(proxies["open"], by_name, victim, queries, args)
     # From the proxy's log: answered although a backend failed first (retried).
@@ -420,6 +530,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--burst-requests", type=int, default=400)
+    parser.add_argument("--budget-requests", type=int, default=96)
+    parser.add_argument("--budget-usd", type=float, default=0.02, help="the key's daily limit")
+    parser.add_argument("--drain-streams", type=int, default=64)
     parser.add_argument("--rate", type=float, default=40.0, help="mean arrivals per second")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -317,3 +317,29 @@ def test_a_backends_odd_answer_is_a_502_or_cleaned(router_dir, tmp_path):
     finally:
         stop_all([proxy])
         server.shutdown()
+
+
+def test_the_cost_estimate_learns_each_backends_tokens_per_character(stack, router_dir, tmp_path):
+    """Priced before it is sent, a request's prompt tokens are characters/4 until the
+    backend's answers have shown its own rate (the tiny models count one token a byte):
+    then the estimate is the prompt's real cost (what budgets reserve)."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        f"[backends.{BIG}]\nprompt_price = 10.0\ncompletion_price = 0.0\n"
+        f"[backends.{SMALL}]\nprompt_price = 1.0\ncompletion_price = 0.0\n"
+    )
+    args = ["llm", "serve", str(router_dir), "--prices", str(prices), "--log"]
+    args += [str(tmp_path / "log.jsonl"), "--backend", f"{BIG}={stack['big'].url}"]
+    (proxy,) = start_all([[*args, "--backend", f"{SMALL}={stack['small'].url}"]], tmp_path)
+    try:
+        client = proxy_client(proxy)
+        prompt = "how many legs do three spiders have? " * 5  # 185 characters
+        for _ in range(7):  # 1,295 characters: past TokensPerChar.MIN_CHARS
+            client.completions.create(model=BIG, prompt=prompt, max_tokens=1)
+    finally:
+        stop_all([proxy])
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    real, first, last = rows[-1]["cost"], rows[0]["estimated_cost"], rows[-1]["estimated_cost"]
+    assert rows[-1]["prompt_tokens"] > len(prompt) / 2  # characters/4 undercounts here
+    assert first < 0.5 * real  # characters/4: far short
+    assert last == pytest.approx(real, rel=1e-6)  # learnt: the prompt's tokens exactly

@@ -24,9 +24,46 @@ from typing import Any
 
 from dynroute.serve.breaker import Breaker
 
-__all__ = ["Backend", "load_backend_file", "map_to_router", "parse_backend_args"]
+__all__ = ["Backend", "TokensPerChar", "load_backend_file", "map_to_router", "parse_backend_args"]
 
 FIELDS = {"url", "model", "router_model", "prompt_price", "completion_price", "api_key_env"}
+
+
+@dataclass
+class TokensPerChar:
+    """How many prompt tokens a backend counts per character of the text the router reads,
+    learnt from its answers' ``usage`` (a ratio of sums; chat templates and system prompts
+    included). Until :data:`MIN_CHARS` characters were seen: :data:`DEFAULT`, the usual
+    4 characters per token. The proxy prices a request before sending it with this, so a
+    tokenizer that counts more tokens than characters/4 does not leave budgets short.
+
+    Example:
+        >>> rate = TokensPerChar()
+        >>> rate.value, rate.estimate(400)
+        (0.25, 100.0)
+        >>> rate.observe(4000, 3000); rate.estimate(400)
+        300.0
+    """
+
+    DEFAULT = 0.25
+    MIN_CHARS = 1000
+    chars: float = 0.0
+    tokens: float = 0.0
+
+    @property
+    def value(self) -> float:
+        return self.tokens / self.chars if self.chars >= self.MIN_CHARS else self.DEFAULT
+
+    def observe(self, chars: int, tokens: Any) -> None:
+        """Count one answer: ``chars`` of query text, ``tokens`` its usage's prompt tokens
+        (ignored unless a non-negative int: a backend's odd ``usage`` is no crash)."""
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and 0 <= tokens < 2**53:
+            self.chars += chars
+            self.tokens += tokens
+
+    def estimate(self, chars: int) -> float:
+        """Prompt tokens expected for ``chars`` characters."""
+        return chars * self.value
 
 
 @dataclass
@@ -41,6 +78,7 @@ class Backend:
         prompt_price, completion_price: USD per million tokens (None: unknown).
         api_key: sent as a bearer token when set.
         breaker: its circuit breaker (:mod:`~dynroute.serve.breaker`).
+        tokens_per_char: its prompt tokens per character, learnt from its answers.
     """
 
     name: str
@@ -51,6 +89,7 @@ class Backend:
     completion_price: float | None = None
     api_key: str | None = None
     breaker: Breaker = field(default_factory=Breaker, compare=False)  # its health
+    tokens_per_char: TokensPerChar = field(default_factory=TokensPerChar, compare=False)
 
     @property
     def priced(self) -> bool:

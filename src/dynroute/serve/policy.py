@@ -31,7 +31,6 @@ from dynroute.serve.errors import ApiError
 __all__ = ["Decision", "RoutingPolicy", "parse_model_field"]
 
 ASSUMED_COMPLETION_TOKENS = 256
-CHARS_PER_TOKEN = 4
 ROUTER_FIELD = re.compile(r"router-([A-Za-z0-9_]+)(?:-(inf|[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?")
 
 
@@ -198,12 +197,15 @@ class RoutingPolicy:
 
     def _estimate(self, query: str, max_tokens: int | None) -> list[float]:
         """USD per backend for this query, before any model runs: with prices for every
-        backend, ``prompt_price·characters/4 + completion_price·max_tokens`` (256 when
-        absent) per million tokens; else the router's own cost model (USD per query)."""
+        backend, ``prompt_price·prompt tokens + completion_price·max_tokens`` (256 when
+        absent) per million tokens, the prompt tokens estimated from the query's
+        characters (4 a token, until the backend's answers tell its own rate:
+        :class:`~dynroute.serve.backends.TokensPerChar`); else the router's own cost
+        model (USD per query)."""
         if self.priced:
-            prompt = len(query) / CHARS_PER_TOKEN
             out = max_tokens or ASSUMED_COMPLETION_TOKENS
-            return [b.cost(prompt, out) or 0.0 for b in self.backends]
+            chars = len(query)
+            return [b.cost(b.tokens_per_char.estimate(chars), out) or 0.0 for b in self.backends]
         est = self.router.estimate_cost([query])[0]
         return [float(est[i]) for i in self.columns]
 
@@ -229,10 +231,12 @@ class RoutingPolicy:
 
     def carry_over(self, old: RoutingPolicy) -> None:
         """Take over what ``old`` learnt while serving (a reload forgets nothing): the
-        breakers of its backends of the same name, the budget's running totals."""
+        breakers and token rates of its backends of the same name, the budget's running
+        totals."""
         for b in self.backends:
             if b.name in old.by_name:
                 b.breaker = old.by_name[b.name].breaker
+                b.tokens_per_char = old.by_name[b.name].tokens_per_char
         self.decided, self.spent = old.decided, old.spent
 
     def health(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from dynroute.serve.budgets import BudgetRefused, Budgets, client_key_sha256
 from dynroute.serve.decisions import DecisionLog, query_hash
 from dynroute.serve.errors import ApiError, Body, parse_body
 from dynroute.serve.limits import client_id
-from dynroute.serve.policy import CHARS_PER_TOKEN, Decision, RoutingPolicy
+from dynroute.serve.policy import Decision, RoutingPolicy
 from dynroute.serve.schemas import (
     DONE,
     ChatCompletionRequest,
@@ -254,6 +254,7 @@ class Exchange:
     upstream_start: float = 0.0  # when it was sent to the backend that answers
     budgets: Budgets | None = None  # with --db: the key's charge, settled by finish
     reservation: Reservation | None = None
+    query_chars: int = 0  # what the prompt-token estimate of the next request learns from
 
     @classmethod
     def begin(
@@ -277,14 +278,14 @@ class Exchange:
             "stream": req.stream,
             "estimated_cost": decision.estimated.get(decision.order[0].name),
         }
-        return cls(policy, log, decision, row, start)
+        return cls(policy, log, decision, row, start, query_chars=len(query))
 
     async def reserve(self, budgets: Budgets, client: str, query: str) -> None:
         """Charge the first choice's estimate to the client's key (``client``:
         :func:`~dynroute.serve.limits.client_id`); :class:`BudgetRefused` when over."""
         first = self.decision.order[0].name
         usd = self.decision.estimated.get(first) or 0.0
-        prompt = len(query) / CHARS_PER_TOKEN
+        prompt = self.decision.order[0].tokens_per_char.estimate(len(query))
         self.budgets = budgets
         digest = client_key_sha256(client)
         started = time.perf_counter()
@@ -311,6 +312,7 @@ class Exchange:
         cost = None
         if backend is not None and usage:
             cost = backend.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+            backend.tokens_per_char.observe(self.query_chars, usage.get("prompt_tokens"))
         if backend is not None and cost is None:
             cost = decision.estimated.get(backend.name)
         if backend is not None:
