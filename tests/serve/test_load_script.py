@@ -18,7 +18,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 def test_serve_load_script_runs_and_loses_nothing(tmp_path):
     out = tmp_path / "serve_load.json"
     args = ["--requests", "24", "--clients", "4", "--fault-requests", "18", "--pairs", "6"]
-    args += ["--burst-requests", "30", "--rate", "20"]
+    args += ["--burst-requests", "30", "--rate", "20", "--budget-requests", "40"]
+    args += ["--budget-usd", "0.01", "--drain-streams", "24"]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--out", str(out)],
         capture_output=True,
@@ -37,3 +38,10 @@ def test_serve_load_script_runs_and_loses_nothing(tmp_path):
     assert result["overhead"]["p50_inside_keyed_proxy_ms"] > 0
     for arrivals in result["bursty"].values():
         assert arrivals["answered"] == 30 and arrivals["lost"] == 0
+    budget = result["budget"]
+    assert budget["lost"] == 0 and budget["answered"] > 0 and budget["refused"] > 0
+    assert budget["over_limit_usd"] <= budget["largest_request_usd"]
+    assert budget["after_restart"] == ["refused"] * 4  # the spend survived a SIGKILL
+    drain = result["drain"]
+    assert drain["answered"] == 24 and drain["lost"] == 0 and drain["exit_code"] == 0
+    assert drain["request_during_drain"] == "refused"
