@@ -343,3 +343,25 @@ def test_the_cost_estimate_learns_each_backends_tokens_per_character(stack, rout
     assert rows[-1]["prompt_tokens"] > len(prompt) / 2  # characters/4 undercounts here
     assert first < 0.5 * real  # characters/4: far short
     assert last == pytest.approx(real, rel=1e-6)  # learnt: the prompt's tokens exactly
+
+
+def test_body_size_and_max_tokens_caps(stack, router_dir, tmp_path):
+    """--max-body-bytes: a larger body is a 413 before it is read; --max-tokens-cap: more
+    is a 400 naming the flag, and a chat that names no max_tokens is sent with the cap."""
+    args = ["llm", "serve", str(router_dir), "--backend", f"{SMALL}={stack['small'].url}"]
+    args += ["--backend", f"{BIG}={stack['big'].url}", "--max-body-bytes", "2000"]
+    (proxy,) = start_all([[*args, "--max-tokens-cap", "3"]], tmp_path)
+    try:
+        url = proxy.url + "/v1/chat/completions"
+        big = {"model": SMALL, "messages": [{"role": "user", "content": "x" * 3000}]}
+        r = httpx.post(url, json=big, timeout=30)
+        assert r.status_code == 413 and "2,000 bytes" in r.json()["error"]["message"]
+        ask = {"model": SMALL, "messages": [{"role": "user", "content": SUM}], "max_tokens": 4}
+        r = httpx.post(url, json=ask, timeout=30)
+        assert r.status_code == 400 and "--max-tokens-cap" in r.json()["error"]["message"]
+        assert r.json()["error"]["param"] == "max_tokens"
+        del ask["max_tokens"]  # the model server would answer up to 256 tokens
+        r = httpx.post(url, json=ask, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+    finally:
+        stop_all([proxy])

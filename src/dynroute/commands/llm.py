@@ -417,6 +417,8 @@ def serve(
     breaker_cooldown: options.BreakerCooldown = 5.0,
     drain_timeout: options.DrainTimeout = 30.0,
     admin_key: options.AdminKey = None,
+    max_body_bytes: options.MaxBodyBytes = 1_000_000,
+    max_tokens_cap: options.MaxTokensCap = None,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -447,6 +449,7 @@ def serve(
     from dynroute.serve.decisions import DecisionLog
     from dynroute.serve.policy import RoutingPolicy
     from dynroute.serve.proxy import create_proxy_app
+    from dynroute.serve.proxy_routes import ProxyLimits
     from dynroute.serve.reload import enable_reload
 
     def build_policy() -> RoutingPolicy:  # at the start, and again on each reload
@@ -463,6 +466,7 @@ def serve(
     app_ = create_proxy_app(
         policy, DecisionLog(log, store), timeout_s=timeout, api_keys=keys,
         max_concurrent=max_concurrent, store=store,
+        limits=ProxyLimits(max_body_bytes, max_tokens_cap),
     )  # fmt: skip
     enable_reload(app_, build_policy, options.admin_key(admin_key))
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)

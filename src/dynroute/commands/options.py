@@ -54,7 +54,9 @@ __all__ = [
     "Device",
     "Experts",
     "Json",
+    "MaxBodyBytes",
     "MaxConcurrent",
+    "MaxTokensCap",
     "OptionalConfig",
     "Progress",
     "QueryRouters",
@@ -432,3 +434,12 @@ def admin_key(key: str | None) -> str | None:
     from dynroute.serve.auth import load_admin_key
 
     return load_admin_key(key)
+
+
+MaxBodyBytes = Annotated[
+    int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
+]
+MaxTokensCap = Annotated[
+    int | None,
+    typer.Option(min=1, help="Most max_tokens one request may ask for (more: 400)."),
+]

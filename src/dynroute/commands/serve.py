@@ -26,9 +26,6 @@ BatchWait = Annotated[
     float, typer.Option(min=0.0, help="How long an idle server waits to fill a batch.")
 ]
 AccessLog = Annotated[bool, typer.Option(help="Log every request.")]
-MaxBodyBytes = Annotated[
-    int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")
-]
 MaxPrompts = Annotated[
     int, typer.Option(min=1, help="Most prompts in one /v1/completions request (more: 400).")
 ]
@@ -36,10 +33,6 @@ MaxPrompts = Annotated[
 MaxPromptTokens = Annotated[
     int | None,
     typer.Option(min=1, help="Most tokens in one prompt (more: 400). Default: the context."),
-]
-MaxTokensCap = Annotated[
-    int | None,
-    typer.Option(min=1, help="Most max_tokens one request may ask for (more: 400)."),
 ]
 RequestTimeout = Annotated[
     float | None,
@@ -63,12 +56,12 @@ def serve(
     api_key: options.ApiKeys = None,
     api_key_file: options.ApiKeyFile = None,
     allow_no_key: options.AllowNoKey = False,
-    max_body_bytes: MaxBodyBytes = 1_000_000,
+    max_body_bytes: options.MaxBodyBytes = 1_000_000,
     max_prompts: MaxPrompts = 64,
     max_concurrent: options.MaxConcurrent = 0,
     drain_timeout: options.DrainTimeout = 30.0,
     max_prompt_tokens: MaxPromptTokens = None,
-    max_tokens_cap: MaxTokensCap = None,
+    max_tokens_cap: options.MaxTokensCap = None,
     request_timeout: RequestTimeout = None,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).

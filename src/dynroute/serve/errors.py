@@ -34,6 +34,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "ApiError",
     "Body",
+    "LimitedRequest",
     "install_error_handlers",
     "parse_body",
     "validation_message",
@@ -77,12 +78,49 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     return (f"{where}: {msg}" if where else msg), where
 
 
+class LimitedRequest(Request):
+    """A request whose body is read at most ``limit`` bytes far (more: a 413, before a byte
+    is read when its Content-Length says so)."""
+
+    def __init__(self, request: Request, limit: int) -> None:
+        super().__init__(request.scope, request.receive)
+        self.limit = limit
+        self.read: bytes | None = None
+
+    def too_large(self) -> ApiError:
+        return ApiError(
+            413,
+            f"the request body is larger than this server's limit of {self.limit:,} bytes; "
+            "send less (a shorter prompt, fewer prompts)",
+            code="request_too_large",
+        )
+
+    async def body(self) -> bytes:
+        if self.read is None:
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.limit:
+                raise self.too_large()  # refused before a byte of it is read
+            chunks, size = [], 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > self.limit:
+                    raise self.too_large()
+                chunks.append(chunk)
+            self.read = b"".join(chunks)
+        return self.read
+
+
 async def parse_body(request: Request, schema: type[Body]) -> tuple[dict[str, Any], Body]:
-    """``(the JSON object as sent, the same validated by schema)``, or a 400."""
+    """``(the JSON object as sent, the same validated by schema)``, or a 400 (413: over a
+    :class:`LimitedRequest`'s limit)."""
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "the request body is not valid JSON") from None
+    except RecursionError:  # the JSON parser gave up, at ~1,000 levels
+        raise ApiError(400, "the request body nests deeper than JSON can be read") from None
+    except ValueError:  # json's own limit: an integer literal over 4,300 digits
+        raise ApiError(400, "the request body holds a number with over 4,300 digits") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from dynroute.serve.engine import Completion, GenerationEngine, Job
-from dynroute.serve.errors import INTERNAL_ERROR, ApiError
+from dynroute.serve.errors import INTERNAL_ERROR, ApiError, LimitedRequest
 from dynroute.serve.loading import ServedModel
 from dynroute.serve.schemas import (
     DONE,
@@ -98,37 +98,6 @@ def limits_of(request: Request) -> ModelLimits:
     """The app's :class:`ModelLimits` (``app.state.model_limits``; else the defaults)."""
     limits = getattr(request.app.state, "model_limits", None)
     return limits if isinstance(limits, ModelLimits) else ModelLimits()
-
-
-class LimitedRequest(Request):
-    """A request whose body is read at most ``limit`` bytes far (more: a 413)."""
-
-    def __init__(self, request: Request, limit: int) -> None:
-        super().__init__(request.scope, request.receive)
-        self.limit = limit
-        self.read: bytes | None = None
-
-    def too_large(self) -> ApiError:
-        return ApiError(
-            413,
-            f"the request body is larger than this server's limit of {self.limit:,} bytes; "
-            "send less (a shorter prompt, fewer prompts)",
-            code="request_too_large",
-        )
-
-    async def body(self) -> bytes:
-        if self.read is None:
-            declared = self.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.limit:
-                raise self.too_large()  # refused before a byte of it is read
-            chunks, size = [], 0
-            async for chunk in self.stream():
-                size += len(chunk)
-                if size > self.limit:
-                    raise self.too_large()
-                chunks.append(chunk)
-            self.read = b"".join(chunks)
-        return self.read
 
 
 class GuardedRoute(APIRoute):

@@ -37,6 +37,7 @@ def create_proxy_app(
     api_keys: frozenset[str] = frozenset(),
     max_concurrent: int = 0,
     store: Store | None = None,
+    limits: proxy_routes.ProxyLimits | None = None,
 ) -> FastAPI:
     """The proxy app (its HTTP client to the backends opens and closes with the app's
     lifespan; the log closes with it); with ``api_keys``, every path but ``/health``
@@ -44,7 +45,8 @@ def create_proxy_app(
     every decision (routed share, tokens, spend per backend). With a ``store`` (``--db``),
     every key's budget and rate limits are checked before a backend is called
     (:mod:`~dynroute.serve.budgets`; give ``log`` the same store to keep its rows there);
-    the store closes with the app."""
+    the store closes with the app. ``limits``: the largest body, the ``max_tokens`` cap
+    (:class:`~dynroute.serve.proxy_routes.ProxyLimits`; default: 1 MB, no cap)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +65,7 @@ def create_proxy_app(
 
     app = FastAPI(title="dynroute llm serve", lifespan=lifespan)
     app.state.policy = policy
+    app.state.proxy_limits = limits or proxy_routes.ProxyLimits()
     app.state.decision_log = log or DecisionLog(None, store)
     app.state.health = policy.health
     created = now()

@@ -1,9 +1,10 @@
 """``POST /v1/completions`` and ``POST /v1/chat/completions`` of the routing proxy.
 
-A request is checked before anything is decided (:func:`read_request`): a Content-Type
-other than JSON is a 415; a body that is not a JSON object of the endpoint's schema, nests
-deeper than :data:`MAX_DEPTH`, holds a non-finite number, a number beyond ±(2^63 − 1) or a
-lone UTF-16 surrogate is a 400 naming the field; no backend sees it.
+A request is checked before anything is decided (:func:`read_request`): a body over
+``--max-body-bytes`` is a 413; a Content-Type other than JSON is a 415; a body that is
+not a JSON object of the endpoint's schema, nests deeper than :data:`MAX_DEPTH`, holds a
+non-finite number, a number beyond ±(2^63 − 1) or a lone UTF-16 surrogate, or asks for
+a ``max_tokens`` over ``--max-tokens-cap`` is a 400 naming the field; no backend sees it.
 A valid request is decided (:meth:`Exchange.begin`); with ``--db``, its estimated cost is
 charged to the client's key first (:mod:`~dynroute.serve.budgets`: over a budget or a rate
 limit, a 429 and no backend called); then it is sent as the client sent it
@@ -38,7 +39,7 @@ from dynroute.common.jsonfile import finite_or_none
 from dynroute.serve.backends import Backend
 from dynroute.serve.budgets import BudgetRefused, Budgets, client_key_sha256
 from dynroute.serve.decisions import DecisionLog, query_hash
-from dynroute.serve.errors import ApiError, Body, parse_body
+from dynroute.serve.errors import ApiError, Body, LimitedRequest, parse_body
 from dynroute.serve.limits import client_id
 from dynroute.serve.policy import Decision, RoutingPolicy
 from dynroute.serve.schemas import (
@@ -58,6 +59,7 @@ __all__ = [
     "MAX_NUMBER",
     "MODEL_HEADER",
     "Exchange",
+    "ProxyLimits",
     "backend_fault",
     "check_values",
     "read_request",
@@ -98,9 +100,30 @@ def backend_fault(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
+@dataclass(frozen=True)
+class ProxyLimits:
+    """What one request to the proxy may ask for (``app.state.proxy_limits``).
+
+    Attributes:
+        max_body_bytes: largest request body (more: 413, ``--max-body-bytes``).
+        max_tokens_cap: most tokens one answer may ask for (``--max-tokens-cap``; more: a
+            400 naming it; a chat request that names none is sent with this many, so no
+            request can spend more). None: no cap.
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_tokens_cap: int | None = None
+
+
+def limits_of(request: Request) -> ProxyLimits:
+    limits = getattr(request.app.state, "proxy_limits", None)
+    return limits if isinstance(limits, ProxyLimits) else ProxyLimits()
+
+
 async def read_request(request: Request, schema: type[Body]) -> tuple[dict[str, Any], Body]:
     """``(the JSON object as sent, the same validated by schema)``, or the 4xx of the module
-    doc (415: not JSON; 400: not valid, too deep, a bad number or string)."""
+    doc (413: over ``--max-body-bytes``; 415: not JSON; 400: not valid, too deep, a bad
+    number or string, ``max_tokens`` over ``--max-tokens-cap``)."""
     kind = request.headers.get("content-type")
     media = (kind or "").partition(";")[0].strip().lower()
     if kind and media != "application/json" and not media.endswith("+json"):
@@ -109,13 +132,22 @@ async def read_request(request: Request, schema: type[Body]) -> tuple[dict[str, 
             f"Content-Type {kind[:80]!r} is not JSON; send the body as application/json",
             code="unsupported_media_type",
         )
-    try:
-        body, req = await parse_body(request, schema)
-    except RecursionError:  # the JSON parser gave up, at ~1,000 levels
-        raise ApiError(400, f"the request body nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError:  # json's own limit: an integer literal over 4,300 digits
-        raise ApiError(400, "the request body holds a number with over 4,300 digits") from None
+    limits = limits_of(request)
+    body, req = await parse_body(LimitedRequest(request, limits.max_body_bytes), schema)
     check_values(body)
+    cap = limits.max_tokens_cap
+    if cap is not None:
+        asked = getattr(req, "max_tokens", None)
+        if asked is None:  # the backend's default could be the whole context: pay for cap
+            body["max_tokens"] = req.max_tokens = cap
+        elif asked > cap:
+            raise ApiError(
+                400,
+                f"max_tokens {asked} is over this proxy's cap of {cap} (--max-tokens-cap); "
+                "ask for fewer",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
     return body, req
 
 
