@@ -202,8 +202,8 @@ def remove_routing(model: nn.Module) -> nn.Module:
             model.set_submodule(name, original)
             config = getattr(module.experts, "config", None)
             previous = module.replaced_experts_implementation
-            if config is not None and previous and config._experts_implementation == DYNROUTE_EXPERTS:
-                config._experts_implementation = module.replaced_experts_implementation
+            if previous and config._experts_implementation == DYNROUTE_EXPERTS:
+                config._experts_implementation = previous
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, CONFIG_KEY):
         delattr(config, CONFIG_KEY)
