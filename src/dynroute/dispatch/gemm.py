@@ -224,6 +224,4 @@ def _linear_slices_backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, .
     return d_x, d_w, None
 
 
-grouped_linear_slices.register_autograd(
-    _linear_slices_backward, setup_context=_linear_slices_setup
-)
+grouped_linear_slices.register_autograd(_linear_slices_backward, setup_context=_linear_slices_setup)
