@@ -171,18 +171,30 @@ def _adapt(model: nn.Module, name: str, module: nn.Module, spec: RouterSpec, dis
     route(spec, block.family, block.gate, zeros)
     block.set_router(spec, dispatch)
     if block is not module:
-        _use_dynroute_experts(block)
+        _use_dynroute_experts(model, block)
         model.set_submodule(name, block)
 
 
-def _use_dynroute_experts(block: DynamicMoEBlock) -> None:
-    """Name dynroute's dispatch as the model's ``experts_implementation`` (remembering the
-    one it replaces), so a later ``set_experts_implementation`` is seen by the block."""
+def _use_dynroute_experts(model: nn.Module, block: DynamicMoEBlock) -> None:
+    """Name dynroute's dispatch as the model's ``experts_implementation`` unless the user
+    chose another one, so the block sees a later ``set_experts_implementation``.
+
+    transformers leaves no trace of whether its default was asked for: an implementation
+    other than the default (``from_pretrained(..., experts_implementation="batched_mm")``)
+    is kept; the default (``"grouped_mm"`` where torch has it) becomes ``"dynroute"``.
+    """
     config = getattr(block.experts, "config", None)
     if config is None or not register_experts_implementation():
         return
     current = config._experts_implementation
-    if current != DYNROUTE_EXPERTS:
+    if current == DYNROUTE_EXPERTS:
+        return
+    default = getattr(model, "get_correct_experts_implementation", None)
+    try:
+        is_default = default is None or current in (None, default(None))
+    except (ValueError, ImportError):
+        is_default = True
+    if is_default:
         block.replaced_experts_implementation = current
         config._experts_implementation = DYNROUTE_EXPERTS
 
