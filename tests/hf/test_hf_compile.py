@@ -46,7 +46,7 @@ def test_fullgraph_compile_matches_eager(family: str) -> None:
         eager = model(ids, use_cache=False).logits
         compiled = torch.compile(model, fullgraph=True)(ids, use_cache=False).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
-    # the counters are buffers: compiled forwards count too, eager + compiled = 2 passes
+    # the counters are tensors: compiled forwards count too, eager + compiled = 2 passes
     assert routing_stats(model)["tokens"] == 2 * ids.numel()
 
 
@@ -121,6 +121,16 @@ def test_dynroute_is_the_default_implementation_and_remove_restores(tmp_path: Pa
     assert {b.experts_implementation for b in adapted_blocks(loaded)} == {"batched_mm"}
     with torch.no_grad():
         loaded(_ids())  # a dynamic router's routing through transformers' batched_mm
+
+
+def test_counters_follow_the_model_and_are_not_module_state() -> None:
+    with torch.device("meta"):
+        model = apply_routing(build_tiny("olmoe"), "top_k")  # built on meta, as from_pretrained
+    names = {n for n, _ in model.named_buffers()} | set(model.state_dict())
+    assert not any("counter" in n for n in names)
+    model.to_empty(device="cpu")
+    assert {str(b.counters.tokens.device) for b in adapted_blocks(model)} == {"cpu"}
+    assert routing_stats(model)["tokens"] == 0
 
 
 @pytest.mark.parametrize("family", _families("olmoe", sorted(WITH_AUX_LOSS)))

@@ -16,6 +16,7 @@ from dynroute.routing import RouterFn, Routing
 __all__ = [
     "DYNROUTE_EXPERTS",
     "DynamicMoEBlock",
+    "RoutingCounters",
     "expert_weights",
     "register_experts_implementation",
     "topk_layout",
@@ -82,6 +83,30 @@ def topk_layout(routing: Routing, width: int | None = None) -> tuple[Tensor, Ten
     return index, weights
 
 
+class RoutingCounters:
+    """Tokens and (token, expert) pairs an adapted block routed: int64 scalars on its device.
+
+    Example:
+        >>> c = RoutingCounters(torch.device("cpu"))
+        >>> int(c.tokens.add_(3)), int(c.assignments)
+        (3, 0)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self.assignments = torch.zeros((), dtype=torch.int64, device=device)
+
+    def follow(self, device: torch.device) -> None:
+        """Move to ``device`` (from the meta device: start at zero there)."""
+        if self.tokens.device == device:
+            return
+        if self.tokens.device.type == "meta":  # no values to copy
+            self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+            self.assignments = torch.zeros((), dtype=torch.int64, device=device)
+        else:
+            self.tokens, self.assignments = self.tokens.to(device), self.assignments.to(device)
+
+
 class _TrainingRouting:
     """The last training forward's (routing, logits), for ``router_aux_loss``.
 
@@ -146,7 +171,7 @@ class DynamicMoEBlock(nn.Module):
         last_routing: the latest ``Routing`` (only while ``record_routing``), else None.
         routing_callback: optional ``fn(block, routing)`` called on every forward.
         tokens_seen, assignments_seen: running counters for mean experts per token (read
-            from int64 buffers updated in place, so compiled forwards count too).
+            from ``counters``, tensors updated in place, so compiled forwards count too).
         router: the bound router (``spec.bind(native_k)``), set by ``set_router``.
         last_for_loss: (routing, logits) of the last training-mode forward, or None.
 
@@ -196,13 +221,17 @@ class DynamicMoEBlock(nn.Module):
         self._for_loss = _TrainingRouting()
         #: the model's experts_implementation before apply_routing named "dynroute"
         self.replaced_experts_implementation: str | None = None
-        device = self.gate.weight.device
-        # counters as buffers updated in place: a Python int would be a guard that makes
-        # torch.compile recompile on every step; not persistent, so never saved
-        for counter in ("tokens_counter", "assignments_counter"):
-            zero = torch.zeros((), dtype=torch.int64, device=device)
-            self.register_buffer(counter, zero, persistent=False)
+        # counters as tensors updated in place: a Python int would be a guard that makes
+        # torch.compile recompile on every step. Not buffers (transformers' weight init
+        # and meta-device loading handle buffers of their own modules only).
+        self.counters = RoutingCounters(self.gate.weight.device)
         self.training = original.training
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> DynamicMoEBlock:
+        # .to(device) / .cuda() / to_empty: the counters follow the gate's device
+        super()._apply(fn, recurse)
+        self.counters.follow(self.gate.weight.device)
+        return self
 
     @property
     def original(self) -> nn.Module:
@@ -239,12 +268,12 @@ class DynamicMoEBlock(nn.Module):
     @property
     def tokens_seen(self) -> int:
         """Tokens routed since the last ``reset_stats`` (reads a buffer: one host sync)."""
-        return int(self.tokens_counter)
+        return int(self.counters.tokens)
 
     @property
     def assignments_seen(self) -> int:
         """(token, expert) pairs routed since the last ``reset_stats``."""
-        return int(self.assignments_counter)
+        return int(self.counters.assignments)
 
     @property
     def last_for_loss(self) -> tuple[Routing, Tensor] | None:
@@ -258,8 +287,8 @@ class DynamicMoEBlock(nn.Module):
 
     def reset_stats(self) -> None:
         """Zero the experts-per-token counters."""
-        self.tokens_counter.zero_()
-        self.assignments_counter.zero_()
+        self.counters.tokens.zero_()
+        self.counters.assignments.zero_()
 
     @property
     def experts_implementation(self) -> str:
@@ -306,8 +335,8 @@ class DynamicMoEBlock(nn.Module):
         if shared is not None:
             y = y + shared
         with torch.no_grad():
-            self.tokens_counter.add_(routing.num_tokens)
-            self.assignments_counter.add_(routing.num_assignments)
+            self.counters.tokens.add_(routing.num_tokens)
+            self.counters.assignments.add_(routing.num_assignments)
         if self.record_routing:
             self.last_routing = routing
         if self.routing_callback is not None:
