@@ -102,11 +102,19 @@ def grouped_linear(
         use_grouped_mm = grouped_mm_supported(x, w)
     if use_grouped_mm:
         return F.grouped_mm(x, w, offs=offs)
+    if torch.compiler.is_compiling():
+        # torch.compile / torch.export cannot branch on the data-dependent group sizes:
+        # the same slice loop runs as one opaque op (the eager path below is untouched)
+        return grouped_linear_slices(x, w, offs)
     sizes = counts if counts is not None else group_sizes(offs)
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         # mm(out=...) has no autograd; experts composed under autograd need this form
         parts = [c @ w[e] for e, c in enumerate(x.split(sizes)) if c.shape[0]]
         return torch.cat(parts) if parts else x.new_zeros(0, w.shape[-1])
+    return _linear_loop(x, w, sizes)
+
+
+def _linear_loop(x: Tensor, w: Tensor, sizes: list[int]) -> Tensor:
     out = x.new_empty(x.shape[0], w.shape[-1])
     start = 0
     for e, size in enumerate(sizes):
@@ -142,7 +150,13 @@ def grouped_outer(
         use_grouped_mm = grouped_mm_supported(a.t(), b)
     if use_grouped_mm:
         return F.grouped_mm(a.t(), b, offs=offs)
+    if torch.compiler.is_compiling():
+        return grouped_outer_slices(a, b, offs)
     sizes = counts if counts is not None else group_sizes(offs)
+    return _outer_loop(a, b, sizes)
+
+
+def _outer_loop(a: Tensor, b: Tensor, sizes: list[int]) -> Tensor:
     out = a.new_empty(len(sizes), a.shape[1], b.shape[1])
     start = 0
     for e, size in enumerate(sizes):
@@ -152,3 +166,62 @@ def grouped_outer(
             out[e].zero_()
         start += size
     return out
+
+
+# The slice loops as custom ops: torch.compile and torch.export see one opaque node with a
+# shape-only fake kernel, instead of Python branches on data-dependent group sizes, so a
+# model using them compiles with fullgraph=True and exports on CPU (where grouped_mm does
+# not take float32 under compile). Inside, the eager loop runs: the same numbers.
+
+
+@torch.library.custom_op("dynroute::grouped_linear_slices", mutates_args=())
+def grouped_linear_slices(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """``grouped_linear``'s slice loop as one op that compile and export can trace.
+
+    Example:
+        >>> import torch
+        >>> x, w = torch.ones(3, 8), torch.ones(2, 8, 4)
+        >>> grouped_linear_slices(x, w, torch.tensor([1, 3], dtype=torch.int32))[:, 0].tolist()
+        [8.0, 8.0, 8.0]
+    """
+    return _linear_loop(x, w, group_sizes(offs))
+
+
+@grouped_linear_slices.register_fake
+def _linear_slices_fake(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+@torch.library.custom_op("dynroute::grouped_outer_slices", mutates_args=())
+def grouped_outer_slices(a: Tensor, b: Tensor, offs: Tensor) -> Tensor:
+    """``grouped_outer``'s slice loop as one op that compile and export can trace.
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.ones(3, 4), torch.ones(3, 8)
+        >>> offs = torch.tensor([0, 3], dtype=torch.int32)
+        >>> grouped_outer_slices(a, b, offs)[:, 0, 0].tolist()
+        [0.0, 3.0]
+    """
+    return _outer_loop(a, b, group_sizes(offs))
+
+
+@grouped_outer_slices.register_fake
+def _outer_slices_fake(a: Tensor, b: Tensor, offs: Tensor) -> Tensor:
+    return a.new_empty(offs.shape[0], a.shape[1], b.shape[1])
+
+
+def _linear_slices_setup(ctx: object, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)  # type: ignore[attr-defined]
+
+
+def _linear_slices_backward(ctx: object, grad: Tensor) -> tuple[Tensor | None, ...]:
+    x, w, offs = ctx.saved_tensors  # type: ignore[attr-defined]
+    need_x, need_w, _ = ctx.needs_input_grad  # type: ignore[attr-defined]
+    grad = grad.contiguous()
+    d_x = grouped_linear_slices(grad, w.transpose(1, 2), offs) if need_x else None
+    d_w = grouped_outer_slices(x, grad, offs) if need_w else None
+    return d_x, d_w, None
+
+
+grouped_linear_slices.register_autograd(_linear_slices_backward, setup_context=_linear_slices_setup)

@@ -9,7 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynroute.hf.block import DynamicMoEBlock, expert_weights
+from dynroute.hf.block import (
+    DYNROUTE_EXPERTS,
+    DynamicMoEBlock,
+    expert_weights,
+    register_experts_implementation,
+)
 from dynroute.hf.families import (
     UnsupportedModelError,
     family_of,
@@ -166,7 +171,32 @@ def _adapt(model: nn.Module, name: str, module: nn.Module, spec: RouterSpec, dis
     route(spec, block.family, block.gate, zeros)
     block.set_router(spec, dispatch)
     if block is not module:
+        _use_dynroute_experts(model, block)
         model.set_submodule(name, block)
+
+
+def _use_dynroute_experts(model: nn.Module, block: DynamicMoEBlock) -> None:
+    """Name dynroute's dispatch as the model's ``experts_implementation`` unless the user
+    chose another one, so the block sees a later ``set_experts_implementation``.
+
+    transformers leaves no trace of whether its default was asked for: an implementation
+    other than the default (``from_pretrained(..., experts_implementation="batched_mm")``)
+    is kept; the default (``"grouped_mm"`` where torch has it) becomes ``"dynroute"``.
+    """
+    config = getattr(block.experts, "config", None)
+    if config is None or not register_experts_implementation():
+        return
+    current = config._experts_implementation
+    if current == DYNROUTE_EXPERTS:
+        return
+    default = getattr(model, "get_correct_experts_implementation", None)
+    try:
+        is_default = default is None or current in (None, default(None))
+    except (ValueError, ImportError):
+        is_default = True
+    if is_default:
+        block.replaced_experts_implementation = current
+        config._experts_implementation = DYNROUTE_EXPERTS
 
 
 def remove_routing(model: nn.Module) -> nn.Module:
@@ -182,6 +212,10 @@ def remove_routing(model: nn.Module) -> nn.Module:
             original = module.original
             original.train(module.training)
             model.set_submodule(name, original)
+            config = getattr(module.experts, "config", None)
+            previous = module.replaced_experts_implementation
+            if previous and config._experts_implementation == DYNROUTE_EXPERTS:
+                config._experts_implementation = previous
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, CONFIG_KEY):
         delattr(config, CONFIG_KEY)
@@ -308,7 +342,7 @@ def router_aux_loss(
             load_balance_weight,
             dynamic_weight,
             z_loss_weight,
-            router=b.spec.bind(b.native_k),  # a router's own loss term (DynMoLE) counts too
+            router=b.router,  # a router's own loss term (DynMoLE) counts too
         )
         for b in pending
     ]

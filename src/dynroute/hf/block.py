@@ -11,9 +11,117 @@ from dynroute.dispatch import get_dispatch
 from dynroute.hf.families import Family
 from dynroute.hf.routers import RouterSpec, route
 from dynroute.layers.experts import ExpertWeights
-from dynroute.routing import Routing
+from dynroute.routing import RouterFn, Routing
 
-__all__ = ["DynamicMoEBlock", "expert_weights"]
+__all__ = [
+    "DYNROUTE_EXPERTS",
+    "DynamicMoEBlock",
+    "RoutingCounters",
+    "expert_weights",
+    "register_experts_implementation",
+    "topk_layout",
+]
+
+#: The ``experts_implementation`` name ``apply_routing`` gives a patched model: dynroute's
+#: dispatch computes the experts. Any other name (``"eager"``, ``"batched_mm"``,
+#: ``"grouped_mm"``, set with ``model.set_experts_implementation``) computes the routing of
+#: dynroute's router through transformers' own experts module and that implementation.
+DYNROUTE_EXPERTS = "dynroute"
+
+
+def _original_experts_forward(experts: nn.Module, *args: object, **kwargs: object) -> Tensor:
+    # transformers' decorator wraps the family's own (eager) forward with functools.wraps
+    forward = type(experts).forward
+    return getattr(forward, "__wrapped__", forward)(experts, *args, **kwargs)
+
+
+def register_experts_implementation() -> bool:
+    """Register ``"dynroute"`` in transformers' ``ALL_EXPERTS_FUNCTIONS`` (idempotent).
+
+    An experts module outside an adapted block that meets the name runs transformers'
+    eager forward. Returns False when this transformers has no experts interface.
+
+    Example:
+        >>> register_experts_implementation()
+        True
+    """
+    try:
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    except ImportError:
+        return False
+    if DYNROUTE_EXPERTS not in ALL_EXPERTS_FUNCTIONS:
+        ALL_EXPERTS_FUNCTIONS.register(DYNROUTE_EXPERTS, _original_experts_forward)
+    return True
+
+
+def topk_layout(routing: Routing, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """transformers' experts inputs from a routing: ``top_k_index`` [N, K], ``top_k_weights``.
+
+    Token t's experts fill row t in ascending expert order; a token with fewer than K
+    experts is padded with expert 0 at weight 0 (adds exactly nothing). K is ``width``,
+    else the most experts any token has (one host sync).
+
+    Example:
+        >>> import torch
+        >>> from dynroute.routing import top_p
+        >>> idx, w = topk_layout(top_p(torch.tensor([[9.0, 0.0, 0.0], [1.0, 1.0, 0.0]]), 0.6))
+        >>> idx.tolist(), (w > 0).tolist()
+        ([[0, 0], [0, 1]], [[True, False], [True, True]])
+    """
+    counts = routing.experts_per_token()
+    n = routing.num_tokens
+    if width is None:
+        width = int(counts.max()) if n else 0
+    order = torch.argsort(routing.token, stable=True)  # by token; experts stay ascending
+    token = routing.token.index_select(0, order)
+    first = counts.cumsum(0) - counts  # each token's first position in ``order``
+    slot = torch.arange(token.numel(), device=token.device) - first.index_select(0, token)
+    index = routing.expert.new_zeros(n, width)
+    weights = routing.weight.new_zeros(n, width)
+    index = index.index_put((token, slot), routing.expert.index_select(0, order))
+    weights = weights.index_put((token, slot), routing.weight.index_select(0, order))
+    return index, weights
+
+
+class RoutingCounters:
+    """Tokens and (token, expert) pairs an adapted block routed: int64 scalars on its device.
+
+    Example:
+        >>> c = RoutingCounters(torch.device("cpu"))
+        >>> int(c.tokens.add_(3)), int(c.assignments)
+        (3, 0)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self.assignments = torch.zeros((), dtype=torch.int64, device=device)
+
+    def follow(self, device: torch.device) -> None:
+        """Move to ``device`` (from the meta device: start at zero there)."""
+        if self.tokens.device == device:
+            return
+        if self.tokens.device.type == "meta":  # no values to copy
+            self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+            self.assignments = torch.zeros((), dtype=torch.int64, device=device)
+        else:
+            self.tokens, self.assignments = self.tokens.to(device), self.assignments.to(device)
+
+
+class _TrainingRouting:
+    """The last training forward's (routing, logits), for ``router_aux_loss``.
+
+    They are non-leaf tensors of that step's graph; a copy of the module starts empty, so
+    ``copy.deepcopy(model)`` works at any time (EMA and teacher copies).
+    """
+
+    def __init__(self) -> None:
+        self.value: tuple[Routing, Tensor] | None = None
+
+    def __deepcopy__(self, memo: dict) -> _TrainingRouting:
+        return _TrainingRouting()
+
+    def __getstate__(self) -> dict:
+        return {"value": None}
 
 
 def expert_weights(experts: nn.Module) -> ExpertWeights:
@@ -62,7 +170,10 @@ class DynamicMoEBlock(nn.Module):
         record_routing: when True, ``last_routing`` keeps the latest ``Routing``.
         last_routing: the latest ``Routing`` (only while ``record_routing``), else None.
         routing_callback: optional ``fn(block, routing)`` called on every forward.
-        tokens_seen, assignments_seen: running counters for mean experts per token.
+        tokens_seen, assignments_seen: running counters for mean experts per token (read
+            from ``counters``, tensors updated in place, so compiled forwards count too).
+        router: the bound router (``spec.bind(native_k)``), set by ``set_router``.
+        last_for_loss: (routing, logits) of the last training-mode forward, or None.
 
     Example:
         >>> import torch
@@ -100,19 +211,27 @@ class DynamicMoEBlock(nn.Module):
         # Kept outside the module tree so that the original is not saved twice.
         self._original: tuple[nn.Module] = (original,)
         self.family = family
-        self.spec = spec
         self.layer_name = layer_name
         self.layer_index = layer_index
-        self.dispatch_name = dispatch
-        self._dispatch = get_dispatch(dispatch)
+        self.set_router(spec, dispatch)
         self.jitter_noise = float(getattr(original, "jitter_noise", 0.0) or 0.0)
         self.record_routing = False
         self.last_routing: Routing | None = None
         self.routing_callback: Callable[[DynamicMoEBlock, Routing], None] | None = None
-        self.last_for_loss: tuple[Routing, Tensor] | None = None
-        self.tokens_seen = 0
-        self.assignments_seen = 0
+        self._for_loss = _TrainingRouting()
+        #: the model's experts_implementation before apply_routing named "dynroute"
+        self.replaced_experts_implementation: str | None = None
+        # counters as tensors updated in place: a Python int would be a guard that makes
+        # torch.compile recompile on every step. Not buffers (transformers' weight init
+        # and meta-device loading handle buffers of their own modules only).
+        self.counters = RoutingCounters(self.gate.weight.device)
         self.training = original.training
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> DynamicMoEBlock:
+        # .to(device) / .cuda() / to_empty: the counters follow the gate's device
+        super()._apply(fn, recurse)
+        self.counters.follow(self.gate.weight.device)
+        return self
 
     @property
     def original(self) -> nn.Module:
@@ -130,20 +249,52 @@ class DynamicMoEBlock(nn.Module):
         return self.family.native_k(self.gate)
 
     def set_router(self, spec: RouterSpec, dispatch: str | None = None) -> None:
-        """Switch this block to another router (and optionally dispatch path)."""
+        """Switch this block to another router (and optionally dispatch path).
+
+        The router is bound here, once (``spec.bind(native_k)``), not on every forward.
+        """
         self.spec = spec
+        # in a tuple: a callable that is an nn.Module must not join the module tree
+        self._router: tuple[RouterFn] = (spec.bind(self.native_k),)
         if dispatch is not None:
             self._dispatch = get_dispatch(dispatch)
             self.dispatch_name = dispatch
 
+    @property
+    def router(self) -> RouterFn:
+        """The bound router: ``spec.bind(native_k)``, or the user's callable."""
+        return self._router[0]
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens routed since the last ``reset_stats`` (reads a buffer: one host sync)."""
+        return int(self.counters.tokens)
+
+    @property
+    def assignments_seen(self) -> int:
+        """(token, expert) pairs routed since the last ``reset_stats``."""
+        return int(self.counters.assignments)
+
+    @property
+    def last_for_loss(self) -> tuple[Routing, Tensor] | None:
+        """(routing, logits) of the last training-mode forward with grad, else None."""
+        return self._for_loss.value
+
     def mean_experts(self) -> float:
         """Mean routed experts per token since the last ``reset_stats`` (nan if none)."""
-        return self.assignments_seen / self.tokens_seen if self.tokens_seen else float("nan")
+        tokens = self.tokens_seen
+        return self.assignments_seen / tokens if tokens else float("nan")
 
     def reset_stats(self) -> None:
         """Zero the experts-per-token counters."""
-        self.tokens_seen = 0
-        self.assignments_seen = 0
+        self.counters.tokens.zero_()
+        self.counters.assignments.zero_()
+
+    @property
+    def experts_implementation(self) -> str:
+        """``"dynroute"`` (our dispatch) or the transformers implementation in use."""
+        config = getattr(self.experts, "config", None)
+        return getattr(config, "_experts_implementation", None) or DYNROUTE_EXPERTS
 
     def route(self, x: Tensor) -> Routing:
         """Call the model's gate on x [N, H] (so recording hooks fire) and route its logits."""
@@ -151,7 +302,16 @@ class DynamicMoEBlock(nn.Module):
 
     def _route(self, x: Tensor) -> tuple[Routing, Tensor]:
         logits = self.gate(x)[0]
-        return route(self.spec, self.family, self.gate, logits), logits
+        return route(self.spec, self.family, self.gate, logits, self.router), logits
+
+    def _experts(self, x: Tensor, routing: Routing) -> Tensor:
+        """The routed experts' output [N, H]: our dispatch, or transformers' implementation."""
+        if self.experts_implementation == DYNROUTE_EXPERTS:
+            return self._dispatch(x, routing, expert_weights(self.experts))
+        # static width under compile (no host sync): pad every token to all E experts
+        width = self.num_experts if torch.compiler.is_compiling() else None
+        index, weights = topk_layout(routing, width)
+        return self.experts(x, index, weights)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         """[B, S, H] (or [N, H]) -> same shape: routed experts (+ shared experts)."""
@@ -164,16 +324,19 @@ class DynamicMoEBlock(nn.Module):
             hidden_states = hidden_states * noise
         x = hidden_states.reshape(-1, shape[-1])
         routing, logits = self._route(x)
-        # kept for dynroute.hf.router_aux_loss (a training step's graph, freed next forward)
-        self.last_for_loss = (
-            (routing, logits) if self.training and torch.is_grad_enabled() else None
-        )
-        y = self._dispatch(x, routing, expert_weights(self.experts))
+        # kept for dynroute.hf.router_aux_loss (a training step's graph, freed next forward;
+        # a deepcopy of the block starts without it)
+        if self.training and torch.is_grad_enabled():
+            self._for_loss.value = (routing, logits)
+        elif self._for_loss.value is not None:
+            self._for_loss.value = None
+        y = self._experts(x, routing)
         shared = self.family.shared(self, x)
         if shared is not None:
             y = y + shared
-        self.tokens_seen += routing.num_tokens
-        self.assignments_seen += routing.num_assignments
+        with torch.no_grad():
+            self.counters.tokens.add_(routing.num_tokens)
+            self.counters.assignments.add_(routing.num_assignments)
         if self.record_routing:
             self.last_routing = routing
         if self.routing_callback is not None:

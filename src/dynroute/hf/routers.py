@@ -9,7 +9,6 @@ its ``Routing`` is used unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,11 +186,30 @@ def family_weights(
     scale = family.scale(gate)
     if scale != 1.0:
         w = w * scale
-    return dataclasses.replace(routing, weight=w)
+    # spelled out rather than dataclasses.replace: dynamo cannot trace dataclasses.fields
+    return Routing(
+        routing.token,
+        routing.expert,
+        w,
+        routing.probs,
+        routing.num_experts,
+        routing.null_probs,
+        routing.null_selected,
+    )
 
 
-def route(spec: RouterSpec, family: Family, gate: nn.Module, logits: Tensor) -> Routing:
+def route(
+    spec: RouterSpec,
+    family: Family,
+    gate: nn.Module,
+    logits: Tensor,
+    router: RouterFn | None = None,
+) -> Routing:
     """Route the router's raw logits [N, E] of one block.
+
+    ``router`` is ``spec.bind(family.native_k(gate))`` bound once by the caller (an
+    adapted block binds it at ``set_router`` time, so nothing is introspected per
+    forward and ``torch.compile`` can trace it); None binds it here.
 
     Example:
         >>> import torch
@@ -214,6 +232,7 @@ def route(spec: RouterSpec, family: Family, gate: nn.Module, logits: Tensor) -> 
                 f"{logits.shape[-1]}"
             )
         return routing
-    router = spec.bind(family.native_k(gate))
+    if router is None:
+        router = spec.bind(family.native_k(gate))
     routing = router(family.selection_logits(gate, logits))
     return family_weights(routing, family, gate, logits, spec.normalize)
