@@ -35,17 +35,19 @@ class TokensPerChar:
     learnt from its answers' ``usage`` (a ratio of sums; chat templates and system prompts
     included). Until :data:`MIN_CHARS` characters were seen: :data:`DEFAULT`, the usual
     4 characters per token. The proxy prices a request before sending it with this, so a
-    tokenizer that counts more tokens than characters/4 does not leave budgets short.
+    tokenizer that counts more tokens than characters/4 does not leave budgets short;
+    what a key's budget reserves (:meth:`bound`) assumes one token a character until then.
 
     Example:
         >>> rate = TokensPerChar()
-        >>> rate.value, rate.estimate(400)
-        (0.25, 100.0)
-        >>> rate.observe(4000, 3000); rate.estimate(400)
-        300.0
+        >>> rate.value, rate.estimate(400), rate.bound(400)
+        (0.25, 100.0, 400.0)
+        >>> rate.observe(4000, 3000); rate.estimate(400), rate.bound(400)
+        (300.0, 300.0)
     """
 
     DEFAULT = 0.25
+    UPPER = 1.0  # a byte-level tokenizer's most on ASCII text
     MIN_CHARS = 1000
     chars: float = 0.0
     tokens: float = 0.0
@@ -64,6 +66,10 @@ class TokensPerChar:
     def estimate(self, chars: int) -> float:
         """Prompt tokens expected for ``chars`` characters."""
         return chars * self.value
+
+    def bound(self, chars: int) -> float:
+        """Prompt tokens to reserve for: the learnt rate, else :data:`UPPER` a character."""
+        return chars * (self.value if self.chars >= self.MIN_CHARS else self.UPPER)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from dynroute.serve.budgets import BudgetRefused, Budgets, client_key_sha256
 from dynroute.serve.decisions import DecisionLog, query_hash
 from dynroute.serve.errors import ApiError, Body, LimitedRequest, parse_body
 from dynroute.serve.limits import client_id
-from dynroute.serve.policy import Decision, RoutingPolicy
+from dynroute.serve.policy import ASSUMED_COMPLETION_TOKENS, Decision, RoutingPolicy
 from dynroute.serve.schemas import (
     DONE,
     ChatCompletionRequest,
@@ -246,7 +246,7 @@ async def forward(
     budgets: Budgets | None = getattr(request.app.state, "budgets", None)
     if budgets is not None:  # the key's budget and rate limits, before any backend is called
         try:
-            await exchange.reserve(budgets, client_id(request.scope), query)
+            await exchange.reserve(budgets, client_id(request.scope), query, req.max_tokens)
         except (BudgetRefused, ApiError) as refused:  # over a limit; the database is down
             policy.settle(exchange.decision, 0.0)
             return refused.response()
@@ -312,16 +312,26 @@ class Exchange:
         }
         return cls(policy, log, decision, row, start, query_chars=len(query))
 
-    async def reserve(self, budgets: Budgets, client: str, query: str) -> None:
-        """Charge the first choice's estimate to the client's key (``client``:
-        :func:`~dynroute.serve.limits.client_id`); :class:`BudgetRefused` when over."""
-        first = self.decision.order[0].name
-        usd = self.decision.estimated.get(first) or 0.0
-        prompt = self.decision.order[0].tokens_per_char.estimate(len(query))
+    async def reserve(
+        self, budgets: Budgets, client: str, query: str, max_tokens: int | None
+    ) -> None:
+        """Charge the first choice's cost to the client's key (``client``:
+        :func:`~dynroute.serve.limits.client_id`) at most it can be: ``max_tokens`` (256
+        when absent) and the prompt's tokens at the backend's learnt rate, one a character
+        before it is learnt (:meth:`~dynroute.serve.backends.TokensPerChar.bound`), so the
+        key's limit holds (its prompt tokens a minute count the estimate, settled to the
+        real count after); :class:`BudgetRefused` when over."""
+        first, chars = self.decision.order[0], len(query)
+        usd = first.cost(
+            first.tokens_per_char.bound(chars), max_tokens or ASSUMED_COMPLETION_TOKENS
+        )
+        if usd is None:  # unpriced: the router's own cost model
+            usd = self.decision.estimated.get(first.name) or 0.0
         self.budgets = budgets
         digest = client_key_sha256(client)
         started = time.perf_counter()
-        self.reservation = await budgets.reserve(digest, usd, prompt, first, time.time())
+        prompt = first.tokens_per_char.estimate(chars)
+        self.reservation = await budgets.reserve(digest, usd, prompt, first.name, time.time())
         if self.reservation is not None:  # the key, and how long its check took
             self.row["key"] = self.reservation.key_name
             self.row["budget_ms"] = round((time.perf_counter() - started) * 1e3, 3)

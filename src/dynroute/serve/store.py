@@ -245,6 +245,19 @@ def sync_key(conn: Connection, key: KeyRow) -> None:
         conn.execute(keys_table.insert(), {"name": key.name, **values})
 
 
+#: PostgreSQL advisory lock taken while creating the tables (any fixed number works).
+SCHEMA_LOCK = 0x64796E72
+
+
+def create_tables(engine: Engine) -> None:
+    """The tables, if missing. Replicas started at once on one PostgreSQL would race to
+    create them (the loser fails on a duplicate type): one at a time, under a lock."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+        metadata.create_all(conn)
+
+
 def open_store(url: str) -> Store:
     """Connect to ``--db URL`` and create the tables if missing. A bad URL, a server that
     does not answer, a file that cannot be written: one-line ValueError naming the URL
@@ -267,7 +280,7 @@ def open_store(url: str) -> Store:
         engine = sa.create_engine(target, pool_pre_ping=True, connect_args={"connect_timeout": 10})
         remedy = "check that the server runs, and the host, port, user, password and database"
     try:
-        metadata.create_all(engine)
+        create_tables(engine)
     except sa.exc.SQLAlchemyError as err:
         engine.dispose()
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
