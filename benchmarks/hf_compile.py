@@ -25,35 +25,13 @@ from typing import Any
 import torch
 import transformers
 from torch._dynamo.utils import counters
-from transformers import OlmoeConfig, OlmoeForCausalLM
+from transformers import OlmoeForCausalLM
 
 from dynroute.common.jsonfile import write_json
 from dynroute.hf import apply_routing
+from hf_adapt import build  # the same OLMoE-like model, scaled down
 
 RESULTS = Path(__file__).parent / "results" / "hf_compile.json"
-
-
-def build(args: argparse.Namespace) -> OlmoeForCausalLM:
-    """OLMoE layout scaled down (as benchmarks/hf_adapt.py): many small experts, top-k."""
-    config = OlmoeConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.expert_ff,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        num_experts=args.experts,
-        num_experts_per_tok=args.k,
-        norm_topk_prob=False,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = OlmoeForCausalLM(config).eval()
-    with torch.no_grad():  # peaked, token-dependent routing like a trained router
-        for block in model.model.layers:
-            block.mlp.gate.weight.normal_(0.0, 2.0 / args.hidden**0.5)
-    return model
 
 
 def generator(model: OlmoeForCausalLM, ids: torch.Tensor, new: int) -> Callable[[], Any]:

@@ -4,8 +4,14 @@ a fake backend to serve odd or slow answers."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from dynroute.llm.data import OutcomeTable
 
@@ -34,18 +40,22 @@ class FakeBackend(BaseHTTPRequestHandler):
         raise NotImplementedError
 
     def do_POST(self) -> None:
-        reply = self.answer(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        self.send_response(200)
+        self.reply(
+            200, self.answer(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        )
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
         self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(reply)))
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(reply)
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
+class FakeOpenAI(FakeBackend):
     """A fake OpenAI backend: ``GET /health`` and ``/v1/models`` answer 200; a POST is a
     completion (``{"choices": [{"text": NAME}]}``) or, with ``"stream": true``, ``PIECES``
     chunks ``DELAY`` seconds apart, a usage chunk and ``[DONE]``."""
@@ -56,8 +66,6 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         self.reply(200, json.dumps({"status": "ok", "data": []}).encode())
 
     def do_POST(self) -> None:
-        import time
-
         request = json.loads(self.rfile.read(int(self.headers["content-length"])))
         usage = {"prompt_tokens": 1, "completion_tokens": self.PIECES, "total_tokens": 11}
         if not request.get("stream"):
@@ -77,27 +85,10 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         self.wfile.write(f"data: {json.dumps(tail)}\n\ndata: [DONE]\n\n".encode())
         self.close_connection = True
 
-    def reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 def start_fake_backend(port: int, name: str, pieces: int = 10, delay: float = 0.0) -> Any:
     """A :class:`FakeOpenAI` in its own process on ``port`` (a ``subprocess.Popen``: kill it
     to take the backend down); returns once it answers."""
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import httpx
-
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import serve_helpers as h; "
         "h.serve_fake(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))"
