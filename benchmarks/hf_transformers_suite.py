@@ -10,7 +10,8 @@ difference go to benchmarks/results/hf_transformers_suite.json.
 transformers' test files are not part of this repository: point ``--tests-dir`` at a
 transformers checkout (or the ``tests/`` of its sdist plus the family test files), of
 the version that is installed, since tests from another version may fail unpatched too:
-what matters is patched = unpatched.
+what matters is patched = unpatched. A ``SOURCES.json`` in ``--tests-dir`` (file -> the
+transformers commit it came from) is copied into the results' meta.
 
     python benchmarks/hf_transformers_suite.py --tests-dir ~/src/transformers \\
         --family mixtral --family olmoe [--slow] [--timeout 1200]
@@ -119,6 +120,20 @@ def outcomes(junit: Path) -> dict[str, str]:
     return result
 
 
+def failure_messages(junit: Path) -> dict[str, str]:
+    """``Class::test`` -> the first line of its failure or error message, from a junit XML."""
+    result: dict[str, str] = {}
+    if not junit.exists():
+        return result
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        for child in case:
+            if child.tag in ("failure", "error"):
+                name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+                lines = (child.get("message") or "").strip().splitlines()
+                result[name] = lines[0][:300] if lines else ""
+    return result
+
+
 def run_pytest(args: argparse.Namespace, family: str, patched: bool, work: Path) -> dict[str, Any]:
     """One pytest run of a family's test file; its outcomes and (patched) block usage."""
     label = "patched" if patched else "unpatched"
@@ -149,6 +164,7 @@ def run_pytest(args: argparse.Namespace, family: str, patched: bool, work: Path)
         "summary": tail[0] if tail else "",
         "seconds": round(time.perf_counter() - start, 1),
         "outcomes": outcomes(junit),
+        "messages": failure_messages(junit),
         "tests_running_a_patched_block": sum(1 for n in ran.values() if n) if patched else None,
     }
 
@@ -205,9 +221,11 @@ def main() -> None:
             )
             for name, pair in diff["differ"].items():
                 print(f"  {name}: {pair['unpatched']} -> {pair['patched']}")
+    sources = args.tests_dir / "SOURCES.json"  # where each test file came from, if recorded
     meta = {
         "transformers": transformers.__version__,
         "tests_dir": str(args.tests_dir),
+        "test_files": json.loads(sources.read_text()) if sources.exists() else None,
         "router": args.router,
         "slow": args.slow,
         "pytest_args": args.pytest_args,
