@@ -95,6 +95,21 @@ def test_grouped_linear_falls_back_for_unaligned_sizes():
     torch.testing.assert_close(grouped_linear(x, w, offs), want)
 
 
+def test_grouped_linear_gradients_with_an_unaligned_output_width():
+    """A 37-wide output is fine for grouped_mm's forward but not for its backward (the
+    [A, 37] float32 gradient rows are 148 bytes): under autograd the slice loop runs, and
+    the gradients equal per-expert products'."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(2, 8, 37, requires_grad=True)
+    offs = torch.tensor([2, 5], dtype=torch.int32)
+    grouped_linear(x, w, offs).square().sum().backward()
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    torch.cat([xr[:2] @ wr[0], xr[2:] @ wr[1]]).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(w.grad, wr.grad)
+
+
 def test_transposed_weight_views_are_accepted():
     """transformers stores [E, 2F, D]; a transposed view must work without a copy."""
     x, gate, gate_up, down = make_case(11, "top_k:k=2")

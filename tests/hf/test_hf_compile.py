@@ -16,7 +16,6 @@ import transformers
 from torch._dynamo.utils import counters
 from transformers.integrations import moe as hf_moe
 
-from dynroute.dispatch.gemm import HAS_GROUPED_MM
 from dynroute.hf import adapted_blocks, apply_routing, remove_routing, routing_stats
 from dynroute.hf.apply import router_aux_loss
 from dynroute.hf.block import DYNROUTE_EXPERTS
@@ -151,16 +150,10 @@ def test_deepcopy_after_training_step(family: str) -> None:
     assert router_aux_loss(model).requires_grad
 
 
-@pytest.mark.xfail(
-    HAS_GROUPED_MM,  # without grouped_mm the slice loop runs and the step works
-    raises=RuntimeError,
-    strict=True,
-    reason="known bug (issue 27 suite run): grouped_linear checks grouped_mm's forward operands "
-    "only; the weight gradient's grouped_mm gets [rows, 2*37] float32 rows (296 bytes, not a "
-    "16-byte multiple) and fails on CPU. transformers' Mixtral tests (intermediate_size=37) "
-    "hit it in test_training* (they fail unpatched too, at the forward)",
-)
 def test_training_step_with_expert_width_not_16_byte_aligned() -> None:
+    """transformers' Mixtral tests use 37-wide experts: the [rows, 2*37] float32 output
+    gradient is not 16-byte aligned, so grouped_mm's backward would fail on CPU; the
+    forward takes the slice loop under autograd instead (found by the suite run)."""
     config = transformers.MixtralConfig(
         vocab_size=128,
         hidden_size=32,

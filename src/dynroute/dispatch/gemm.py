@@ -98,8 +98,13 @@ def grouped_linear(
         >>> grouped_linear(x, w, torch.tensor([1, 3], dtype=torch.int32)).shape
         torch.Size([3, 4])
     """
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     if use_grouped_mm is None:
-        use_grouped_mm = grouped_mm_supported(x, w)
+        use_grouped_mm = grouped_mm_supported(x, w) and (
+            # grouped_mm's own backward multiplies by the [A, n] output gradient: its rows
+            # must be 16-byte multiples too (a 37-wide expert's are not)
+            not needs_grad or (w.shape[-1] * x.element_size()) % 16 == 0
+        )
     if use_grouped_mm:
         return F.grouped_mm(x, w, offs=offs)
     if torch.compiler.is_compiling():
@@ -107,7 +112,7 @@ def grouped_linear(
         # the same slice loop runs as one opaque op (the eager path below is untouched)
         return grouped_linear_slices(x, w, offs)
     sizes = counts if counts is not None else group_sizes(offs)
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+    if needs_grad:
         # mm(out=...) has no autograd; experts composed under autograd need this form
         parts = [c @ w[e] for e, c in enumerate(x.split(sizes)) if c.shape[0]]
         return torch.cat(parts) if parts else x.new_zeros(0, w.shape[-1])
