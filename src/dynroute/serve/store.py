@@ -52,6 +52,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from dynroute.common.files import atomic_path
+from dynroute.serve.keyfile import LIMIT_FIELDS
 
 __all__ = [
     "Charge",
@@ -66,7 +67,6 @@ __all__ = [
     "periods",
 ]
 
-LIMITS = ("usd_per_day", "usd_per_month", "requests_per_minute", "prompt_tokens_per_minute")
 #: seconds a SQLite writer waits for another's lock before failing
 SQLITE_BUSY_S = 10.0
 
@@ -76,7 +76,7 @@ keys_table = sa.Table(
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("key_sha256", sa.String(64), nullable=False, unique=True),
-    *(sa.Column(name, sa.Float, nullable=True) for name in LIMITS),
+    *(sa.Column(name, sa.Float, nullable=True) for name in LIMIT_FIELDS),
 )
 spend_table = sa.Table(
     "dynroute_spend",
@@ -233,7 +233,7 @@ def add_to_totals(conn: Connection, key_name: str, when: float, usd: float) -> N
 def sync_key(conn: Connection, key: KeyRow) -> None:
     """Insert or update one key (see :meth:`Store.sync_keys`)."""
     k = keys_table.c
-    values = {"key_sha256": key.key_sha256, **{n: getattr(key, n) for n in LIMITS}}
+    values = {"key_sha256": key.key_sha256, **{n: getattr(key, n) for n in LIMIT_FIELDS}}
     old = conn.execute(sa.select(k.name).where(k.key_sha256 == key.key_sha256)).scalar()
     if old is not None and old != key.name:  # renamed in the keys file: its spend follows
         conn.execute(keys_table.update().where(k.name == old).values(name=key.name))
