@@ -64,3 +64,55 @@ def test_hull_properties(points):
     a = aiq(points, cmax)
     assert 0.0 <= a <= p[:, 1].max() + 1e-9
     assert aiq([*points, (cmax / 2, 1.0)], cmax) >= a - 1e-12
+
+
+def _apgr_cpt_by_threshold(score, weak, strong):
+    """Reference without ties: route the k highest scores to strong, for every k."""
+    q = len(score)
+    gap = strong.mean() - weak.mean()
+    order = sorted(range(q), key=lambda i: -score[i])
+    pgr = []
+    for k in range(q + 1):
+        chosen = np.where(np.isin(np.arange(q), order[:k]), strong, weak)
+        pgr.append((chosen.mean() - weak.mean()) / gap)
+    apgr = sum((pgr[k] + pgr[k + 1]) / 2 / q for k in range(q))
+    cpt = {x: next((k / q for k in range(q + 1) if pgr[k] >= x - 1e-12), 1.0) for x in (0.5, 0.8)}
+    return apgr, cpt
+
+
+_outcomes = st.lists(
+    st.tuples(st.integers(0, 3), st.booleans(), st.booleans()), min_size=2, max_size=30
+)
+
+
+@given(_outcomes, st.randoms(use_true_random=False))
+def test_apgr_cpt_do_not_depend_on_row_order(rows, rnd):
+    # Scores from a few values: tie groups everywhere (RouteLLM breaks them by row order).
+    score, weak, strong = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+    if abs(strong.mean() - weak.mean()) < 1e-9:
+        return
+    perm = list(range(len(rows)))
+    rnd.shuffle(perm)
+    a = apgr_cpt(score, weak, strong)
+    b = apgr_cpt(score[perm], weak[perm], strong[perm])
+    assert a == pytest.approx(b, abs=1e-12)
+
+
+@given(_outcomes)
+def test_apgr_cpt_without_ties_equal_every_threshold(rows):
+    _, weak, strong = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+    if abs(strong.mean() - weak.mean()) < 1e-9:
+        return
+    score = np.arange(len(rows), dtype=float)[::-1] * 0.5  # distinct scores
+    apgr, cpt = _apgr_cpt_by_threshold(score, weak, strong)
+    r = apgr_cpt(score, weak, strong)
+    assert r["apgr"] == pytest.approx(apgr, abs=1e-12)
+    assert (r["cpt50"], r["cpt80"]) == (cpt[0.5], cpt[0.8])
+
+
+def test_a_tie_group_moves_together():
+    # Two tied queries, only the second gains: either order gives the mean of both orders.
+    weak, strong = np.array([0.0, 0.0]), np.array([0.0, 1.0])
+    r = apgr_cpt(np.array([1.0, 1.0]), weak, strong)
+    assert r["apgr"] == pytest.approx(0.5)  # PGR 0 → .5 → 1, not 0 → 0 → 1 or 0 → 1 → 1
+    assert r["cpt50"] == 0.5 and r["cpt80"] == 1.0

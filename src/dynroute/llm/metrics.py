@@ -114,7 +114,10 @@ def apgr_cpt(
     Args:
         score: ``[Q]`` the router's preference for the strong model (higher: call strong).
             Calls are routed to strong in order of decreasing score, so every share of
-            strong calls k/Q from 0 to 1 is one threshold (ties broken by query order).
+            strong calls k/Q from 0 to 1 is one threshold. Queries of equal score move
+            together: inside a tie group the curve is interpolated (the mean over orders),
+            so reordering the rows never changes the result. RouteLLM breaks ties by row
+            order; without ties the two agree.
         quality_weak, quality_strong: ``[Q]`` each model's quality on each query.
         levels: the x of CPT(x), shares of the quality gap.
 
@@ -127,12 +130,21 @@ def apgr_cpt(
         >>> r = apgr_cpt(np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([1.0, 1.0]))
         >>> r["apgr"], r["cpt50"]
         (0.75, 0.5)
+        >>> tied = apgr_cpt(np.zeros(2), np.array([0.0, 1.0]), np.array([1.0, 1.0]))
+        >>> tied["apgr"], tied["cpt50"]  # either order of the two rows gives this
+        (0.5, 0.5)
     """
     q = len(score)
-    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
     gain = (np.asarray(quality_strong) - np.asarray(quality_weak))[order]
     weak, strong = float(np.mean(quality_weak)), float(np.mean(quality_strong))
-    quality = weak + np.concatenate([[0.0], np.cumsum(gain)]) / q  # after k strong calls
+    # A threshold cannot split queries of equal score: a tie group moves to the strong
+    # model together. Between group ends the curve is the straight line a random order
+    # inside the group gives on average, so the result never depends on row order.
+    ends = np.concatenate([[0], np.nonzero(np.diff(s[order]))[0] + 1, [q]])
+    gained = np.concatenate([[0.0], np.cumsum(gain)])[ends]
+    quality = weak + np.interp(np.arange(q + 1), ends, gained) / q  # after k strong calls
     share = np.arange(q + 1) / q
     gap = strong - weak
     if abs(gap) < 1e-12:
