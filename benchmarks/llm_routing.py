@@ -4,6 +4,11 @@ Usage: ``python benchmarks/llm_routing.py [--seed 0]``. Fits all routers on each
 dataset's train split, sweeps λ on its test split and writes
 ``benchmarks/results/llm_routing.json`` and the markdown table in BENCHMARKS.md and
 docs/llm-routing.md. Takes about a minute on 2 CPU cores.
+
+``python benchmarks/llm_routing.py --embedders tfidf_svd wordllama tfidf_svd+wordllama
+--seeds 0 1 2`` compares views of the query instead: every router × embedder on every
+dataset over several splits, written to ``benchmarks/results/llm_routing_embedders.json``
+(mean AIQ over the seeds, its spread, and the difference to the zero router).
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ from dynroute.common.jsonfile import write_json
 from dynroute.llm import DATASETS, QUERY_ROUTERS, evaluate, load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_routing.json"
+EMBEDDER_RESULTS = RESULTS.with_name("llm_routing_embedders.json")
 
 
-def run(seed: int = 0, datasets: list[str] | None = None) -> dict[str, Any]:
+def run(
+    seed: int = 0, datasets: list[str] | None = None, embedder: str = "tfidf_svd"
+) -> dict[str, Any]:
     """``{dataset: evaluate(...) result}`` with the points dropped to keep it small."""
     out: dict[str, Any] = {}
     for name in datasets or list(DATASETS):
         t0 = time.perf_counter()
         train, test = load_dataset(name, seed=seed)
-        res = evaluate(sorted(QUERY_ROUTERS), train, test, seed=seed)
+        res = evaluate(sorted(QUERY_ROUTERS), train, test, seed=seed, embedder=embedder)
         res["seconds"] = time.perf_counter() - t0
         out[name] = res
     return out
@@ -72,10 +80,69 @@ def two_model_table(results: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def compare_embedders(embedders: list[str], seeds: list[int]) -> dict[str, Any]:
+    """``{"rows": [...]}``: per embedder, dataset and router the AIQ on each seed's split,
+    its mean, spread (max − min) and the mean difference to the zero router."""
+    rows = []
+    for emb in embedders:
+        per_seed = []
+        for seed in seeds:
+            print(f"{emb}, seed {seed} ...", flush=True)
+            per_seed.append(run(seed, embedder=emb))
+        for name in per_seed[0]:
+            zero = [r[name]["baselines"]["zero_router"]["aiq"] for r in per_seed]
+            for router in sorted(QUERY_ROUTERS):
+                aiqs = [
+                    next(x["aiq"] for x in r[name]["routers"] if x["router"] == router)
+                    for r in per_seed
+                ]
+                rows.append(
+                    {
+                        "embedder": emb,
+                        "dataset": name,
+                        "router": router,
+                        "aiq": aiqs,
+                        "mean_aiq": sum(aiqs) / len(aiqs),
+                        "spread": max(aiqs) - min(aiqs),
+                        "vs_zero_router": sum(a - z for a, z in zip(aiqs, zero, strict=True))
+                        / len(aiqs),
+                    }
+                )
+    return {"seeds": seeds, "embedders": embedders, "rows": rows}
+
+
+def embedder_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per router, per dataset one cell per embedder (mean AIQ − zero)."""
+    rows = result["rows"]
+    embedders, datasets = result["embedders"], list(dict.fromkeys(r["dataset"] for r in rows))
+    cols = [f"{d} {e}" for d in datasets for e in embedders]
+    head = "| router | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols) + "\n"
+    cell = {(r["router"], r["dataset"], r["embedder"]): r for r in rows}
+    lines = []
+    for router in sorted(QUERY_ROUTERS):
+        vals = []
+        for d in datasets:
+            for e in embedders:
+                r = cell[(router, d, e)]
+                vals.append(f"{r['vs_zero_router']:+.4f} ±{r['spread'] / 2:.3f}")
+        lines.append(f"| {router} | " + " | ".join(vals) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embedders", nargs="+", help="compare these views of the query")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
+    if args.embedders:
+        t0 = time.perf_counter()
+        result = compare_embedders(args.embedders, args.seeds)
+        result["seconds"] = time.perf_counter() - t0
+        write_json(EMBEDDER_RESULTS, result, indent=1)
+        print(embedder_table(result))
+        print(f"total {result['seconds']:.1f} s; wrote {EMBEDDER_RESULTS}")
+        return
     t0 = time.perf_counter()
     results = run(args.seed)
     total = time.perf_counter() - t0

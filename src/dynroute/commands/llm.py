@@ -37,6 +37,14 @@ TestTable = Annotated[
     Path | None, typer.Option(help="Test table (default: split --train by query).")
 ]
 TestSize = Annotated[float, typer.Option(help="Test share when splitting.")]
+EmbedderName = Annotated[
+    str,
+    typer.Option(
+        "--embedder",
+        help="View of the query: tfidf_svd (fitted on the training queries), wordllama "
+        "(a static 256-d embedding shipped in its wheel) or both joined: tfidf_svd+wordllama.",
+    ),
+]
 Lambda = Annotated[
     float | None, typer.Option("--lambda", help="Willingness to pay: quality per USD.")
 ]
@@ -74,6 +82,7 @@ def eval_(
     query_router: options.QueryRouters = None,
     seed: options.Seed = None,
     test_size: TestSize = 0.2,
+    embedder: EmbedderName = "tfidf_svd",
     json_out: options.Json = False,
     progress: options.Progress = True,
     threads: options.Threads = None,
@@ -84,12 +93,13 @@ def eval_(
     """
 
     show = progress and not json_out
-    result = evaluate(data, train, test, query_router, seed, test_size, show, threads)
+    result = evaluate(data, train, test, query_router, seed, test_size, show, threads, embedder)
     base = result["baselines"]
     if json_out:
         if len(result["routers"]) == 1:  # one router: its fields at the top level
             result = {**result["routers"][0], "baselines": base, "train": result["train"],
-                      "test": result["test"], "models": result["models"]}  # fmt: skip
+                      "test": result["test"], "models": result["models"],
+                      "embedder": result["embedder"]}  # fmt: skip
         options.print_json(result)
         return
     zero = base["zero_router"]["aiq"]
@@ -115,22 +125,26 @@ def evaluate(
     test_size: float,
     progress: bool,
     threads: int | None,
+    embedder: str = "tfidf_svd",
 ) -> dict[str, Any]:
     """Fit and score the ``--query-router`` specs (default: all) on the tables (one file:
-    split by query): what ``llm eval`` and ``llm report`` show. With ``progress``: a bar
-    on stderr (what is being fitted or scored) and one line per router scored."""
+    split by query) with the ``--embedder`` view of the queries: what ``llm eval`` and
+    ``llm report`` show. With ``progress``: a bar on stderr (what is being fitted or
+    scored) and one line per router scored."""
     from dynroute.llm.data import resolve_tables, split_by_query
+    from dynroute.llm.embed import make_embedder
     from dynroute.llm.evaluate import evaluate as evaluate_routers
     from dynroute.train.progress import progress_bar
 
     options.set_threads(threads)
     specs = query_router_specs(query_routers, "all")
+    make_embedder(embedder)  # a wrong name fails here, before the tables are read
     seed = seed or 0
     tr, te = resolve_tables(data, train, test, test_size=test_size, seed=seed)
     if te is None:  # one file: split it by query
         tr, te = split_by_query(tr, test_size, seed)
     if not progress:
-        return evaluate_routers(specs, tr, te, seed=seed)
+        return evaluate_routers(specs, tr, te, seed=seed, embedder=embedder)
     with contextlib.ExitStack() as stack:
         bar: list[Callable[[int, str], None] | None] = []
         scored: list[str] = []
@@ -152,7 +166,9 @@ def evaluate(
                 f"scored in {res['eval_seconds']:.1f} s)"
             )
 
-        return evaluate_routers(specs, tr, te, seed=seed, on_step=show, on_router=on_router)
+        return evaluate_routers(
+            specs, tr, te, seed=seed, embedder=embedder, on_step=show, on_router=on_router
+        )
 
 
 def say(line: str, style: str | None = None) -> None:
@@ -221,6 +237,7 @@ def fit(
             "best model."
         ),
     ] = None,
+    embedder: EmbedderName = "tfidf_svd",
     json_out: options.Json = False,
     threads: options.Threads = None,
     progress: options.Progress = True,
@@ -236,7 +253,9 @@ def fit(
         raise ValueError(f"llm fit fits one --query-router, got {len(specs)}: {' '.join(specs)}")
     options.set_threads(threads)
     with options.status(f"fitting {specs[0]}", progress and not json_out):
-        r = fit_router(specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share)
+        r = fit_router(
+            specs[0], data, train, seed or 0, lam or 0.0, budget_usd, strong_share, embedder
+        )
     cal = r.calibration
     if cal is not None and not cal["met"]:
         say(unmet(r.name, cal), "yellow")
@@ -305,19 +324,23 @@ def fit_router(
     lam: float,
     budget_usd: float | None,
     strong_share: float | None,
+    embedder: str = "tfidf_svd",
 ) -> Any:
     """A fitted query router whose λ is ``lam`` or calibrated to a budget or a share (then
-    ``router.calibration`` says what it reached, with ``model``: the best model's name)."""
+    ``router.calibration`` says what it reached, with ``model``: the best model's name),
+    seeing the queries through ``embedder``."""
     import torch
 
     from dynroute.llm.data import resolve_tables
     from dynroute.llm.decide import calibrate_to_budget, calibrate_to_share
+    from dynroute.llm.embed import make_embedder
     from dynroute.llm.routers import make_query_router
 
+    view = make_embedder(embedder)
     tr, _ = resolve_tables(data, train, None, seed=seed)
     r = make_query_router(spec)
     r.seed = seed
-    r.fit(tr)
+    r.fit(tr, view.fit(tr.queries) if r.uses_embedding else None)
     r.lam = lam
     if budget_usd is not None or strong_share is not None:
         pred, cost = r.predict(tr.queries), r.estimate_cost(tr.queries)
@@ -360,6 +383,7 @@ def report(
     query_router: options.QueryRouters = None,
     seed: options.Seed = None,
     test_size: TestSize = 0.2,
+    embedder: EmbedderName = "tfidf_svd",
     progress: options.Progress = True,
     threads: options.Threads = None,
 ) -> None:
@@ -369,7 +393,7 @@ def report(
     from dynroute.common.jsonfile import write_json
     from dynroute.llm.report import write_report
 
-    result = evaluate(data, train, test, query_router, seed, test_size, progress, threads)
+    result = evaluate(data, train, test, query_router, seed, test_size, progress, threads, embedder)
     path = write_report(result, out)
     write_json(Path(out) / "result.json", result)
     print(f"wrote {path}")

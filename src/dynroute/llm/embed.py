@@ -1,10 +1,21 @@
 """Query embedders: texts -> ``[n, d]`` unit vectors, behind one small interface.
 
-The default :class:`TfidfSvd` needs no download: TF-IDF over word unigrams and bigrams
-of the training queries, projected on its top singular vectors (latent semantic
-analysis). It is deterministic: the randomised SVD runs under a fixed seed without
-touching the caller's RNG. :class:`SentenceTransformer` wraps a local
-sentence-transformers model when that package is installed.
+None needs a download:
+
+- :class:`TfidfSvd` (``tfidf_svd``, the default): TF-IDF over word unigrams and bigrams of
+  the training queries, projected on its top singular vectors (latent semantic analysis).
+  Deterministic: the randomised SVD runs under a fixed seed without touching the caller's
+  RNG.
+- :class:`WordLlamaEmbedder` (``wordllama``): the static 256-d token embedding that the
+  ``wordllama`` wheel ships (``l2_supercat``), mean-pooled; a semantic view with nothing to
+  fit.
+- :class:`Concat` (``concat``): several embedders side by side, each part of unit length,
+  e.g. ``{"name": "concat", "parts": ["tfidf_svd", "wordllama"]}``.
+- :class:`SentenceTransformer` (``sentence_transformer``): a local sentence-transformers
+  folder, when that package is installed.
+
+:data:`EMBEDDERS` maps each name to its class; :func:`make_embedder` builds one from a
+name or a saved config.
 
 Example:
     >>> e = TfidfSvd(dim=2).fit(["add two numbers", "add three numbers",
@@ -23,12 +34,22 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Embedder", "SentenceTransformer", "TfidfSvd", "make_embedder"]
+__all__ = [
+    "EMBEDDERS",
+    "Concat",
+    "Embedder",
+    "SentenceTransformer",
+    "TfidfSvd",
+    "WordLlamaEmbedder",
+    "embedder_label",
+    "make_embedder",
+]
 
 _TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
@@ -181,20 +202,139 @@ class SentenceTransformer:
         return {}
 
 
+class WordLlamaEmbedder:
+    """WordLlama's static token embedding (shipped in its wheel), mean-pooled: ``[n, dim]``.
+
+    ``dim`` is 64, 128, 256 (Matryoshka truncations of the 256-d table). Loaded from the
+    installed package with downloads disabled: it never touches the network.
+    """
+
+    name = "wordllama"
+
+    def __init__(self, dim: int = 256, batch_size: int = 256) -> None:
+        try:
+            import wordllama
+        except ImportError:
+            raise ImportError(
+                "the wordllama embedder needs the `wordllama` package (a dependency of "
+                "dynroute: reinstall with `pip install -e .`)"
+            ) from None
+        if dim not in (64, 128, 256):
+            raise ValueError(f"wordllama dim must be 64, 128 or 256, not {dim}")
+        self.dim, self.batch_size = dim, batch_size
+        folder = Path(wordllama.__file__).parent  # its wheel carries the weights
+        self.model = wordllama.WordLlama.load(
+            cache_dir=folder, disable_download=True, trunc_dim=dim if dim < 256 else None
+        )
+
+    def fit(self, texts: Sequence[str]) -> WordLlamaEmbedder:
+        return self  # pretrained and static: nothing to fit
+
+    def encode(self, texts: Sequence[str]) -> Tensor:
+        z = self.model.embed(list(texts), norm=False, batch_size=self.batch_size)
+        return torch.nn.functional.normalize(torch.from_numpy(z).float(), dim=1)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "batch_size": self.batch_size}
+
+    def state(self) -> dict[str, Tensor]:
+        return {}
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, Tensor]) -> WordLlamaEmbedder:
+        return cls(config.get("dim", 256), config.get("batch_size", 256))
+
+
+class Concat:
+    """Embedders side by side: ``[n, sum of dims]``, each part scaled to norm 1/sqrt(parts).
+
+    Example:
+        >>> e = Concat([TfidfSvd(dim=2), TfidfSvd(dim=3)]).fit(["a b", "b c", "c d"])
+        >>> z = e.encode(["a c"]); z.shape, round(float(z.norm()), 4)
+        (torch.Size([1, 5]), 1.0)
+    """
+
+    name = "concat"
+
+    def __init__(self, parts: Sequence[Embedder]) -> None:
+        if not parts:
+            raise ValueError("concat needs at least one part")
+        self.parts = list(parts)
+        self.dim = sum(p.dim for p in self.parts)
+
+    def fit(self, texts: Sequence[str]) -> Concat:
+        for p in self.parts:
+            p.fit(texts)
+        return self
+
+    def encode(self, texts: Sequence[str]) -> Tensor:
+        scale = 1.0 / math.sqrt(len(self.parts))
+        return torch.cat([p.encode(texts) * scale for p in self.parts], dim=1)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "parts": [p.config() for p in self.parts]}
+
+    def state(self) -> dict[str, Tensor]:
+        return {f"{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.state().items()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], state: dict[str, Tensor] | None) -> Concat:
+        parts = []
+        for i, part in enumerate(config["parts"]):
+            mine = (
+                None
+                if state is None
+                else {
+                    k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)
+                }
+            )
+            parts.append(make_embedder(part, mine))
+        return cls(parts)
+
+
+EMBEDDERS: dict[str, type] = {
+    c.name: c for c in (TfidfSvd, WordLlamaEmbedder, Concat, SentenceTransformer)
+}
+
+
 def make_embedder(
     config: dict[str, Any] | str | None = None, state: dict[str, Tensor] | None = None
 ) -> Embedder:
-    """An embedder from a name or config; with ``state``, an already fitted one."""
+    """An embedder from a name, ``"a+b"`` (a :class:`Concat`), or a saved config; with
+    ``state``, an already fitted one.
+
+    Example:
+        >>> make_embedder("tfidf_svd+wordllama").config()["parts"][1]["name"]
+        'wordllama'
+    """
     if config is None:
         config = {"name": TfidfSvd.name}
     if isinstance(config, str):
+        names = config.split("+")
+        if len(names) > 1:
+            return Concat([make_embedder(n) for n in names])
         config = {"name": config}
     name = config["name"]
-    if name == TfidfSvd.name:
-        if state is not None:
-            return TfidfSvd.from_state(config, state)
-        params = {k: v for k, v in config.items() if k not in ("name", "vocab")}
-        return TfidfSvd(**params)
+    if name not in EMBEDDERS:
+        known = ", ".join(sorted(EMBEDDERS))
+        raise ValueError(f"unknown embedder {name!r}; known: {known} (or a+b to concatenate)")
+    if name == Concat.name:
+        return Concat.from_config(config, state)
     if name == SentenceTransformer.name:
         return SentenceTransformer(config["path"], config.get("batch_size", 64))
-    raise ValueError(f"unknown embedder {name!r}; use tfidf_svd or sentence_transformer")
+    params = {k: v for k, v in config.items() if k not in ("name", "vocab")}
+    if state is not None:
+        return EMBEDDERS[name].from_state(config, state)
+    return EMBEDDERS[name](**params)
+
+
+def embedder_label(config: dict[str, Any]) -> str:
+    """The name :func:`make_embedder` takes for a config: ``"a+b"`` for a concatenation.
+
+    Example:
+        >>> embedder_label(make_embedder("tfidf_svd+wordllama").config())
+        'tfidf_svd+wordllama'
+    """
+    if config["name"] == Concat.name:
+        return "+".join(embedder_label(p) for p in config["parts"])
+    return str(config["name"])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dynroute.llm.data import OutcomeTable
-from dynroute.llm.embed import Embedder, make_embedder
+from dynroute.llm.embed import Embedder, embedder_label, make_embedder
 from dynroute.llm.metrics import aiq, apgr_cpt, cost_at_quality, zero_router
 from dynroute.llm.routers import QueryRouter, make_query_router
 
@@ -109,13 +109,15 @@ def evaluate(
     test: OutcomeTable,
     *,
     seed: int = 0,
-    embedder: Embedder | None = None,
+    embedder: Embedder | str | None = None,
     on_step: Callable[[str], None] | None = None,
     on_router: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fit each query router in ``names`` (``"name"``, ``"name:k=v"`` or a dict spec, see
     :func:`~dynroute.llm.routers.make_query_router`) on ``train`` and evaluate on
-    ``test``. One embedder is fitted on ``train`` and shared.
+    ``test``. One embedder (an :class:`~dynroute.llm.embed.Embedder`, fitted; or a name
+    such as ``"wordllama"`` or ``"tfidf_svd+wordllama"``, fitted here; default
+    ``tfidf_svd``) is shared by every router.
 
     Progress: ``on_step(stage)`` before each stage (``"embedding 40 training queries"``,
     ``"fitting knn"``, ``"scoring knn"``, ...); ``on_router(result)`` when a router is scored,
@@ -138,9 +140,9 @@ def evaluate(
     # the tables and specs are checked: from here on, the slow part
     step("scoring the single models and the oracle")
     base = baselines(test)
-    if embedder is None and any(r.uses_embedding for r in routers):
+    if not isinstance(embedder, Embedder) and any(r.uses_embedding for r in routers):
         step(f"embedding {train.num_queries} training queries")
-        embedder = make_embedder().fit(train.queries)
+        embedder = make_embedder(embedder).fit(train.queries)
     results = []
     for r in routers:
         step(f"fitting {r.name}")
@@ -157,6 +159,7 @@ def evaluate(
         "train": {"source": train.source, "queries": train.num_queries},
         "test": {"source": test.source, "queries": test.num_queries},
         "models": list(train.models),
+        "embedder": embedder_label(embedder.config()) if isinstance(embedder, Embedder) else None,
         "baselines": base,
         "routers": results,
     }
