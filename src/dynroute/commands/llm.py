@@ -7,6 +7,7 @@ router); the fitted router a command uses (route, serve) is its first argument.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -443,6 +444,14 @@ def serve(
     admin_key: options.AdminKey = None,
     max_body_bytes: options.MaxBodyBytes = 1_000_000,
     max_tokens_cap: options.MaxTokensCap = None,
+    latency_penalty: Annotated[
+        float,
+        typer.Option(
+            help="Quality given up per second a backend is expected to take (its answer "
+            "times' moving average × (1 + calls in flight)): a slow or overloaded backend "
+            "is routed around. 0: latency plays no part.",
+        ),
+    ] = 0.0,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -462,6 +471,8 @@ def serve(
     # the cheap checks first: torch loads with the router
     check_lambda(lam)
     check_budget(budget_usd)
+    if not (math.isfinite(latency_penalty) and latency_penalty >= 0):
+        raise ValueError(f"--latency-penalty must be a number ≥ 0, not {latency_penalty}")
     backends = parse_backend_args(backend, load_backend_file(prices))
     keys = options.server_keys(host, api_key, api_key_file, allow_no_key)
     check_port(host, port)
@@ -483,6 +494,7 @@ def serve(
         return RoutingPolicy(
             r, found, lam=lam, cascade=cascade, threshold=threshold, budget=budget_usd,
             cooldown_s=breaker_cooldown, fault_threshold=breaker_threshold,
+            latency_penalty=latency_penalty,
         )  # fmt: skip
 
     policy = build_policy()

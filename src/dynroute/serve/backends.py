@@ -24,7 +24,14 @@ from typing import Any
 
 from dynroute.serve.breaker import Breaker
 
-__all__ = ["Backend", "TokensPerChar", "load_backend_file", "map_to_router", "parse_backend_args"]
+__all__ = [
+    "Backend",
+    "Latency",
+    "TokensPerChar",
+    "load_backend_file",
+    "map_to_router",
+    "parse_backend_args",
+]
 
 FIELDS = {"url", "model", "router_model", "prompt_price", "completion_price", "api_key_env"}
 
@@ -73,6 +80,45 @@ class TokensPerChar:
 
 
 @dataclass
+class Latency:
+    """A backend's speed and load as the proxy sees them: an exponential moving average
+    of the seconds its calls took (sent → last byte; ``alpha`` the weight of the newest)
+    and how many calls are in flight now. :meth:`expected` is what a new call should
+    wait: the average × (1 + calls in flight), the queue of a backend that answers one
+    at a time (a backend that batches waits less; the penalty is a preference, not a
+    promise). Before the first answer it is 0: a new backend is tried, not avoided.
+
+    Example:
+        >>> lat = Latency()
+        >>> lat.expected()
+        0.0
+        >>> lat.started(); lat.done(2.0); lat.started(); lat.expected()
+        4.0
+        >>> lat.done(1.0); round(lat.seconds, 2), lat.in_flight
+        (1.8, 0)
+    """
+
+    alpha: float = 0.2
+    seconds: float | None = None
+    in_flight: int = 0
+
+    def started(self) -> None:
+        """A call was sent."""
+        self.in_flight += 1
+
+    def done(self, seconds: float | None) -> None:
+        """A call ended after ``seconds`` (None: it failed; only the load is updated)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            last = seconds if self.seconds is None else self.seconds
+            self.seconds = last + self.alpha * (seconds - last)
+
+    def expected(self) -> float:
+        """Seconds a new call should take, queue included (0 before any answer)."""
+        return 0.0 if self.seconds is None else self.seconds * (1 + self.in_flight)
+
+
+@dataclass
 class Backend:
     """One OpenAI-compatible server the proxy forwards to.
 
@@ -85,6 +131,7 @@ class Backend:
         api_key: sent as a bearer token when set.
         breaker: its circuit breaker (:mod:`~dynroute.serve.breaker`).
         tokens_per_char: its prompt tokens per character, learnt from its answers.
+        latency: its answer time and calls in flight, seen by the proxy.
     """
 
     name: str
@@ -96,6 +143,7 @@ class Backend:
     api_key: str | None = None
     breaker: Breaker = field(default_factory=Breaker, compare=False)  # its health
     tokens_per_char: TokensPerChar = field(default_factory=TokensPerChar, compare=False)
+    latency: Latency = field(default_factory=Latency, compare=False)
 
     @property
     def priced(self) -> bool:

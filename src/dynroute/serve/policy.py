@@ -7,7 +7,11 @@ cascade threshold, = X), a backend's name (that backend, no routing, no fallback
 Cascade mode: the cheapest backend predicted ≥ the threshold, else the dearest; it pays
 for one call, as the prediction reads only the query. Budget mode: a decision may spend
 ``USD·(n+1) − spent`` (``n`` decided so far); backends estimated above are left out
-(none fits: the cheapest answers). docs/serving.md has the rules in full.
+(none fits: the cheapest answers). Latency (``latency_penalty`` > 0): every routed mode
+reads a backend's predicted quality minus ``latency_penalty`` × the seconds a new call is
+expected to take there (:class:`~dynroute.serve.backends.Latency`: the proxy's moving
+average of its answer times × (1 + calls in flight)), so a slow or overloaded backend is
+routed around. docs/serving.md has the rules in full.
 
 Example:
     >>> parse_model_field("router-knn-0.3"), parse_model_field("auto")
@@ -71,6 +75,7 @@ class Decision:
     knob: float | None = None  # λ or the cascade threshold
     predicted: dict[str, float] = field(default_factory=dict)  # backend -> quality
     estimated: dict[str, float] = field(default_factory=dict)  # backend -> USD
+    waits: dict[str, float] = field(default_factory=dict)  # backend -> expected seconds
     reserved: float = 0.0  # USD counted against the budget until the call ends
 
 
@@ -87,6 +92,8 @@ class RoutingPolicy:
         cooldown_s: how long an open breaker waits before its backend is probed.
         fault_threshold: consecutive backend faults that open a backend's breaker
             (:mod:`~dynroute.serve.breaker`; an open one is tried only after the others).
+        latency_penalty: quality given up per second of expected wait (0: latency and
+            load play no part).
     """
 
     def __init__(
@@ -100,7 +107,14 @@ class RoutingPolicy:
         budget: float | None = None,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         fault_threshold: int = DEFAULT_THRESHOLD,
+        latency_penalty: float = 0.0,
     ) -> None:
+        if not (math.isfinite(latency_penalty) and latency_penalty >= 0):
+            raise ValueError(
+                f"--latency-penalty must be a number ≥ 0 (quality per second), "
+                f"not {latency_penalty}"
+            )
+        self.latency_penalty = latency_penalty
         self.router, self.backends = router, backends
         self.by_name = {b.name: b for b in backends}
         self.lam = router.lam if lam is None else lam
@@ -140,6 +154,8 @@ class RoutingPolicy:
         knob = parsed[1]
         pred = self.router.predict([query])[0, self.columns].double()  # [B]
         cost = torch.tensor(self._estimate(query, max_tokens), dtype=torch.float64)
+        waits = torch.tensor([b.latency.expected() for b in self.backends], dtype=torch.float64)
+        score = pred - self.latency_penalty * waits  # what the modes below rank by
         allowed = torch.ones(len(self.backends), dtype=torch.bool)
         if self.budget is not None:
             allowance = self.budget * (self.decided + 1) - self.spent
@@ -148,11 +164,11 @@ class RoutingPolicy:
                 allowed = cost == cost.min()
         if self.cascade:
             threshold = self.threshold if knob is None else knob
-            order = self._cascade_order(pred, cost, allowed, threshold)
+            order = self._cascade_order(score, cost, allowed, threshold)
             mode, used = "cascade", threshold
         else:
             lam = self.lam if knob is None else knob
-            order = self._lambda_order(pred, cost, allowed, lam)
+            order = self._lambda_order(score, cost, allowed, lam)
             mode, used = "lambda", lam
         # Backends whose breaker is open go last (still tried when no other answers).
         ranked = [self.backends[i] for i in order]
@@ -166,6 +182,7 @@ class RoutingPolicy:
             used,
             {b.name: float(pred[i]) for i, b in enumerate(self.backends)},
             {b.name: float(cost[i]) for i, b in enumerate(self.backends)},
+            {b.name: float(waits[i]) for i, b in enumerate(self.backends)},
         )
         return self._reserve(decision)
 
@@ -231,12 +248,13 @@ class RoutingPolicy:
 
     def carry_over(self, old: RoutingPolicy) -> None:
         """Take over what ``old`` learnt while serving (a reload forgets nothing): the
-        breakers and token rates of its backends of the same name, the budget's running
-        totals."""
+        breakers, token rates and latencies of its backends of the same name, the budget's
+        running totals."""
         for b in self.backends:
             if b.name in old.by_name:
                 b.breaker = old.by_name[b.name].breaker
                 b.tokens_per_char = old.by_name[b.name].tokens_per_char
+                b.latency = old.by_name[b.name].latency
         self.decided, self.spent = old.decided, old.spent
 
     def health(self) -> dict[str, Any]:

@@ -254,8 +254,14 @@ async def forward(
     for backend in exchange.decision.order:
         payload = backend_payload(body, backend, req.stream)
         sent = time.perf_counter()
-        upstream = await send(client, backend, path, payload, req.stream)
+        backend.latency.started()
+        try:
+            upstream = await send(client, backend, path, payload, req.stream)
+        except BaseException:  # cancelled (the client left): nothing to learn, load drops
+            backend.latency.done(None)
+            raise
         if isinstance(upstream, str):
+            backend.latency.done(None)
             policy.mark_down(backend)
             attempts.append({"backend": backend.name, "error": upstream})
             continue
@@ -309,6 +315,7 @@ class Exchange:
             "knob": decision.knob,
             "stream": req.stream,
             "estimated_cost": decision.estimated.get(decision.order[0].name),
+            "expected_wait_s": decision.waits.get(decision.order[0].name),
         }
         return cls(policy, log, decision, row, start, query_chars=len(query))
 
@@ -336,9 +343,12 @@ class Exchange:
             self.row["key"] = self.reservation.key_name
             self.row["budget_ms"] = round((time.perf_counter() - started) * 1e3, 3)
 
-    def upstream_done(self) -> None:
-        """Note how long the backend took; ``latency_ms`` minus this is the proxy's own."""
-        self.row["upstream_ms"] = round((time.perf_counter() - self.upstream_start) * 1e3, 3)
+    def upstream_done(self, backend: Backend, ok: bool = True) -> None:
+        """Note how long the backend took (``latency_ms`` minus this is the proxy's own)
+        and teach its :class:`~dynroute.serve.backends.Latency` (not when it failed)."""
+        seconds = time.perf_counter() - self.upstream_start
+        self.row["upstream_ms"] = round(seconds * 1e3, 3)
+        backend.latency.done(seconds if ok else None)
 
     def finish(
         self,
@@ -383,7 +393,7 @@ async def answer(upstream: httpx.Response, backend: Backend, exchange: Exchange)
     502; a non-finite number in it becomes null, as a client's JSON parser needs)."""
     content = await upstream.aread()
     await upstream.aclose()
-    exchange.upstream_done()
+    exchange.upstream_done(backend)
     try:
         data = finite_or_none(json.loads(content))
     except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, a huge number
@@ -452,5 +462,5 @@ async def relay(
         yield sse(error_body(f"backend {backend.name} failed mid-stream: {error}", "server_error"))
     finally:
         await upstream.aclose()
-        exchange.upstream_done()
+        exchange.upstream_done(backend, ok=error is None)
         exchange.finish(backend, status, usage, **({"error": error} if error else {}))
