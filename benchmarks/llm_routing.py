@@ -80,7 +80,9 @@ def two_model_table(results: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def compare_embedders(embedders: list[str], seeds: list[int]) -> dict[str, Any]:
+def compare_embedders(
+    embedders: list[str], seeds: list[int], datasets: list[str] | None = None
+) -> dict[str, Any]:
     """``{"rows": [...]}``: per embedder, dataset and router the AIQ on each seed's split,
     its mean, spread (max − min) and the mean difference to the zero router."""
     rows = []
@@ -88,7 +90,7 @@ def compare_embedders(embedders: list[str], seeds: list[int]) -> dict[str, Any]:
         per_seed = []
         for seed in seeds:
             print(f"{emb}, seed {seed} ...", flush=True)
-            per_seed.append(run(seed, embedder=emb))
+            per_seed.append(run(seed, datasets, embedder=emb))
         for name in per_seed[0]:
             zero = [r[name]["baselines"]["zero_router"]["aiq"] for r in per_seed]
             for router in sorted(QUERY_ROUTERS):
@@ -134,10 +136,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embedders", nargs="+", help="compare these views of the query")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), help="default: all")
     args = parser.parse_args()
     if args.embedders:
         t0 = time.perf_counter()
-        result = compare_embedders(args.embedders, args.seeds)
+        result = compare_embedders(args.embedders, args.seeds, args.datasets)
         result["seconds"] = time.perf_counter() - t0
         write_json(EMBEDDER_RESULTS, result, indent=1)
         print(embedder_table(result))
