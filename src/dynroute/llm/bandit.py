@@ -127,9 +127,7 @@ class StreamResult:
         """Mean reward per policy, the bandit's regret against each, and its counts."""
         mean = {k: float(v.mean()) for k, v in self.rewards.items()}
         bandit = self.rewards["bandit"]
-        regret = {
-            k: float((v - bandit).sum()) for k, v in self.rewards.items() if k != "bandit"
-        }
+        regret = {k: float((v - bandit).sum()) for k, v in self.rewards.items() if k != "bandit"}
         return {"mean_reward": mean, "cumulative_regret": regret,
                 "new_model_pulls": self.new_model_pulls, "explored": self.explored}  # fmt: skip
 
