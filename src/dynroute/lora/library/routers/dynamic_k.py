@@ -1,0 +1,83 @@
+"""Dynamic-k over the library: as many adapters as a token's scores call for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dynroute.lora.library.layer import LibraryLinear
+from dynroute.lora.library.routers.base import (
+    LibraryRouter,
+    arrow_scores,
+    phatgoose_scores,
+    register_library_router,
+)
+from dynroute.lora.library.routers.phatgoose import check_gates
+from dynroute.routing import Routing
+
+SCORES = {"arrow": arrow_scores, "phatgoose": phatgoose_scores}
+
+
+@register_library_router("dynamic_k")
+@dataclass(frozen=True)
+class DynamicK(LibraryRouter):
+    """Top-p or threshold over Arrow's or PHATGOOSE's scores: easy tokens use fewer adapters.
+
+    ``probs = softmax(score / temperature)`` over all E adapters. With ``top_p`` a token
+    keeps its most probable adapters until their mass reaches p; with ``threshold`` every
+    adapter whose probability is at least the threshold (the most probable always). At
+    most ``max_k`` (0: no cap). Weights: ``probs`` renormalised over the kept adapters,
+    i.e. ``softmax(score / temperature)`` over them, Arrow's and PHATGOOSE's rule, so
+    ``top_p=1, max_k=k`` is their top-k.
+
+    Example:
+        >>> DynamicK(scores="phatgoose", top_p=0.8).to_dict()["scores"]
+        'phatgoose'
+    """
+
+    scores: str = "arrow"
+    top_p: float | None = 0.9
+    threshold: float | None = None
+    max_k: int = 0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scores not in SCORES:
+            raise ValueError(f"dynamic_k: scores={self.scores!r}; choose one of {sorted(SCORES)}")
+        if (self.top_p is None) == (self.threshold is None):
+            raise ValueError("dynamic_k: give exactly one of top_p and threshold")
+        value = self.top_p if self.top_p is not None else self.threshold
+        if not 0.0 < float(value) <= 1.0:  # type: ignore[arg-type]
+            raise ValueError(f"dynamic_k: top_p / threshold must be in (0, 1], got {value}")
+
+    def __call__(self, layer: LibraryLinear, x: Tensor) -> Routing:
+        probs = torch.softmax(SCORES[self.scores](layer, x).float() / self.temperature, dim=1)
+        ordered, order = probs.sort(dim=1, descending=True)
+        if self.top_p is not None:
+            keep = (ordered.cumsum(1) - ordered) < self.top_p  # mass before it is below p
+        else:
+            keep = ordered >= self.threshold
+            keep[:, 0] = True
+        if self.max_k:
+            keep[:, self.max_k :] = False
+        mask = torch.zeros_like(keep).scatter(1, order, keep)
+        weights = probs * mask
+        weights = weights / weights.sum(1, keepdim=True)
+        return Routing.from_mask(mask, weights, probs)
+
+    def check(self, layer: LibraryLinear) -> None:
+        if self.scores == "phatgoose":
+            check_gates(layer)
+
+    @classmethod
+    def evaluation_specs(cls, num_adapters: int, top_k: int, gates: bool) -> list[dict[str, Any]]:
+        sources = ["arrow", "phatgoose"] if gates else ["arrow"]
+        k = min(top_k, num_adapters)
+        return [
+            {"name": cls.name, "scores": s, "top_p": p, "max_k": k}
+            for s in sources
+            for p in (0.6, 0.9)
+        ]
