@@ -40,4 +40,5 @@ __all__ = [
     "set_library_router",
     "top_right_singular_vector",
     "train_phatgoose_gates",
+    "write_peft_adapter",
 ]

@@ -179,9 +179,8 @@ def check_base_linear(base_model: nn.Module, adapter: AdapterWeights, module: st
             f"{type(base_model).__name__} does not have; was it trained on another base?"
         ) from None
     a, b, _ = adapter.modules[module]
-    if not isinstance(linear, nn.Linear) or (linear.in_features, linear.out_features) != (
-        a.shape[1], b.shape[0]
-    ):
+    shape = (a.shape[1], b.shape[0])
+    if not isinstance(linear, nn.Linear) or (linear.in_features, linear.out_features) != shape:
         raise ValueError(
             f"adapter {adapter.name} ({adapter.folder}): {module} is {a.shape[1]} -> "
             f"{b.shape[0]}, the base model's is {linear}; was it trained on another base?"

@@ -44,8 +44,9 @@ def check_library(adapters: Sequence[AdapterWeights]) -> None:
         ValueError: one line naming the first adapter that differs from the first one.
 
     Example:
-        >>> a = AdapterWeights("a", Path("a"), 2, {"q": (torch.zeros(2, 4), torch.zeros(4, 2), 1.0)})
-        >>> b = AdapterWeights("b", Path("b"), 4, {"q": (torch.zeros(4, 4), torch.zeros(4, 4), 1.0)})
+        >>> q = {"q": (torch.zeros(2, 4), torch.zeros(4, 2), 1.0)}
+        >>> a = AdapterWeights("a", Path("a"), 2, q)
+        >>> b = AdapterWeights("b", Path("b"), 4, {"q": (torch.zeros(4, 4),) * 2 + (1.0,)})
         >>> check_library([a, b])
         Traceback (most recent call last):
         ValueError: adapter b (b) has rank 4, adapter a has rank 2; a library needs one rank
@@ -220,8 +221,8 @@ def _load_saved(
         base = model.get_submodule(module)
         a = tensors[f"{module}.experts.A"].transpose(1, 2)
         b = tensors[f"{module}.experts.B"].transpose(1, 2)
-        layer = LibraryLinear(base, a, b, torch.ones(len(names)), names,  # type: ignore[arg-type]
-                              tensors[f"{module}.prototypes"], tensors[f"{module}.gates"])  # fmt: skip
+        protos, gates = tensors[f"{module}.prototypes"], tensors[f"{module}.gates"]
+        layer = LibraryLinear(base, a, b, torch.ones(len(names)), names, protos, gates)  # type: ignore[arg-type]
         layer.gate_trained.copy_(tensors[f"{module}.gate_trained"])
         if layer.experts.rank != rank:
             raise ValueError(f"{folder}: {module} has rank {layer.experts.rank}, config {rank}")

@@ -53,7 +53,8 @@ class Phatgoose(LibraryRouter):
 
 def check_gates(layer: LibraryLinear) -> None:
     """Raise naming the adapters without a PHATGOOSE gate, and how to train one."""
-    missing = [n for n, ok in zip(layer.adapter_names, layer.gate_trained.tolist()) if not ok]
+    trained = layer.gate_trained.tolist()
+    missing = [n for n, ok in zip(layer.adapter_names, trained, strict=True) if not ok]
     if missing:
         raise ValueError(
             f"phatgoose: adapter(s) {missing} have no gate; train them with "
