@@ -22,6 +22,7 @@ from dynroute.checkpoints import load_model
 from dynroute.common.files import atomic_path
 from dynroute.evaluation import logits_of
 from dynroute.lora.config import LoRARunConfig
+from dynroute.lora.data import DomainTokens
 from dynroute.lora.library.folders import GATES_FILE, adapter_folder
 from dynroute.lora.library.layer import library_layers
 from dynroute.lora.library.load import load_adapter_library
@@ -37,6 +38,7 @@ def train_phatgoose_gates(
     adapter: Path | str,
     out: Path | str,
     progress: bool = True,
+    data: DomainTokens | None = None,
 ) -> dict[str, Any]:
     """Train the PHATGOOSE gates of the adapter in ``adapter`` on ``cfg``'s data.
 
@@ -44,7 +46,8 @@ def train_phatgoose_gates(
         cfg: the run config: ``[data]`` the adapter's own domain(s), ``[train]`` steps, lr,
             batch (``[lora]`` is unused: the adapter is read from its folder);
         base: the base model folder the adapter was trained on; adapter: its folder (ours
-            or peft); out: the gate run's folder (rerun to resume).
+            or peft); out: the gate run's folder (rerun to resume);
+        data: the tokens, already read (default: ``cfg``'s ``[data]``, read here).
 
     Returns:
         ``{"steps", "gates": path of the gate file, "domains": final evaluation}``.
@@ -53,6 +56,7 @@ def train_phatgoose_gates(
     loaded = load_model(base)
     hooks = dataclasses.replace(
         lora_hooks(loaded, base),
+        load_data=(lambda _cfg: data) if data is not None else lora_hooks(loaded, base).load_data,
         build_model=functools.partial(_gated, loaded.model, folder),
         compute_loss=gate_loss,
         export=functools.partial(_export, folder),

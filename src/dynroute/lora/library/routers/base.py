@@ -65,8 +65,11 @@ class LibraryRouter:
         return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
 
     def label(self) -> str:
-        """A short row label: ``name(key=value, ...)``."""
-        params = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "name")
+        """A short row label: ``name(key=value, ...)`` with the parameters not at their
+        defaults."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        changed = [f for f in fields if getattr(self, f.name) != f.default]
+        params = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in changed)
         return f"{self.name}({params})" if params else self.name
 
 
