@@ -82,6 +82,14 @@ library_app = typer.Typer(
 )
 lora_app.add_typer(library_app, name="library")
 
+LibraryDomains = Annotated[
+    str | None,
+    typer.Option(
+        "--domains",
+        help="Comma-separated domains of the library, held-out ones included (default: all "
+        "of the data's).",
+    ),
+]
 HeldOut = Annotated[
     str | None,
     typer.Option(
@@ -115,6 +123,7 @@ def library_build(
     config: options.Config,
     out: options.RunFolder,
     data: Domains = None,
+    domains: LibraryDomains = None,
     held_out: HeldOut = None,
     steps: options.Steps = None,
     gate_steps: GateSteps = None,
@@ -130,10 +139,12 @@ def library_build(
     from dynroute.lora.train import load_lora_config
     from dynroute.train import apply_overrides
 
-    cfg = apply_overrides(
-        load_lora_config(config), data=data, steps=steps, seed=seed, threads=threads
-    )
-    held = [d.strip() for d in held_out.split(",") if d.strip()] if held_out else None
+    def names(text: str | None) -> list[str] | None:
+        return [d.strip() for d in text.split(",") if d.strip()] if text else None
+
+    cfg = apply_overrides(load_lora_config(config), data=data, domains=names(domains),
+                          steps=steps, seed=seed, threads=threads)  # fmt: skip
+    held = names(held_out)
     with options.interruptible(cfg.train.threads):
         info = build_library(cfg, base, out, held, gate_steps, mole,
                              progress=progress and not json_out)  # fmt: skip

@@ -30,9 +30,10 @@ LIBRARY_JSON = "library.json"
 
 
 def read_tokens(cfg: LoRARunConfig, base: Path) -> DomainTokens:
-    """Every domain of ``cfg``'s ``[data]``, tokenized with the base's tokenizer, once."""
+    """The library's domains (``[data] domains``, None: all of the source's), tokenized
+    with the base's tokenizer, once."""
     loaded = load_model(base)
-    data = dataclasses.replace(cfg.data, domains=None, eval_domains=None)
+    data = dataclasses.replace(cfg.data, eval_domains=None)
     vocab = int(getattr(loaded.model.config, "vocab_size", 0))
     return tokenize_domains(data, loaded.tokenizer, cfg.train.seq_len, vocab)
 
@@ -61,8 +62,8 @@ def build_library(
 
     Args:
         cfg: ``[lora]`` targets, rank, alpha (each adapter has one expert; the MoLE has
-            one per held-in domain and ``[lora] router``), ``[data]`` the domains (all of
-            them are evaluated), ``[train]`` every run's schedule;
+            one per held-in domain and ``[lora] router``), ``[data]`` the domains (``domains``:
+            a subset; all of them are evaluated), ``[train]`` every run's schedule;
         base: the base model folder; out: the library folder;
         held_out: domains no adapter trains on (evaluated only); None: the last domain;
         gate_steps: steps of each gate run (None: ``[train] steps``);

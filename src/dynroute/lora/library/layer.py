@@ -34,7 +34,9 @@ class LibraryLinear(nn.Module):
             into its B so adapters of different alphas share one ``LoRAExperts``).
         names: the adapters' names (oracle routing, messages).
         prototypes: ``[E, d_in]`` Arrow prototypes (``arrow.top_right_singular_vector``).
-        gates: ``[E, d_in]`` PHATGOOSE gate vectors, or None (not trained yet).
+        gates: ``[E, d_in]`` PHATGOOSE gate vectors, or None (not trained yet);
+        gate_trained: bool ``[E]``, which rows of ``gates`` are trained (default: all
+            when ``gates`` is given).
         router: a library router (``routers.LIBRARY_ROUTERS``); set later with
             :func:`~dynroute.lora.library.set_library_router` if None.
 
@@ -66,6 +68,7 @@ class LibraryLinear(nn.Module):
         gates: Tensor | None = None,
         router: LibraryRouter | None = None,
         dispatch: str | DispatchFn = "grouped",
+        gate_trained: Tensor | None = None,
     ) -> None:
         super().__init__()
         num, rank, d_in = lora_a.shape
@@ -78,10 +81,12 @@ class LibraryLinear(nn.Module):
             self.experts.B.copy_((lora_b * scales.view(-1, 1, 1).to(lora_b.dtype)).transpose(1, 2))
         self.experts.to(device=weight.device, dtype=weight.dtype).requires_grad_(False)
         self.register_buffer("prototypes", prototypes.to(device=weight.device, dtype=weight.dtype))
-        trained = gates is not None
+        if gate_trained is None:
+            gate_trained = torch.full((num,), gates is not None)
         gates = torch.zeros(num, d_in) if gates is None else gates
         self.register_buffer("gates", gates.to(device=weight.device, dtype=torch.float32))
-        self.register_buffer("gate_trained", torch.full((num,), trained, device=weight.device))
+        trained = gate_trained.to(device=weight.device, dtype=torch.bool)
+        self.register_buffer("gate_trained", trained)
         self.adapter_names = list(names)
         self.router = router
         self.dispatch: DispatchFn = get_dispatch(dispatch)

@@ -174,11 +174,11 @@ def _wrap(model: nn.Module, adapters: list[AdapterWeights], seed: int) -> None:
         lora_b = torch.stack([p[1] for p in parts]).float()
         scales = torch.tensor([p[2] for p in parts])
         protos = torch.stack([top_right_singular_vector(p[0], p[1], seed) for p in parts])
-        gates = None
-        if all(a.gates is not None and module in a.gates for a in adapters):
-            gates = torch.stack([a.gates[module] for a in adapters])  # type: ignore[index]
+        own = [a.gates.get(module) if a.gates is not None else None for a in adapters]
+        trained = torch.tensor([g is not None for g in own])
+        gates = torch.stack([g if g is not None else torch.zeros(base.in_features) for g in own])
         layer = LibraryLinear(base, lora_a, lora_b, scales, [a.name for a in adapters],
-                              protos, gates)  # fmt: skip
+                              protos, gates.float(), gate_trained=trained)  # fmt: skip
         model.set_submodule(module, layer)
 
 
@@ -222,8 +222,8 @@ def _load_saved(
         a = tensors[f"{module}.experts.A"].transpose(1, 2)
         b = tensors[f"{module}.experts.B"].transpose(1, 2)
         protos, gates = tensors[f"{module}.prototypes"], tensors[f"{module}.gates"]
-        layer = LibraryLinear(base, a, b, torch.ones(len(names)), names, protos, gates)  # type: ignore[arg-type]
-        layer.gate_trained.copy_(tensors[f"{module}.gate_trained"])
+        layer = LibraryLinear(base, a, b, torch.ones(len(names)), names, protos, gates,  # type: ignore[arg-type]
+                              gate_trained=tensors[f"{module}.gate_trained"])  # fmt: skip
         if layer.experts.rank != rank:
             raise ValueError(f"{folder}: {module} has rank {layer.experts.rank}, config {rank}")
         model.set_submodule(module, layer)
