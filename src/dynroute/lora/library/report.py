@@ -63,13 +63,16 @@ def evaluate_routed(
     return out
 
 
-def _row(label: str, kind: str, domains: dict[str, dict[str, float]], info: dict) -> dict:
+def _row(
+    label: str, kind: str, domains: dict[str, dict[str, float]], info: dict,
+    spec: dict[str, Any] | None = None,
+) -> dict:  # fmt: skip
     def mean(names: list[str], key: str) -> float | None:
         vals = [domains[d][key] for d in names if d in domains]
         return float(np.mean(vals)) if vals else None
 
     return {
-        "router": label, "kind": kind, "domains": domains,
+        "router": label, "kind": kind, "spec": spec, "domains": domains,
         "held_in_loss": mean(info["held_in"], "loss"),
         "held_out_loss": mean(info["held_out"], "loss"),
         "adapters_per_token": mean(list(domains), "adapters_per_token"),
@@ -91,8 +94,8 @@ def evaluate_library(
 
     Returns:
         ``eval.json``'s content: ``{"held_in", "held_out", "rows": [{"router", "kind",
-        "domains": {d: {"loss", "adapters_per_token"}}, "held_in_loss", "held_out_loss",
-        "adapters_per_token"}]}``.
+        "spec" (a library router's dict), "domains": {d: {"loss", "adapters_per_token"}},
+        "held_in_loss", "held_out_loss", "adapters_per_token"}]}``.
     """
     folder = Path(folder)
     info = read_library(folder)
@@ -125,7 +128,7 @@ def evaluate_library(
                 if chosen is not None:
                     set_library_router(model, chosen)
                     domains.update(evaluate(model, [d]))
-            rows.append(_row(router.label(), "library", domains, info))
+            rows.append(_row(router.label(), "library", domains, info, router.to_dict()))
         if info.get("mole"):
             mole = load_lora_experts(load_model(base).model, folder / info["mole"])
             label = f"MoLE joint ({cfg.router_spec()['name']})"
