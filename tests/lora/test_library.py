@@ -140,3 +140,16 @@ def test_mismatched_library_fails_in_one_line_naming_the_adapter(tmp_path: Path)
         load_adapter_library(tiny_hf("llama"), [tmp_path])
     with pytest.raises(ValueError, match="unknown library router 'nope'"):
         load_adapter_library(copy.deepcopy(tiny_hf("llama")), good, router="nope")
+
+
+def test_dynamic_k_at_full_mass_is_top_k(tmp_path: Path) -> None:
+    folders = _peft_adapters(tmp_path, 4)
+    ids = torch.randint(0, 64, (2, 9))
+    model = load_adapter_library(tiny_hf("llama"), folders, router="arrow", top_k=2)
+    with torch.no_grad():
+        top_k = model(ids).logits
+        dyn = set_library_router(model, "dynamic_k:top_p=1.0,max_k=2")(ids).logits
+        fewer = set_library_router(model, "dynamic_k:threshold=0.5")(ids).logits
+    torch.testing.assert_close(dyn, top_k, rtol=1e-6, atol=1e-6)
+    assert next(iter(library_layers(model).values())).last_routing.mean_experts() < 2.0
+    assert torch.isfinite(fewer).all()

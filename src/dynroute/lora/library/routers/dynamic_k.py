@@ -26,12 +26,14 @@ SCORES = {"arrow": arrow_scores, "phatgoose": phatgoose_scores}
 class DynamicK(LibraryRouter):
     """Top-p or threshold over Arrow's or PHATGOOSE's scores: easy tokens use fewer adapters.
 
-    ``probs = softmax(score / temperature)`` over all E adapters. With ``top_p`` a token
-    keeps its most probable adapters until their mass reaches p; with ``threshold`` every
-    adapter whose probability is at least the threshold (the most probable always). At
-    most ``max_k`` (0: no cap). Weights: ``probs`` renormalised over the kept adapters,
-    i.e. ``softmax(score / temperature)`` over them, Arrow's and PHATGOOSE's rule, so
-    ``top_p=1, max_k=k`` is their top-k.
+    Selection is scale-free: ``probs = softmax(z)`` over all E adapters with ``z`` the
+    token's scores standardised (zero mean, unit deviation over the adapters), because
+    Arrow's ``|⟨h, v⟩|`` grows with ``|h|`` and differs by layer. With ``top_p`` a token
+    keeps its most probable adapters until their mass reaches p; with ``threshold`` set
+    (instead of top_p) every adapter whose probability is at least the threshold (the most
+    probable always). At
+    most ``max_k`` (0: no cap). Weights: ``softmax(score / temperature)`` over the kept
+    adapters, Arrow's and PHATGOOSE's rule, so ``top_p=1, max_k=k`` is their top-k.
 
     Example:
         >>> DynamicK(scores="phatgoose", top_p=0.8).to_dict()["scores"]
@@ -39,7 +41,7 @@ class DynamicK(LibraryRouter):
     """
 
     scores: str = "arrow"
-    top_p: float | None = 0.9
+    top_p: float = 0.9
     threshold: float | None = None
     max_k: int = 0
     temperature: float = 1.0
@@ -47,16 +49,17 @@ class DynamicK(LibraryRouter):
     def __post_init__(self) -> None:
         if self.scores not in SCORES:
             raise ValueError(f"dynamic_k: scores={self.scores!r}; choose one of {sorted(SCORES)}")
-        if (self.top_p is None) == (self.threshold is None):
-            raise ValueError("dynamic_k: give exactly one of top_p and threshold")
-        value = self.top_p if self.top_p is not None else self.threshold
-        if not 0.0 < float(value) <= 1.0:  # type: ignore[arg-type]
-            raise ValueError(f"dynamic_k: top_p / threshold must be in (0, 1], got {value}")
+        for name in ("top_p", "threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"dynamic_k: {name} must be in (0, 1], got {value}")
 
     def __call__(self, layer: LibraryLinear, x: Tensor) -> Routing:
-        probs = torch.softmax(SCORES[self.scores](layer, x).float() / self.temperature, dim=1)
+        scores = SCORES[self.scores](layer, x).float()
+        z = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
+        probs = torch.softmax(z if scores.shape[1] > 1 else scores, dim=1)
         ordered, order = probs.sort(dim=1, descending=True)
-        if self.top_p is not None:
+        if self.threshold is None:
             keep = (ordered.cumsum(1) - ordered) < self.top_p  # mass before it is below p
         else:
             keep = ordered >= self.threshold
@@ -64,9 +67,8 @@ class DynamicK(LibraryRouter):
         if self.max_k:
             keep[:, self.max_k :] = False
         mask = torch.zeros_like(keep).scatter(1, order, keep)
-        weights = probs * mask
-        weights = weights / weights.sum(1, keepdim=True)
-        return Routing.from_mask(mask, weights, probs)
+        kept = (scores / self.temperature).masked_fill(~mask, float("-inf"))
+        return Routing.from_mask(mask, torch.softmax(kept, dim=1), probs)
 
     def check(self, layer: LibraryLinear) -> None:
         if self.scores == "phatgoose":
