@@ -156,7 +156,7 @@ def _speed(base: Path, runs: Path, sizes: list[int], reps: int) -> list[dict[str
             "max_logit_diff": _max_diff(ours, theirs, ids),
             "peft_arrow_tokens_per_s": _tokens_per_second(theirs, ids, reps),
         }
-        for label, spec in (("arrow_top2", "arrow"), ("dynamic_k_p0.6", "dynamic_k:top_p=0.6"),
+        for label, spec in (("arrow_top2", "arrow"), ("dynamic_k_p0.5", "dynamic_k:top_p=0.5"),
                             ("uniform_all", "uniform")):  # fmt: skip
             set_library_router(
                 ours, spec, top_k=TOP_K, **({"max_k": TOP_K} if "dyn" in spec else {})
@@ -219,7 +219,7 @@ def _plot(rows: list[dict], speed: list[dict], path: Path) -> None:
     sizes = [s["library_size"] for s in speed]
     lines = (
         ("arrow_top2", "ours: Arrow top-2"),
-        ("dynamic_k_p0.6", "ours: dynamic-k (p=0.6, ≤2)"),
+        ("dynamic_k_p0.5", "ours: dynamic-k (p=0.5, ≤2)"),
         ("uniform_all", "ours: uniform (all adapters)"),
         ("peft_arrow", "peft: Arrow top-2"),
     )

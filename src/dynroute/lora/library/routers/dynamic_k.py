@@ -81,5 +81,5 @@ class DynamicK(LibraryRouter):
         return [
             {"name": cls.name, "scores": s, "top_p": p, "max_k": k}
             for s in sources
-            for p in (0.6, 0.9)
+            for p in (0.5, 0.7)
         ]
