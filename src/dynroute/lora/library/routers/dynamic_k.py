@@ -56,19 +56,20 @@ class DynamicK(LibraryRouter):
 
     def __call__(self, layer: LibraryLinear, x: Tensor) -> Routing:
         scores = SCORES[self.scores](layer, x).float()
+        n, e = scores.shape
         z = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
-        probs = torch.softmax(z if scores.shape[1] > 1 else scores, dim=1)
-        ordered, order = probs.sort(dim=1, descending=True)
+        probs = torch.softmax(z if e > 1 else scores, dim=1)
+        # only the first max_k can be kept: a top-k, not a sort over the whole library
+        ordered, order = torch.topk(probs, min(self.max_k or e, e), dim=1)
         if self.threshold is None:
             keep = (ordered.cumsum(1) - ordered) < self.top_p  # mass before it is below p
         else:
             keep = ordered >= self.threshold
             keep[:, 0] = True
-        if self.max_k:
-            keep[:, self.max_k :] = False
-        mask = torch.zeros_like(keep).scatter(1, order, keep)
-        kept = (scores / self.temperature).masked_fill(~mask, float("-inf"))
-        return Routing.from_mask(mask, torch.softmax(kept, dim=1), probs)
+        picked = torch.gather(scores, 1, order) / self.temperature
+        weight = torch.softmax(picked.masked_fill(~keep, float("-inf")), dim=1)
+        token = torch.arange(n, device=x.device)[:, None].expand_as(order)
+        return Routing.from_assignments(token[keep], order[keep], weight[keep], probs, e)
 
     def check(self, layer: LibraryLinear) -> None:
         if self.scores == "phatgoose":
