@@ -218,7 +218,12 @@ def _load_saved(
     names, rank = config["names"], int(config["rank"])
     model.requires_grad_(False)
     for module in config["modules"]:
-        base = model.get_submodule(module)
+        base = model.get_submodule(module) if _has(model, module) else None
+        if not isinstance(base, nn.Linear):
+            raise ValueError(
+                f"{folder}: the library adapts {module}, which this base model "
+                f"({type(model).__name__}) has no nn.Linear at; pass the library's base"
+            )
         a = tensors[f"{module}.experts.A"].transpose(1, 2)
         b = tensors[f"{module}.experts.B"].transpose(1, 2)
         protos, gates = tensors[f"{module}.prototypes"], tensors[f"{module}.gates"]
@@ -231,6 +236,14 @@ def _load_saved(
     if router is None:  # the saved router, exactly as saved
         return set_library_router(model, config["router"])
     return set_library_router(model, router, top_k, **kwargs)
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def export_peft_adapters(model: nn.Module, folder: Path | str) -> list[Path]:
