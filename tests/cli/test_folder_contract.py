@@ -37,6 +37,12 @@ ARGS: dict[str, list[str]] = {
         "--config", str(REPO / "configs" / "lora_tiny.toml"), "--out", "OUT/lora",
         "--steps", "1", "--no-progress",
     ],
+    "lora library build": [
+        "--config", str(REPO / "configs" / "lora_tiny.toml"), "--out", "OUT/library",
+        "--domains", "docs,licenses", "--held-out", "licenses", "--steps", "1",
+        "--gate-steps", "1", "--no-mole", "--no-progress",
+    ],
+    "lora library eval": ["--no-progress"],
     "adaptive oracle": ["--windows", "2", "--no-progress"],
     "adaptive report": ["--out", "OUT/report", "--windows", "2", "--no-progress"],
     "llm route": ["what is 2 + 2?"],
@@ -51,6 +57,8 @@ ACCEPTS: dict[str, set[str]] = {
     "patch": {"transformers checkpoint"},
     "serve": {"training run", "model folder", "adaptive run", "transformers checkpoint"},
     "lora train": {"training run", "model folder", "adaptive run"},
+    "lora library build": {"training run", "model folder", "adaptive run"},
+    "lora library eval": set(),  # a library folder is not yet a FolderKind (common/folders.py)
     "adaptive oracle": {"adaptive run"},
     "adaptive report": {"adaptive run"},
     "llm route": {"fitted query router"},
