@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from dynroute.frontier.verdict import Judgement, judge, noise_text, summarise
+from dynroute.frontier.verdict import Judgement, Summary, judge, noise_text, summarise
 
 __all__ = [
     "SAME_COMPUTE",
@@ -104,10 +104,25 @@ def extra_compute(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {s.name: s.expert_flops / final[s.name] - 1.0 for s in summarise(view)}
 
 
-def _where(j: Judgement) -> str:
+def _outside(s: Summary, frontier: Sequence[Summary]) -> str:
+    """Where a point outside top-k's compute range stands against the frontier's end
+    point nearest to it (more compute and a higher loss than top-3: worse, plainly)."""
+    ends = sorted(frontier, key=lambda f: f.expert_flops)
+    if not ends:
+        return "outside top-k's compute range (not judged)"
+    edge = ends[-1] if s.expert_flops > ends[-1].expert_flops else ends[0]
+    gap = edge.val_loss - s.val_loss
+    return (
+        f"outside top-k's compute range (not judged: {edge.label} at k̄ {edge.mean_experts:.2f} "
+        f"is the nearest point; its loss is {abs(gap):.3f} nats {'above' if gap > 0 else 'below'}"
+        " this one's)"
+    )
+
+
+def _where(j: Judgement, frontier: Sequence[Summary] = ()) -> str:
     """``0.050 nats below the frontier (± 0.020)``, or why it is not judged."""
     if math.isnan(j.margin):
-        return "outside top-k's compute range (not judged)"
+        return _outside(j.summary, frontier)
     side = "below" if j.margin > 0 else "above"
     if j.verdict == "one seed":
         return f"{abs(j.margin):.3f} nats {side} the frontier (one seed)"
@@ -128,6 +143,7 @@ def training_sentence(records: Sequence[dict[str, Any]]) -> str:
         return ""
     final = {j.summary.name: j for j in judge(records)}
     extra = extra_compute(records)
+    frontier = [s for s in summarise(view) if s.is_frontier]
     parts, same = [], []
     for jt in judge(view):
         jf, more = final[jt.summary.name], extra[jt.summary.name]
@@ -138,9 +154,9 @@ def training_sentence(records: Sequence[dict[str, Any]]) -> str:
         more_text = f"{abs(more):.0%} {'more' if more > 0 else 'less'}"
         link = "but" if (more > 0) == (jf.margin > 0) else "and"
         parts.append(
-            f"{s.label} is {_where(jf)} at its final k̄ {s.mean_experts:.2f}, {link} it trained "
-            f"at a mean k̄ of {ts.mean_experts:.2f}: {more_text} expert compute than its final "
-            f"k̄ says; at its training compute it is {_where(jt)}."
+            f"{s.label} is {_where(jf, frontier)} at its final k̄ {s.mean_experts:.2f}, {link} it "
+            f"trained at a mean k̄ of {ts.mean_experts:.2f}: {more_text} expert compute than its "
+            f"final k̄ says; at its training compute it is {_where(jt, frontier)}."
         )
     if same:
         parts.append(
