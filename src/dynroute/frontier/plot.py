@@ -48,7 +48,7 @@ PANEL_COLUMNS = 4  # panels per row
 PANEL_SIZE = (3.7, 2.9)  # inches per panel
 LABEL_SIZE = 7  # points
 FRONTIER_LABEL = "#555555"  # colour of the frontier's k labels (italic)
-TRAINING_TEXT = "⋯ to mean k̄ over training (small marker: verdict at that compute)"
+TRAINING_TEXT = "to the mean k̄ over training (small marker: verdict there)"
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ def frontier_figure(
     fig.legend(
         handles=_legend(used, any(len(g) > 1 for g in groups), bool(moved)),
         loc="outside upper center",
-        ncols=3,
+        ncols=min(3, max(cols, 2)),  # a key wider than the panels is cut off
         fontsize=8,
         frameon=False,
         title=title or DEFAULT_TITLE,
