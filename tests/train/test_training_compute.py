@@ -82,3 +82,15 @@ def test_sums_of_different_layer_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="2 layers' expert sums added to 1"):
         TrainingCompute((1.0,), 1).plus([1.0, 2.0], 1)
     assert torch.isnan(torch.tensor(TrainingCompute().mean_experts))
+
+
+def test_a_restart_from_the_exported_model_keeps_the_count(
+    tmp_path: Path, one_thread: None
+) -> None:
+    cfg = _config(tmp_path)
+    first = train(cfg, tmp_path / "run", progress=False, stop_after=3).training_compute
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"damaged")
+    compute = train(cfg, tmp_path / "run", progress=False, restart_from_model=True)
+    assert compute.training_compute is not None and first is not None
+    assert compute.training_compute.steps == 6  # model/dynroute_run.json held steps 1-3
+    assert all(a > b for a, b in zip(compute.training_compute.sums, first.sums, strict=True))
