@@ -38,6 +38,12 @@ def test_bench_frontier_trains_judges_writes_and_reuses(tiny_config: Path, tmp_p
         first.stdout.replace("\n", "")
     )
     assert "| top_p(p=0.4) | 2 |" in payload["table"]
+    # both views: each run's mean k̄ over its 2 training steps, judged again at that compute
+    assert all(r["training_steps_counted"] == 2 for r in runs)
+    assert all(r["training_mean_experts_per_token"] == 1.0 for r in top1)
+    assert payload["training_judgements"][0]["label"] == "top_p(p=0.4)"
+    assert "training-compute verdict" in payload["table"].splitlines()[0]
+    assert "training_verdict" in payload
     assert results.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
     again = dynroute(*args)
@@ -45,6 +51,9 @@ def test_bench_frontier_trains_judges_writes_and_reuses(tiny_config: Path, tmp_p
     assert "reused 6 finished run(s)" in again.stdout.replace("\n", " ")
     rerun = json.loads(results.read_text())
     assert [r["val_loss"] for r in rerun["runs"]] == [r["val_loss"] for r in runs]
+    # a reused run reads its training compute back from its checkpoint
+    key = "training_expert_flops"
+    assert [r[key] for r in rerun["runs"]] == [r[key] for r in runs]
     assert all(r["reused"] for r in rerun["runs"])
 
 

@@ -84,6 +84,8 @@ def test_demo_reuses_finished_runs_and_uses_one_evaluation_set(
     stats = json.loads((out / "analysis" / "top2" / "stats.json").read_text())
     assert stats["mean_loss"] == pytest.approx(runs["top_k-k2-s0"]["val_loss"], abs=1e-4)
     assert "(analysis/report.html)" in report
+    assert "**Counting training compute.**" in report and payload["training_verdict"] in report
+    assert "training verdict" in first.output
 
     again = CliRunner().invoke(app, [*args, "--no-analysis"], terminal_width=200)
     assert again.exit_code == 0, again.output

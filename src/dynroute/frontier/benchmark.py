@@ -28,6 +28,7 @@ from dynroute.frontier.plot import DEFAULT_TITLE, plot_frontier
 from dynroute.frontier.report import markdown_table
 from dynroute.frontier.runs import run_frontier
 from dynroute.frontier.sweep import FRONTIER_FAMILY, TARGETS, Point, point_from_text, sweep_points
+from dynroute.frontier.training import training_judgements, training_sentence, training_view
 from dynroute.frontier.verdict import NOISE_SE, Judgement, judge, summarise, verdict_sentence
 from dynroute.train.config import RunConfig
 
@@ -99,6 +100,7 @@ class FrontierOutcome:
     table: str
     verdict: str
     plot: Path
+    training_verdict: str  # each router in both views ("" when not recorded)
     results: Path
     reused: list[str]
     seconds: float
@@ -135,6 +137,8 @@ def run_benchmark(
             "config": base.to_dict(),
             "seeds": list(seeds),
             "flops_formula": "sum over MoE layers of measured k̄_l × 6·d_model·d_ff",
+            "training_flops_formula": "the same with k̄_l averaged over every training step "
+            "(training expert FLOPs / training tokens)",
             "noise_rule": f"below/above when |mean paired margin| > {NOISE_SE} standard errors",
             "machine": platform.platform(),
             "runs": done,
@@ -149,6 +153,7 @@ def run_benchmark(
     records = run_frontier(base, points, seeds, out, progress, console, on_run=keep)
     judgements = judge(records)
     verdict = verdict_sentence(judgements)
+    training = training_sentence(records)
     table = markdown_table(records)
     plot_frontier(records, plot, title=title)
     seconds = time.perf_counter() - started
@@ -157,13 +162,29 @@ def run_benchmark(
             "summaries": [asdict(s) for s in summarise(records)],
             "judgements": [judgement_row(j) for j in judgements],
             "verdict": verdict,
+            **training_results(records),
+            "training_verdict": training,
             "table": table,
             "plot": plot.name if plot.parent == results.parent else str(plot),
             "wall_seconds": seconds,
         }
     )
     reused = [f"{r['name']}-s{r['seed']}" for r in records if r["reused"]]
-    return FrontierOutcome(records, table, verdict, plot, results, reused, seconds)
+    return FrontierOutcome(records, table, verdict, plot, training, results, reused, seconds)
+
+
+def training_results(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The training-compute view as ``results.json`` keeps it: summaries, verdicts and the
+    whole-view sentence (:func:`~dynroute.frontier.verdict.verdict_sentence`)."""
+    view = training_view(records)
+    if not view:
+        return {}
+    judgements = training_judgements(records)
+    return {
+        "training_summaries": [asdict(s) for s in summarise(view)],
+        "training_judgements": [judgement_row(j) for j in judgements],
+        "training_view_verdict": verdict_sentence(judgements),
+    }
 
 
 def judgement_row(j: Judgement) -> dict[str, Any]:

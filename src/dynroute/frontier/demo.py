@@ -299,6 +299,12 @@ def run_demo(
             markup=False,
         )
     console.print(outcome.verdict, soft_wrap=True, markup=False)
+    if outcome.training_verdict:
+        console.print(
+            "Counting training compute (mean k̄ over training): " + outcome.training_verdict,
+            soft_wrap=True,
+            markup=False,
+        )
     console.print(
         f"report: {out / 'report.md'}  plot: {outcome.plot}  data: {outcome.results}  "
         f"({outcome.seconds:.0f} s)",
@@ -323,6 +329,8 @@ REPORT = """\
 
 {verdict}
 
+{training}
+
 ## Routing analysis
 
 {analysis}
@@ -332,6 +340,12 @@ MARGIN = (
     "(positive = below the frontier = better for its compute); ± 2 standard errors over "
     "seeds. Compute: active expert FLOPs per token = measured k̄ × MoE layers × 6·d_model·d_ff."
 )
+TRAINING = (
+    "**Counting training compute.** The last three columns place each router by its mean "
+    "k̄ over every training step instead of its final k̄ (training expert FLOPs ÷ training "
+    "tokens; a static top-k has both equal, so the frontier stays where it is) and judge it "
+    "again. {sentence}"
+)
 
 
 def _write_report(out: Path, base: Any, seeds: list[int], outcome: Any, link: str) -> None:
@@ -340,9 +354,12 @@ def _write_report(out: Path, base: Any, seeds: list[int], outcome: Any, link: st
     from dynroute.frontier.benchmark import describe_setup
 
     setup = describe_setup(base, seeds, outcome.records[0]["eval_tokens"])
+    training = (
+        TRAINING.format(sentence=outcome.training_verdict) if outcome.training_verdict else ""
+    )
     report = REPORT.format(
         setup=setup, table=outcome.table, margin=MARGIN, verdict=outcome.verdict,
-        analysis=link or "(skipped: --no-analysis)",
+        training=training, analysis=link or "(skipped: --no-analysis)",
     )  # fmt: skip
     atomic_write_text(out / "report.md", report)
 
@@ -350,8 +367,10 @@ def _write_report(out: Path, base: Any, seeds: list[int], outcome: Any, link: st
 def results_table(
     records: Sequence[dict[str, Any]], judgements: Sequence[Any], seeds: int
 ) -> Table:
-    """The terminal table of the demo: one row per router, its margin and verdict."""
+    """The terminal table of the demo: one row per router, its margin and verdict; with the
+    runs' training compute, its mean k̄ over training and its verdict at that compute."""
     from dynroute.frontier import summarise
+    from dynroute.frontier.training import training_judgements, training_view
 
     eval_tokens = records[0]["eval_tokens"]
     table = Table(
@@ -361,20 +380,35 @@ def results_table(
         caption="margin: frontier loss at this compute minus this loss (+ = below the "
         "top-k frontier)",
     )
-    for col in ("router", "experts/token", "expert MFLOPs/token", "val loss", "margin", "verdict"):
+    view = training_view(records)
+    columns = ["router", "experts/token", "expert MFLOPs/token", "val loss", "margin", "verdict"]
+    columns += ["experts/token in training", "training margin", "training verdict"] if view else []
+    for col in columns:
         # names whole (never folded mid-word); headers of numbers may wrap between words
-        name = col in ("router", "verdict")
+        name = col in ("router", "verdict", "training verdict")
         table.add_column(col, justify="left" if name else "right", no_wrap=name)
     verdicts = {j.summary.name: j for j in judgements}
+    trained = {s.name: s for s in summarise(view)}
+    trained_verdicts = {j.summary.name: j for j in training_judgements(records)}
     for s in summarise(list(records)):
         j = verdicts.get(s.name)
-        table.add_row(
+        cells = [
             s.label, format_number(s.mean_experts, ".2f"),
             format_number(s.expert_flops / 1e6, ".2f"), format_number(s.val_loss, ".4f"),
-            "—" if j is None else format_number(j.margin, "+.3f"),
-            "frontier" if j is None else j.verdict,
-        )  # fmt: skip
+            *_margin_cells(j),
+        ]  # fmt: skip
+        if view:
+            cells += [format_number(trained[s.name].mean_experts, ".2f")]
+            cells += _margin_cells(trained_verdicts.get(s.name))
+        table.add_row(*cells)
     return table
+
+
+def _margin_cells(j: Any) -> list[str]:
+    """The terminal table's margin and verdict of a point (top-k's rows: the frontier)."""
+    if j is None:
+        return ["—", "frontier"]
+    return [format_number(j.margin, "+.3f"), j.verdict]
 
 
 def _analysis_link(

@@ -6,7 +6,10 @@ marker says its verdict (below / on / above the frontier beyond seed noise, one 
 outside top-k's compute range). A point is labelled with the setting that varies within
 its family (``p=0.4``; the settings they share are in the panel title) where the label
 fits without covering another label, point or the panel's edge, and left unlabelled
-otherwise. :func:`replot` redraws the plot of a finished run from its results JSON,
+otherwise. A router whose mean k̄ over training differs from its final k̄ (the
+training-compute view, :mod:`~dynroute.frontier.training`) gets a dotted line from its
+point to its training expert compute, ending in a small marker with its verdict there.
+:func:`replot` redraws the plot of a finished run from its results JSON,
 without training anything.
 
 Example:
@@ -34,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from dynroute.frontier.training import SAME_COMPUTE, training_judgements, training_view
 from dynroute.frontier.verdict import Judgement, Summary, judge, summarise
 
 __all__ = ["DEFAULT_TITLE", "VERDICT_STYLES", "frontier_figure", "plot_frontier", "replot"]
@@ -44,6 +48,7 @@ PANEL_COLUMNS = 4  # panels per row
 PANEL_SIZE = (3.7, 2.9)  # inches per panel
 LABEL_SIZE = 7  # points
 FRONTIER_LABEL = "#555555"  # colour of the frontier's k labels (italic)
+TRAINING_TEXT = "to the mean k̄ over training (small marker: verdict there)"
 
 
 @dataclass(frozen=True)
@@ -231,17 +236,48 @@ def _obstacles(ax: Any, points: Sequence[tuple[float, float]], radius: float) ->
                            np.hstack([along - r, along + r])])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _TrainingView:
+    """The training-compute view of every point (empty: the runs did not record it)."""
+
+    summaries: dict[str, Summary]
+    judged: dict[str, Judgement]
+
+    def moved(self, s: Summary) -> Summary | None:
+        """``s`` in the training view when its compute there differs beyond SAME_COMPUTE."""
+        t = self.summaries.get(s.name)
+        if t is None or abs(t.expert_flops / s.expert_flops - 1.0) <= SAME_COMPUTE:
+            return None
+        return t
+
+
+def _draw_training(ax: Any, family: Sequence[Summary], view: _TrainingView, unit: float) -> None:
+    """A dotted line from each point that moved to its training compute, and a small
+    marker there with its verdict in that view."""
+    for s in family:
+        t = view.moved(s)
+        if t is None:
+            continue
+        st = VERDICT_STYLES[_style_key(view.judged.get(s.name))]
+        x0, x1 = s.expert_flops / unit, t.expert_flops / unit
+        ax.plot([x0, x1], [s.val_loss] * 2, ":", color=st.color, lw=1.0, zorder=4)
+        ax.plot(x1, s.val_loss, st.marker, ms=4.5, mec=st.color, mew=1.0,
+                mfc=st.color if st.filled else "white", zorder=5)  # fmt: skip
+
+
 def _panel(
     ax: Any,
     family: Sequence[Summary],
     top_k: Sequence[Summary],
     judged: dict[str, Judgement],
     unit: float,
+    view: _TrainingView,
 ) -> list[tuple[str, Any, str]]:
     """One family against the frontier; returns the labels to place, frontier's first:
     (text, data point, colour)."""
     front_xy = _draw_points(ax, top_k, unit, True, judged)
     own_xy = _draw_points(ax, family, unit, False, judged) if family else []
+    _draw_training(ax, family, view, unit)
     short, shared = _short_labels(family) if family else ([], [])
     ks, _ = _short_labels(top_k)
     name = family[0].family if family else "top_k"
@@ -275,6 +311,10 @@ def frontier_figure(
     summaries = summarise(records)
     top_k = sorted((s for s in summaries if s.is_frontier), key=lambda s: s.expert_flops)
     judged = {j.summary.name: j for j in judge(records)} if len(top_k) >= 2 else {}
+    view = _TrainingView(
+        {s.name: s for s in summarise(training_view(records))},
+        {j.summary.name: j for j in training_judgements(records)} if len(top_k) >= 2 else {},
+    )
     names = list(dict.fromkeys(s.family for s in summaries if not s.is_frontier))
     groups = [
         sorted((s for s in summaries if s.family == f), key=lambda s: s.expert_flops) for f in names
@@ -283,7 +323,7 @@ def frontier_figure(
     rows = -(-len(groups) // cols)
     fig = Figure(figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + 0.9), layout="constrained")
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-    xlim, ylim = _limits(summaries, flops_unit)
+    xlim, ylim = _limits([*summaries, *view.summaries.values()], flops_unit)
     for ax in axes:
         ax.set(xlim=xlim, ylim=ylim)
     for ax in axes[len(groups) :]:
@@ -293,16 +333,20 @@ def frontier_figure(
     fig.supxlabel(XLABEL, fontsize=9)
     fig.supylabel("validation loss (nats)", fontsize=9)
     used = {_style_key(judged.get(s.name)) for g in groups for s in g}
+    moved = [s for g in groups for s in g if view.moved(s) is not None]
+    used |= {_style_key(view.judged.get(s.name)) for s in moved}
     fig.legend(
-        handles=_legend(used, any(len(g) > 1 for g in groups)),
+        handles=_legend(used, any(len(g) > 1 for g in groups), bool(moved)),
         loc="outside upper center",
-        ncols=3,
+        ncols=min(3, max(cols, 2)),  # a key wider than the panels is cut off
         fontsize=8,
         frameon=False,
         title=title or DEFAULT_TITLE,
         title_fontsize=12,  # the figure's title: above the key
     )
-    labels = [_panel(ax, g, top_k, judged, flops_unit) for ax, g in zip(axes, groups, strict=False)]
+    labels = [
+        _panel(ax, g, top_k, judged, flops_unit, view) for ax, g in zip(axes, groups, strict=False)
+    ]
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw_without_rendering()  # lay the panels out: labels are placed in display space
     fig.set_layout_engine("none")  # and keep that layout when saving
@@ -311,13 +355,28 @@ def frontier_figure(
     return fig
 
 
-def _legend(used: set[str], joined: bool) -> list[Line2D]:
-    """The key: the frontier, the family line (``joined``: some family has 2+ points) and
-    the verdicts ``used``."""
+def _legend(used: set[str], joined: bool, training: bool = False) -> list[Line2D]:
+    """The key: the frontier, the family line (``joined``: some family has 2+ points), the
+    training-compute line (``training``: some point moved) and the verdicts ``used``."""
     handles = [Line2D([], [], color="black", lw=1.8, marker="o", ms=4.5, label="top-k frontier")]
     if joined:
         handles.append(
             Line2D([], [], color="#888888", lw=1.0, ls="--", label="the family, in compute order")
+        )
+    if training:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                lw=1.0,
+                ls=":",
+                marker="o",
+                ms=4.5,
+                mfc="white",
+                markevery=[1],
+                label=TRAINING_TEXT,
+            )
         )
     for key, st in VERDICT_STYLES.items():
         if key in used:
@@ -393,5 +452,6 @@ def replot(results: Path | str, plot: Path | str | None = None, title: str | Non
 
 def _finite(run: dict[str, Any]) -> dict[str, Any]:
     """A stored run with its missing numbers (JSON ``null``) back as NaN."""
-    keys = ("val_loss", "expert_flops", "mean_experts_per_token")
+    keys = ("val_loss", "expert_flops", "mean_experts_per_token",
+            "training_expert_flops", "training_mean_experts_per_token")  # fmt: skip
     return {**run, **{k: math.nan for k in keys if run.get(k) is None}}

@@ -6,6 +6,10 @@ Example:
     ...         for k in (1, 2)]
     >>> print(markdown_table(recs).splitlines()[2])
     | top_k(k=1) | 1 | 1.00 | 6 | 3.0000 | — | frontier |
+
+Runs that recorded their training compute get three more columns, the training-compute
+view (:mod:`~dynroute.frontier.training`): the mean k̄ over training, the margin at
+that compute and its verdict.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from dynroute.common.numbers import MISSING, format_number
-from dynroute.frontier.verdict import NOISE_SE, judge, summarise
+from dynroute.frontier.training import training_judgements, training_view
+from dynroute.frontier.verdict import NOISE_SE, Judgement, judge, summarise
 
-__all__ = ["HEADER", "markdown_table"]
+__all__ = ["HEADER", "TRAINING_HEADER", "markdown_table"]
 
 HEADER = [
     "router",
@@ -27,6 +32,12 @@ HEADER = [
     "val loss",
     "margin to frontier (nats)",
     "verdict",
+]
+#: The training-compute view's columns, after :data:`HEADER`'s.
+TRAINING_HEADER = [
+    "experts/token in training (mean k̄ over steps)",
+    "training-compute margin (nats)",
+    "training-compute verdict",
 ]
 
 
@@ -43,20 +54,29 @@ def markdown_table(records: Sequence[dict[str, Any]], flops_unit: float = 1e6) -
     errors; top-k rows are the frontier itself.
     """
     judged = {j.summary.name: j for j in judge(records)}
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    view = training_view(records)  # [] when the runs did not record it
+    trained = {s.name: s for s in summarise(view)}
+    trained_judged = {j.summary.name: j for j in training_judgements(records)}
+    header = HEADER + (TRAINING_HEADER if view else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summarise(records):
-        j = judged.get(s.name)
-        if j is None:
-            margin, verdict = MISSING, "frontier"
-        elif math.isnan(j.margin):
-            margin, verdict = MISSING, j.verdict
-        else:
-            margin = _pm(j.margin, NOISE_SE * j.margin_se, "+.4f")
-            verdict = j.verdict
         cells = [
             s.label, str(len(s.seeds)), _pm(s.mean_experts, s.mean_experts_std, ".2f"),
             format_number(s.expert_flops / flops_unit, ".3g"),
-            _pm(s.val_loss, s.val_loss_std, ".4f"), margin, verdict,
+            _pm(s.val_loss, s.val_loss_std, ".4f"), *_margin_cells(judged.get(s.name)),
         ]  # fmt: skip
+        if view:
+            t = trained[s.name]
+            cells += [_pm(t.mean_experts, t.mean_experts_std, ".2f")]
+            cells += _margin_cells(trained_judged.get(s.name))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _margin_cells(j: Judgement | None) -> list[str]:
+    """Margin ± noise and verdict of a point (top-k's rows: the frontier)."""
+    if j is None:
+        return [MISSING, "frontier"]
+    if math.isnan(j.margin):
+        return [MISSING, j.verdict]
+    return [_pm(j.margin, NOISE_SE * j.margin_se, "+.4f"), j.verdict]

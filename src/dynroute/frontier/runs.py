@@ -24,9 +24,10 @@ from rich.console import Console
 from dynroute.frontier.sweep import Point
 from dynroute.frontier.verdict import expert_flops_per_token, record
 from dynroute.models import DynMoEConfig
+from dynroute.train.compute import TrainingCompute
 from dynroute.train.config import RunConfig
 
-__all__ = ["check_frontier_config", "point_config", "run_dir", "run_frontier"]
+__all__ = ["check_frontier_config", "point_config", "run_dir", "run_frontier", "training_fields"]
 
 
 def point_config(base: RunConfig, point: Point, seed: int) -> RunConfig:
@@ -110,6 +111,26 @@ def check_frontier_config(base: RunConfig, points: Sequence[Point], seeds: Seque
             raise ValueError(f"{point.label}: k must be between 1 and num_experts ({experts})")
 
 
+def training_fields(compute: TrainingCompute | None, d_model: int, d_ff: int) -> dict[str, Any]:
+    """What a record keeps of the run's training expert compute: the mean k̄ over training
+    (per layer and overall), the steps it covers and the training expert FLOPs per
+    training token (the final view's axis, with k̄ averaged over training).
+
+    Example:
+        >>> f = training_fields(TrainingCompute((300.0, 200.0), 100), 128, 256)
+        >>> f["training_mean_experts_per_token"], f["training_expert_flops"]
+        (2.5, 983040.0)
+    """
+    if compute is None or not compute.steps:  # not counted: the view leaves it out
+        return {}
+    return {
+        "training_mean_experts_per_token": compute.mean_experts,
+        "training_experts_per_layer": compute.experts_per_layer,
+        "training_steps_counted": compute.steps,
+        "training_expert_flops": expert_flops_per_token(d_model, d_ff, compute.experts_per_layer),
+    }
+
+
 def run_frontier(
     base: RunConfig,
     points: Sequence[Point],
@@ -133,7 +154,7 @@ def run_frontier(
     Returns:
         list: :func:`~dynroute.frontier.verdict.record` dicts with ``reused``,
         ``run_dir``, ``eval_tokens``, ``experts_per_layer``, ``train_tokens``,
-        ``train_seconds`` added.
+        ``train_seconds`` and :func:`training_fields` added.
     """
     from dynroute.train.loop import train
 
@@ -167,6 +188,7 @@ def run_frontier(
             reused=reused, run_dir=str(folder), eval_tokens=final["eval_tokens"],
             experts_per_layer=final["experts_per_layer"], train_tokens=result.tokens,
             train_seconds=None if reused else result.seconds,
+            **training_fields(result.training_compute, d_model, d_ff),
         )  # fmt: skip
         records.append(rec)
         if on_run is not None:

@@ -308,7 +308,7 @@ def verdict_sentence(judgements: Sequence[Judgement]) -> str:
         )
     if "one seed" in groups:
         parts.append(
-            "Not judged (one seed): " + ", ".join(j.summary.label for j in groups["one seed"])
+            "Not judged (one seed): " + ", ".join(j.summary.label for j in groups["one seed"]) + "."
         )
     for v, text in (("on", "Within noise of it"), ("above", "Above it (worse for their compute)")):
         if v in groups:

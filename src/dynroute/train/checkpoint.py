@@ -149,8 +149,12 @@ def model_folder_files(
     return files
 
 
-def run_info_file(step: int, tokens: int, train: Any) -> dict[str, bytes]:
-    """``dynroute_run.json``: the step of the exported weights and the evaluation shapes.
+def run_info_file(
+    step: int, tokens: int, train: Any, training_compute: Mapping[str, Any] | None = None
+) -> dict[str, bytes]:
+    """``dynroute_run.json``: the step of the exported weights, the evaluation shapes and
+    the experts training activated (``training_compute``:
+    :meth:`~dynroute.train.compute.TrainingCompute.to_dict`).
 
     Example:
         >>> from dynroute.train.config import TrainConfig
@@ -164,6 +168,8 @@ def run_info_file(step: int, tokens: int, train: Any) -> dict[str, bytes]:
         "batch_size": train.batch_size,
         "eval_batches": train.eval_batches,
     }
+    if training_compute is not None:
+        info["training_compute"] = dict(training_compute)
     return {RUN_INFO_FILE: json.dumps(info, indent=2).encode()}
 
 
@@ -208,7 +214,8 @@ def resume_state(out_dir: Path | str, from_model: bool = False) -> dict[str, Any
         model = model_class(config.get("model_type")).from_pretrained(out_dir / MODEL_DIR)
         weights = model.state_dict()  # tied weights included, unlike the file
         info = read_json(out_dir / MODEL_DIR / RUN_INFO_FILE)
-        return {"model": weights, "step": step, "tokens": int(info["tokens"]), "from_model": True}
+        return {"model": weights, "step": step, "tokens": int(info["tokens"]), "from_model": True,
+                "training_compute": info.get("training_compute")}  # fmt: skip
     if not ckpt.is_file():
         return None
     try:

@@ -33,6 +33,7 @@ from dynroute.train.checkpoint import (
     resume_state,
     run_info_file,
 )
+from dynroute.train.compute import TrainingCompute
 from dynroute.train.config import RunTables
 from dynroute.train.data import load_data
 from dynroute.train.device import autocast, fused_adamw_supported, resolve_device, to_cpu
@@ -55,7 +56,10 @@ class TrainResult:
     Attributes:
         out_dir: the run folder; steps: steps completed; tokens: training tokens seen;
         resumed_from: step the run resumed at (0 = fresh); final: last evaluation
-        metrics (None if stopped early); seconds: wall time of this invocation.
+        metrics (None if stopped early); seconds: wall time of this invocation;
+        training_compute: the experts the run activated while it trained
+        (:class:`~dynroute.train.compute.TrainingCompute`: the sum over steps of each
+        layer's measured k̄, resumes included).
     """
 
     out_dir: Path
@@ -64,6 +68,7 @@ class TrainResult:
     resumed_from: int
     final: dict[str, Any] | None
     seconds: float
+    training_compute: TrainingCompute | None = None
 
 
 def train(
@@ -126,7 +131,8 @@ def train(
     _train_steps(run, progress, label, stop_after)
     final = _finish(run) if run.step >= cfg.train.steps else None
     seconds = time.perf_counter() - started
-    return TrainResult(run.out_dir, run.step, run.tokens, resumed_from, final, seconds)
+    compute = _training_compute(run)
+    return TrainResult(run.out_dir, run.step, run.tokens, resumed_from, final, seconds, compute)
 
 
 @dataclass
@@ -147,6 +153,11 @@ class _Run:
     step: int = 0
     tokens: int = 0
     log: MetricsLog | None = None  # rank 0 only
+    # Σ over steps of each layer's k̄ on this rank (device: no host sync per step), the
+    # steps it counts and the rank-mean sums restored from the checkpoint
+    expert_sums: torch.Tensor | float = 0.0
+    sums_from: int = 0  # the step this invocation's expert_sums start at
+    counted: TrainingCompute = field(default_factory=TrainingCompute)
     export_files: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -239,6 +250,10 @@ def _load_state(run: _Run, state: dict[str, Any]) -> None:
         run.sampler.set_state(samplers[ranks.rank])
         torch.set_rng_state(state["torch_rng"])
     run.step, run.tokens = state["step"], state["tokens"]
+    # A checkpoint from before the count was kept: the count starts here (steps_counted
+    # says how many steps it covers).
+    run.counted = TrainingCompute.from_dict(state.get("training_compute"))
+    run.sums_from = run.step
 
 
 def _load_model_state(run: _Run, state: dict[str, torch.Tensor]) -> None:
@@ -318,6 +333,9 @@ def _step(run: _Run) -> tuple[float, _StepDone]:
             (out.loss / t.grad_accum).backward()
         totals += torch.stack([out.loss, out.lm_loss, out.aux_loss]).detach().float()
         experts = experts + out.experts_per_layer
+    # the step's k̄ per layer, summed over steps: the experts training paid for
+    step_kbar = torch.as_tensor(experts, device=run.device).detach().reshape(-1) / t.grad_accum
+    run.expert_sums = run.expert_sums + step_kbar.to(_sum_dtype(run.device))
     grad_norm = (
         ranks.clip_grad_norm_(run.model, t.grad_clip) if t.grad_clip > 0 else torch.tensor(0.0)
     )
@@ -335,13 +353,34 @@ def _forward(run: _Run, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
     return run.run_model(x, labels=y)  # type: ignore[no-any-return]
 
 
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    # float64 keeps a million steps' sum exact to ~1e-10; MPS has no float64
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _local_sums(run: _Run) -> list[float]:
+    """This rank's Σ over the steps since the (re)start of each layer's k̄ (one host sync)."""
+    sums = run.expert_sums
+    return [float(v) for v in sums.tolist()] if isinstance(sums, torch.Tensor) else []
+
+
+def _training_compute(run: _Run) -> TrainingCompute:
+    """The run's expert steps so far: restored sums plus this invocation's, rank-mean
+    (a collective: every rank calls it)."""
+    sums = _local_sums(run)
+    return run.counted.plus(run.ranks.mean(sums) if sums else [], run.step - run.sums_from)
+
+
 def _log_step(run: _Run, lr: float, done: _StepDone, tokens_per_second: float) -> dict[str, Any]:
     """The step's ``train`` row (means over micro-batches and ranks), written on rank 0."""
     t = run.cfg.train
     # Means over ranks (each rank saw its own batch); a no-op on one process.
     local = (done.totals / t.grad_accum).tolist()
     experts = torch.as_tensor(done.experts, dtype=torch.float32) / t.grad_accum
-    loss, lm_loss, aux_loss, *per_layer = run.ranks.mean([*local, *experts.tolist()])
+    sums = _local_sums(run)
+    loss, lm_loss, aux_loss, *rest = run.ranks.mean([*local, *experts.tolist(), *sums])
+    per_layer, sums = rest[: len(rest) - len(sums)], rest[len(rest) - len(sums) :]
+    compute = run.counted.plus(sums, run.step - run.sums_from)
     row = {
         "kind": "train",
         "step": run.step,
@@ -354,6 +393,7 @@ def _log_step(run: _Run, lr: float, done: _StepDone, tokens_per_second: float) -
         "mean_experts_per_token": sum(per_layer) / max(len(per_layer), 1),
         "experts_per_layer": per_layer,
         "tokens_per_second": tokens_per_second,
+        **compute.metrics(),
     }
     if run.hooks.log_extra is not None:
         row.update(run.hooks.log_extra(run.model, done.output))
@@ -390,6 +430,7 @@ def _checkpoint(run: _Run) -> None:
         model_state = to_cpu(ranks.model_state(model))
     optimizer_state = to_cpu(ranks.optimizer_state(run.optimizer, model))
     samplers = ranks.gather(run.sampler.get_state())
+    compute = _training_compute(run)  # a collective too
     if ranks.is_main:
         atomic_torch_save(
             {
@@ -402,10 +443,11 @@ def _checkpoint(run: _Run) -> None:
                 "tokens": run.tokens,
                 "model_config": _config_dict(model),
                 "run_config": run.cfg.to_dict(),
+                "training_compute": compute.to_dict(),
             },
             run.out_dir / CHECKPOINT_NAME,
         )
-        _export(run, model_state)
+        _export(run, model_state, compute)
     ranks.barrier()
 
 
@@ -414,7 +456,7 @@ def _config_dict(model: nn.Module) -> dict[str, Any] | None:
     return config.to_dict() if hasattr(config, "to_dict") else None
 
 
-def _export(run: _Run, model_state: dict[str, torch.Tensor]) -> None:
+def _export(run: _Run, model_state: dict[str, torch.Tensor], compute: TrainingCompute) -> None:
     if run.hooks.export is not None:
         run.hooks.export(run.model, run.out_dir)
         return
@@ -422,7 +464,7 @@ def _export(run: _Run, model_state: dict[str, torch.Tensor]) -> None:
     if run.ranks.ctx is not None:  # a CPU copy of the gathered weights
         model = type(model)(model.config)
         model.load_state_dict(model_state)
-    files = {**run.export_files, **run_info_file(run.step, run.tokens, t)}
+    files = {**run.export_files, **run_info_file(run.step, run.tokens, t, compute.to_dict())}
     export_model(model, run.out_dir / MODEL_DIR, files)
 
 
