@@ -58,7 +58,7 @@ ACCEPTS: dict[str, set[str]] = {
     "serve": {"training run", "model folder", "adaptive run", "transformers checkpoint"},
     "lora train": {"training run", "model folder", "adaptive run"},
     "lora library build": {"training run", "model folder", "adaptive run"},
-    "lora library eval": set(),  # a library folder is not yet a FolderKind (common/folders.py)
+    "lora library eval": {"adapter library"},
     "adaptive oracle": {"adaptive run"},
     "adaptive report": {"adaptive run"},
     "llm route": {"fitted query router"},
@@ -95,6 +95,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["several runs"] = root / "runs"
     lora = made["LoRA-experts run"] = root / "lora"
     _ok(invoke("lora", "train", run, *ARGS["lora train"][:2], "--out", lora, "--steps", "1"), "l")
+    library = made["adapter library"] = root / "library"
+    build = [a.replace("OUT/library", str(library)) for a in ARGS["lora library build"]]
+    _ok(invoke("lora", "library", "build", run, *build), "lora library build")
     made["comparison of trained routers"] = root / "demo"
     demo = ["demo", "--fast", "--no-analysis", "--steps", "2", "--no-progress"]
     _ok(invoke(*demo, "--out", made["comparison of trained routers"]), "demo")
@@ -143,6 +146,7 @@ CASES = [
         "model folder",
         "adaptive run",
         "LoRA-experts run",
+        "adapter library",
         "comparison of trained routers",
         "routing-analysis report",
         "adaptive-computation report",

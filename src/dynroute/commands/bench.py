@@ -104,6 +104,8 @@ def frontier(
         return
     console.print(outcome.table, markup=False, soft_wrap=True)
     console.print(outcome.verdict, markup=False, soft_wrap=True)
+    if outcome.training_verdict:
+        console.print(outcome.training_verdict, markup=False, soft_wrap=True)
     console.print(
         f"reused {len(outcome.reused)} finished run(s); results: {outcome.results}  "
         f"plot: {outcome.plot}  ({outcome.seconds:.0f} s)",

@@ -117,6 +117,12 @@ QUERY_ROUTER = FolderKind("a fitted query router", "dynroute llm fit", False, _q
 FOLDER_KINDS: tuple[FolderKind, ...] = (
     FolderKind("a LoRA-experts run", "dynroute lora train", False, _lora_run, _lora_hint),
     FolderKind(
+        "an adapter library",
+        "dynroute lora library build",
+        False,
+        lambda p: (p / "library.json").is_file(),
+    ),
+    FolderKind(
         "a comparison of trained routers",
         "dynroute demo / dynroute bench frontier",
         False,
