@@ -20,7 +20,9 @@ from dynroute.offload.cache import ExpertCache
 from dynroute.offload.policies import POLICIES, CachePolicy, Key, register_policy
 from dynroute.offload.pool import SlotPool
 from dynroute.offload.runtime import Offload, OffloadedExperts, format_bytes, offload_experts
+from dynroute.offload.simulate import demand, prefetch_quality, simulate, sweep
 from dynroute.offload.store import DiskStore, ExpertStore, HostStore, drop_page_cache
+from dynroute.offload.trace import RoutingTrace, TraceRecorder, record_trace
 
 __all__ = [
     "FLAG",
@@ -35,12 +37,19 @@ __all__ = [
     "Offload",
     "OffloadLayer",
     "OffloadedExperts",
+    "RoutingTrace",
     "SlotPool",
+    "TraceRecorder",
+    "demand",
     "drop_page_cache",
     "format_bytes",
     "moe_layers",
     "offload_experts",
     "parse_budget",
+    "prefetch_quality",
+    "record_trace",
     "register_policy",
+    "simulate",
     "slots_for_budget",
+    "sweep",
 ]

@@ -66,12 +66,16 @@ def own_layer(index: int, moe: MoE) -> OffloadLayer:
     experts = moe.experts
     if not isinstance(experts, Experts):
         raise NotImplementedError(f"offload: layer {index} has no Experts module")
-    template = experts.shard(0, 1)  # one expert: its parameters' names and shapes
+    # one expert: its parameters' names and shapes (none for experts already offloaded);
+    # ``compute`` holds only this, so the full experts can be freed once offloaded
+    template = experts.shard(0, 1) if experts.stacked or hasattr(experts, "layout") else None
 
     def tensors(e: int) -> dict[str, Tensor]:
         return {n: p.detach() for n, p in experts.shard(e, e + 1).named_parameters()}
 
     def compute(slot: dict[str, Tensor], rows: Tensor) -> Tensor:
+        if template is None:
+            raise RuntimeError(f"offload: layer {index}'s experts are offloaded already")
         offsets = torch.tensor([rows.shape[0]], dtype=torch.int32, device=rows.device)
         return functional_call(template, slot, (rows, offsets))  # type: ignore[no-any-return]
 

@@ -82,6 +82,11 @@ class OffloadedExperts(Experts):
     def dtype(self) -> torch.dtype:
         return self._dtype
 
+    @property
+    def runtime(self) -> Offload:
+        """The :class:`Offload` this layer belongs to."""
+        return self._runtime[0]
+
     def forward(self, rows: Tensor, offsets: Tensor) -> Tensor:
         runtime = self._runtime[0]
         ends = offsets.tolist()
