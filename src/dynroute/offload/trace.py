@@ -97,9 +97,12 @@ def token_sets(routing: Routing) -> list[tuple[int, ...]]:
 class TraceRecorder:
     """Forward hooks on every MoE layer that build a :class:`RoutingTrace`."""
 
-    def __init__(self, model: nn.Module, predict: bool = True, label: str = "") -> None:
+    def __init__(
+        self, model: nn.Module, predict: bool = True, label: str = "", max_tokens: int | None = None
+    ) -> None:
         self.layers: list[OffloadLayer] = moe_layers(model)
         self.predict = predict
+        self.max_tokens = max_tokens
         self.result = RoutingTrace(
             [lay.num_experts for lay in self.layers], self.expert_bytes(), label=label
         )
@@ -123,6 +126,8 @@ class TraceRecorder:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
             if index == 0:
                 self.flush()
+            if self.full:
+                return
             if self.predict and index + 1 < len(self.layers):
                 x: Tensor = args[0]
                 self.predicted[index + 1] = token_sets(
@@ -133,24 +138,34 @@ class TraceRecorder:
 
     def after(self, index: int) -> Any:
         def hook(module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            if self.full:
+                return
             routing = output[1].routing if isinstance(output, tuple) else module.last_routing
             self.used[index] = token_sets(routing)
 
         return hook
 
+    @property
+    def full(self) -> bool:
+        """Whether ``max_tokens`` steps are recorded (later calls are not)."""
+        return self.max_tokens is not None and self.result.num_tokens >= self.max_tokens
+
     def flush(self) -> None:
-        """Turn the buffered forward call into steps."""
-        if len(self.used) < len(self.layers):
+        """Turn the buffered forward call into steps (up to ``max_tokens``)."""
+        if len(self.used) < len(self.layers) or self.full:
             self.used.clear()
+            self.predicted.clear()
             return
         n = len(self.used[0])
+        if self.max_tokens is not None:
+            n = min(n, self.max_tokens - self.result.num_tokens)
         layers = range(len(self.layers))
         empty = [()] * n
         self.result.used += [[self.used[lay][i] for lay in layers] for i in range(n)]
         self.result.predicted += [
             [self.predicted.get(lay, empty)[i] for lay in layers] for i in range(n)
         ]
-        self.result.calls.append(n)
+        self.result.calls.append(n)  # a call cut at max_tokens counts what was kept
         self.used.clear()
         self.predicted.clear()
 
@@ -169,10 +184,11 @@ class TraceRecorder:
 
 @contextmanager
 def record_trace(
-    model: nn.Module, predict: bool = True, label: str = ""
+    model: nn.Module, predict: bool = True, label: str = "", max_tokens: int | None = None
 ) -> Iterator[TraceRecorder]:
-    """Record a :class:`RoutingTrace` of everything ``model`` runs inside the block."""
-    recorder = TraceRecorder(model, predict, label)
+    """Record a :class:`RoutingTrace` of what ``model`` runs inside the block (at most
+    ``max_tokens`` tokens; ``predict``: also pre-gating's predictions)."""
+    recorder = TraceRecorder(model, predict, label, max_tokens)
     try:
         yield recorder
     finally:
