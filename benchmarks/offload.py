@@ -57,26 +57,27 @@ PLOT = HERE / "results" / "offload.png"
 SHARES = (0.25, 0.5, 1.0)
 SIM_SHARES = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0)
 RUN_CONFIG = """[model]
-d_model = 128
+d_model = 96
 n_layers = 4
 n_heads = 4
-d_ff = 384
+d_ff = 256
 num_experts = 16
 router = {name = "top_p", p = 0.4}
+expert_layout = "per_expert"
 
 [data]
 source = "stdlib"
 vocab_size = 1024
 
 [train]
-steps = 150
-batch_size = 8
-seq_len = 128
-warmup_steps = 10
-log_interval = 25
-eval_interval = 75
-eval_batches = 4
-checkpoint_interval = 150
+steps = 60
+batch_size = 4
+seq_len = 96
+warmup_steps = 6
+log_interval = 10
+eval_interval = 60
+eval_batches = 2
+checkpoint_interval = 60
 threads = 2
 """
 HF = {

@@ -88,3 +88,13 @@ def test_eval_bad_budgets_name_the_flag(model_dir: Path, budget: str, words: str
     assert code == 2
     assert "--expert-memory" in out and words in out
     assert len([line for line in out.splitlines() if line.strip()]) == 1
+
+
+def test_serve_bad_budget_fails_in_one_line(model_dir: Path) -> None:
+    from dynroute.common.net import free_port
+
+    port = str(free_port())
+    code, out = dynroute_here("serve", str(model_dir), "--port", port, "--expert-memory", "2XB")
+    assert code == 2
+    assert "--expert-memory '2XB': not a size" in out
+    assert len([line for line in out.splitlines() if line.strip()]) == 1
