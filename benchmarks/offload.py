@@ -204,7 +204,6 @@ def run_ours(
         "load_seconds": s["load_seconds"],
         "identical": bool(torch.equal(out, want)),
     }
-    off.pool.store.close()
     print(
         f"  {row['method']:28s} {share:>5.0%}: {row['tokens_per_s']:7.1f} tok/s, "
         f"hit {s['hit_rate']:.1%}, {s['bytes_per_token'] / 1e6:.2f} MB/token",

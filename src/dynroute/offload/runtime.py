@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -119,6 +120,8 @@ class Offload:
         self.expert_bytes = layers[0].expert_bytes()
         self.total_experts = sum(layer.num_experts for layer in layers)
         self.hooks: list[Any] = []
+        #: the store's folder when offload_experts made it (``store="disk"``), else None
+        self.temporary: Path | None = None
 
     def remember_input(self, index: int, x: Tensor) -> None:
         if index == 0:
@@ -163,8 +166,12 @@ class Offload:
         )
 
     def close(self) -> None:
-        """Finish pending prefetches and stop the worker (the model stays offloaded)."""
+        """Finish pending prefetches, stop the worker, close the store (and delete it when
+        ``offload_experts`` made it in a temporary folder): the model cannot run after."""
         self.pool.close()
+        self.pool.store.close()
+        if self.temporary is not None:
+            shutil.rmtree(self.temporary, ignore_errors=True)
 
 
 def build_policy(policy: str | CachePolicy) -> tuple[CachePolicy, str]:
@@ -262,6 +269,8 @@ def offload_experts(
     del first
     expert_store = write_store(layers, store, cold)
     runtime = Offload(layers, SlotPool(slots, cache_policy, expert_store, template), name)
+    if store == "disk" and isinstance(expert_store, DiskStore):
+        runtime.temporary = expert_store.folder
     for lay in layers:
         install(runtime, lay)
     return runtime
