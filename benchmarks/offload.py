@@ -212,6 +212,20 @@ def run_ours(
     return row
 
 
+def expand_lists(model: nn.Module, device_map: dict[str, Any]) -> dict[str, Any]:
+    """A ModuleList in the map becomes its layers: accelerate then hooks each layer's
+    forward (a list has none; hooks on its leaves would miss weights a layer reads without
+    calling their module's forward, as dynroute's dispatch does)."""
+    out: dict[str, Any] = {}
+    for name, device in device_map.items():
+        module = model.get_submodule(name) if name else model
+        if isinstance(module, nn.ModuleList):
+            out.update({f"{name}.{i}": device for i in range(len(module))})
+        else:
+            out[name] = device
+    return out
+
+
 def run_accelerate(
     build: Any,
     prompt: torch.Tensor,
@@ -229,8 +243,9 @@ def run_accelerate(
     other, experts = weight_bytes(model, False), weight_bytes(model, True)
     budget = int(other + share * experts)
     no_split = getattr(model, "_no_split_modules", None)
-    device_map = infer_auto_device_map(
-        model, max_memory={"cpu": budget}, no_split_module_classes=no_split
+    device_map = expand_lists(
+        model,
+        infer_auto_device_map(model, max_memory={"cpu": budget}, no_split_module_classes=no_split),
     )
     on_cpu = sum(
         p.numel() * p.element_size()
@@ -258,6 +273,26 @@ def run_accelerate(
     }
     print(f"  {row['method']:28s} {share:>5.0%}: {row['tokens_per_s']:7.1f} tok/s", flush=True)
     return row
+
+
+def try_accelerate(
+    build: Any,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    share: float,
+    want: torch.Tensor,
+    folder: Path,
+) -> dict[str, Any]:
+    """:func:`run_accelerate`, or a row saying how it failed."""
+    try:
+        return run_accelerate(build, prompt, new_tokens, share, want, folder)
+    except Exception as err:
+        print(f"  accelerate {share:.0%}: failed: {type(err).__name__}: {err}", flush=True)
+        return {
+            "method": "accelerate (disk offload)",
+            "share": share,
+            "error": f"{type(err).__name__}: {str(err)[:200]}",
+        }
 
 
 def bench_model(
@@ -288,11 +323,8 @@ def bench_model(
         for policy in ("pregate", "lru"):
             folder = tmp / f"{name}-{policy}-{share}"
             rows.append(run_ours(build, prompt, new_tokens, share, policy, want, folder))
-        rows.append(
-            run_accelerate(
-                unpatched(build), prompt, new_tokens, share, want, tmp / f"{name}-acc-{share}"
-            )
-        )
+        folder = tmp / f"{name}-acc-{share}"
+        rows.append(try_accelerate(unpatched(build), prompt, new_tokens, share, want, folder))
     return {
         "model": name,
         "rows": rows,
@@ -378,7 +410,9 @@ def plot(result: dict[str, Any]) -> None:
     for i, method in enumerate(methods):
         speeds = [
             next(
-                r["tokens_per_s"] for r in m["rows"] if r["method"] == method and r["share"] == 0.5
+                r.get("tokens_per_s", 0.0)
+                for r in m["rows"]
+                if r["method"] == method and r["share"] == 0.5
             )
             for m in result["models"]
         ]
@@ -390,12 +424,61 @@ def plot(result: dict[str, Any]) -> None:
     write_figure(fig, PLOT)
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The tables of docs/offload.md and BENCHMARKS.md §16 from a results dict."""
+    mb = 1e6
+    lines = [
+        "| model | method | resident | tokens/s | weights in memory (MB) | MB moved / token "
+        "| hit rate | same tokens |",
+        "|---|---|---:|---:|---:|---:|---:|:-:|",
+    ]
+    for m in result["models"]:
+        for r in m["rows"]:
+            if "error" in r:
+                lines.append(
+                    f"| {m['model']} | {r['method']} | {r['share']:.0%} | failed: "
+                    f"{r['error'][:60]} | | | | |"
+                )
+                continue
+            hit = "—" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}"
+            lines.append(
+                f"| {m['model']} | {r['method']} | {r['share']:.0%} | {r['tokens_per_s']:.1f} "
+                f"| {r['memory_bytes'] / mb:.1f} | {r['bytes_per_token'] / mb:.2f} | {hit} "
+                f"| {'yes' if r['identical'] else 'no'} |"
+            )
+    lines += ["", "| trace | tokens | policy | " + " | ".join(
+        f"{s:.1%}" for s in SIM_SHARES) + " | pre-gating precision / recall |",
+        "|---|---:|---|" + "---:|" * len(SIM_SHARES) + "---|"]  # fmt: skip
+    traces = [*result["routing_traces"], *(m["trace"] for m in result["models"])]
+    for t in traces:
+        pre = t["prefetch"]
+        for policy in sorted({r["policy"] for r in t["sweep"]}):
+            rates = [r["hit_rate"] for r in t["sweep"] if r["policy"] == policy]
+            extra = f"{pre['precision']:.2f} / {pre['recall']:.2f}" if policy == "pregate" else ""
+            lines.append(
+                f"| {t['label']} | {t['tokens']} | {policy} | "
+                + " | ".join(f"{x:.3f}" for x in rates)
+                + f" | {extra} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="Print the tables of the saved results; run nothing.",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        import json
+
+        print(markdown(json.loads(RESULTS.read_text())))
+        return
     torch.set_num_threads(args.threads)
     build, prompt, windows = dynmoe_factory(trained_run(args.runs))
     result: dict[str, Any] = {
@@ -417,6 +500,7 @@ def main() -> None:
             )
     write_json(RESULTS, result)
     plot(result)
+    print(markdown(result))
     print(f"wrote {RESULTS} and {PLOT}")
 
 
