@@ -406,7 +406,7 @@ def plot(result: dict[str, Any]) -> None:
         ax.legend(fontsize=8)
     ax = axes[-1]
     methods = ["dynroute.offload (pregate)", "dynroute.offload (lru)", "accelerate (disk offload)"]
-    names = [m["model"] for m in result["models"]]
+    names = [m["model"].split(" ")[0] for m in result["models"]]
     for i, method in enumerate(methods):
         speeds = [
             next(
@@ -471,13 +471,15 @@ def main() -> None:
     parser.add_argument(
         "--markdown",
         action="store_true",
-        help="Print the tables of the saved results; run nothing.",
+        help="Print the saved results' tables and redraw the plot; run nothing.",
     )
     args = parser.parse_args()
-    if args.markdown:
+    if args.markdown:  # the saved results again: their tables, and the plot redrawn
         import json
 
-        print(markdown(json.loads(RESULTS.read_text())))
+        saved = json.loads(RESULTS.read_text())
+        plot(saved)
+        print(markdown(saved))
         return
     torch.set_num_threads(args.threads)
     build, prompt, windows = dynmoe_factory(trained_run(args.runs))
