@@ -64,6 +64,7 @@ class CachePolicy:
     def set_future(self, future: Sequence[Key]) -> None:
         """The whole demand sequence ahead (only offline policies use it)."""
 
+
 POLICIES: Registry[CachePolicy] = Registry(
     "cache policy", CachePolicy, package="dynroute.offload", example="lru"
 )
