@@ -12,6 +12,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "offload.md"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.mark.slow
 def test_offload_doc_python_blocks_run() -> None:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert len(blocks) >= 2
