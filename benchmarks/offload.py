@@ -1,6 +1,7 @@
 """Expert offloading on CPU: dynroute.offload vs accelerate's disk offload, and the
 trace simulator's hit rates per policy and cache size.
 
+    pip install -e ".[bench]"   # accelerate, the baseline
     PYTHONPATH=src python benchmarks/offload.py [--runs DIR] [--new-tokens 32] [--threads 1]
 
 Models: a trained tiny DynMoE run (top-p; trained once with ``dynroute train`` into
