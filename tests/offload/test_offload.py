@@ -49,7 +49,8 @@ def test_offloaded_dynmoe_generates_what_the_resident_model_does(
     prompt = torch.randint(0, 64, (1, 7))
     want, logits = greedy(model, prompt), model(prompt).logits
     off = offload_experts(model, budget="25%", policy=policy, store=tmp_path / "s", cold=True)
-    assert not any(p.numel() > 48 * 32 * 2 for n, p in model.named_parameters() if "experts" in n)
+    experts = [p for n, p in model.named_parameters() if ".experts." in n]
+    assert experts and all(p.untyped_storage().nbytes() <= 8 for p in experts)  # hollow
     assert torch.equal(greedy(model, prompt), want)
     assert torch.equal(model(prompt).logits, logits)
     s = off.summary()

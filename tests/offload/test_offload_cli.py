@@ -63,6 +63,10 @@ def test_eval_with_expert_memory_gives_the_same_loss_and_an_offload_object(model
     assert code == 0 and code_off == 0, offloaded
     want, got = json.loads(plain), json.loads(offloaded)
     assert got["val_loss"] == want["val_loss"]
+    # every other number too (parameter counts included: the offloaded experts keep shapes)
+    assert {k: v for k, v in got.items() if k not in ("tokens_per_second", "offload")} == {
+        k: v for k, v in want.items() if k != "tokens_per_second"
+    }
     off = got["offload"]
     assert off["slots"] == 8 and off["total_experts"] == 16
     assert 0 <= off["hit_rate"] <= 1 and off["bytes_per_token"] > 0

@@ -78,6 +78,8 @@ class OffloadedExperts(Experts):
         self.layer_index = layer.index
         self.compute = layer.compute
         self._dtype = layer.dtype
+        #: the layer's own experts module, hollow (shapes and parameter counts, no memory)
+        self.shapes: nn.Module | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -205,13 +207,11 @@ def install(runtime: Offload, layer: OffloadLayer) -> None:
     """Swap ``layer``'s experts for offloaded ones and drop the resident weights."""
     offloaded = OffloadedExperts(runtime, layer)
     module = layer.module
-    if hasattr(module, "offloaded_experts"):  # a dynroute.hf block: keep shapes, free memory
+    if hasattr(module, "offloaded_experts"):  # a dynroute.hf block
         module.offloaded_experts = offloaded
-        for name in ("gate_up_proj", "down_proj"):
-            old = getattr(module.experts, name)
-            empty = torch.zeros((), dtype=old.dtype, device=old.device).expand(old.shape)
-            setattr(module.experts, name, nn.Parameter(empty, requires_grad=False))
-    else:
+        hollow(module.experts)
+    else:  # a DynMoE layer: the old experts stay inside, hollow, so parameter counts hold
+        offloaded.shapes = hollow(module.experts)
         module.experts = offloaded
 
     def remember(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -219,6 +219,17 @@ def install(runtime: Offload, layer: OffloadLayer) -> None:
 
     runtime.hooks.append(module.register_forward_pre_hook(remember))
     layer.expert_tensors = offloaded_tensors
+
+
+def hollow(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter replaced by one of the same shape and dtype and no
+    memory behind it (a zero expanded to the shape): what counts parameters or reads
+    shapes still works; the weights are in the store. Saving such a model saves zeros."""
+    for name, p in list(module.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        empty = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
+        setattr(module.get_submodule(owner), leaf, nn.Parameter(empty, requires_grad=False))
+    return module
 
 
 def offloaded_tensors(e: int) -> dict[str, Tensor]:
