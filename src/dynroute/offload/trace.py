@@ -109,6 +109,12 @@ class TraceRecorder:
         self.used: dict[int, list[tuple[int, ...]]] = {}
         self.predicted: dict[int, list[tuple[int, ...]]] = {}
         self.handles: list[Any] = []
+        #: adapted blocks' own record_routing, put back by ``remove``
+        self.recording = {
+            lay.index: lay.module.record_routing
+            for lay in self.layers
+            if hasattr(lay.module, "record_routing")
+        }
         for lay in self.layers:
             if hasattr(lay.module, "record_routing"):
                 lay.module.record_routing = True
@@ -178,8 +184,8 @@ class TraceRecorder:
         for handle in self.handles:
             handle.remove()
         for lay in self.layers:
-            if hasattr(lay.module, "record_routing"):
-                lay.module.record_routing = False
+            if lay.index in self.recording:
+                lay.module.record_routing = self.recording[lay.index]
 
 
 @contextmanager
