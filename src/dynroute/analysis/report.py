@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dynroute.analysis.offloading import offload_section
 from dynroute.analysis.plots import FIGURES
 from dynroute.analysis.table import findings, layer_pattern, summary_rows
 from dynroute.common.html import escape, figure, heading, note, table, write_figure, write_page
@@ -183,6 +184,7 @@ def render_report(runs: Runs, out_dir: str | Path, title: str | None = None) -> 
     out = Path(out_dir)
     title = title or "Routing analysis: " + " vs ".join(runs)
     sections = [heading(title, 1), *_overview(runs), *_figures(runs, out / FIGURES_DIR)]
+    sections += offload_section(dict(runs))
     for label, s in runs.items():
         sections += _per_layer(label, s)
     return write_page(out / REPORT_FILE, title, sections)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dynroute.analysis.offloading import offload_stats, offload_trace
 from dynroute.analysis.recorder import RecorderConfig, RoutingRecorder
 from dynroute.analysis.summary import summarize
 from dynroute.checkpoints import CHECKPOINT_NAMES, LoadedModel, load_model, router_text
@@ -87,22 +88,27 @@ def analyze_model(
     if own:
         rec.attach_model(model)
     try:
-        run = evaluate_lm(
-            model,
-            iter_eval_batches(ids, batch_size, seq_len),
-            before_batch=rec.begin_batch,
-            after_batch=lambda output, losses: rec.end_batch(losses),
-            progress=progress,
-            total=-(-n_windows // batch_size),
-            label="routing",
-            interruptible=True,  # Ctrl-C keeps what was recorded (a second one aborts)
-        )
+        with offload_trace(model) as tracer:
+            run = evaluate_lm(
+                model,
+                iter_eval_batches(ids, batch_size, seq_len),
+                before_batch=rec.begin_batch,
+                after_batch=lambda output, losses: rec.end_batch(losses),
+                progress=progress,
+                total=-(-n_windows // batch_size),
+                label="routing",
+                interruptible=True,  # Ctrl-C keeps what was recorded (a second one aborts)
+            )
     finally:
         if own:
             rec.detach()
     completed = run.completed
     info = {"seq_len": seq_len, "batch_size": batch_size, "completed": completed}
-    return summarize(rec, decode=decode, meta={**info, **(meta or {})})
+    stats = summarize(rec, decode=decode, meta={**info, **(meta or {})})
+    offload = offload_stats(tracer)
+    if offload is not None:
+        stats["offload"] = offload
+    return stats
 
 
 def write_stats(stats: dict[str, Any], out_dir: str | Path) -> Path:

@@ -36,6 +36,18 @@ NewTokens = Annotated[int, typer.Option(min=1, help="Tokens to generate.")]
 Prompt = Annotated[
     str | None, typer.Option(help="Prompt text (default: start of the validation text).")
 ]
+ExpertMemory = Annotated[
+    str | None,
+    typer.Option(
+        help="Run with only this much of the experts resident (a share such as 50%, or a "
+        "size such as 2GB); the rest load on demand (docs/offload.md). Adds an `offload` "
+        "object (hit_rate, bytes_per_token, ...) to the result.",
+    ),
+]
+ExpertPolicy = Annotated[
+    str,
+    typer.Option(help="Cache policy with --expert-memory: pregate, lru, lfu or reuse."),
+]
 
 
 @options.command
@@ -51,6 +63,8 @@ def eval_(
     prompt: Prompt = None,
     threads: options.Threads = None,
     progress: options.Progress = True,
+    expert_memory: ExpertMemory = None,
+    expert_policy: ExpertPolicy = "pregate",
 ) -> None:
     """Evaluate CHECKPOINT; by default on the windows its training evaluated on.
 
@@ -70,6 +84,11 @@ def eval_(
     options.set_threads(threads)
     show = progress and not json_out
     loaded = load_model(checkpoint)
+    offload = None
+    if expert_memory is not None:  # before anything runs: a bad budget fails at once
+        from dynroute.offload import offload_experts
+
+        offload = offload_experts(loaded.model, expert_memory, policy=expert_policy)
     generation = None
     if generate:  # first: a bad --prompt fails before the evaluation runs
         from dynroute.train.generate import generation_report
@@ -81,6 +100,11 @@ def eval_(
     result["checkpoint"] = str(checkpoint)
     if generation is not None:
         result["generation"] = generation
+    if offload is not None:
+        offload.close()
+        result["offload"] = offload.summary()
+        if not json_out:
+            Console(stderr=True).print(offload.summary_line(), markup=False)
     if json_out:
         options.print_json(result)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,15 @@ RequestTimeout = Annotated[
 ]
 
 
+ExpertMemory = Annotated[
+    str | None,
+    typer.Option(
+        help="Keep only this much of the experts in memory (a share such as 50%, or a size "
+        "such as 2GB); the rest load on demand with pre-gating prefetch (docs/offload.md).",
+    ),
+]
+
+
 @options.command
 def serve(
     model_dir: ModelDir,
@@ -63,6 +73,7 @@ def serve(
     max_prompt_tokens: MaxPromptTokens = None,
     max_tokens_cap: options.MaxTokensCap = None,
     request_timeout: RequestTimeout = None,
+    expert_memory: ExpertMemory = None,
 ) -> None:
     """Serve MODEL_DIR with the OpenAI API (completions, chat, models, health).
 
@@ -81,6 +92,11 @@ def serve(
     options.set_threads(threads)
     dev = str(resolve_device(device or "auto"))  # auto: CUDA when present
     served = load_served_model(model_dir, name, dev)
+    offload = None
+    if expert_memory is not None:
+        from dynroute.offload import offload_experts
+
+        offload = offload_experts(served.model, expert_memory, policy="pregate")
     limits = ModelLimits(
         max_body_bytes=max_body_bytes, max_prompts=max_prompts, request_timeout_s=request_timeout,
         max_prompt_tokens=max_prompt_tokens, max_tokens_cap=max_tokens_cap,
@@ -93,7 +109,12 @@ def serve(
         f"serving {served.name} ({served.folder}, {dev}, context {served.context_length}) "
         f"on http://{host}:{port}/v1{' (API key required)' if keys else ''}"
     )
+    if offload is not None:
+        banner += f"; {offload.summary_line()}"
     run_app(app_, host, port, banner, access_log, drain_timeout_s=drain_timeout)
+    if offload is not None:
+        offload.close()
+        print(offload.summary_line(), file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

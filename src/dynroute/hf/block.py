@@ -221,6 +221,8 @@ class DynamicMoEBlock(nn.Module):
         self._for_loss = _TrainingRouting()
         #: the model's experts_implementation before apply_routing named "dynroute"
         self.replaced_experts_implementation: str | None = None
+        #: set by ``dynroute.offload``: experts loaded on demand, run instead of ``experts``
+        self.offloaded_experts: nn.Module | None = None
         # counters as tensors updated in place: a Python int would be a guard that makes
         # torch.compile recompile on every step. Not buffers (transformers' weight init
         # and meta-device loading handle buffers of their own modules only).
@@ -306,6 +308,8 @@ class DynamicMoEBlock(nn.Module):
 
     def _experts(self, x: Tensor, routing: Routing) -> Tensor:
         """The routed experts' output [N, H]: our dispatch, or transformers' implementation."""
+        if self.offloaded_experts is not None:
+            return self._dispatch(x, routing, self.offloaded_experts)
         if self.experts_implementation == DYNROUTE_EXPERTS:
             return self._dispatch(x, routing, expert_weights(self.experts))
         # static width under compile (no host sync): pad every token to all E experts
