@@ -127,6 +127,12 @@ def test_collect_writes_a_table_llm_eval_reads(servers: dict[str, str], tmp_path
     assert table.quality.shape == (12, 2) and set(table.models) == {SMALL, BIG}
     again = run_collect(args)  # everything recorded: nothing sent, nothing added
     assert again["sent"] == 0 and len(rows_of(out)) == 24
+    # as a kill leaves it: the last rows not written, the one being written cut short
+    kept = out.read_text().splitlines(keepends=True)[:19]
+    out.write_text("".join(kept) + kept[-1][:25])
+    resumed = run_collect(args)
+    assert resumed["sent"] == 5 and len(rows_of(out)) == 24
+    assert set(Counter((r["query"], r["model"]) for r in rows_of(out)).values()) == {1}
     result = CliRunner().invoke(
         app,
         [
@@ -189,6 +195,7 @@ def test_missing_rows_drop_their_query_with_a_warning(tmp_path: Path) -> None:
         assert load_table(path).quality[0].tolist() == [1.0, 0.0]
 
 
+@pytest.mark.slow  # a CLI process started and killed: seconds on a busy machine
 def test_a_killed_run_resumes_without_sending_a_row_twice(
     servers: dict[str, str], tmp_path: Path
 ) -> None:

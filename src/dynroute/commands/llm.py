@@ -549,6 +549,9 @@ def collect(
     retries: Annotated[int, typer.Option(help="Tries more after a backend fault.")] = 2,
     timeout: Timeout = 120.0,
     max_tokens: Annotated[int | None, typer.Option(help="max_tokens of each answer.")] = None,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature of the answers (0: greedy).")
+    ] = 0.0,
     json_out: options.Json = False,
     progress: options.Progress = True,
     threads: options.Threads = None,
@@ -589,7 +592,8 @@ def collect(
 
         result = asyncio.run(collect_rows(
             lines, found, out, judge=rater, concurrency=concurrency, retries=retries,
-            timeout_s=timeout, max_tokens=max_tokens, on_row=on_row))  # fmt: skip
+            timeout_s=timeout, max_tokens=max_tokens, temperature=temperature,
+            on_row=on_row))  # fmt: skip
     if json_out:
         options.print_json(result)
         return

@@ -310,6 +310,7 @@ class Sender:
     retries: int = 2
     backoff_s: float = 0.5
     max_tokens: int | None = None
+    temperature: float = 0.0
     down: dict[str, str] = field(default_factory=dict)  # backend -> why it is given up
 
     async def ask(
@@ -319,8 +320,11 @@ class Sender:
         a judge writes its reasons uncapped); raises :class:`Unanswered`."""
         if b.name in self.down:  # its breaker opened: do not wait out every retry again
             raise Unanswered(self.down[b.name])
-        body: dict[str, Any] = {"model": b.model, "temperature": 0.0,
-                                "messages": [{"role": "user", "content": text}]}  # fmt: skip
+        body: dict[str, Any] = {
+            "model": b.model,
+            "temperature": self.temperature if capped else 0.0,
+            "messages": [{"role": "user", "content": text}],
+        }
         if self.max_tokens is not None and capped:
             body["max_tokens"] = self.max_tokens
         why = ""
@@ -429,12 +433,14 @@ async def collect(
     retries: int = 2,
     timeout_s: float = 120.0,
     max_tokens: int | None = None,
+    temperature: float = 0.0,
     on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Ask every backend every prompt not yet answered in ``out``; append a row each.
 
-    At most ``concurrency`` requests are out at once. ``on_row(done, total, row)`` is
-    called after each row written (``done`` counts the rows already in ``out`` too).
+    At most ``concurrency`` requests are out at once; answers are sampled at
+    ``temperature`` (0: greedy), a judge's always greedily. ``on_row(done, total, row)``
+    is called after each row written (``done`` counts the rows already in ``out`` too).
     Returns :func:`summarize` of the whole table plus ``sent`` (rows this run wrote).
     """
     check_collect(prompts, backends, judge)
@@ -450,7 +456,7 @@ async def collect(
     path.parent.mkdir(parents=True, exist_ok=True)
     limits = httpx.Limits(max_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        sender = Sender(client, retries=retries, max_tokens=max_tokens)
+        sender = Sender(client, retries, max_tokens=max_tokens, temperature=temperature)
         with path.open("a", encoding="utf-8") as f:
 
             async def worker() -> None:
