@@ -382,7 +382,7 @@ async def outcome_row(
                    completion_tokens=usage["completion_tokens"], latency_s=round(seconds, 4),
                    score=p.score)  # fmt: skip
         row["quality"] = await quality_of(p, answer, sender, judge)
-        row["cost"] = cost
+        row["cost"] = round(cost, 12)  # USD; no float noise (1.7199999999999998e-05)
     except Unanswered as why:
         row["missing"] = str(why)
     return row
