@@ -319,6 +319,8 @@ def test_bad_input_fails_in_one_line(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "a", "reference": "1"}\n{"prompt": "b", oops}\n')
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "a"}\n')
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text('{"prompt": "a", "reference": "1"}\n')
     out, prices = ["--out", str(tmp_path / "t.jsonl")], ["--prices", str(prices_file(tmp_path))]
     proc = subprocess.run(
         [sys.executable, "-m", "dynroute.cli", "llm", "collect", "--prompts", str(bad),
@@ -335,6 +337,7 @@ def test_bad_input_fails_in_one_line(tmp_path: Path) -> None:
         "is not NAME=URL": [str(good), "a:http://h"],
         "no prices for backend(s) ['a']": [str(good), "a=http://h", *prices],
         "1 prompt(s) need a judge": [str(good), "small=http://h", *prices],
+        "--retries must be >= 0": [str(ref), "small=http://h", *prices, "--retries", "-1"],
     }
     for needle, (path, backend, *rest) in cases.items():
         args = ["llm", "collect", "--prompts", path, "--backend", backend, *out, *rest]

@@ -444,8 +444,14 @@ async def collect(
     Returns :func:`summarize` of the whole table plus ``sent`` (rows this run wrote).
     """
     check_collect(prompts, backends, judge)
-    if concurrency < 1:
-        raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+    for flag, value, low in (
+        ("--concurrency", concurrency, 1),
+        ("--retries", retries, 0),
+        ("--max-tokens", max_tokens, 1),
+        ("--timeout", timeout_s, 1e-3),
+    ):
+        if value is not None and not value >= low:
+            raise ValueError(f"{flag} must be >= {low:g}, got {value}")
     path = Path(out)
     done = {cell for cell, r in latest_cells(recorded_rows(path)).items() if not r.get("missing")}
     todo = [(p, b) for p in prompts for b in backends if (p.query, b.name) not in done]
