@@ -339,6 +339,14 @@ def test_bad_input_fails_in_one_line(tmp_path: Path) -> None:
         "1 prompt(s) need a judge": [str(good), "small=http://h", *prices],
         "--retries must be >= 0": [str(ref), "small=http://h", *prices, "--retries", "-1"],
     }
+    (tmp_path / "wide.jsonl").write_text('{"query": "a", "quality": {"x": 1}}\n')
+    wide = ["--out", str(tmp_path / "wide.jsonl")]
+    cases["wide.jsonl line 1 is not a row `dynroute llm collect` writes"] = [
+        str(ref),
+        "small=http://h",
+        *prices,
+        *wide,
+    ]
     for needle, (path, backend, *rest) in cases.items():
         args = ["llm", "collect", "--prompts", path, "--backend", backend, *out, *rest]
         result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})

@@ -259,12 +259,16 @@ def recorded_rows(out: str | Path) -> list[dict[str, Any]]:
             f.truncate(len(complete))
     rows = []
     for n, line in enumerate(complete.decode("utf-8").split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{p} line {n} is not valid JSON: not a table `dynroute llm "
-                                 "collect` wrote; pass a new --out") from None  # fmt: skip
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not {"query", "model"} <= set(row):
+            raise ValueError(f"{p} line {n} is not a row `dynroute llm collect` writes (JSON "
+                             'with "query" and "model"); pass a new --out')  # fmt: skip
+        rows.append(row)
     return rows
 
 
