@@ -525,5 +525,108 @@ def export_log(
     print(f"wrote {count} decisions to {out}")
 
 
+@llm.command("collect")
+@options.command
+def collect(
+    prompts: Annotated[
+        Path,
+        typer.Option(
+            help='JSONL, a line each: {"prompt": ..., "reference": ...} '
+            '("reference", "id", "score" optional).'
+        ),
+    ],
+    backend: Annotated[
+        list[str], typer.Option(help="NAME=URL of an OpenAI-compatible server (once each).")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Outcome table to append to (long JSONL; rerun: resumes).")
+    ],
+    prices: Prices = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="NAME=URL of a backend rating answers 1-10 (lines without reference)."),
+    ] = None,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="Scoring by reference: exact, numeric, choice, regex (or judge); "
+            'a line\'s "score" overrides it.'
+        ),
+    ] = "exact",
+    concurrency: Annotated[int, typer.Option(help="Requests out at once.")] = 4,
+    retries: Annotated[int, typer.Option(help="Tries more after a backend fault.")] = 2,
+    timeout: Timeout = 120.0,
+    max_tokens: Annotated[int | None, typer.Option(help="max_tokens of each answer.")] = None,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature of the answers (0: greedy).")
+    ] = 0.0,
+    json_out: options.Json = False,
+    progress: options.Progress = True,
+    threads: options.Threads = None,
+) -> None:
+    """Send every prompt to every backend; write the outcome table `llm eval/fit` read.
+
+    Each row: the answer, its tokens, latency, cost (usage x the --prices file) and quality
+    (by the line's reference, or the --judge's rating). A backend that does not answer is
+    recorded as missing (its query is left out of eval/fit); a rerun sends only what is
+    not recorded yet (and retries the missing).
+    """
+    import asyncio
+
+    from dynroute.serve.backends import load_backend_file, parse_backend_args
+    from dynroute.serve.collect import collect as collect_rows
+    from dynroute.serve.collect import read_prompts
+    from dynroute.train.progress import progress_bar
+
+    options.set_threads(threads)
+    config = load_backend_file(prices)
+    found = parse_backend_args(backend, config)
+    rater = None
+    if judge is not None:
+        named = {n: f for n, f in config.items() if judge.startswith(f"{n}=")}
+        rater = parse_backend_args([judge], named)[0]
+    lines = read_prompts(prompts, score)
+    with contextlib.ExitStack() as stack:
+        bar: list[Callable[[int, str], None] | None] = []
+        missing = [0]
+
+        def on_row(done: int, total: int, row: dict[str, Any]) -> None:
+            if not bar:
+                shown = progress and not json_out
+                bar.append(stack.enter_context(progress_bar(shown, total, done - 1, "collect")))
+            missing[0] += bool(row.get("missing"))
+            if bar[0] is not None:
+                bar[0](done, f"{missing[0]} missing" if missing[0] else "")
+
+        result = asyncio.run(collect_rows(
+            lines, found, out, judge=rater, concurrency=concurrency, retries=retries,
+            timeout_s=timeout, max_tokens=max_tokens, temperature=temperature,
+            on_row=on_row))  # fmt: skip
+    if json_out:
+        options.print_json(result)
+        return
+    print(collected(result))
+
+
+def collected(result: dict[str, Any]) -> str:
+    """The summary line of ``llm collect``.
+
+    Example:
+        >>> collected({"rows": 4, "missing": 1, "sent": 3, "out": "t.jsonl", "models": {
+        ...     "a": {"answered": 2, "quality": 0.5, "cost": 2e-05, "latency_s": 0.25},
+        ...     "b": {"answered": 1, "quality": 1.0, "cost": 1e-04, "latency_s": 1.5}}})
+        't.jsonl: 4 rows (3 sent now), 1 missing; a: quality 0.500, $2e-05, 0.25 s; b: ...'
+    """
+    per = "; ".join(
+        f"{m}: quality {s['quality']:.3f}, ${s['cost']:.3g}, {s['latency_s']:.2f} s"
+        if s["answered"] else f"{m}: no answers"
+        for m, s in result["models"].items()
+    )  # fmt: skip
+    return (
+        f"{result['out']}: {result['rows']} rows ({result['sent']} sent now), "
+        f"{result['missing']} missing; {per}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(llm, name="llm")

@@ -4,7 +4,9 @@ An :class:`OutcomeTable` is the one type every router, metric and report works o
 ``Q`` queries × ``M`` models, a quality matrix ``[Q, M]`` (correctness or a score in
 [0, 1]), a cost matrix ``[Q, M]`` (USD per call) and the model names. Loaders read the
 shipped datasets (:func:`load_dataset`), RouterBench's wide table (CSV or pandas
-pickle), a long table of ``query, model, quality, cost`` rows (JSONL or CSV) and our own
+pickle), a long table of ``query, model, quality, cost`` rows (JSONL or CSV; a row with a
+truthy ``missing`` field, as ``dynroute llm collect`` writes for a backend that did not
+answer, drops its query with a warning) and our own
 wide JSONL (``{"query", "quality": {model: q}, "cost": {model: c}}`` per line, gzipped or
 not). Malformed input raises :class:`TableError`, whose message names the file and the
 fix.
@@ -26,6 +28,8 @@ import io
 import json
 import math
 import sys
+import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -285,10 +289,14 @@ def _from_long(path: Path, rows: list[dict[str, Any]]) -> OutcomeTable:
     queries: dict[str, int] = {}
     models: dict[str, int] = {}
     cells: dict[tuple[int, int], tuple[float, float]] = {}
+    gaps: set[tuple[int, int]] = set()  # cells a row marks missing (`dynroute llm collect`)
     for n, r in enumerate(rows, 1):
         qi = queries.setdefault(str(r["query"]), len(queries))
         mi = models.setdefault(str(r["model"]), len(models))
         where = f"{path} row {n}"
+        if r.get("missing"):  # the backend gave no answer: no outcome, not a quality of 0
+            gaps.add((qi, mi))
+            continue
         qual = _float(r["quality"], where, "quality")
         cost = _float(r["cost"], where, "cost")
         if math.isnan(qual) or math.isnan(cost):
@@ -298,7 +306,38 @@ def _from_long(path: Path, rows: list[dict[str, Any]]) -> OutcomeTable:
     cost = np.full_like(quality, np.nan)
     for (qi, mi), (a, b) in cells.items():
         quality[qi, mi], cost[qi, mi] = a, b
+    unfilled = gaps - set(cells)  # a later row (a rerun that got an answer) fills a gap
+    if unfilled:
+        return _drop_missing(path, tuple(queries), tuple(models), quality, cost, unfilled)
     return OutcomeTable(tuple(queries), tuple(models), quality, cost, (), str(path))
+
+
+def _drop_missing(
+    path: Path,
+    queries: tuple[str, ...],
+    models: tuple[str, ...],
+    quality: np.ndarray,
+    cost: np.ndarray,
+    gaps: set[tuple[int, int]],
+) -> OutcomeTable:
+    """The table without the queries some model has a ``missing`` row for (a router learns
+    from complete rows only); a warning says how many were dropped, and for which models."""
+    drop = sorted({qi for qi, _ in gaps})
+    keep = [i for i in range(len(queries)) if i not in set(drop)]
+    by_model = dict(sorted(Counter(models[mi] for _, mi in gaps).items()))
+    if not keep:
+        raise TableError(
+            f"{path}: every query has a missing outcome (missing rows per model: {by_model}); "
+            "rerun `dynroute llm collect` once those backends answer, or drop those models"
+        )
+    warnings.warn(
+        f"{path}: {len(drop)} of {len(queries)} queries dropped, a model's outcome missing "
+        f"(rows per model: {by_model}); rerun `dynroute llm collect` to fill them",
+        stacklevel=4,
+    )
+    return OutcomeTable(
+        tuple(queries[i] for i in keep), models, quality[keep], cost[keep], (), str(path)
+    )
 
 
 def _from_wide(path: Path, rows: list[dict[str, Any]]) -> OutcomeTable:
