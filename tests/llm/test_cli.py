@@ -237,3 +237,16 @@ def test_docs_python_block_runs(capsys):
     for code in blocks:
         exec(compile(code, str(doc), "exec"), {})
     assert capsys.readouterr().out
+
+
+def test_a_dropped_query_is_one_plain_warning_line(tables, tmp_path):
+    rows = [json.loads(line) for line in (tables / "train.jsonl").read_text().splitlines()]
+    rows.append({"query": "a new query", "model": "small", "quality": None, "cost": None,
+                 "missing": "HTTP 503"})  # fmt: skip
+    rows.append({"query": "a new query", "model": "big", "quality": 1.0, "cost": 0.01})
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    r = run("fit", "--train", tmp_path / "t.jsonl", "--out", tmp_path / "m", "--lambda", 1)
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("warning: "), r.stderr
+    assert ".py:" not in r.stderr  # no file:line, no source line

@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -205,6 +208,20 @@ def fail(message: str, code: int = USAGE_ERROR, style: str = "red") -> typer.Exi
     return typer.Exit(code)
 
 
+def plain_warning(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints dynroute's own warnings as one plain line on
+    stderr (``warning: ...``, no file and source line); other libraries' go to
+    ``fallback``."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, *rest: Any) -> None:
+        if f"{os.sep}dynroute{os.sep}" in filename:
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, *rest)
+
+    return show
+
+
 @contextlib.contextmanager
 def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
     """Turn user errors into one line and exit code 2; Ctrl-C into ``interrupted`` and 130.
@@ -218,7 +235,9 @@ def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
         2
     """
     try:
-        yield
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            warnings.showwarning = plain_warning(warnings.showwarning)
+            yield
     except KeyboardInterrupt as err:  # the engine's TrainingInterrupted says how to resume
         raise fail(str(err) or interrupted, INTERRUPTED, "yellow") from None
     except USER_ERRORS as err:
