@@ -42,7 +42,7 @@ ARGS: dict[str, list[str]] = {
         "--domains", "docs,licenses", "--held-out", "licenses", "--steps", "1",
         "--gate-steps", "1", "--no-mole", "--no-progress",
     ],
-    "lora library eval": ["--no-progress"],
+    "lora library eval": ["--top-k", "1", "--max-batches", "1", "--no-progress"],
     "adaptive oracle": ["--windows", "2", "--no-progress"],
     "adaptive report": ["--out", "OUT/report", "--windows", "2", "--no-progress"],
     "llm route": ["what is 2 + 2?"],
