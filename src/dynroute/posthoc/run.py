@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dynroute.checkpoints import load_model
+from dynroute.data import eval_windows as eval_windows_of
 from dynroute.posthoc.slots import DenseModelError, moe_slots
 from dynroute.posthoc.sweep import SweepData, SweepSettings, check_targets, sweep
 
@@ -70,13 +71,22 @@ def posthoc_model(
         DenseModelError: the model has no top-k MoE layer (before any text is read).
         ValueError: a target outside (0, 1].
     """
-    check_targets(settings.targets)
     loaded = load_model(path)
-    slots = moe_slots(loaded.model)  # a dense model is refused before any text is read
-    if not slots:
-        raise DenseModelError(f"{path}: no MoE layer")
+    try:  # a dense model is refused before any text is read
+        k = moe_slots(loaded.model)[0].k
+    except DenseModelError as err:
+        raise DenseModelError(f"{path}: {err}") from None
+    try:
+        check_targets(settings.targets)
+    except ValueError as err:
+        raise ValueError(f"{path} (top-{k}): {err}") from None
     seq_len = loaded.seq_len
-    windows, calib = split_windows(loaded.eval_set(), eval_windows, calib_tokens)
+    if loaded.windows is not None or loaded.prepared is not None:
+        every = loaded.eval_set()
+    else:  # a transformers checkpoint: cut only the text needed from the held-out split
+        need = (2 * eval_windows + 2 * (calib_tokens // seq_len) + 4) * (seq_len + 1)
+        every = eval_windows_of(loaded.tokens(max_tokens=need)[:need], seq_len)
+    windows, calib = split_windows(every, eval_windows, calib_tokens)
     train = None
     if settings.fixes:
         budget = 4 * settings.fix_tokens + seq_len + 1

@@ -23,9 +23,11 @@ from dynroute.layers import MoE
 from dynroute.models.config import router_fields
 from dynroute.routing import NullExperts, Routing, TopK, make_router
 
-__all__ = ["DenseModelError", "DynMoESlot", "HFSlot", "NullGate", "Slot", "moe_slots"]
+__all__ = ["NULL_OFF", "DenseModelError", "DynMoESlot", "HFSlot", "NullGate", "Slot", "moe_slots"]
 
 RoutingWatcher = Callable[[Routing], None]
+#: A null expert's logit that no token ever picks: −inf as the lowest finite float32.
+NULL_OFF = float(torch.finfo(torch.float32).min)
 
 
 class DenseModelError(ValueError):
@@ -53,7 +55,9 @@ class NullGate(nn.Module):
     """A gate with ``num_null`` null-expert columns (AdaMoE) after the E real ones.
 
     The null logits are ``x @ null_weight.T + null_bias``: the weight starts at zero and
-    the bias at ``init`` (−inf: no token ever picks a null, the model is unchanged).
+    the bias at ``init``; the default, :data:`NULL_OFF` (−inf as the lowest finite float:
+    routers refuse non-finite logits), has no token ever pick a null, so the model is
+    unchanged.
 
     Example:
         >>> gate = NullGate(nn.Linear(4, 3, bias=False), num_null=2)
@@ -61,11 +65,12 @@ class NullGate(nn.Module):
         torch.Size([5, 5])
     """
 
-    def __init__(self, gate: nn.Linear, num_null: int, init: float = float("-inf")) -> None:
+    def __init__(self, gate: nn.Linear, num_null: int, init: float | None = None) -> None:
         super().__init__()
         self.real = gate
         weight = gate.weight
         self.null_weight = nn.Parameter(weight.new_zeros(num_null, gate.in_features))
+        init = NULL_OFF if init is None else init
         self.null_bias = nn.Parameter(weight.new_full((num_null,), init))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -101,9 +106,9 @@ class DynMoESlot:
         """Back to the trained top-k router."""
         self.layer.route = self.original
 
-    def add_null_experts(self, num_null: int, init: float = float("-inf")) -> NullGate:
+    def add_null_experts(self, num_null: int, init: float | None = None) -> NullGate:
         """Give the gate ``num_null`` null columns and route with top-k over real + null
-        (AdaMoE); at ``init`` = −inf the outputs are the trained model's."""
+        (AdaMoE); at ``init`` None (:data:`NULL_OFF`) the outputs are the trained model's."""
         if not self.normalize:
             raise ValueError(
                 f"MoE layer {self.index}: null experts renormalise the real experts' weights; "
