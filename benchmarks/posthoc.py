@@ -171,6 +171,41 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Per model: loss change (%) of each method at each target (measured k̄ / k in the
+    header), the static smaller-k points, and the fixes with their token budget."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        base = mine[0]
+        targets = sorted({r["target"] for r in mine if r["method"] in METHODS}, reverse=True)
+        out.append(f"**{model}** (top-{base['k']} of {base['num_experts']}, "
+                   f"{base['train_tokens']:,} training tokens, val loss "
+                   f"{base['base_val_loss']:.4f}): loss change vs the trained model, % "
+                   "(top-1 kept)\n")  # fmt: skip
+        out.append("| method | " + " | ".join(f"{t:g} k" for t in targets) + " |")
+        out.append("|---|" + "---:|" * len(targets))
+        for method in [m for m in METHODS if any(r["method"] == m for r in mine)]:
+            cells = []
+            for t in targets:
+                r = next(r for r in mine if r["method"] == method and r["target"] == t)
+                cells.append(f"{r['loss_delta_pct']:+.2f} ({r['top1_kept']:.0%})")
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        static = [r for r in mine if r["method"] == STATIC]
+        out.append("\nstatic top-k: " + ", ".join(
+            f"k={round(r['mean_experts'])} {r['loss_delta_pct']:+.2f}%" for r in static
+        ))  # fmt: skip
+        fixes = [r for r in mine if r.get("fix")]
+        if fixes:
+            out.append(f"\nfixes ({fixes[0]['fix_tokens']:,} tokens each, "
+                       f"{fixes[0]['fix_tokens'] / base['train_tokens']:.0%} of training): "
+                       + ", ".join(f"{r['fix']} at {r['target']:g} k "
+                                   f"(k̄ {r['mean_experts']:.2f}) {r['loss_delta_pct']:+.2f}%"
+                                   for r in fixes))  # fmt: skip
+        out.append("\n")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="dynmoe_top2,mixtral,olmoe_top8,dynmoe_top3,qwen2_moe")
@@ -179,7 +214,17 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--calib-tokens", type=int, default=3072)
     parser.add_argument("--out", type=Path, default=RESULTS / "posthoc.json")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="Print the tables of --out's results (measure nothing).",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        import json
+
+        print(markdown(json.loads(args.out.read_text())))
+        return
     torch.set_num_threads(1)  # as configs/demo.toml: fastest for models this small
     data = prepare_data(None, vocab_size=4096)
     rows: list[dict[str, Any]] = []

@@ -3,6 +3,9 @@ trains only the gates, null experts at −inf are the trained model, the fixes r
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +158,11 @@ def test_a_model_without_top_k_is_refused() -> None:
                        num_experts=4, router={"name": "top_p", "p": 0.4})  # fmt: skip
     with pytest.raises(DenseModelError, match="not top-k"):
         moe_slots(DynMoEForCausalLM(cfg))
+
+
+def test_the_python_blocks_of_docs_posthoc_run() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "posthoc.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(doc), "exec"), {})

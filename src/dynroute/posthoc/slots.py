@@ -83,6 +83,11 @@ class DynMoESlot:
     """A DynMoE ``MoE`` layer trained with ``top_k``."""
 
     def __init__(self, index: int, layer: MoE) -> None:
+        if not isinstance(layer, MoE):
+            raise DenseModelError(
+                f"its layer {index} is a {type(layer).__name__}, not a top-k MoE layer: "
+                "post-hoc routing starts from a model trained with a fixed top-k router"
+            )
         if not isinstance(layer.route, TopK):
             raise DenseModelError(
                 f"MoE layer {index} routes with {layer.route!r}, not top-k: post-hoc routing "
