@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ def posthoc_model(
     except ValueError as err:
         raise ValueError(f"{path} (top-{k}): {err}") from None
     seq_len = loaded.seq_len
+    # the fixes train on windows no longer than the model's own (its max_seq_len may be that)
+    settings = dataclasses.replace(settings, fix_seq_len=min(settings.fix_seq_len, seq_len))
     if loaded.windows is not None or loaded.prepared is not None:
         every = loaded.eval_set()
     else:  # a transformers checkpoint: cut only the text needed from the held-out split
