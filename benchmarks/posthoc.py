@@ -149,9 +149,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, model in zip(axes[0], models, strict=True):
         mine = [r for r in rows if r["model"] == model]
         base = next(r for r in mine if r["method"] == "original")
+        fix_style = {"router_ft": ("s", "tab:brown"), "null_ft": ("D", "black"),
+                     "distill": ("P", "tab:pink")}  # fmt: skip
         for method in dict.fromkeys(r["method"] for r in mine):
             pts = sorted((r["expert_fraction"], r["val_loss"]) for r in mine
                          if r["method"] == method)  # fmt: skip
+            if method in METHODS:  # every line starts at the trained model
+                pts.append((1.0, base["val_loss"]))
             xs, ys = zip(*pts, strict=True)
             if method == "original":
                 ax.plot(xs, ys, "k*", ms=12, label=f"top-{base['k']} (trained)")
@@ -160,12 +164,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             elif method in METHODS:
                 ax.plot(xs, ys, "-o", ms=3, label=method)
             else:
-                ax.plot(xs, ys, "s", ms=6, label=f"{method} (fix)")
+                marker, color = fix_style.get(method, ("s", "gray"))
+                ax.plot(xs, ys, marker, color=color, ms=7, label=f"{method} (fix)")
         ax.set_title(f"{model}: top-{base['k']} of {base['num_experts']}")
         ax.set_xlabel("expert FLOPs per token (fraction of k)")
         ax.set_ylabel("validation loss (nats)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -223,12 +228,19 @@ def main() -> None:
     if args.markdown:
         import json
 
-        print(markdown(json.loads(args.out.read_text())))
+        rows = json.loads(args.out.read_text())
+        plot(rows, args.out.with_suffix(".png"))
+        print(markdown(rows))
         return
     torch.set_num_threads(1)  # as configs/demo.toml: fastest for models this small
     data = prepare_data(None, vocab_size=4096)
+    names = args.models.split(",")
     rows: list[dict[str, Any]] = []
-    for name in args.models.split(","):
+    if args.append and args.out.is_file():  # keep the other models' rows
+        import json
+
+        rows = [r for r in json.loads(args.out.read_text()) if r["model"] not in names]
+    for name in names:
         rows += run_model(name, args, data)
         write_json(args.out, rows)
         plot(rows, args.out.with_suffix(".png"))
