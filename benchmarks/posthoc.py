@@ -220,6 +220,9 @@ def main() -> None:
     parser.add_argument("--calib-tokens", type=int, default=3072)
     parser.add_argument("--out", type=Path, default=RESULTS / "posthoc.json")
     parser.add_argument(
+        "--append", action="store_true", help="Keep the rows of other models already in --out."
+    )
+    parser.add_argument(
         "--markdown",
         action="store_true",
         help="Print the tables of --out's results (measure nothing).",
