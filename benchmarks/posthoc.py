@@ -11,7 +11,7 @@ fractions of k, and the cheap fixes on 2% of the model's training tokens. Models
   128, 4 layers, 8 experts, top-2), trained here through ``dynroute.hf`` (their own top-2
   routing, dynroute's router losses) on the same tokens;
 - ``olmoe_top8``: an OLMoE-like top-8-of-64 model (hidden 128, 4 layers, experts of
-  width 64), trained the same way.
+  width 64), trained the same way for 150 steps (307,200 tokens).
 
 Writes benchmarks/results/posthoc.json (a list of rows, one per model x setting) and
 benchmarks/results/posthoc.png after every model (a partial run keeps what it measured).
@@ -43,6 +43,10 @@ RESULTS = REPO / "benchmarks" / "results"
 SEQ_LEN, BATCH, EVAL_SET = 128, 16, 256  # configs/demo.toml's shapes and evaluation set
 TARGETS = (0.9, 0.75, 0.6, 0.5)
 DYNMOE = {"dynmoe_top2": 2, "dynmoe_top3": 3}
+#: Training steps, evaluation windows and calibration tokens of every model, and the
+#: smaller OLMoE-like run (its 64 experts cost more per step on one core).
+SHAPES = {"steps": 200, "eval_windows": 64, "calib_tokens": 3072}
+SHAPE_OF = {"olmoe_top8": {"steps": 150, "eval_windows": 48, "calib_tokens": 2048}}
 
 
 def hf_model(name: str, vocab: int) -> torch.nn.Module:
@@ -119,18 +123,23 @@ def settings_for(train_tokens: int, fixes: list[str], fix_targets: list[float]) 
 def run_model(name: str, args: argparse.Namespace, data: Any) -> list[dict[str, Any]]:
     """Train or reuse model ``name``, sweep it; rows with the model's training tokens."""
     folder = args.runs / name
-    train_tokens = args.steps * BATCH * SEQ_LEN
+    shape = {**SHAPES, **SHAPE_OF.get(name, {})}
+    for key in shape:  # a flag given on the command line wins
+        if getattr(args, key) is not None:
+            shape[key] = getattr(args, key)
+    steps, n_eval, n_calib = shape["steps"], shape["eval_windows"], shape["calib_tokens"]
+    train_tokens = steps * BATCH * SEQ_LEN
     tell = lambda text: print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)  # noqa: E731
     if name in DYNMOE:
-        train_dynmoe(DYNMOE[name], folder, args.steps)
+        train_dynmoe(DYNMOE[name], folder, steps)
         fix_targets = [0.75, 0.5] if DYNMOE[name] == 2 else [0.75]
         settings = settings_for(train_tokens, ["router_ft", "null_ft", "distill"], fix_targets)
-        rows = posthoc_model(folder, settings, eval_windows=args.eval_windows,
-                             calib_tokens=args.calib_tokens, progress=tell)  # fmt: skip
+        rows = posthoc_model(folder, settings, eval_windows=n_eval, calib_tokens=n_calib,
+                             progress=tell)  # fmt: skip
     else:
-        model = train_hf(name, data, folder, args.steps)
+        model = train_hf(name, data, folder, steps)
         windows = eval_windows(np.asarray(data.val_tokens), SEQ_LEN, EVAL_SET)
-        ev, cal = split_windows(windows, args.eval_windows, args.calib_tokens)
+        ev, cal = split_windows(windows, n_eval, n_calib)
         settings = settings_for(train_tokens, ["router_ft", "distill"], [0.75])
         sweep_data = SweepData(ev, window_inputs(cal, 8), np.asarray(data.train_tokens))
         rows = sweep(model, sweep_data, settings, label=name, progress=tell)
@@ -145,8 +154,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    cols = min(3, len(models))
+    rows_ = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.9 * rows_), squeeze=False)
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models, strict=False):
         mine = [r for r in rows if r["model"] == model]
         base = next(r for r in mine if r["method"] == "original")
         fix_style = {"router_ft": ("s", "tab:brown"), "null_ft": ("D", "black"),
@@ -215,9 +228,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="dynmoe_top2,mixtral,olmoe_top8,dynmoe_top3,qwen2_moe")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "posthoc")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--eval-windows", type=int, default=64)
-    parser.add_argument("--calib-tokens", type=int, default=3072)
+    parser.add_argument("--steps", type=int, default=None, help="Default: SHAPES / SHAPE_OF.")
+    parser.add_argument("--eval-windows", type=int, default=None)
+    parser.add_argument("--calib-tokens", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "posthoc.json")
     parser.add_argument(
         "--append", action="store_true", help="Keep the rows of other models already in --out."
