@@ -94,7 +94,7 @@ def test_commands_that_train_or_evaluate_share_the_resource_flags() -> None:
         flags = {flag for param in cmd.params for flag in param.opts}
         if "--progress" in flags:
             assert "--threads" in flags, name
-    for name in ("eval", "analyze", "patch"):
+    for name in ("eval", "analyze", "patch", "posthoc"):
         flags = {flag for param in COMMANDS[name].params for flag in param.opts}
         assert {"--threads", "--progress", "--json"} <= flags, name
 

@@ -32,6 +32,10 @@ ARGS: dict[str, list[str]] = {
     "eval": ["--max-batches", "1", "--no-progress"],
     "analyze": ["--out", "OUT/analysis", "--max-tokens", "128", "--seq-len", "32", "--no-progress"],
     "patch": ["--router", "top_p:p=0.4", "--out", "OUT/patched", "--max-tokens", "64"],
+    "posthoc": [
+        "--targets", "0.75", "--methods", "top_k,top_p_norm", "--eval-windows", "2",
+        "--calib-tokens", "64", "--no-progress",
+    ],
     "serve": ["--port", "1"],
     "lora train": [
         "--config", str(REPO / "configs" / "lora_tiny.toml"), "--out", "OUT/lora",
@@ -55,6 +59,7 @@ ACCEPTS: dict[str, set[str]] = {
     "eval": {"training run", "model folder", "adaptive run", "transformers checkpoint"},
     "analyze": {"training run", "model folder", "transformers checkpoint"},
     "patch": {"transformers checkpoint"},
+    "posthoc": {"training run", "model folder", "transformers checkpoint"},
     "serve": {"training run", "model folder", "adaptive run", "transformers checkpoint"},
     "lora train": {"training run", "model folder", "adaptive run"},
     "lora library build": {"training run", "model folder", "adaptive run"},
