@@ -16,7 +16,29 @@ from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_l
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT
 
 
-class LoRAMoELinear(nn.Module):
+class LinearView:
+    """What code that inspects an ``nn.Linear`` reads, taken from the wrapped ``self.base``
+    (``in_features``, ``out_features``, ``weight``: ``proj.weight.dtype`` keeps working)."""
+
+    base: nn.Linear
+
+    @property
+    def in_features(self) -> int:
+        """The base's ``in_features``."""
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        """The base's ``out_features``."""
+        return self.base.out_features
+
+    @property
+    def weight(self) -> Tensor:
+        """The base's weight."""
+        return self.base.weight
+
+
+class LoRAMoELinear(LinearView, nn.Module):
     """``y = base(x) + Σ_e w_e(x) · B_e A_e x · alpha/r`` with the base frozen.
 
     A gate ``nn.Linear(d_in, E + router.extra_logits)`` scores the adapters per token,
@@ -93,21 +115,6 @@ class LoRAMoELinear(nn.Module):
         self.z_loss_weight = z_loss_weight
         self.aux_loss: Tensor | None = None
         self.last_routing: Routing | None = None
-
-    @property
-    def in_features(self) -> int:
-        """The base's ``in_features`` (code that inspects linears keeps working)."""
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        """The base's ``out_features``."""
-        return self.base.out_features
-
-    @property
-    def weight(self) -> Tensor:
-        """The base's weight (code that reads ``proj.weight.dtype`` keeps working)."""
-        return self.base.weight
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)

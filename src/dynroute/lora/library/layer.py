@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from dynroute.dispatch import DispatchFn, get_dispatch
 from dynroute.lora.experts import LoRAExperts
+from dynroute.lora.layer import LinearView
 from dynroute.routing import Routing
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["LibraryLinear", "library_layers"]
 
 
-class LibraryLinear(nn.Module):
+class LibraryLinear(LinearView, nn.Module):
     """``y = base(x) + Σ_{e chosen} w_e(x) · s_e B_e A_e x`` over a library of E adapters.
 
     Args:
@@ -99,16 +100,6 @@ class LibraryLinear(nn.Module):
     def num_adapters(self) -> int:
         """E, the adapters in the library."""
         return self.experts.num_experts
-
-    @property
-    def in_features(self) -> int:
-        """The base's ``in_features``."""
-        return self.base.in_features
-
-    @property
-    def weight(self) -> Tensor:
-        """The base's weight (code that reads ``proj.weight.dtype`` keeps working)."""
-        return self.base.weight
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
