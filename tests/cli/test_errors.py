@@ -54,6 +54,12 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "llm route": ([nope, "hello"], "config.json"),
         "llm report": ([*no_table, "--out", str(tmp / "rep2")], "nope.jsonl"),
         "llm serve": ([nope, "--backend", "a=http://h", "--port", "1"], nope),
+        "lora library build": (
+            [nope, "--config", bad_lora, "--out", str(tmp / "lib")],
+            "lora.toml [lora]: unknown key",
+        ),
+        "lora library eval": ([nope], nope),
+        "posthoc": ([nope], nope),
         "llm collect": (
             ["--prompts", nope, "--backend", "a=http://h", "--out", str(tmp / "t.jsonl")],
             nope,
