@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynroute.common.files import atomic_path
 from dynroute.common.jsonfile import write_json
-from dynroute.lora.layer import LoRAMoELinear, lora_layers
+from dynroute.lora.layer import LinearView, LoRAMoELinear, lora_layers
 from dynroute.routing import Router, RouterFn, make_router
 
 __all__ = [
@@ -155,24 +156,35 @@ def save_lora_experts(model: nn.Module, folder: Path | str) -> Path:
     Returns:
         ``folder``.
     """
-    from safetensors.torch import save_file
-
     config = getattr(model, "lora_experts_config", None)
     layers = lora_layers(model)
     if config is None or not layers:
         raise ValueError("save_lora_experts: the model has no LoRA experts (add_lora_experts)")
+    return write_adapter_folder(folder, layers, ADAPTER_FILE, CONFIG_FILE, config)
+
+
+def write_adapter_folder(
+    folder: Path | str,
+    layers: Mapping[str, LinearView],
+    tensors_file: str,
+    config_file: str,
+    config: Mapping[str, Any],
+) -> Path:
+    """Save each layer's :meth:`~dynroute.lora.layer.LinearView.adapter_state_dict`
+    (``{layer name}.{key}``) as ``folder/tensors_file`` (safetensors) and ``config`` as
+    ``folder/config_file``; the tensors are written to a temporary file and renamed, so a
+    crash mid-write never leaves a half-written adapter."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {
         f"{name}.{key}": t.detach().contiguous().cpu()
         for name, layer in layers.items()
         for key, t in layer.adapter_state_dict().items()
     }
-    # temp file + rename: a crash mid-write never leaves a half-written adapter
-    tmp = folder / f".{ADAPTER_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / ADAPTER_FILE)
-    write_json(folder / CONFIG_FILE, config)
+    with atomic_path(folder / tensors_file) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(folder / config_file, config)
     return folder
 
 

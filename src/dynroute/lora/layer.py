@@ -16,9 +16,10 @@ from dynroute.routing import Router, RouterFn, Routing, describe_router, extra_l
 from dynroute.routing.losses import DYNAMIC_WEIGHT, LOAD_BALANCE_WEIGHT
 
 
-class LinearView:
-    """What code that inspects an ``nn.Linear`` reads, taken from the wrapped ``self.base``
-    (``in_features``, ``out_features``, ``weight``: ``proj.weight.dtype`` keeps working)."""
+class LinearView(nn.Module):
+    """A module wrapping a linear ``self.base``: what code that inspects an ``nn.Linear``
+    reads comes from it (``in_features``, ``out_features``, ``weight``:
+    ``proj.weight.dtype`` keeps working); :meth:`adapter_state_dict` is everything else."""
 
     base: nn.Linear
 
@@ -37,8 +38,12 @@ class LinearView:
         """The base's weight."""
         return self.base.weight
 
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """Every tensor but the base's (gate, experts, buffers), by name in this module."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
 
-class LoRAMoELinear(LinearView, nn.Module):
+
+class LoRAMoELinear(LinearView):
     """``y = base(x) + Σ_e w_e(x) · B_e A_e x · alpha/r`` with the base frozen.
 
     A gate ``nn.Linear(d_in, E + router.extra_logits)`` scores the adapters per token,
@@ -124,10 +129,6 @@ class LoRAMoELinear(LinearView, nn.Module):
         self.aux_loss, self.last_routing = losses["total"], routing
         # y + 0 is y bit for bit, so an untrained adapter (B = 0) returns the base exactly
         return y + delta.reshape(y.shape).to(y.dtype)
-
-    def adapter_state_dict(self) -> dict[str, Tensor]:
-        """The trainable tensors (gate and experts), by name relative to this module."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
 
     def extra_repr(self) -> str:
         return f"router={describe_router(self.route)}"

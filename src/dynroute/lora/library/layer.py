@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["LibraryLinear", "library_layers"]
 
 
-class LibraryLinear(LinearView, nn.Module):
+class LibraryLinear(LinearView):
     """``y = base(x) + Σ_{e chosen} w_e(x) · s_e B_e A_e x`` over a library of E adapters.
 
     Args:

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynroute.common.jsonfile import write_json
 from dynroute.common.registry import takes
+from dynroute.lora.apply import write_adapter_folder
 from dynroute.lora.library.arrow import top_right_singular_vector
 from dynroute.lora.library.folders import (
     AdapterWeights,
@@ -187,25 +187,11 @@ def save_adapter_library(model: nn.Module, folder: Path | str) -> Path:
 
     ``load_adapter_library(base, folder)`` rebuilds the same model (same outputs).
     """
-    from safetensors.torch import save_file
-
     layers = library_layers(model)
     config = getattr(model, "adapter_library_config", None)
     if not layers or config is None:
         raise ValueError("save_adapter_library: the model has no adapter library")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"{name}.{key}": t.detach().contiguous().cpu()
-        for name, layer in layers.items()
-        for key, t in layer.state_dict().items()
-        if not key.startswith("base.")
-    }
-    tmp = folder / f".{LIBRARY_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / LIBRARY_FILE)
-    write_json(folder / LIBRARY_CONFIG, config)
-    return folder
+    return write_adapter_folder(folder, layers, LIBRARY_FILE, LIBRARY_CONFIG, config)
 
 
 def _load_saved(
