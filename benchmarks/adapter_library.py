@@ -42,19 +42,12 @@ from dynroute.lora.library import (
 )
 from dynroute.lora.library.build import LIBRARY_JSON, build_library, read_tokens
 from dynroute.lora.library.report import evaluate_library, evaluate_routed, result_rows
-from dynroute.train import TrainConfig, apply_overrides, load_config, train
+from dynroute.train import TrainConfig
+from lora import train_base  # benchmarks/lora.py: the same tiny base
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
 RANK, TOP_K = 4, 2
-
-
-def _base(folder: Path, steps: int) -> Path:
-    cfg = apply_overrides(load_config(ROOT / "configs" / "tiny.toml"), steps=steps)
-    if not (folder / "model" / "config.json").is_file() or not (folder / "result.ok").is_file():
-        train(cfg, folder, progress=False)
-        (folder / "result.ok").write_text("ok")
-    return folder
 
 
 def _config(steps: int) -> LoRARunConfig:
@@ -249,7 +242,7 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared box
     started = time.perf_counter()
     runs = RESULTS / ("adapter_library_runs_quick" if args.quick else "adapter_library_runs")
-    base = _base(runs / f"base_{args.base_steps}", args.base_steps)
+    base = train_base(runs / f"base_{args.base_steps}", args.base_steps)
     cfg = _config(args.steps)
     lib = runs / f"library_{args.steps}_{args.gate_steps}"
     if not (lib / LIBRARY_JSON).is_file():

@@ -40,7 +40,9 @@ ROOT = Path(__file__).parent.parent
 E, R = 4, 4
 
 
-def _base(folder: Path, steps: int) -> Path:
+def train_base(folder: Path, steps: int) -> Path:
+    """The tiny DynMoE base (configs/tiny.toml, ``steps`` steps) in ``folder``, trained once:
+    a folder whose training finished (``result.ok``) is reused."""
     cfg = apply_overrides(load_config(ROOT / "configs" / "tiny.toml"), steps=steps)
     if not (folder / "model" / "config.json").is_file() or not (folder / "result.ok").is_file():
         train(cfg, folder, progress=False)
@@ -82,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared box
     started = time.perf_counter()
     runs = RESULTS / ("lora_runs_quick" if args.quick else "lora_runs")
-    base = _base(runs / f"base_{args.base_steps}", args.base_steps)
+    base = train_base(runs / f"base_{args.base_steps}", args.base_steps)
     train_cfg = TrainConfig(
         steps=args.steps, batch_size=8, seq_len=64, lr=3e-3, min_lr=3e-4, warmup_steps=10,
         weight_decay=0.0, log_interval=25, checkpoint_interval=10**9, eval_batches=None,
