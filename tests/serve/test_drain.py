@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dynroute.common.net import free_port
+from dynroute.serve.tiny import write_tiny_model
 from serve_helpers import SMALL, start_fake_backend
 from serving_procs import Proc, start_all, stop_all
 
@@ -33,6 +34,16 @@ def stream(url: str, body: dict, started: threading.Barrier) -> list[str]:
     return lines
 
 
+def wait_until_draining(url: str, timeout_s: float = 10.0) -> None:
+    """Poll ``/health`` until the server says it is draining (the signal was handled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(url + "/health", timeout=10).status_code == 503:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{url} did not start draining within {timeout_s} s of SIGTERM")
+
+
 def drain_while_streaming(proc: Proc, body: dict) -> tuple[list[list[str]], float]:
     """Start STREAMS streams, SIGTERM once each has sent its first event, check the drain
     from outside; the streams' lines and how long the process took to exit."""
@@ -42,7 +53,7 @@ def drain_while_streaming(proc: Proc, body: dict) -> tuple[list[list[str]], floa
         started.wait(timeout=60)
         proc.popen.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.2)
+        wait_until_draining(proc.url)
         refused = httpx.post(proc.url + "/v1/completions", json=body, timeout=10)
         assert refused.status_code == 503, refused.text
         error = refused.json()["error"]
@@ -75,14 +86,15 @@ def test_the_proxy_drains_its_streams_on_sigterm(router_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_the_model_server_drains_its_streams_on_sigterm(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    args = ["serve", str(tiny_models[SMALL]), "--name", SMALL, "--threads", "1",
-            "--max-batch", str(STREAMS)]  # fmt: skip
+def test_the_model_server_drains_its_streams_on_sigterm(tmp_path: Path) -> None:
+    # Wider and longer than the shared tiny models: their 200 tokens can all be generated
+    # before the probe below reaches an idle machine's server, which then has exited.
+    model = write_tiny_model(tmp_path / "slow", d_model=128, max_seq_len=1024)
+    args = ["serve", str(model), "--name", SMALL, "--threads", "1",
+            "--max-batch", str(STREAMS), "--drain-timeout", "120"]  # fmt: skip
     (server,) = start_all([args], tmp_path)
     try:
-        body = {"model": SMALL, "prompt": "a", "stream": True, "max_tokens": 200,
+        body = {"model": SMALL, "prompt": "a", "stream": True, "max_tokens": 600,
                 "temperature": 1.0, "stop": []}  # fmt: skip
         results, _ = drain_while_streaming(server, body)
         assert all(r[-1] == "[DONE]" for r in results)
