@@ -213,18 +213,28 @@ class PendingHierarchical:
         topo: Topology,
     ) -> None:
         self.stage1, self.held, self.out_splits, self.topo = stage1, held, out_splits, topo
+        self.rows: Tensor | None = None
 
     def wait(self) -> Tensor:
-        """Finish stage 1, forward the rows inside the node, put them in flat order."""
+        """Finish stage 1, forward the rows inside the node, put them in flat order.
+
+        A second call returns the same rows (stage 2 is a collective: it runs once).
+        """
+        if self.rows is None:
+            self.rows = self._finish()
+        return self.rows
+
+    def _finish(self) -> Tensor:
         t, held = self.topo, self.held  # held[m][l']: rows from (m, local) bound for (node, l')
         by_local = transpose_blocks(self.stage1.wait(), held)  # now (l', m)-major
         per_node, nnodes = t.ranks_per_node, t.nnodes
-        send = [sum(held[m][lo] for m in range(nnodes)) for lo in range(per_node)]
-        # from (node, l'') come the rows of sources (m, l''), m-major at the sender
-        arriving = [[self.out_splits[m * per_node + lo] for m in range(nnodes)]
-                    for lo in range(per_node)]  # fmt: skip
         if per_node == 1:
             return by_local
+        send = [sum(held[m][lo] for m in range(nnodes)) for lo in range(per_node)]
+        # from (node, l'') come the rows of sources (m, l''), m-major at the sender
+        arriving = [
+            [self.out_splits[m * per_node + lo] for m in range(nnodes)] for lo in range(per_node)
+        ]
         out = by_local.new_empty((sum(self.out_splits), *by_local.shape[1:]))
         recv = [sum(row) for row in arriving]
         dist.all_to_all_single(out, by_local, recv, send, group=t.intra)
