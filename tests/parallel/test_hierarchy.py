@@ -70,6 +70,7 @@ def check_errors(results: list[dict], world: int) -> None:
         assert "one count per rank" in errs["splits"]
 
 
+@pytest.mark.slow  # ~15 s of process starts; the 4-process test covers more
 def test_two_processes_one_and_two_nodes(two):
     check_layouts(two, 2)
     check_errors(two, 2)

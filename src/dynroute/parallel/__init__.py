@@ -28,6 +28,13 @@ from dynroute.parallel.ddp import (
     load_full_state_dict,
     wrap_ddp,
 )
+from dynroute.parallel.hierarchy import (
+    HierarchicalExchange,
+    StageBytes,
+    Topology,
+    stage_bytes,
+    topology,
+)
 from dynroute.parallel.moe import (
     ExpertParallelMoE,
     check_expert_parallel,
@@ -48,7 +55,10 @@ from dynroute.parallel.training import TrainingRanks
 __all__ = [
     "CommMeter",
     "ExpertParallelMoE",
+    "HierarchicalExchange",
     "ParallelContext",
+    "StageBytes",
+    "Topology",
     "TrainingRanks",
     "all_to_all",
     "check_expert_parallel",
@@ -68,5 +78,7 @@ __all__ = [
     "measure_comm",
     "shard_experts",
     "shard_model_experts",
+    "stage_bytes",
+    "topology",
     "wrap_ddp",
 ]
