@@ -147,9 +147,11 @@ def plan_partitions(
 
     Greedy, in backward order: gap g takes the longest run of the next parameters whose
     modelled all-reduce time ``fit(bytes)`` is at most ``gaps_s[g]``. When even the next
-    parameter alone is too big, the gap is left empty if a later gap can hold it, else the
-    parameter goes alone (it overflows every gap; here its exposed part is smallest).
-    What is left after the last gap goes in ``bucket_bytes`` buckets, as with no gaps.
+    parameter alone is too big, it goes alone into this gap (overflowing it) only if no
+    later gap can hold it and the gap is longer than the fixed cost ``fit(0)``: its exposed
+    time ``fit(b) - gap`` then beats the ``fit(b) - fit(0)`` it adds to the exposed last
+    bucket; otherwise the gap stays empty. What is left after the last gap goes in
+    ``bucket_bytes`` buckets, as with no gaps (issued when the backward ends: exposed).
 
     Args:
         param_bytes: gradient bytes of the dense parameters, in the order their gradients
@@ -162,9 +164,9 @@ def plan_partitions(
         Partitions covering every index once, in order.
 
     Example:
-        >>> plan = plan_partitions([4, 4, 4, 4, 4], gaps_s=[1.0, 0.5], fit=(0.1, 0.1))
-        >>> [(p.params, p.gap) for p in plan]
-        [((0, 1), 0), ((2,), 1), ((3, 4), None)]
+        >>> plan = plan_partitions([4, 4, 4, 4, 4], gaps_s=[1.0, 0.2, 0.5], fit=(0.1, 0.1))
+        >>> [(p.params, p.gap) for p in plan]  # gap 1 is too short for any; 2 overflows
+        [((0, 1), 0), ((2,), 2), ((3, 4), None)]
         >>> [p.params for p in plan_partitions([4, 4, 4], bucket_bytes=8)]  # no gaps known
         [(0, 1), (2,)]
     """
@@ -185,7 +187,7 @@ def plan_partitions(
             total += sizes[j]
             j += 1
         if j == i:
-            if any(seconds(sizes[i]) <= later for later in gaps[g + 1 :]):
+            if gap <= seconds(0) or any(seconds(sizes[i]) <= later for later in gaps[g + 1 :]):
                 continue
             j, total = i + 1, sizes[i]
         out.append(Partition(tuple(range(i, j)), total, g, seconds(total)))
