@@ -164,3 +164,31 @@ def test_partitions_go_out_during_the_backward_in_order(launched):
         late = result["reversed"]["timeline"]  # partition 0 holds the last gradient to arrive
         assert min(r["issued_s"] for r in late) >= max(r["ready_s"] for r in late)
         assert all(r["done_s"] >= r["issued_s"] for r in early + late)
+
+
+class MixedPrecision(nn.Module):
+    """An MoE with a float64 dense parameter beside float32 ones (two buffers a partition)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moe = MoE(8, 16, 2)
+        self.scale = nn.Parameter(torch.full((), 2.0, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.moe(x)[0].sum() * self.scale.float()
+
+
+def test_a_partition_mixing_dtypes_reduces_each_dtype():
+    with local_group():
+        torch.manual_seed(0)
+        net = shard_model_experts(MixedPrecision())
+        torch.manual_seed(0)
+        ref = MixedPrecision()
+        run = wrap_partitioned(net)  # one 25 MiB bucket holding float32 and float64
+        x = torch.randn(3, 8)
+        run(x).backward()
+        ref(x).backward()
+        assert len(run.partitions) == 1 and run.timeline[0]["params"] == 2
+        assert net.scale.grad.dtype == torch.float64
+        for (name, p), q in zip(net.named_parameters(), ref.parameters(), strict=True):
+            assert torch.allclose(p.grad, q.grad, atol=TOL), name
