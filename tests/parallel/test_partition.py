@@ -140,6 +140,7 @@ def launched() -> list[dict]:
 
 
 @pytest.mark.parametrize("partitioning", partition_workers.PARTITIONINGS)
+@pytest.mark.slow  # one 2-process launch (~10-30 s of process starts)
 def test_partitioned_gradients_and_weights_equal_ddp(launched, partitioning):
     for rank, result in enumerate(launched):
         got = result[partitioning]
@@ -148,6 +149,7 @@ def test_partitioned_gradients_and_weights_equal_ddp(launched, partitioning):
         assert got["none_mismatch"] == [], (rank, got)
 
 
+@pytest.mark.slow  # one 2-process launch (~10-30 s of process starts)
 def test_the_comparison_has_teeth(launched):
     for result in launched:
         assert result["no_reduction"]["grads"] > 1e-3  # unreduced gradients do differ
@@ -156,6 +158,7 @@ def test_the_comparison_has_teeth(launched):
         assert result["planned_sizes"] == [3, 1, 3, 4]  # gaps, an overflow, then buckets
 
 
+@pytest.mark.slow  # one 2-process launch (~10-30 s of process starts)
 def test_partitions_go_out_during_the_backward_in_order(launched):
     for result in launched:
         early = result["one_per_param"]["timeline"]

@@ -69,14 +69,25 @@ def wrap_ddp(
         )
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
     if average_expert_grads:
-        world = dist.get_world_size()
-        params = dict(model.named_parameters())
-        for p in (params[n] for n in names if n in params):  # buffers have no gradient
-            if not getattr(p, "_dynroute_grad_averaged", False):
-                # A tensor hook scales each incoming gradient, so accumulation still adds up.
-                p.register_hook(lambda g, w=world: g / w)
-                p._dynroute_grad_averaged = True  # type: ignore[attr-defined]
+        average_expert_grads_over_ranks(model, names)
     return DistributedDataParallel(model, **ddp_kwargs)
+
+
+def average_expert_grads_over_ranks(model: nn.Module, names: list[str] | None = None) -> None:
+    """Divide every incoming gradient of the sharded expert tensors by the world size.
+
+    Each shard's gradient is the sum over every rank's tokens; with this hook it is that of
+    the mean of the ranks' losses, like the averaged replicated parameters. Idempotent: a
+    tensor already scaled is left alone. ``names`` defaults to ``expert_parameter_names``.
+    """
+    world = dist.get_world_size()
+    params = dict(model.named_parameters())
+    for n in expert_parameter_names(model) if names is None else names:
+        p = params.get(n)  # buffers have no gradient
+        if p is not None and not getattr(p, "_dynroute_grad_averaged", False):
+            # A tensor hook scales each incoming gradient, so accumulation still adds up.
+            p.register_hook(lambda g, w=world: g / w)
+            p._dynroute_grad_averaged = True  # type: ignore[attr-defined]
 
 
 def clip_grad_norm_(model: nn.Module, max_norm: float) -> Tensor:

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dynroute.parallel.ddp import expert_parameter_names
+from dynroute.parallel.ddp import average_expert_grads_over_ranks, expert_parameter_names
 from dynroute.parallel.moe import require_group
 from dynroute.parallel.runtime import timeout_from_env
 
@@ -225,17 +225,6 @@ def parameter_bytes(params: Sequence[Tensor]) -> list[int]:
         [48, 16]
     """
     return [p.numel() * p.element_size() for p in params]
-
-
-def _average_expert_grads(model: nn.Module, names: Sequence[str]) -> None:
-    """Divide every incoming expert gradient by the world size (as ``wrap_ddp`` does)."""
-    world = dist.get_world_size()
-    params = dict(model.named_parameters())
-    for p in (params[n] for n in names if n in params):  # buffers have no gradient
-        if not getattr(p, "_dynroute_grad_averaged", False):
-            # A tensor hook scales each incoming gradient, so accumulation still adds up.
-            p.register_hook(lambda g, w=world: g / w)
-            p._dynroute_grad_averaged = True  # type: ignore[attr-defined]
 
 
 def _broadcast_flat(tensors: Sequence[Tensor], group: dist.ProcessGroup) -> None:
@@ -509,7 +498,7 @@ def wrap_partitioned(
             "first (or PartitionedDataParallel directly for a model without experts)"
         )
     if average_expert_grads:
-        _average_expert_grads(model, names)
+        average_expert_grads_over_ranks(model, names)
     if partitions is None:
         dense = [p for _, p in dense_parameters(model)]
         partitions = bucket_partitions(parameter_bytes(dense), bucket_bytes)
