@@ -28,12 +28,22 @@ from dynroute.parallel.ddp import (
     load_full_state_dict,
     wrap_ddp,
 )
+from dynroute.parallel.exchange import Exchange, FlatExchange, PendingExchange
 from dynroute.parallel.moe import (
     ExpertParallelMoE,
     check_expert_parallel,
     local_routing,
+    set_ep_schedule,
     shard_experts,
     shard_model_experts,
+)
+from dynroute.parallel.pipeline import (
+    TASKS,
+    TaskTimes,
+    measure_tasks,
+    pipelined_exchange_and_run,
+    start_exchange,
+    wait_exchange,
 )
 from dynroute.parallel.runtime import (
     ParallelContext,
@@ -46,9 +56,14 @@ from dynroute.parallel.runtime import (
 from dynroute.parallel.training import TrainingRanks
 
 __all__ = [
+    "TASKS",
     "CommMeter",
+    "Exchange",
     "ExpertParallelMoE",
+    "FlatExchange",
     "ParallelContext",
+    "PendingExchange",
+    "TaskTimes",
     "TrainingRanks",
     "all_to_all",
     "check_expert_parallel",
@@ -66,7 +81,12 @@ __all__ = [
     "local_group",
     "local_routing",
     "measure_comm",
+    "measure_tasks",
+    "pipelined_exchange_and_run",
+    "set_ep_schedule",
     "shard_experts",
     "shard_model_experts",
+    "start_exchange",
+    "wait_exchange",
     "wrap_ddp",
 ]
