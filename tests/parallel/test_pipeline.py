@@ -95,11 +95,9 @@ def test_set_ep_schedule_per_layer_and_clear_errors():
             set_ep_schedule(net, {"0": 1.5})  # type: ignore[dict-item]
         with pytest.raises(TypeError, match="must be an Exchange"):
             set_ep_schedule(net, 2, exchange="flat")  # type: ignore[arg-type]
-        assert set_ep_schedule(net, {"0": 2}) == {
-            "0": 2,
-            "2": 3,
-        }  # the failed calls changed nothing
-    with pytest.raises(ValueError, match="no ExpertParallelMoE layer.*shard_model_experts"):
+        # the failed calls changed nothing
+        assert set_ep_schedule(net, {"0": 2}) == {"0": 2, "2": 3}
+    with pytest.raises(ValueError, match=r"no ExpertParallelMoE layer.*shard_model_experts"):
         set_ep_schedule(nn.Linear(2, 2), 2)
 
 
