@@ -69,6 +69,19 @@ def test_pipelined_layer_runs_without_grad_and_with_an_input_that_needs_none():
     assert all(p.grad is not None for p in ep.experts.parameters())
 
 
+def test_pipelined_backward_can_run_twice_on_a_retained_graph():
+    torch.manual_seed(0)
+    with local_group():
+        ep = shard_experts(MoE(8, 16, 4))
+        set_ep_schedule(ep, 3)
+        x = torch.randn(9, 8, requires_grad=True)
+        y, _ = ep(x)
+        y.sum().backward(retain_graph=True)
+        once = x.grad.clone()
+        y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * once)
+
+
 def test_chunk_bounds_cover_every_token_once():
     for n in (0, 1, 5, 9):
         for r in (1, 2, 4, 7):

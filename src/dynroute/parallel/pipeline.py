@@ -67,8 +67,8 @@ class InFlight:
     def collect(self) -> Tensor:
         if self.pending is None:
             raise RuntimeError(
-                "pipelined exchange: waited for an exchange that was not started (a second "
-                "backward through the same graph? pass retain_graph only with chunks=1)"
+                "pipelined exchange: waited for an exchange that was not started; call "
+                "wait_exchange once per start_exchange, in the order they were started"
             )
         rows, self.pending = self.pending.wait(), None
         return rows
