@@ -28,6 +28,7 @@ from dynroute.parallel.ddp import (
     load_full_state_dict,
     wrap_ddp,
 )
+from dynroute.parallel.exchange import Exchange, FlatExchange, PendingExchange
 from dynroute.parallel.hierarchy import (
     HierarchicalExchange,
     StageBytes,
@@ -39,8 +40,17 @@ from dynroute.parallel.moe import (
     ExpertParallelMoE,
     check_expert_parallel,
     local_routing,
+    set_ep_schedule,
     shard_experts,
     shard_model_experts,
+)
+from dynroute.parallel.pipeline import (
+    TASKS,
+    TaskTimes,
+    measure_tasks,
+    pipelined_exchange_and_run,
+    start_exchange,
+    wait_exchange,
 )
 from dynroute.parallel.runtime import (
     ParallelContext,
@@ -53,11 +63,16 @@ from dynroute.parallel.runtime import (
 from dynroute.parallel.training import TrainingRanks
 
 __all__ = [
+    "TASKS",
     "CommMeter",
+    "Exchange",
     "ExpertParallelMoE",
+    "FlatExchange",
     "HierarchicalExchange",
     "ParallelContext",
+    "PendingExchange",
     "StageBytes",
+    "TaskTimes",
     "Topology",
     "TrainingRanks",
     "all_to_all",
@@ -76,9 +91,14 @@ __all__ = [
     "local_group",
     "local_routing",
     "measure_comm",
+    "measure_tasks",
+    "pipelined_exchange_and_run",
+    "set_ep_schedule",
     "shard_experts",
     "shard_model_experts",
     "stage_bytes",
+    "start_exchange",
     "topology",
+    "wait_exchange",
     "wrap_ddp",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,8 +11,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from dynroute.dispatch.combine import combine
-from dynroute.layers import MoE
+from dynroute.layers import MoE, MoEAux
 from dynroute.parallel.comm import Group, all_to_all, exchange_counts
+from dynroute.parallel.exchange import Exchange, FlatExchange
+from dynroute.parallel.pipeline import pipelined_exchange_and_run, task_clock, timed_layer_call
 from dynroute.routing import Routing
 
 
@@ -113,10 +116,19 @@ class ExpertParallelMoE(MoE):
     times (as with DDP); a missing rank makes the others fail after the
     process group's timeout.
 
+    Schedule (:func:`set_ep_schedule`): with ``chunks`` = r > 1 the tokens are cut into
+    r contiguous ranges whose exchanges overlap the experts of other chunks, forward and
+    backward (:mod:`dynroute.parallel.pipeline`); the results equal r = 1's to float
+    tolerance. ``exchange`` moves the rows (:class:`~dynroute.parallel.exchange.FlatExchange`
+    by default, or a hierarchical one). r = 1 with the flat exchange runs the plain,
+    unpipelined path.
+
     Attributes:
         group, rank, world_size: the expert-parallel group and this rank in it.
         num_experts: E (global); ``experts`` holds ``num_local_experts`` = E / W.
         expert_offset: global index of this rank's first expert.
+        chunks: r, the pipeline degree (1 = no pipelining).
+        exchange: the :class:`~dynroute.parallel.exchange.Exchange` of the rows.
     """
 
     def __init__(self, moe: MoE, group: Group = None) -> None:
@@ -153,6 +165,8 @@ class ExpertParallelMoE(MoE):
         lo, hi = self.expert_offset, self.expert_offset + self.num_local_experts
         # a copy of this rank's experts (any kind), so the full [E, ...] tensors can be freed
         self.experts = moe.experts.shard(lo, hi)
+        self.chunks = 1
+        self.exchange: Exchange = FlatExchange(group)
         self.train(moe.training)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ExpertParallelMoE:
@@ -167,41 +181,67 @@ class ExpertParallelMoE(MoE):
             setattr(clone, name, copy.deepcopy(value, memo))
         return clone
 
+    def forward(self, x: Tensor, carry: Any = None) -> tuple[Tensor, MoEAux]:
+        """``MoE.forward``; inside :func:`~dynroute.parallel.pipeline.measure_tasks` its six
+        tasks are timed."""
+        with timed_layer_call(x.device):
+            return super().forward(x, carry)
+
     def run_experts(self, flat: Tensor, routing: Routing) -> Tensor:
         # MoE.forward routes and computes the losses locally; only the experts are remote.
+        task_clock().lap("gate")
         return self.exchange_and_run(flat, routing)
+
+    def run_local_experts(self, rows: Tensor, recv_counts: Tensor) -> Tensor:
+        """This rank's experts on received rows [R, d] (counts [W, E_local]), arrival order."""
+        return self.dispatch(rows, local_routing(recv_counts, rows), self.experts)
 
     def exchange_and_run(self, flat: Tensor, routing: Routing) -> Tensor:
         """Send the assigned rows of ``flat`` [N, d] to their experts' ranks and combine.
+
+        Runs the layer's schedule: ``chunks`` > 1 or a non-flat ``exchange`` go through
+        :func:`~dynroute.parallel.pipeline.pipelined_exchange_and_run`.
 
         Returns:
             [N, d]: Σ over each token's assignments of weight · expert(x), like
             ``dispatch(flat, routing, all_experts)`` on one process.
         """
-        world, local_e = self.world_size, self.num_local_experts
+        if self.chunks != 1 or not isinstance(self.exchange, FlatExchange):
+            return pipelined_exchange_and_run(
+                flat, routing, self.run_local_experts, self.exchange, self.chunks, self.group
+            )
+        clock, world, local_e = task_clock(), self.world_size, self.num_local_experts
         # Assignments are sorted by expert, so the rows for rank j are one contiguous block.
         send_counts = routing.expert_counts()
         recv_counts = exchange_counts(send_counts, self.group)  # [W, E_local]
         in_splits = send_counts.view(world, local_e).sum(1).tolist()
         out_splits = recv_counts.sum(1).tolist()
+        clock.lap("dispatch")
         send = flat[routing.token]
         if torch.is_grad_enabled() and not send.requires_grad:
             # Every rank must run the same backward collectives. Whether this exchange has a
             # backward would otherwise depend on this rank's input alone (a rank whose x needs
             # no gradient would skip it while its peers wait), so always record it.
             send = send.detach().requires_grad_(True)
+        clock.lap("order")
         rows = all_to_all(send, out_splits, in_splits, self.group)
+        clock.lap("dispatch")
         out = self.dispatch(rows, local_routing(recv_counts, rows), self.experts)
+        clock.lap("experts")
         back = all_to_all(out, in_splits, out_splits, self.group)  # [A], routing's order
+        clock.lap("combine")
         # Combine weights are applied here, at the token's own rank, so the router's
         # gradient never crosses the network.
-        return combine(back, routing.token, routing.weight, flat.shape[0])
+        y = combine(back, routing.token, routing.weight, flat.shape[0])
+        clock.lap("inverse_order")
+        return y
 
     def extra_repr(self) -> str:
         lo = self.expert_offset
         return (
             f"{super().extra_repr()}, experts={lo}..{lo + self.num_local_experts - 1} "
-            f"of {self.num_experts}, rank={self.rank}/{self.world_size}"
+            f"of {self.num_experts}, rank={self.rank}/{self.world_size}, "
+            f"chunks={self.chunks}, exchange={self.exchange.name}"
         )
 
 
@@ -305,3 +345,67 @@ def shard_model_experts(model: nn.Module, group: Group = None, check: bool = Tru
     for name, module in targets:
         model.set_submodule(name, shard_experts(module, group, check))
     return model
+
+
+def set_ep_schedule(
+    model: nn.Module, chunks: int | Mapping[str, int], exchange: Exchange | None = None
+) -> dict[str, int]:
+    """Set the schedule of every :class:`ExpertParallelMoE` in ``model``.
+
+    Args:
+        model: a model after :func:`shard_model_experts` (or one expert-parallel layer).
+        chunks: the pipeline degree r >= 1 of every layer, or per layer by module name
+            (``model.named_modules()`` names; ``""`` for ``model`` itself); layers not
+            named keep their r. r = 1 with the flat exchange is the unpipelined path.
+        exchange: the :class:`~dynroute.parallel.exchange.Exchange` of every layer
+            (e.g. ``FlatExchange(group)`` or a hierarchical one); None keeps each layer's.
+            It must span the layers' expert-parallel group.
+
+    Returns:
+        {module name: chunks} of every expert-parallel layer, after the change.
+
+    Raises:
+        ValueError: no expert-parallel layer, a chunk count < 1, or a name in ``chunks``
+            that is not an expert-parallel layer of ``model``.
+
+    Example:
+        >>> import torch
+        >>> from dynroute.parallel import local_group
+        >>> with local_group():
+        ...     net = shard_model_experts(nn.Sequential(MoE(8, 16, 2), MoE(8, 16, 2)))
+        ...     set_ep_schedule(net, {"1": 4})
+        {'0': 1, '1': 4}
+        >>> set_ep_schedule(net, 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: set_ep_schedule: chunks must be an integer >= 1 (1 = not pipelined), got 0 for layer '0'
+    """  # noqa: E501
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, ExpertParallelMoE)}
+    if not layers:
+        raise ValueError(
+            f"set_ep_schedule: {type(model).__name__} has no ExpertParallelMoE layer; "
+            "shard it first with dynroute.parallel.shard_model_experts(model)"
+        )
+    wanted = dict(chunks) if isinstance(chunks, Mapping) else dict.fromkeys(layers, chunks)
+    unknown = sorted(set(wanted) - set(layers))
+    if unknown:
+        raise ValueError(
+            f"set_ep_schedule: {unknown} are not expert-parallel layers of the model; "
+            f"its layers are {sorted(layers)}"
+        )
+    for name, r in wanted.items():
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(
+                "set_ep_schedule: chunks must be an integer >= 1 (1 = not pipelined), "
+                f"got {r!r} for layer {name!r}"
+            )
+    if exchange is not None and not callable(getattr(exchange, "start", None)):
+        raise TypeError(
+            f"set_ep_schedule: exchange must be an Exchange (with start(x, out_splits, "
+            f"in_splits)), got {type(exchange).__name__}"
+        )
+    for name, layer in layers.items():
+        layer.chunks = wanted.get(name, layer.chunks)
+        if exchange is not None:
+            layer.exchange = exchange
+    return {name: layer.chunks for name, layer in layers.items()}
