@@ -7,6 +7,7 @@ import datetime
 import time
 from typing import Any
 
+import pipeline_workers
 import torch
 import torch.distributed as dist
 
@@ -30,6 +31,7 @@ def all_checks(ctx: ParallelContext) -> dict[str, Any]:
     """Everything in one launch (a process start costs seconds): equivalence, then bad setups."""
     return {
         "equivalence": equivalence(ctx),
+        "pipeline": pipeline_workers.schedule_checks(ctx),
         "train_lm": train_lm(ctx),
         "bad_setups": bad_setups(ctx),
     }

@@ -37,7 +37,7 @@ class BlockingExchange:
     name = "blocking"
 
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
-        self.flat = FlatExchange(group)
+        self.flat, self.group = FlatExchange(group), group
 
     def start(
         self, x: Tensor, out_splits: Sequence[int], in_splits: Sequence[int]

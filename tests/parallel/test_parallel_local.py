@@ -17,6 +17,7 @@ from dynroute.parallel import (
     local_group,
     local_routing,
     measure_comm,
+    set_ep_schedule,
     shard_experts,
     shard_model_experts,
     wrap_ddp,
@@ -89,6 +90,18 @@ def test_measure_comm_counts_every_exchange():
     assert meter.calls == 5
     assert meter.bytes_sent == 0 and meter.rows_sent == 0  # one rank: nothing leaves it
     assert meter.seconds >= 0
+
+
+def test_measure_comm_counts_the_pipelined_exchanges_too():
+    moe = MoE(8, 16, 4, router="top_k", k=2)
+    with local_group(), measure_comm() as meter:
+        ep = shard_experts(moe)
+        set_ep_schedule(ep, 2)
+        y, _ = ep(torch.randn(5, 8))
+        y.sum().backward()
+    # one counts exchange for both chunks; per chunk rows out + back, forward and backward
+    assert meter.calls == 1 + 2 * 2 * 2
+    assert len(meter.exchanges) == 8 and meter.bytes_sent == 0
 
 
 def test_launch_command_is_a_loopback_torchrun():

@@ -11,7 +11,6 @@ import pytest
 
 from dynroute.parallel import launch, launch_command
 from dynroute.parallel.selftest import CASES
-from dynroute.parallel.spawn import run_ranks
 
 sys.path.insert(0, str(Path(__file__).parent))  # so spawned ranks can import ep_workers
 import ep_workers
@@ -21,8 +20,8 @@ KEYS = ("output", "aux", "x_grad", "gate_grad", "expert_grad")
 
 
 @pytest.fixture(scope="module")
-def launched() -> list[dict]:
-    return run_ranks(ep_workers.all_checks, 2, timeout_s=120, collective_timeout_s=30, threads=1)
+def launched(two_rank_checks) -> list[dict]:
+    return two_rank_checks
 
 
 @pytest.fixture(scope="module")

@@ -177,8 +177,8 @@ def _check_timing(results: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_ranks() -> list[dict]:
-    return _launch(2)
+def two_ranks(two_rank_checks) -> list[dict]:
+    return [res["pipeline"] for res in two_rank_checks]  # the folder's one 2-process launch
 
 
 def test_two_ranks_pipelined_equals_unpipelined_and_single_process(two_ranks):

@@ -98,15 +98,42 @@ def _exchange(
             "(DYNROUTE_DIST_TIMEOUT for init_from_env)."
         ) from e
     if meters:
-        seconds = time.perf_counter() - start
-        me = dist.get_rank(group)
-        row_bytes = math.prod(x.shape[1:]) * x.element_size()
-        sent, received = sum(in_splits) - in_splits[me], sum(out_splits) - out_splits[me]
-        for meter in meters:  # 1-D tensors are the count exchanges, not activation rows
-            meter.add(sent * row_bytes, received * row_bytes, seconds, sent if x.dim() > 1 else 0)
-            if x.dim() > 1:
-                meter.exchanges.append((list(out_splits), list(in_splits), row_bytes))
+        count_exchange(meters, x, out_splits, in_splits, dist.get_rank(group), start)
     return out
+
+
+def active_meters() -> Meters:
+    """The meters of the enclosing :func:`measure_comm` blocks (empty outside any).
+
+    An exchange that does not go through :func:`all_to_all` (the pipelined layer's
+    asynchronous ones) takes them when it starts and reports to them with
+    :func:`count_exchange`.
+
+    Example:
+        >>> with measure_comm() as meter:
+        ...     active_meters() == (meter,)
+        True
+    """
+    return _ACTIVE_METERS.get()
+
+
+def count_exchange(
+    meters: Meters,
+    x: Tensor,
+    out_splits: Sequence[int],
+    in_splits: Sequence[int],
+    rank: int,
+    started: float,
+) -> None:
+    """Add one exchange of ``x`` (sent by ``rank``, begun at ``perf_counter`` time
+    ``started``) to ``meters``; 1-D tensors count as count exchanges, not activation rows."""
+    seconds = time.perf_counter() - started
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()
+    sent, received = sum(in_splits) - in_splits[rank], sum(out_splits) - out_splits[rank]
+    for meter in meters:
+        meter.add(sent * row_bytes, received * row_bytes, seconds, sent if x.dim() > 1 else 0)
+        if x.dim() > 1:
+            meter.exchanges.append((list(out_splits), list(in_splits), row_bytes))
 
 
 class _AllToAll(torch.autograd.Function):

@@ -35,6 +35,8 @@ class Exchange(Protocol):
 
     name: str
     """``"flat"`` or ``"hierarchical"`` (what the planner and the results call it)."""
+    group: Group
+    """The expert-parallel group the rows travel in (ranks are numbered in it)."""
 
     def start(
         self, x: Tensor, out_splits: Sequence[int], in_splits: Sequence[int]

@@ -259,7 +259,7 @@ class HierarchicalExchange:
     name = "hierarchical"
 
     def __init__(self, topo: Topology) -> None:
-        self.topo = topo
+        self.topo, self.group = topo, topo.group
         self.sent = StageBytes()
         self.calls = 0
 

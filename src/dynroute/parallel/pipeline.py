@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dynroute.dispatch.combine import combine
-from dynroute.parallel.comm import Group, exchange_counts
+from dynroute.parallel.comm import Group, active_meters, count_exchange, exchange_counts
 from dynroute.parallel.exchange import Exchange, PendingExchange
 from dynroute.routing import Routing
 
@@ -54,23 +54,34 @@ class InFlight:
     exchange in flight, shared by the start and the wait autograd nodes.
     """
 
-    def __init__(self, exchange: Exchange, out_splits: list[int], in_splits: list[int]) -> None:
+    def __init__(
+        self, exchange: Exchange, out_splits: list[int], in_splits: list[int], rank: int
+    ) -> None:
         self.exchange, self.out_splits, self.in_splits = exchange, out_splits, in_splits
+        self.rank = rank
         self.pending: PendingExchange | None = None
         self.token: Tensor | None = None  # start node's output: orders the wait after it
+        # measure_comm blocks around the forward count the backward too (as all_to_all's)
+        self.meters = active_meters()
+        self.sent: tuple[Tensor, list[int], list[int], float] | None = None
 
     def begin(self, x: Tensor, out_splits: list[int], in_splits: list[int]) -> None:
         if self.pending is not None:
             raise RuntimeError("pipelined exchange: started twice before a wait")
+        started = time.perf_counter()
         self.pending = self.exchange.start(x.contiguous(), out_splits, in_splits)
+        self.sent = (x, out_splits, in_splits, started)
 
     def collect(self) -> Tensor:
-        if self.pending is None:
+        if self.pending is None or self.sent is None:
             raise RuntimeError(
                 "pipelined exchange: waited for an exchange that was not started; call "
                 "wait_exchange once per start_exchange, in the order they were started"
             )
         rows, self.pending = self.pending.wait(), None
+        if self.meters:  # the seconds span start to wait: the overlapped work included
+            count_exchange(self.meters, *self.sent[:3], self.rank, self.sent[3])
+        self.sent = None
         return rows
 
 
@@ -123,7 +134,8 @@ def start_exchange(
         ...     x.grad[:, 0].tolist()
         [2.0, 2.0, 2.0]
     """
-    flight = InFlight(exchange, list(out_splits), list(in_splits))
+    rank = dist.get_rank(exchange.group)
+    flight = InFlight(exchange, list(out_splits), list(in_splits), rank)
     if torch.is_grad_enabled() and not x.requires_grad:
         # Every rank must run the backward exchange; make it not depend on this rank's input.
         x = x.detach().requires_grad_(True)
