@@ -48,6 +48,15 @@ Fsdp = Annotated[
     bool | None,
     typer.Option("--fsdp/--ddp", help="With --nproc: FSDP2 (fully_shard) instead of DDP."),
 ]
+EpSchedule = Annotated[
+    str | None,
+    typer.Option(
+        "--ep-schedule",
+        help="With --expert-parallel: 'off' (exchange, experts, exchange back) or 'auto' "
+        "(token chunks per layer from an online profile so exchanges overlap the experts, "
+        "hierarchical across nodes, partitioned gradient all-reduce); same losses.",
+    ),
+]
 Nnodes = Annotated[int | None, typer.Option(help="torchrun: machines in the job (multi-node).")]
 NodeRank = Annotated[int | None, typer.Option(help="torchrun: this machine's index, 0..nnodes-1.")]
 MasterAddr = Annotated[
@@ -86,6 +95,7 @@ def train(
     nproc: Nproc = 1,
     expert_parallel: ExpertParallel = 1,
     fsdp: Fsdp = None,
+    ep_schedule: EpSchedule = None,
     nnodes: Nnodes = None,
     node_rank: NodeRank = None,
     master_addr: MasterAddr = None,
@@ -102,7 +112,7 @@ def train(
     flags = dict(
         data=data, router=router, experts=experts, steps=steps, seed=seed, threads=threads,
         device=device, dtype=dtype, compile=compile, grad_accum=grad_accum,
-        activation_checkpointing=activation_checkpointing,
+        activation_checkpointing=activation_checkpointing, ep_schedule=ep_schedule,
         parallel=None if fsdp is None else ("fsdp" if fsdp else "ddp"),
     )  # fmt: skip
     cfg = run_config(config, flags)

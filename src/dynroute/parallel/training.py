@@ -36,6 +36,7 @@ from dynroute.parallel.fsdp import (
     shard_dense,
 )
 from dynroute.parallel.moe import shard_model_experts
+from dynroute.parallel.partition import PartitionedDataParallel
 from dynroute.parallel.runtime import ParallelContext, init_from_env, timeout_from_env
 
 
@@ -57,6 +58,7 @@ class TrainingRanks:
     ctx: ParallelContext | None = None
     expert_parallel: bool = True
     parallel: str = "ddp"
+    ep_schedule: str = "off"
 
     @classmethod
     def from_env(
@@ -65,6 +67,7 @@ class TrainingRanks:
         nproc: int = 1,
         parallel: str = "ddp",
         backend: str | None = None,
+        ep_schedule: str = "off",
     ) -> TrainingRanks:
         """One process when both sizes are 1; else join torchrun's job of that size.
 
@@ -74,6 +77,7 @@ class TrainingRanks:
                 or the same number (the experts are sharded over the whole job).
             parallel: ``"ddp"`` or ``"fsdp"`` for the dense parameters.
             backend: ``"gloo"`` or ``"nccl"`` (default: NCCL when CUDA is present).
+            ep_schedule: ``"off"`` or ``"auto"`` (FSMoE's schedule; see :meth:`wrap`).
 
         Raises:
             ValueError: sizes that do not fit together, FSDP with expert parallelism.
@@ -91,6 +95,11 @@ class TrainingRanks:
                 "parallel = 'fsdp' with --expert-parallel is not supported yet; "
                 "use parallel = 'ddp' (the default) with expert parallelism"
             )
+        if ep_schedule == "auto" and expert_parallel <= 1:
+            raise ValueError(
+                "--ep-schedule auto schedules expert-parallel exchanges: use it with "
+                "--expert-parallel N (N > 1), or leave it off"
+            )
         world = max(expert_parallel, nproc)
         if world <= 1:
             return cls(None, False, parallel)
@@ -101,7 +110,7 @@ class TrainingRanks:
                 f"{flag} {world} but torchrun started {ctx.world_size} processes; "
                 "use the same number"
             )
-        return cls(ctx, expert_parallel > 1, parallel)
+        return cls(ctx, expert_parallel > 1, parallel, ep_schedule)
 
     @property
     def rank(self) -> int:
@@ -134,7 +143,10 @@ class TrainingRanks:
         if self.expert_parallel:
             # The all-to-alls get their own group (same ranks), so they never queue behind
             # DDP's asynchronous gradient all-reduces on the default group.
-            shard_model_experts(model, dist.new_group(timeout=timeout_from_env()))
+            group = dist.new_group(timeout=timeout_from_env())
+            shard_model_experts(model, group)
+            if self.ep_schedule == "auto":
+                return schedule_expert_parallel(model, group).wrapped
             return wrap_ddp(model, **ddp_kwargs)
         if self.parallel == "fsdp":
             return shard_dense(model)
@@ -153,9 +165,15 @@ class TrainingRanks:
         if self.fsdp:
             run_model.set_requires_gradient_sync(sync)  # type: ignore[operator]
             return contextlib.nullcontext()
-        if not sync and isinstance(run_model, DistributedDataParallel):
+        if not sync and isinstance(run_model, DistributedDataParallel | PartitionedDataParallel):
             return run_model.no_sync()
         return contextlib.nullcontext()
+
+    def finish_gradient_sync(self, run_model: nn.Module) -> None:
+        """After the step's last backward, before clipping: wait for the partitioned
+        all-reduce (``--ep-schedule auto``); DDP and FSDP have finished already."""
+        if isinstance(run_model, PartitionedDataParallel):
+            run_model.finish()
 
     def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> Tensor:
         """Clip by the global gradient norm (all ranks' experts and shards included)."""

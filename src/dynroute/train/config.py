@@ -83,6 +83,10 @@ class TrainConfig:
         activation_checkpointing: recompute each block's activations in the backward pass.
         parallel: how ``--nproc N`` shares the dense parameters: ``"ddp"`` (replicated,
             gradients all-reduced) or ``"fsdp"`` (FSDP2 ``fully_shard`` per block).
+        ep_schedule: with ``--expert-parallel N``: ``"off"`` (exchange, then experts, then
+            exchange back; DDP buckets) or ``"auto"`` (FSMoE's schedule: token chunks per
+            layer chosen by the cost model from an online profile, a hierarchical exchange
+            across nodes, the dense gradients' all-reduce in partitions). Same losses.
     """
 
     steps: int = 200
@@ -107,6 +111,7 @@ class TrainConfig:
     grad_accum: int = 1
     activation_checkpointing: bool = False
     parallel: str = "ddp"
+    ep_schedule: str = "off"
 
     def __post_init__(self) -> None:
         check_train_settings(self)
@@ -119,7 +124,12 @@ class TrainConfig:
 
 # Settings that change how a run executes, not what it computes: a resumed run may change
 # them (train on a GPU in bfloat16, resume on a CPU in float32).
-RESOURCE_KEYS = ("threads", "device", "dtype", "compile", "activation_checkpointing", "parallel")
+EP_SCHEDULES = ("off", "auto")
+"""``train.ep_schedule`` / ``--ep-schedule``: today's expert-parallel path, or FSMoE's."""
+
+RESOURCE_KEYS = (
+    "threads", "device", "dtype", "compile", "activation_checkpointing", "parallel", "ep_schedule",
+)  # fmt: skip
 
 
 def check_train_settings(t: TrainConfig) -> None:
@@ -143,6 +153,11 @@ def check_train_settings(t: TrainConfig) -> None:
         raise ValueError(f"grad_accum = {t.grad_accum!r}: use an integer >= 1")
     if t.parallel not in ("ddp", "fsdp"):
         raise ValueError(f'parallel = {t.parallel!r}: use "ddp" or "fsdp"')
+    if t.ep_schedule not in EP_SCHEDULES:
+        raise ValueError(
+            f"ep_schedule = {t.ep_schedule!r} (--ep-schedule): use "
+            + " or ".join(f'"{s}"' for s in EP_SCHEDULES)
+        )
 
 
 @dataclass

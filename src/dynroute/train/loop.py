@@ -167,8 +167,9 @@ def _start(cfg: Any, out_dir: Path, hooks: TrainHooks, expert_parallel: int, npr
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(t.device, local_rank)  # fails before a folder is touched
     ranks = TrainingRanks.from_env(
-        expert_parallel, nproc, t.parallel, backend="nccl" if device.type == "cuda" else "gloo"
-    )
+        expert_parallel, nproc, t.parallel, "nccl" if device.type == "cuda" else "gloo",
+        t.ep_schedule,
+    )  # fmt: skip
     # run.json is written once data and model are known good
     check_run_folder(out_dir, cfg.to_dict(), write=False, identity=hooks.run_identity)
     if not ranks.is_main:
@@ -333,6 +334,7 @@ def _step(run: _Run) -> tuple[float, _StepDone]:
             (out.loss / t.grad_accum).backward()
         totals += torch.stack([out.loss, out.lm_loss, out.aux_loss]).detach().float()
         experts = experts + out.experts_per_layer
+    ranks.finish_gradient_sync(run.run_model)
     # the step's k̄ per layer, summed over steps: the experts training paid for
     step_kbar = torch.as_tensor(experts, device=run.device).detach().reshape(-1) / t.grad_accum
     run.expert_sums = run.expert_sums + step_kbar.to(_sum_dtype(run.device))
