@@ -131,7 +131,7 @@ def feedback_table(log: str | Path, router: QueryRouter) -> FeedbackRows:
     fed = [r for r in rows if r.get("kind") == "feedback"]
     if not fed:
         raise ValueError(
-            f"{log}: no feedback rows in {len(rows)} lines; POST /v1/feedback "
+            f"{log}: no feedback rows among its {len(rows)} rows; POST /v1/feedback "
             '{"id": <response id>, "score": 0..1} to the proxy that wrote it, then update'
         )
     out = FeedbackRows(None, feedback=len(fed), unreadable=unreadable)
