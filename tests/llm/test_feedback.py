@@ -89,11 +89,12 @@ def test_unusable_feedback_is_counted_by_reason(fitted):
         feedback("failed", 0.0),
         feedback("gone", 0.0),
         feedback("ok", 1.0, model="nobody"),
+        feedback("ok", "great"),  # written by hand: the proxy takes only 0..1
     ]
     path = write_log(fitted["root"] / "mixed.jsonl", log)
     path.write_text(path.read_text() + '{"torn": ')  # a crash mid-line
     got = feedback_table(path, load_router(fitted["router"]))
-    assert got.feedback == 6 and got.used == 2 and got.unreadable == 1
+    assert got.feedback == 7 and got.used == 2 and got.unreadable == 1
     assert dict(got.skipped) == {SKIP_REASONS[k]: 1 for k in SKIP_REASONS}
     assert got.table is not None and got.table.queries == (INTEGRALS[0],)
     assert got.table.quality.tolist() == [[0.0, 1.0]] and got.scored.tolist() == [[True, True]]

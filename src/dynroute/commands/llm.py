@@ -422,6 +422,14 @@ LatencyPenalty = Annotated[
     ),
 ]
 
+LogQueries = Annotated[
+    bool,
+    typer.Option(
+        help="Keep each query's text in the --log / --db decision rows (default: only its "
+        "sha256, for privacy): what `llm update` learns from POST /v1/feedback."
+    ),
+]
+
 
 @llm.command("serve")
 @options.command
@@ -452,13 +460,7 @@ def serve(
     max_body_bytes: options.MaxBodyBytes = 1_000_000,
     max_tokens_cap: options.MaxTokensCap = None,
     latency_penalty: LatencyPenalty = 0.0,
-    log_queries: Annotated[
-        bool,
-        typer.Option(
-            help="Keep each query's text in the --log / --db decision rows (default: only its "
-            "sha256, for privacy): what `llm update` learns from POST /v1/feedback."
-        ),
-    ] = False,
+    log_queries: LogQueries = False,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -501,7 +503,6 @@ def serve(
             latency_penalty=latency_penalty)  # fmt: skip
 
     policy = build_policy()
-    r = policy.router
     app_ = create_proxy_app(
         policy, DecisionLog(log, store, log_queries), timeout_s=timeout, api_keys=keys,
         max_concurrent=max_concurrent, store=store,
@@ -510,7 +511,7 @@ def serve(
     enable_reload(app_, build_policy, options.admin_key(admin_key))
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
     keyed = (" (API key required)" if keys else "") + (f" (db: {store.url})" if store else "")
-    banner = f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
+    banner = f"routing with {policy.router.name} over {names} on http://{host}:{port}/v1{keyed}"
     run_app(app_, host, port, banner, drain_timeout_s=drain_timeout)
 
 

@@ -71,6 +71,7 @@ SKIP_REASONS = {
     "no_text": "logged without its query text (serve with --log-queries)",
     "failed": "its request failed (no answer to score)",
     "unknown_model": "names a model the router does not know",
+    "bad_score": "its score is not a number from 0 to 1",
 }
 
 
@@ -141,8 +142,10 @@ def feedback_table(log: str | Path, router: QueryRouter) -> FeedbackRows:
         decision = decisions.get(fb.get("response_id"))
         model = fb.get("model") or (decision or {}).get("router_model")
         model = to_model.get(model, model)
-        reason = None
-        if decision is None:
+        reason, score = None, fb.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+            reason = "bad_score"
+        elif decision is None:
             reason = "no_decision"
         elif not isinstance(decision.get("query"), str):
             reason = "no_text"
@@ -154,7 +157,7 @@ def feedback_table(log: str | Path, router: QueryRouter) -> FeedbackRows:
             out.skipped[SKIP_REASONS[reason]] += 1
             continue
         key = (decision["query"], model)
-        scores[key].append(float(fb["score"]))
+        scores[key].append(float(score))
         if model == decision.get("router_model") and decision.get("cost") is not None:
             costs[key].append(float(decision["cost"]))
         out.used += 1
