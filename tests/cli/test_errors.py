@@ -54,6 +54,7 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "llm route": ([nope, "hello"], "config.json"),
         "llm report": ([*no_table, "--out", str(tmp / "rep2")], "nope.jsonl"),
         "llm serve": ([nope, "--backend", "a=http://h", "--port", "1"], nope),
+        "llm update": ([nope, "--log", str(tmp / "log.jsonl"), "--out", str(tmp / "u")], nope),
         "lora library build": (
             [nope, "--config", bad_lora, "--out", str(tmp / "lib")],
             "lora.toml [lora]: unknown key",

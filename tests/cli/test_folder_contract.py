@@ -51,6 +51,9 @@ ARGS: dict[str, list[str]] = {
     "adaptive report": ["--out", "OUT/report", "--windows", "2", "--no-progress"],
     "llm route": ["what is 2 + 2?"],
     "llm serve": ["--backend", "nobody=http://127.0.0.1:1", "--port", "1"],
+    "llm update": [
+        "--log", str(REPO / "tests" / "llm" / "feedback_log.jsonl"), "--out", "OUT/updated",
+    ],
 }  # fmt: skip
 
 #: The folders each command works on (every other one: refused in one line). Servers are
@@ -68,6 +71,7 @@ ACCEPTS: dict[str, set[str]] = {
     "adaptive report": {"adaptive run"},
     "llm route": {"fitted query router"},
     "llm serve": {"fitted query router"},
+    "llm update": {"fitted query router"},
 }
 SERVERS = {"serve", "llm serve"}
 

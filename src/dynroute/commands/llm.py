@@ -422,6 +422,14 @@ LatencyPenalty = Annotated[
     ),
 ]
 
+LogQueries = Annotated[
+    bool,
+    typer.Option(
+        help="Keep each query's text in the --log / --db decision rows (default: only its "
+        "sha256, for privacy): what `llm update` learns from POST /v1/feedback."
+    ),
+]
+
 
 @llm.command("serve")
 @options.command
@@ -452,6 +460,7 @@ def serve(
     max_body_bytes: options.MaxBodyBytes = 1_000_000,
     max_tokens_cap: options.MaxTokensCap = None,
     latency_penalty: LatencyPenalty = 0.0,
+    log_queries: LogQueries = False,
 ) -> None:
     """An OpenAI-compatible proxy sending each request to the backend ROUTER picks.
 
@@ -494,16 +503,15 @@ def serve(
             latency_penalty=latency_penalty)  # fmt: skip
 
     policy = build_policy()
-    r = policy.router
     app_ = create_proxy_app(
-        policy, DecisionLog(log, store), timeout_s=timeout, api_keys=keys,
+        policy, DecisionLog(log, store, log_queries), timeout_s=timeout, api_keys=keys,
         max_concurrent=max_concurrent, store=store,
         limits=ProxyLimits(max_body_bytes, max_tokens_cap),
     )  # fmt: skip
     enable_reload(app_, build_policy, options.admin_key(admin_key))
     names = ", ".join(f"{b.name}→{b.base_url}" for b in backends)
     keyed = (" (API key required)" if keys else "") + (f" (db: {store.url})" if store else "")
-    banner = f"routing with {r.name} over {names} on http://{host}:{port}/v1{keyed}"
+    banner = f"routing with {policy.router.name} over {names} on http://{host}:{port}/v1{keyed}"
     run_app(app_, host, port, banner, drain_timeout_s=drain_timeout)
 
 
@@ -625,6 +633,59 @@ def collected(result: dict[str, Any]) -> str:
     return (
         f"{result['out']}: {result['rows']} rows ({result['sent']} sent now), "
         f"{result['missing']} missing; {per}"
+    )
+
+
+@llm.command("update")
+@options.command
+def update(
+    router: FittedRouter,
+    log: Annotated[
+        Path,
+        typer.Option(
+            "--log", help="Decision log of `llm serve --log FILE --log-queries` with feedback."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to save the updated router in.")],
+    table: Annotated[
+        Path | None,
+        typer.Option(help="The outcome table ROUTER was fitted on: the feedback is added to it."),
+    ] = None,
+    json_out: options.Json = False,
+    threads: options.Threads = None,
+    progress: options.Progress = True,
+) -> None:
+    """Refit ROUTER with the feedback (POST /v1/feedback) in a proxy's decision log.
+
+    Each usable feedback row is the quality of the model that answered its query (the
+    other models: ROUTER's predictions), added to --table; the same router spec and
+    embedder are refit on it and saved to --out (atomically). Feedback on a decision
+    logged without its text (no --log-queries) is counted as skipped.
+    """
+    from dynroute.llm.feedback import update_router
+
+    options.set_threads(threads)
+    with options.status("updating the router", progress and not json_out):
+        result = update_router(router, log, out, table)
+    if json_out:
+        options.print_json(result)
+        return
+    print(updated(result))
+
+
+def updated(result: dict[str, Any]) -> str:
+    """The summary line of ``llm update``.
+
+    Example:
+        >>> updated({"router": "knn", "out": "r2", "rows": 52, "queries": 4, "feedback": 6,
+        ...     "used": 5, "skipped": {"its decision is not in the log": 1}, "unreadable": 0})
+        'saved knn to r2: refit on 52 rows, 4 from feedback (5 of 6 feedback rows used; 1 ...'
+    """
+    skipped = "; ".join(f"{n} skipped: {reason}" for reason, n in result["skipped"].items())
+    used = f"{result['used']} of {result['feedback']} feedback rows used"
+    return (
+        f"saved {result['router']} to {result['out']}: refit on {result['rows']} rows, "
+        f"{result['queries']} from feedback ({used}{'; ' + skipped if skipped else ''})"
     )
 
 

@@ -46,7 +46,9 @@ def create_proxy_app(
     every key's budget and rate limits are checked before a backend is called
     (:mod:`~dynroute.serve.budgets`; give ``log`` the same store to keep its rows there);
     the store closes with the app. ``limits``: the largest body, the ``max_tokens`` cap
-    (:class:`~dynroute.serve.proxy_routes.ProxyLimits`; default: 1 MB, no cap)."""
+    (:class:`~dynroute.serve.proxy_routes.ProxyLimits`; default: 1 MB, no cap).
+    ``POST /v1/feedback`` scores a logged answer (a row of ``log``; ``log.log_queries``:
+    decision rows hold the query text that ``dynroute llm update`` learns from)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +69,7 @@ def create_proxy_app(
     app.state.policy = policy
     app.state.proxy_limits = limits or proxy_routes.ProxyLimits()
     app.state.decision_log = log or DecisionLog(None, store)
+    app.state.feedback_log = app.state.decision_log  # POST /v1/feedback: not a decision
     app.state.health = policy.health
     created = now()
     app.state.model_cards = [state.model_card(m, created) for m in policy.model_ids()]

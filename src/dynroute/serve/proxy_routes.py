@@ -18,7 +18,10 @@ When none answers: 503 naming each failure. An answer carries the backend's name
 ``model`` (in each streamed chunk too) and in the ``x-dynroute-model`` header. A stream is
 always asked for ``usage`` (to price it; a client that did not ask does not get it); a
 backend that dies mid-stream is cooled down and the stream ends with an error event.
-Each request is one row of the decision log, written by :meth:`Exchange.finish`.
+Each request is one row of the decision log, written by :meth:`Exchange.finish`, with the
+answer's ``id`` (one is given to an answer without one) as ``response_id``; the query's
+text too with ``--log-queries``. ``POST /v1/feedback`` (:func:`feedback`) scores such an
+answer: a feedback row of the same log, which ``dynroute llm update`` learns from.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from dynroute.common.jsonfile import finite_or_none
 from dynroute.serve.backends import Backend
 from dynroute.serve.budgets import BudgetRefused, Budgets, client_key_sha256
-from dynroute.serve.decisions import DecisionLog, query_hash
+from dynroute.serve.decisions import FEEDBACK, REMEMBERED, DecisionLog, query_hash
 from dynroute.serve.errors import ApiError, Body, LimitedRequest, parse_body
 from dynroute.serve.limits import client_id
 from dynroute.serve.policy import ASSUMED_COMPLETION_TOKENS, Decision, RoutingPolicy
@@ -46,8 +49,10 @@ from dynroute.serve.schemas import (
     DONE,
     ChatCompletionRequest,
     CompletionRequest,
+    FeedbackRequest,
     GenerationParams,
     error_body,
+    new_id,
     sse,
     sse_data,
 )
@@ -62,6 +67,7 @@ __all__ = [
     "ProxyLimits",
     "backend_fault",
     "check_values",
+    "feedback",
     "read_request",
     "router",
 ]
@@ -86,6 +92,49 @@ async def completions(request: Request) -> Response:
 async def chat(request: Request) -> Response:
     body, req = await read_request(request, ChatCompletionRequest)
     return await forward(request, "/chat/completions", body, req, req.last_user_text())
+
+
+@router.post("/v1/feedback", response_model=None)
+async def feedback(request: Request) -> Response:
+    """Score an answer the proxy gave: ``{"id": <its id>, "score": <0 to 1>}`` (``"model"``:
+    a router model or backend the score is about, when not the one that answered). A
+    feedback row goes to the decision log (flushed at once); 200 with it. 404: an id this
+    proxy's log does not hold (or no ``--log`` / ``--db``); 422: a score not in [0, 1], an
+    unknown ``model``; 400, 413, 415 as for the other routes."""
+    check_media_type(request)
+    try:
+        body, req = await parse_body(
+            LimitedRequest(request, limits_of(request).max_body_bytes), FeedbackRequest
+        )
+    except ApiError as err:
+        if err.param in ("score", "model"):
+            err.status = 422
+        raise
+    check_values(body)
+    policy, log = policy_of(request), feedback_log(request)
+    if req.model is not None and req.model not in {*policy.router.models, *policy.by_name}:
+        known = ", ".join(sorted({*policy.router.models, *policy.by_name}))
+        raise ApiError(422, f"model: {req.model!r} is none of {known}", param="model")
+    if not log.keeps:
+        raise ApiError(
+            404, "this proxy keeps no decision log: start it with --log FILE (and "
+            "--log-queries to learn from feedback) or --db", param="id", code="no_decision_log",
+        )  # fmt: skip
+    row = log.feedback(req.id, req.score, req.model)
+    if row is None:
+        raise ApiError(
+            404, f"no answer with id {req.id!r} in this proxy's decision log (the id of a "
+            f"response this proxy returned; it keeps the last {REMEMBERED:,})",
+            param="id", code="unknown_response_id",
+        )  # fmt: skip
+    return JSONResponse({"object": FEEDBACK, **row})
+
+
+def feedback_log(request: Request) -> DecisionLog:
+    """The proxy's own :class:`DecisionLog` (``app.state.feedback_log``; the
+    ``decision_log`` of :mod:`~dynroute.serve.state` also counts each row as a decision)."""
+    log = getattr(request.app.state, "feedback_log", None)
+    return log if isinstance(log, DecisionLog) else DecisionLog(None)
 
 
 def backend_fault(status: int) -> bool:
@@ -124,14 +173,7 @@ async def read_request(request: Request, schema: type[Body]) -> tuple[dict[str, 
     """``(the JSON object as sent, the same validated by schema)``, or the 4xx of the module
     doc (413: over ``--max-body-bytes``; 415: not JSON; 400: not valid, too deep, a bad
     number or string, ``max_tokens`` over ``--max-tokens-cap``)."""
-    kind = request.headers.get("content-type")
-    media = (kind or "").partition(";")[0].strip().lower()
-    if kind and media != "application/json" and not media.endswith("+json"):
-        raise ApiError(
-            415,
-            f"Content-Type {kind[:80]!r} is not JSON; send the body as application/json",
-            code="unsupported_media_type",
-        )
+    check_media_type(request)
     limits = limits_of(request)
     body, req = await parse_body(LimitedRequest(request, limits.max_body_bytes), schema)
     check_values(body)
@@ -149,6 +191,18 @@ async def read_request(request: Request, schema: type[Body]) -> tuple[dict[str, 
                 code="max_tokens_too_large",
             )
     return body, req
+
+
+def check_media_type(request: Request) -> None:
+    """A 415 for a body sent as anything but JSON (no Content-Type: read as JSON)."""
+    kind = request.headers.get("content-type")
+    media = (kind or "").partition(";")[0].strip().lower()
+    if kind and media != "application/json" and not media.endswith("+json"):
+        raise ApiError(
+            415,
+            f"Content-Type {kind[:80]!r} is not JSON; send the body as application/json",
+            code="unsupported_media_type",
+        )
 
 
 def check_values(body: Any) -> None:
@@ -243,6 +297,8 @@ async def forward(
     """The answer to a request to ``/v1{path}`` (``query``: the text the router reads)."""
     policy, client = policy_of(request), client_of(request)
     exchange = Exchange.begin(policy, decision_log(request), path, req, query)
+    if feedback_log(request).log_queries:  # --log-queries: what `llm update` learns from
+        exchange.row["query"] = query
     budgets: Budgets | None = getattr(request.app.state, "budgets", None)
     if budgets is not None:  # the key's budget and rate limits, before any backend is called
         try:
@@ -403,6 +459,9 @@ async def answer(upstream: httpx.Response, backend: Backend, exchange: Exchange)
         upstream.status_code = 502
     if upstream.status_code < 400 and isinstance(data, dict):
         data["model"] = backend.name
+        if not isinstance(data.get("id"), str) or not data["id"]:  # feedback needs one
+            data["id"] = new_id("chatcmpl" if "chat" in exchange.row["endpoint"] else "cmpl")
+        exchange.row["response_id"] = data["id"]
     exchange.finish(backend, upstream.status_code, data.get("usage"))
     return JSONResponse(
         data, status_code=upstream.status_code, headers={MODEL_HEADER: backend.name}
@@ -453,6 +512,8 @@ async def relay(
                 continue
             send, seen = relabel(chunk, backend.name, want_usage)
             usage = seen or usage
+            if isinstance(chunk, dict) and isinstance(chunk.get("id"), str) and chunk["id"]:
+                exchange.row.setdefault("response_id", chunk["id"])  # the stream's id
             if send:
                 yield sse(chunk)
     except httpx.HTTPError as err:  # the backend died mid-stream: too late to retry

@@ -31,6 +31,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "FeedbackRequest",
     "GenerationParams",
     "StreamOptions",
     "Usage",
@@ -179,6 +180,31 @@ class ChatCompletionRequest(GenerationParams):
         """The text a query router sees: the last user message (RouteLLM does the same)."""
         users = [m for m in self.messages if m.role == "user"]
         return (users[-1] if users else self.messages[-1]).text()
+
+
+class FeedbackRequest(BaseModel):
+    """The body of the proxy's ``POST /v1/feedback``: how good the answer ``id`` was.
+
+    Example:
+        >>> FeedbackRequest.model_validate({"id": "cmpl-1", "score": 0.25}).score
+        0.25
+        >>> FeedbackRequest.model_validate({"id": "cmpl-1", "score": 2})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        pydantic_core._pydantic_core.ValidationError: 1 validation error ...
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)  # the answer's id, as the proxy gave it
+    score: float = Field(strict=False)  # 0: useless, 1: right
+    model: str | None = Field(default=None, min_length=1, max_length=256)  # when not who answered
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score_in_unit_interval(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+            raise ValueError(f"must be a number from 0 to 1, got {json.dumps(v)[:40]}")
+        return v
 
 
 class Usage(BaseModel):
