@@ -278,8 +278,9 @@ def run_profile(
     repeats: int = 5,
     gemm: tuple[Sequence[int], int, int, int] = DEFAULT_GEMM,
     timeout_s: float = 600.0,
+    threads: int = 1,
 ) -> Profile:
-    """Profile ``world`` local gloo processes (one torch thread each) declared as
+    """Profile ``world`` local gloo processes (``threads`` torch threads each) declared as
     ``nnodes`` nodes; write the profile JSON to ``out`` and return it.
 
     Raises:
@@ -293,7 +294,7 @@ def run_profile(
         raise ValueError(f"--sizes must be positive byte counts, got {list(sizes)}")
     results = run_ranks(
         _rank_profile, world, (nnodes, tuple(sizes), repeats, gemm),
-        timeout_s=timeout_s, collective_timeout_s=min(timeout_s, 120.0), threads=1,
+        timeout_s=timeout_s, collective_timeout_s=min(timeout_s, 120.0), threads=threads,
     )  # fmt: skip
     profile = results[0]
     profile.save(out)
