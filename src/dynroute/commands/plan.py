@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,9 @@ DenseParams = Annotated[
     int | None, _opt("Dense (attention) parameters per layer (default 4·d_model²).", _MODEL)
 ]
 Vocab = Annotated[int, _opt("Vocabulary (tied embedding and LM head); 0: leave out.", _MODEL)]
+ElementBytes = Annotated[
+    int, _opt("Bytes per activation / gradient element (2: bf16, 4: float32).", _MODEL)
+]
 Nodes = Annotated[int | None, _opt("Nodes (default: the profile's, else 1).", _CLUSTER)]
 GpusPerNode = Annotated[
     int | None, _opt("GPUs per node (default: the profile's, else 8).", _CLUSTER)
@@ -82,6 +86,7 @@ def plan(
     batch: Batch = 8,
     dense_params: DenseParams = None,
     vocab: Vocab = 0,
+    element_bytes: ElementBytes = 2,
     nodes: Nodes = None,
     gpus_per_node: GpusPerNode = None,
     profile: ProfileFile = None,
@@ -109,6 +114,7 @@ def plan(
         return
     shape = model_shape(layers, d_model, d_ff, num_experts, k, experts_per_token, seq, batch,
                         dense_params, vocab)  # fmt: skip
+    shape = dataclasses.replace(shape, element_bytes=element_bytes)
     hand = dict(zip(_HAND, (intra_gbps, inter_gbps, intra_latency_us, inter_latency_us,
                             tflops, hbm_gbps), strict=True))  # fmt: skip
     cluster = build_cluster(nodes, gpus_per_node, profile, hand, memory_gb)

@@ -46,6 +46,7 @@ from dynroute.parallel.costmodel import LinearFit, Profile
 __all__ = [
     "CHUNK_CHOICES",
     "PAPER_PRESETS",
+    "PIECE_CHOICES",
     "Cluster",
     "Layout",
     "Link",
@@ -69,7 +70,7 @@ CHUNK_CHOICES = (1, 2, 4, 8)
 DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's default bucket_cap_mb
 BYTES_PER_PARAM = 16  # bf16 weight + grad + fp32 master, m, v (or fp32 w, g, m, v)
 ACT_BYTES_PER_TOKEN_DIM = 16  # ASSUMPTION: dense saved activations ≈ 16·d elements a token
-MAX_PIECES = 64
+PIECE_CHOICES = (1, 2, 4, 8, 16, 32)  # partitions of the gradient all-reduce tried
 TASKS = ("gate", "order", "dispatch", "experts", "combine", "inverse_order")
 
 
@@ -116,7 +117,7 @@ class ModelShape:
     element_bytes: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("layers", "d_model", "d_ff", "experts", "k", "seq", "batch"):
+        for name in ("layers", "d_model", "d_ff", "experts", "k", "seq", "batch", "element_bytes"):
             _positive(name, "--" + name.replace("_", "-"), getattr(self, name))
         if self.k > self.experts:
             raise ValueError(f"k (--k) must be <= experts ({self.experts}), got {self.k}")
@@ -577,16 +578,27 @@ def forward_block(shape: ModelShape, cluster: Cluster, layout: Layout, k: float)
 
 
 def backward_block(
-    shape: ModelShape, cluster: Cluster, layout: Layout, k: float, allreduce: bool = True
+    shape: ModelShape,
+    cluster: Cluster,
+    layout: Layout,
+    k: float,
+    allreduce: bool = True,
+    pieces: int | None = None,
 ) -> Schedule:
     """One layer's backward, chunk by chunk in reverse task order (experts and gate at twice
     their forward FLOPs), then the dense part's; with ``allreduce`` the previous layer's
-    gradient all-reduce shares the link (DDP buckets first, or partitioned into gaps)."""
+    gradient all-reduce shares the link: DDP buckets first (FIFO), or, ``partitioned``, in
+    ``pieces`` of equal time at the lowest priority, so they run only where the link is
+    idle (default: the count of :data:`PIECE_CHOICES` whose block is shortest; each extra
+    piece pays the all-reduce's latency again)."""
+    if allreduce and layout.partitioned and pieces is None:
+        trials = (backward_block(shape, cluster, layout, k, True, p) for p in PIECE_CHOICES)
+        return min(trials, key=lambda s: s.makespan)
     r = layout.chunks
     size = _chunk_sizes(shape, k, r)
     b = _Builder()
     if allreduce:
-        _add_allreduce(b, shape, cluster, layout)
+        _add_allreduce(b, shape, cluster, layout, pieces or 1)
     gates = []
     for c in range(r):
         inv = b.add(
@@ -632,28 +644,23 @@ def backward_block(
     return run_schedule(b.tasks)
 
 
-def _add_allreduce(b: _Builder, shape: ModelShape, cluster: Cluster, layout: Layout) -> None:
+def _add_allreduce(
+    b: _Builder, shape: ModelShape, cluster: Cluster, layout: Layout, pieces: int
+) -> None:
     """The gradient all-reduce of one layer as tasks on the data-parallel link."""
     seconds, which = _allreduce_parts(shape, cluster, layout)
     if seconds <= 0:
         return
     link = cluster.link("all_reduce", which)
-    total = _allreduce_bytes(shape, layout)
     if not layout.partitioned:  # DDP: fixed buckets, issued as soon as ready, FIFO
+        total = _allreduce_bytes(shape, layout)
         pieces, priority = max(1, math.ceil(total / DDP_BUCKET_BYTES)), -1
-    else:  # pieces that fit the link's idle time while one chunk's expert backward runs
-        size = _chunk_sizes(shape, layout_k(shape), layout.chunks)
-        gap = 2 * cluster.gemm_time(size["experts"])
-        pieces, priority = max(1, min(MAX_PIECES, math.ceil(seconds / max(gap, 1e-12)))), 10**6
+    else:  # after every task of the layer: only idle link time
+        priority = 10**6
     # the latency of every extra piece is paid on top of the one-piece time
     extra = (pieces - 1) * 2 * (cluster.world - 1) * link.latency_s
     for i in range(pieces):
         b.add(f"allreduce{i}", "grad_allreduce", (seconds + extra) / pieces, (which,), (), priority)
-
-
-def layout_k(shape: ModelShape) -> float:
-    """Mean k̄ over the layers."""
-    return sum(shape.layer_k(i) for i in range(shape.layers)) / shape.layers
 
 
 # ----------------------------------------------------------------------------- predict
