@@ -118,7 +118,8 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         for name in ("layers", "d_model", "d_ff", "experts", "k", "seq", "batch", "element_bytes"):
-            _positive(name, "--" + name.replace("_", "-"), getattr(self, name))
+            flag = "--num-experts" if name == "experts" else "--" + name.replace("_", "-")
+            _positive(name, flag, getattr(self, name))
         if self.k > self.experts:
             raise ValueError(f"k (--k) must be <= experts ({self.experts}), got {self.k}")
         if self.k_per_layer is not None and len(self.k_per_layer) != self.layers:
