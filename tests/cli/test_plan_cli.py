@@ -45,33 +45,51 @@ def test_plan_search_and_the_paper_table() -> None:
     assert "gpt2-a" in table.stdout and "DeepSpeed-MoE" in table.stdout
 
 
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["--layers", "0", "--d-model", "8", "--num-experts", "4"], "--layers"),
-        (["--d-model", "8", "--num-experts", "4"], "pass --layers"),
-        ([*MODEL, "--profile", "nope.json"], "nope.json: no such profile file"),
-        ([*MODEL, "--profile", "nope.json", "--tflops", "3"], "drop --tflops"),
-        ([*MODEL, "--search", "--chunks", "4"], "--search chooses"),
-        ([*MODEL, "--ep", "3"], "--ep 3"),
-        ([*MODEL, "--experts-per-token", "a,b"], "--experts-per-token"),
-    ],
-)
-def test_plan_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
-    result = run("plan", *args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+BAD = {
+    "plan layers 0": (["plan", "--layers", "0", "--d-model", "8", "--num-experts", "4"],
+                      "--layers"),
+    "plan no layers": (["plan", "--d-model", "8", "--num-experts", "4"], "pass --layers"),
+    "plan no profile": (["plan", *MODEL, "--profile", "nope.json"],
+                        "nope.json: no such profile file"),
+    "plan profile and hand": (["plan", *MODEL, "--profile", "nope.json", "--tflops", "3"],
+                              "drop --tflops"),
+    "plan search and chunks": (["plan", *MODEL, "--search", "--chunks", "4"], "--search chooses"),
+    "plan ep 3": (["plan", *MODEL, "--ep", "3"], "--ep 3"),
+    "plan per token": (["plan", *MODEL, "--experts-per-token", "a,b"], "--experts-per-token"),
+    "profile procs 1": (["profile", "--procs", "1"], "--procs"),
+    "profile sizes": (["profile", "--sizes", "x"], "--sizes"),
+    "profile nnodes": (["profile", "--procs", "4", "--nnodes", "3"], "--nnodes 3"),
+    "profile rows": (["profile", "--rows", "0"], "--rows"),
+}  # fmt: skip
 
 
-def test_profile_bad_input_is_one_line(tmp_path: Path) -> None:
-    for args, needle in ((["--procs", "1"], "--procs"), (["--sizes", "x"], "--sizes"),
-                         (["--procs", "4", "--nnodes", "3"], "--nnodes 3")):  # fmt: skip
-        result = run("profile", *args, "--out", str(tmp_path / "p.json"))
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], lines
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str]]:
+    """Every bad case at once (each process imports torch: together they overlap)."""
+    tmp = tmp_path_factory.mktemp("bad")
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "dynroute.cli", *args, *(
+                ["--out", str(tmp / "p.json")] if args[0] == "profile" else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp,
+        )
+        for name, (args, _) in BAD.items()
+    }  # fmt: skip
+    done = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        done[name] = (proc.returncode, out, err)
+    return done
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_one_line(bad_runs: dict[str, tuple[int, str, str]], name: str) -> None:
+    code, out, err = bad_runs[name]
+    assert code == 2, err
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and BAD[name][1] in lines[0], lines
 
 
 @pytest.mark.slow

@@ -25,6 +25,11 @@ Sizes = Annotated[
     str, typer.Option(help="Message sizes in bytes (each rank's buffer), comma-separated.")
 ]
 Repeats = Annotated[int, typer.Option(help="Timed runs per size (the median is kept).")]
+Rows = Annotated[
+    str, typer.Option(help="Rows per grouped-GEMM / per-row measurement, comma-separated.")
+]
+DModel = Annotated[int, typer.Option(help="d_model of the GEMM measurement (your model's).")]
+DFF = Annotated[int, typer.Option(help="d_ff of the GEMM measurement (your model's).")]
 
 
 @options.command
@@ -34,6 +39,9 @@ def profile(
     nnodes: Nnodes = 1,
     sizes: Sizes = "4096,16384,65536,262144,1048576",
     repeats: Repeats = 5,
+    rows: Rows = "64,256,1024",
+    d_model: DModel = 64,
+    d_ff: DFF = 256,
     threads: options.Threads = None,
     progress: options.Progress = True,
     json_out: options.Json = False,
@@ -46,17 +54,20 @@ def profile(
     byte_sizes = parse_sizes(sizes)
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if d_model < 1 or d_ff < 1:
+        raise ValueError(f"--d-model and --d-ff must be >= 1, got {d_model}, {d_ff}")
+    gemm = (parse_sizes(rows, "--rows"), d_model, d_ff, 2)
     if is_launched():  # a real job (NCCL on GPUs): every rank measures, rank 0 writes
         options.set_threads(threads)
         ctx = init_from_env()
-        result = profiling.profile_ranks(ctx, nnodes, byte_sizes, repeats)
+        result = profiling.profile_ranks(ctx, nnodes, byte_sizes, repeats, gemm)
         if not ctx.is_main:
             return
         result.save(out)
     else:
         text = f"profiling {procs} processes as {nnodes} node(s)"
         with options.status(text, progress and not json_out):
-            result = profiling.run_profile(procs, nnodes, out, byte_sizes, repeats,
+            result = profiling.run_profile(procs, nnodes, out, byte_sizes, repeats, gemm,
                                            threads=threads or 1)  # fmt: skip
     summary = summarize(result, out)
     if json_out:
@@ -68,8 +79,8 @@ def profile(
                                       ["fit", "α (µs)", "β"], rows))  # fmt: skip
 
 
-def parse_sizes(text: str) -> list[int]:
-    """``--sizes`` as positive integers.
+def parse_sizes(text: str, flag: str = "--sizes") -> list[int]:
+    """``--sizes`` (or ``flag``) as positive integers.
 
     Example:
         >>> parse_sizes("4096, 65536")
@@ -78,9 +89,9 @@ def parse_sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--sizes {text!r}: give byte counts separated by commas") from None
+        raise ValueError(f"{flag} {text!r}: give counts separated by commas") from None
     if not sizes or min(sizes) <= 0:
-        raise ValueError(f"--sizes {text!r}: give positive byte counts separated by commas")
+        raise ValueError(f"{flag} {text!r}: give positive counts separated by commas")
     return sizes
 
 
