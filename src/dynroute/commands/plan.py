@@ -10,7 +10,7 @@ import typer
 
 from dynroute.commands import options
 
-RANK = 66
+RANK = 54
 
 _MODEL = "Model"
 _CLUSTER = "Cluster (hand-given; or --profile)"

@@ -9,7 +9,7 @@ import typer
 
 from dynroute.commands import options
 
-RANK = 65
+RANK = 52
 
 Procs = Annotated[
     int,
