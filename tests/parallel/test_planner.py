@@ -155,6 +155,16 @@ def test_pipelining_is_bounded_by_the_bottleneck_and_by_the_sum(
                 assert all(block.ends[d] <= block.starts[i] + 1e-12 for d in task.deps)
 
 
+def test_without_overlap_every_block_is_the_sum_of_its_tasks() -> None:
+    shared = dataclasses.replace(TWO_NODES, overlap=False)
+    for layout in (Layout(16, 1, 4, True, True), Layout(8, 2, 8, False, False)):
+        for block in (forward_block(SHAPE, shared, layout, 2.0),
+                      backward_block(SHAPE, shared, layout, 2.0)):  # fmt: skip
+            assert block.makespan == pytest.approx(sum(t.seconds for t in block.tasks))
+    assert not Cluster.from_profile(_profile()).overlap  # gloo: ranks share the cores
+    assert Cluster.from_profile(_profile(), overlap=True).overlap
+
+
 def test_chunks_hide_communication_when_compute_and_exchange_are_comparable() -> None:
     times = [simulate(SHAPE, TWO_NODES, Layout(16, 1, r)).step_time_s for r in (1, 2, 4)]
     assert times[1] < times[0] and times[2] < times[0]

@@ -54,6 +54,15 @@ InterLat = Annotated[float | None, _opt("Inter-node latency per message, µs.", 
 Tflops = Annotated[float | None, _opt("Achieved GEMM TFLOP/s per GPU.", _CLUSTER)]
 HbmGbps = Annotated[float | None, _opt("Memory bandwidth GB/s per GPU.", _CLUSTER)]
 MemoryGb = Annotated[float, _opt("Memory per GPU, GB.", _CLUSTER)]
+Overlap = Annotated[
+    bool | None,
+    typer.Option(
+        "--overlap/--no-overlap",
+        help="Communication runs beside computation (default: yes; no for a gloo profile, "
+        "whose ranks share their CPU cores).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
 Ep = Annotated[int | None, _opt("Expert-parallel group size.", _LAYOUT)]
 Dp = Annotated[int | None, _opt("Data-parallel replicas (default GPUs / ep).", _LAYOUT)]
 Chunks = Annotated[int, _opt("Pipeline degree r: token chunks per layer.", _LAYOUT)]
@@ -97,6 +106,7 @@ def plan(
     tflops: Tflops = None,
     hbm_gbps: HbmGbps = None,
     memory_gb: MemoryGb = 80.0,
+    overlap: Overlap = None,
     ep: Ep = None,
     dp: Dp = None,
     chunks: Chunks = 1,
@@ -117,7 +127,7 @@ def plan(
     shape = dataclasses.replace(shape, element_bytes=element_bytes)
     hand = dict(zip(_HAND, (intra_gbps, inter_gbps, intra_latency_us, inter_latency_us,
                             tflops, hbm_gbps), strict=True))  # fmt: skip
-    cluster = build_cluster(nodes, gpus_per_node, profile, hand, memory_gb)
+    cluster = build_cluster(nodes, gpus_per_node, profile, hand, memory_gb, overlap)
     if search or ep is None:
         if search and (dp is not None or chunks != 1 or hierarchical or partitioned):
             raise ValueError("--search chooses --dp, --chunks, --hierarchical and "
@@ -168,6 +178,7 @@ def build_cluster(
     profile: Path | None,
     hand: dict[str, float | None],
     memory_gb: float,
+    overlap: bool | None = None,
 ) -> Any:
     """A Cluster from --profile, or from the hand-given link and GEMM flags."""
     from dynroute.parallel.costmodel import Profile
@@ -179,9 +190,11 @@ def build_cluster(
             raise ValueError(
                 f"--profile {profile} gives the link and GEMM times; drop {', '.join(given)}"
             )
-        return Cluster.from_profile(Profile.load(profile), nodes, gpus_per_node, memory_gb)
+        measured = Profile.load(profile)
+        return Cluster.from_profile(measured, nodes, gpus_per_node, memory_gb, overlap)
     names = {flag: flag[2:].replace("-", "_") for flag in hand}
     return Cluster(nodes or 1, gpus_per_node or 8, memory_gb=memory_gb,
+                   overlap=True if overlap is None else overlap,
                    **{names[flag]: value for flag, value in given.items()})  # fmt: skip
 
 

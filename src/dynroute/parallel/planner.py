@@ -204,6 +204,9 @@ class Cluster:
             they replace the hand-given ones.
         gemm, row_tasks: fits from a profile (GEMM seconds vs FLOPs; gate vs FLOPs, order
             and inverse order vs bytes); None / empty: from ``tflops`` and ``hbm_gbps``.
+        overlap: communication runs beside computation (GPUs: copy engines and NICs);
+            False where both share the same cores (gloo on a small CPU): then every task
+            holds one resource and nothing overlaps.
     """
 
     nodes: int
@@ -219,6 +222,7 @@ class Cluster:
     measured: dict[str, Link] = field(default_factory=dict)
     gemm: LinearFit | None = None
     row_tasks: dict[str, LinearFit] = field(default_factory=dict)
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         for name in ("nodes", "gpus_per_node", "intra_gbps", "inter_gbps", "tflops"):
@@ -259,13 +263,15 @@ class Cluster:
         nodes: int | None = None,
         gpus_per_node: int | None = None,
         memory_gb: float = 80.0,
+        overlap: bool | None = None,
     ) -> Cluster:
         """A cluster whose tasks take the times ``profile`` measured.
 
         ``nodes`` × ``gpus_per_node`` (default: the profile's own) may be larger than the
         machine measured: links keep their per-message latency and bandwidth. A profile
         of one node has no inter-node link: its flat fits stand for both links
-        (ASSUMPTION; measure with ``--nnodes`` > 1, or on the real cluster).
+        (ASSUMPTION; measure with ``--nnodes`` > 1, or on the real cluster). ``overlap``
+        default: True for NCCL, False for gloo (CPU ranks share their cores).
         """
         measured: dict[str, Link] = {}
         for link, fits in profile.collectives.items():
@@ -290,6 +296,7 @@ class Cluster:
             measured=measured,
             gemm=profile.gemm,
             row_tasks=dict(profile.row_tasks),
+            overlap=profile.backend != "gloo" if overlap is None else overlap,
         )
 
 
@@ -517,8 +524,9 @@ def _chunk_sizes(shape: ModelShape, k: float, chunks: int) -> dict[str, float]:
 class _Builder:
     """Appends tasks and returns their indices (the dependency graph of a block)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: Cluster) -> None:
         self.tasks: list[Task] = []
+        self.shared = not cluster.overlap
 
     def add(
         self,
@@ -529,6 +537,8 @@ class _Builder:
         deps: Iterable[int] = (),
         priority: int = 0,
     ) -> int:
+        if self.shared:  # one set of cores does everything
+            resources = ("compute",)
         self.tasks.append(Task(name, kind, seconds, resources, tuple(deps), priority))
         return len(self.tasks) - 1
 
@@ -545,7 +555,7 @@ def forward_block(shape: ModelShape, cluster: Cluster, layout: Layout, k: float)
     combine → inverse order, chunks overlapping on compute / intra / inter."""
     r = layout.chunks
     size = _chunk_sizes(shape, k, r)
-    b = _Builder()
+    b = _Builder(cluster)
     dense = b.add("dense", "dense", cluster.gemm_time(_dense_flops(shape)), ("compute",))
     for c in range(r):
         gate = b.add(
@@ -597,7 +607,7 @@ def backward_block(
         return min(trials, key=lambda s: s.makespan)
     r = layout.chunks
     size = _chunk_sizes(shape, k, r)
-    b = _Builder()
+    b = _Builder(cluster)
     if allreduce:
         _add_allreduce(b, shape, cluster, layout, pieces or 1)
     gates = []
