@@ -66,7 +66,7 @@ def _profile() -> Profile:
         LinearFit(1e-5, 1e-10),
         {"gate": LinearFit(1e-6, 1e-11), "order": LinearFit(1e-6, 1e-10),
          "inverse_order": LinearFit(2e-6, 2e-10)},
-        points={"gemm": [[1.0, 2.0]]},
+        points={"gemm": [[1.0, 2.0, 3.0]]}, gemm_backward=LinearFit(2e-5, 2e-10),
     )  # fmt: skip
 
 
@@ -101,13 +101,16 @@ def test_a_profiled_cluster_reproduces_the_fits_at_the_measured_size() -> None:
         inter = cluster.link("all_to_all", "inter").time("all_to_all", n, 2)
         assert inter == pytest.approx(profile.collective("all_to_all", "inter").time(n))
         assert cluster.gemm_time(n) == profile.gemm.time(n)
+        assert cluster.gemm_backward_time(n) == LinearFit(2e-5, 2e-10).time(n)
+    assert Cluster(1, 2).gemm_backward_time(1e12) == 2 * Cluster(1, 2).gemm_time(1e12)
     bigger = Cluster.from_profile(profile, nodes=4, gpus_per_node=8)
     assert bigger.world == 32 and bigger.measured == cluster.measured
 
 
 def test_in_process_measurements_fit_lines() -> None:
-    line, points = time_gemm([16, 32], 8, 16, 2, repeats=1)
-    assert len(points) == 2 and line.alpha_s >= 0 and line.beta_s_per_unit >= 0
+    forward, backward, points = time_gemm([16, 32], 8, 16, 2, repeats=1)
+    assert len(points) == 2 and all(len(p) == 3 for p in points)
+    assert min(forward.alpha_s, forward.beta_s_per_unit, backward.alpha_s) >= 0
     fits, found = time_row_tasks([16, 32], 8, 4, repeats=1)
     assert set(fits) == {"gate", "order", "inverse_order"} and len(found["order"]) == 2
 

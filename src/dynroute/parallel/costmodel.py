@@ -15,6 +15,7 @@ fit                    size n
 ``all_reduce``         bytes of the tensor reduced
 ``all_gather``         bytes of each rank's output (the whole gathered tensor)
 ``gemm``               FLOPs of the expert GEMMs (SwiGLU: 6·rows·d_model·d_ff forward)
+``gemm_backward``      the same forward FLOPs; seconds of the backward
 ``gate``               FLOPs of the gate (2·tokens·d_model·experts)
 ``order``              bytes of rows gathered into expert order (rows·d_model·element)
 ``inverse_order``      bytes of rows combined back to tokens (rows·d_model·element)
@@ -123,6 +124,8 @@ class Profile:
         collectives: link -> collective -> fit (bytes); ``flat`` always, ``intra`` and
             ``inter`` when ``nnodes > 1``.
         gemm: expert grouped-GEMM seconds vs FLOPs (forward).
+        gemm_backward: their backward's seconds vs the forward FLOPs (None: not measured;
+            the planner then takes twice the forward).
         row_tasks: ``gate`` (FLOPs), ``order`` and ``inverse_order`` (bytes).
         element_bytes: bytes per activation element measured (4 for float32).
         points: the raw measurements, for the record.
@@ -147,6 +150,7 @@ profile with --nnodes > 1 for intra/inter links
     row_tasks: dict[str, LinearFit]
     element_bytes: int = 4
     points: dict[str, Any] = field(default_factory=dict)
+    gemm_backward: LinearFit | None = None
 
     def group_size(self, link: str) -> int:
         """Ranks in a group of ``link`` as measured."""
@@ -185,6 +189,9 @@ profile with --nnodes > 1 for intra/inter links
             row_tasks={k: LinearFit.from_dict(f) for k, f in data["row_tasks"].items()},
             element_bytes=int(data.get("element_bytes", 4)),
             points=dict(data.get("points", {})),
+            gemm_backward=(
+                LinearFit.from_dict(data["gemm_backward"]) if data.get("gemm_backward") else None
+            ),
         )
 
     def save(self, path: Path | str) -> None:

@@ -204,6 +204,8 @@ class Cluster:
             they replace the hand-given ones.
         gemm, row_tasks: fits from a profile (GEMM seconds vs FLOPs; gate vs FLOPs, order
             and inverse order vs bytes); None / empty: from ``tflops`` and ``hbm_gbps``.
+        gemm_backward: a profile's backward GEMM fit (seconds vs forward FLOPs); None:
+            twice the forward.
         overlap: communication runs beside computation (GPUs: copy engines and NICs);
             False where both share the same cores (gloo on a small CPU): then every task
             holds one resource and nothing overlaps.
@@ -223,6 +225,7 @@ class Cluster:
     gemm: LinearFit | None = None
     row_tasks: dict[str, LinearFit] = field(default_factory=dict)
     overlap: bool = True
+    gemm_backward: LinearFit | None = None
 
     def __post_init__(self) -> None:
         for name in ("nodes", "gpus_per_node", "intra_gbps", "inter_gbps", "tflops"):
@@ -246,6 +249,12 @@ class Cluster:
         if self.gemm is not None:
             return self.gemm.time(flops)
         return flops / (self.tflops * 1e12)
+
+    def gemm_backward_time(self, forward_flops: float) -> float:
+        """Seconds of the backward of GEMMs of ``forward_flops`` forward FLOPs."""
+        if self.gemm_backward is not None:
+            return self.gemm_backward.time(forward_flops)
+        return 2 * self.gemm_time(forward_flops)
 
     def row_time(self, task: str, size: float) -> float:
         """Seconds of ``gate`` (size: FLOPs) or ``order`` / ``inverse_order`` (bytes)."""
@@ -297,6 +306,7 @@ class Cluster:
             gemm=profile.gemm,
             row_tasks=dict(profile.row_tasks),
             overlap=profile.backend != "gloo" if overlap is None else overlap,
+            gemm_backward=profile.gemm_backward,
         )
 
 
@@ -596,8 +606,9 @@ def backward_block(
     allreduce: bool = True,
     pieces: int | None = None,
 ) -> Schedule:
-    """One layer's backward, chunk by chunk in reverse task order (experts and gate at twice
-    their forward FLOPs), then the dense part's; with ``allreduce`` the previous layer's
+    """One layer's backward, chunk by chunk in reverse task order (experts and dense part at
+    the cluster's backward GEMM time, twice the forward unless profiled; the gate at twice
+    its forward), then the dense part's; with ``allreduce`` the previous layer's
     gradient all-reduce shares the link: DDP buckets first (FIFO), or, ``partitioned``, in
     ``pieces`` of equal time at the lowest priority, so they run only where the link is
     idle (default: the count of :data:`PIECE_CHOICES` whose block is shortest; each extra
@@ -626,7 +637,7 @@ def backward_block(
         done = b.add(
             f"experts{c}",
             "experts",
-            2 * cluster.gemm_time(size["experts"]),
+            cluster.gemm_backward_time(size["experts"]),
             ("compute",),
             (back,),
             c,
@@ -651,7 +662,7 @@ def backward_block(
                 c,
             )
         )
-    b.add("dense", "dense", 2 * cluster.gemm_time(_dense_flops(shape)), ("compute",), gates, r)
+    b.add("dense", "dense", cluster.gemm_backward_time(_dense_flops(shape)), ("compute",), gates, r)
     return run_schedule(b.tasks)
 
 

@@ -141,17 +141,22 @@ def time_gemm(
     local_experts: int,
     repeats: int,
     device: torch.device | None = None,
-) -> tuple[LinearFit, list[list[float]]]:
-    """Fit the experts' forward time vs FLOPs (6·rows·d_model·d_ff, SwiGLU) with the
-    layer's own grouped dispatch on rows split evenly over ``local_experts``.
+) -> tuple[LinearFit, LinearFit, list[list[float]]]:
+    """Fit the experts' forward and backward times vs forward FLOPs (6·rows·d_model·d_ff,
+    SwiGLU) with the layer's own grouped dispatch on rows split evenly over
+    ``local_experts``; the backward is (forward + backward) − forward.
+
+    Returns:
+        (forward fit, backward fit, [[flops, forward s, backward s], ...]).
 
     Example:
-        >>> line, points = time_gemm([32, 64], 16, 32, 2, repeats=2)
+        >>> forward, backward, points = time_gemm([32, 64], 16, 32, 2, repeats=2)
         >>> [p[0] for p in points]
         [98304.0, 196608.0]
     """
     device = device or torch.device("cpu")
     weights = _weights(local_experts, d_model, d_ff, device)
+    trained = ExpertWeights(*(w.detach().requires_grad_(True) for w in weights[:2]))
     points = []
     for n in rows:
         counts = torch.full((1, local_experts), n // local_experts, dtype=torch.long)
@@ -159,9 +164,15 @@ def time_gemm(
         x = torch.randn(n, d_model, device=device)
         routing = local_routing(counts, x)
         with torch.no_grad():
-            seconds = median_seconds(partial(grouped, x, routing, weights), repeats, device, None)
-        points.append([6.0 * n * d_model * d_ff, seconds])
-    return fit([p[0] for p in points], [p[1] for p in points]), points
+            forward = median_seconds(partial(grouped, x, routing, weights), repeats, device, None)
+        both = median_seconds(partial(_forward_backward, x, routing, trained), repeats, device)
+        points.append([6.0 * n * d_model * d_ff, forward, max(both - forward, 0.0)])
+    flops = [p[0] for p in points]
+    return fit(flops, [p[1] for p in points]), fit(flops, [p[2] for p in points]), points
+
+
+def _forward_backward(x: torch.Tensor, routing: Any, weights: ExpertWeights) -> None:
+    grouped(x.detach().requires_grad_(True), routing, weights).sum().backward()
 
 
 def time_row_tasks(
@@ -229,7 +240,7 @@ def profile_ranks(
         for link, group in _subgroups(world, nnodes, ctx.rank).items():
             collectives[link], points[link] = profile_group(group, sizes, repeats, device)
     rows, d_model, d_ff, local = gemm
-    gemm_fit, points["gemm"] = time_gemm(rows, d_model, d_ff, local, repeats, device)
+    gemm_fit, backward_fit, points["gemm"] = time_gemm(rows, d_model, d_ff, local, repeats, device)
     row_fits, row_points = time_row_tasks(rows, d_model, local * world, repeats, device)
     points.update(row_points)
     return Profile(
@@ -239,6 +250,7 @@ def profile_ranks(
         backend=ctx.backend,
         collectives=collectives,
         gemm=_slowest_fit(gemm_fit, device),
+        gemm_backward=_slowest_fit(backward_fit, device),
         row_tasks={k: _slowest_fit(v, device) for k, v in row_fits.items()},
         element_bytes=4,
         points=points,
