@@ -561,12 +561,19 @@ class _Builder:
 
 
 def forward_block(shape: ModelShape, cluster: Cluster, layout: Layout, k: float) -> Schedule:
-    """One layer's forward: dense, then per chunk gate → order → dispatch → experts →
-    combine → inverse order, chunks overlapping on compute / intra / inter."""
+    """One layer's forward: dense, then per chunk gate → order → dispatch (the split sizes,
+    then the rows) → experts → combine → inverse order, chunks overlapping on compute /
+    intra / inter."""
     r = layout.chunks
     size = _chunk_sizes(shape, k, r)
     b = _Builder(cluster)
     dense = b.add("dense", "dense", cluster.gemm_time(_dense_flops(shape)), ("compute",))
+    # the split sizes go first (E int64 counts a rank), then the rows
+    counts = exchange(cluster, layout, 8.0 * shape.experts)
+    rows = exchange(cluster, layout, size["bytes"])
+    dispatch = _Exchange(
+        tuple((f"counts/{n}" if n else "counts", *rest) for n, *rest in counts.stages) + rows.stages
+    )
     for c in range(r):
         gate = b.add(
             f"gate{c}", "gate", cluster.row_time("gate", size["gate"]), ("compute",), (dense,), c
@@ -574,9 +581,7 @@ def forward_block(shape: ModelShape, cluster: Cluster, layout: Layout, k: float)
         order = b.add(
             f"order{c}", "order", cluster.row_time("order", size["order"]), ("compute",), (gate,), c
         )
-        sent = b.exchange(
-            f"dispatch{c}", "dispatch", exchange(cluster, layout, size["bytes"]), order, c
-        )
+        sent = b.exchange(f"dispatch{c}", "dispatch", dispatch, order, c)
         done = b.add(
             f"experts{c}", "experts", cluster.gemm_time(size["experts"]), ("compute",), (sent,), c
         )
@@ -834,7 +839,7 @@ def choose_chunks(
     Example:
         >>> shape = ModelShape(2, 512, 2048, 4, k=2, seq=512, batch=4)
         >>> choose_chunks(shape, Cluster(1, 4, intra_gbps=20), Layout(4, 1))
-        [4, 4]
+        [2, 2]
     """
     best: dict[float, int] = {}
     for layer in range(shape.layers):
