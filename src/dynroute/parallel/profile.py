@@ -37,6 +37,7 @@ from dynroute.parallel.costmodel import COLLECTIVES, LinearFit, Profile, fit
 from dynroute.parallel.moe import local_routing
 from dynroute.parallel.runtime import ParallelContext
 from dynroute.parallel.spawn import run_ranks
+from dynroute.routing import top_k
 
 __all__ = [
     "DEFAULT_GEMM",
@@ -182,9 +183,10 @@ def time_row_tasks(
     repeats: int,
     device: torch.device | None = None,
 ) -> tuple[dict[str, LinearFit], dict[str, list[list[float]]]]:
-    """Fit the gate (seconds vs FLOPs, 2·tokens·d_model·experts), the order (gather of the
-    rows into expert order) and the inverse order (weighted scatter-add back to tokens),
-    both in seconds vs bytes of float32 rows."""
+    """Fit the gate (the gate's linear map and the top-2 router that sorts the assignments
+    by expert; seconds vs FLOPs, 2·tokens·d_model·experts), the order (gather of the rows
+    into expert order) and the inverse order (weighted scatter-add back to tokens), both
+    in seconds vs bytes of float32 rows."""
     device = device or torch.device("cpu")
     gate_w = torch.randn(experts, d_model, device=device)
     found: dict[str, list[list[float]]] = {"gate": [], "order": [], "inverse_order": []}
@@ -193,7 +195,7 @@ def time_row_tasks(
             x = torch.randn(n, d_model, device=device)
             token = torch.randperm(n, device=device)
             weight = torch.rand(n, device=device)
-            gate = median_seconds(partial(torch.nn.functional.linear, x, gate_w), repeats, device)
+            gate = median_seconds(partial(_gate, x, gate_w), repeats, device)
             order = median_seconds(partial(x.index_select, 0, token), repeats, device)
             inverse = median_seconds(partial(combine, x, token, weight, n), repeats, device)
             nbytes = float(n * d_model * 4)
@@ -202,6 +204,10 @@ def time_row_tasks(
             found["inverse_order"].append([nbytes, inverse])
     fits = {k: fit([p[0] for p in v], [p[1] for p in v]) for k, v in found.items()}
     return fits, found
+
+
+def _gate(x: torch.Tensor, gate_w: torch.Tensor) -> Any:
+    return top_k(torch.nn.functional.linear(x, gate_w), min(2, gate_w.shape[0]))
 
 
 def _subgroups(world: int, nnodes: int, rank: int) -> dict[str, Group]:
