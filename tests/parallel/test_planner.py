@@ -286,3 +286,16 @@ def test_paper_comparison_rows() -> None:
         assert row["predicted_vs_deepspeed"] >= row["predicted_vs_tutel"] >= 1.0
         assert row["agrees"] == (row["paper_low"] <= row["predicted_vs_deepspeed"] <= row[
             "paper_high"])  # fmt: skip
+
+
+def test_the_paper_table_in_the_docs_is_what_the_planner_predicts() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text()
+    names = {"layer": "layer", "gpt2": "GPT-2", "mixtral": "Mixtral"}
+    for row in paper_comparison():
+        model, bed = row["setting"].split("-")
+        line = (
+            f"| {names[model]}, testbed {bed.upper()} | {row['paper_low']:.2f}–"
+            f"{row['paper_high']:.2f} | {row['predicted_vs_deepspeed']:.2f} | "
+            f"{row['predicted_vs_tutel']:.2f} |"
+        )
+        assert line in doc, line
