@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import math
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -973,8 +972,3 @@ def paper_comparison(names: Iterable[str] | None = None) -> list[dict[str, Any]]
             }
         )
     return rows
-
-
-def this_machine() -> str:
-    """A name for the machine measured (its host name)."""
-    return socket.gethostname()
