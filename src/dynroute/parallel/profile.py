@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_GEMM",
     "DEFAULT_SIZES",
     "machine_name",
+    "median_seconds",
     "profile_group",
     "profile_ranks",
     "run_profile",
