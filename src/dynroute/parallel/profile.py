@@ -1,0 +1,320 @@
+"""Online profile of the expert-parallel tasks: collectives, expert GEMMs, per-row tasks.
+
+``profile_group`` times all-to-all, all-reduce and all-gather on a live process group
+(median of ``repeats``, a barrier before each, the slowest rank's median);
+``time_gemm`` times the layer's own grouped dispatch (``dynroute.dispatch.grouped`` over
+SwiGLU ``ExpertWeights``) and ``time_row_tasks`` the gate, order and inverse order;
+``run_profile`` does all of it on W local gloo processes and writes a
+:class:`~dynroute.parallel.costmodel.Profile` JSON (``dynroute profile``). Under torchrun
+(NCCL on GPUs) :func:`profile_ranks` measures the launched job the same way: that is how
+a real cluster calibrates ``dynroute plan``.
+
+Example (W local processes; seconds)::
+
+    >>> profile = run_profile(2, 1, "profile.json", sizes=(4096, 65536))  # doctest: +SKIP
+    >>> profile.collective("all_to_all").time(1 << 20)                   # doctest: +SKIP
+    0.0012
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dynroute.dispatch import grouped
+from dynroute.dispatch.combine import combine
+from dynroute.layers.experts import ExpertWeights
+from dynroute.parallel.costmodel import COLLECTIVES, LinearFit, Profile, fit
+from dynroute.parallel.moe import local_routing
+from dynroute.parallel.runtime import ParallelContext
+from dynroute.parallel.spawn import run_ranks
+from dynroute.routing import top_k
+
+__all__ = [
+    "DEFAULT_GEMM",
+    "DEFAULT_SIZES",
+    "machine_name",
+    "median_seconds",
+    "profile_group",
+    "profile_ranks",
+    "run_profile",
+    "time_gemm",
+    "time_row_tasks",
+]
+
+#: Message sizes in bytes (each rank's buffer): small enough for a 2-core CPU in seconds.
+DEFAULT_SIZES = (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20)
+#: (rows list, d_model, d_ff, local experts) of the GEMM and per-row measurements.
+DEFAULT_GEMM: tuple[tuple[int, ...], int, int, int] = ((64, 256, 1024), 64, 256, 2)
+
+Group = dist.ProcessGroup | None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(
+    fn: Callable[[], Any], repeats: int, device: torch.device, group: Group = None
+) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up; with a
+    ``group``, every rank of it waits at a barrier before each run."""
+    times = []
+    for i in range(repeats + 1):
+        if group is not None or dist.is_initialized():
+            dist.barrier(group=group)
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        if i:  # the first run warms up (allocations, connections)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _collective(name: str, nbytes: int, group: Group, device: torch.device) -> Callable[[], Any]:
+    """A zero-argument call of collective ``name`` moving ``nbytes`` per rank."""
+    world = dist.get_world_size(group)
+    n = max(world, nbytes // 4 // world * world)  # float32 elements, a multiple of W
+    send = torch.ones(n, device=device)
+    if name == "all_to_all":
+        recv = torch.empty_like(send)
+        return lambda: dist.all_to_all_single(recv, send, group=group)
+    if name == "all_reduce":
+        return lambda: dist.all_reduce(send, group=group)
+    if name == "all_gather":  # n bytes = the gathered output
+        part = send[: n // world].clone()
+        outs = [torch.empty_like(part) for _ in range(world)]
+        return lambda: dist.all_gather(outs, part, group=group)
+    raise ValueError(f"unknown collective {name!r}; known: {', '.join(COLLECTIVES)}")
+
+
+def _slowest(values: list[float], group: Group, device: torch.device) -> list[float]:
+    """Each value's maximum over the ranks of ``group``."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t.tolist()
+
+
+def profile_group(
+    group: Group, sizes: Sequence[int], repeats: int, device: torch.device | None = None
+) -> tuple[dict[str, LinearFit], dict[str, list[list[float]]]]:
+    """Fit every collective of :data:`~dynroute.parallel.costmodel.COLLECTIVES` on ``group``.
+
+    Every rank of ``group`` must call it with the same arguments.
+
+    Returns:
+        (collective -> fit in seconds vs bytes, collective -> [[bytes, seconds], ...]).
+    """
+    device = device or torch.device("cpu")
+    fits, points = {}, {}
+    for name in COLLECTIVES:
+        medians = [
+            median_seconds(_collective(name, n, group, device), repeats, device, group)
+            for n in sizes
+        ]
+        slowest = _slowest(medians, group, device)
+        fits[name] = fit(sizes, slowest)
+        points[name] = [[float(n), t] for n, t in zip(sizes, slowest, strict=True)]
+    return fits, points
+
+
+def _weights(local: int, d_model: int, d_ff: int, device: torch.device) -> ExpertWeights:
+    g = torch.Generator().manual_seed(0)
+    gate_up = torch.randn(local, d_model, 2 * d_ff, generator=g) / d_model**0.5
+    down = torch.randn(local, d_ff, d_model, generator=g) / d_ff**0.5
+    return ExpertWeights(gate_up.to(device), down.to(device))
+
+
+def time_gemm(
+    rows: Sequence[int],
+    d_model: int,
+    d_ff: int,
+    local_experts: int,
+    repeats: int,
+    device: torch.device | None = None,
+) -> tuple[LinearFit, LinearFit, list[list[float]]]:
+    """Fit the experts' forward and backward times vs forward FLOPs (6·rows·d_model·d_ff,
+    SwiGLU) with the layer's own grouped dispatch on rows split evenly over
+    ``local_experts``; the backward is (forward + backward) − forward.
+
+    Returns:
+        (forward fit, backward fit, [[flops, forward s, backward s], ...]).
+
+    Example:
+        >>> forward, backward, points = time_gemm([32, 64], 16, 32, 2, repeats=2)
+        >>> [p[0] for p in points]
+        [98304.0, 196608.0]
+    """
+    device = device or torch.device("cpu")
+    weights = _weights(local_experts, d_model, d_ff, device)
+    trained = ExpertWeights(*(w.detach().requires_grad_(True) for w in weights[:2]))
+    points = []
+    for n in rows:
+        counts = torch.full((1, local_experts), n // local_experts, dtype=torch.long)
+        counts[0, : n % local_experts] += 1
+        x = torch.randn(n, d_model, device=device)
+        routing = local_routing(counts, x)
+        with torch.no_grad():
+            forward = median_seconds(partial(grouped, x, routing, weights), repeats, device, None)
+        both = median_seconds(partial(_forward_backward, x, routing, trained), repeats, device)
+        points.append([6.0 * n * d_model * d_ff, forward, max(both - forward, 0.0)])
+    flops = [p[0] for p in points]
+    return fit(flops, [p[1] for p in points]), fit(flops, [p[2] for p in points]), points
+
+
+def _forward_backward(x: torch.Tensor, routing: Any, weights: ExpertWeights) -> None:
+    grouped(x.detach().requires_grad_(True), routing, weights).sum().backward()
+
+
+def time_row_tasks(
+    rows: Sequence[int],
+    d_model: int,
+    experts: int,
+    repeats: int,
+    device: torch.device | None = None,
+) -> tuple[dict[str, LinearFit], dict[str, list[list[float]]]]:
+    """Fit the gate (the gate's linear map and the top-2 router that sorts the assignments
+    by expert; seconds vs FLOPs, 2·tokens·d_model·experts), the order (gather of the rows
+    into expert order) and the inverse order (weighted scatter-add back to tokens), both
+    in seconds vs bytes of float32 rows."""
+    device = device or torch.device("cpu")
+    gate_w = torch.randn(experts, d_model, device=device)
+    found: dict[str, list[list[float]]] = {"gate": [], "order": [], "inverse_order": []}
+    with torch.no_grad():
+        for n in rows:
+            x = torch.randn(n, d_model, device=device)
+            token = torch.randperm(n, device=device)
+            weight = torch.rand(n, device=device)
+            gate = median_seconds(partial(_gate, x, gate_w), repeats, device)
+            order = median_seconds(partial(x.index_select, 0, token), repeats, device)
+            inverse = median_seconds(partial(combine, x, token, weight, n), repeats, device)
+            nbytes = float(n * d_model * 4)
+            found["gate"].append([2.0 * n * d_model * experts, gate])
+            found["order"].append([nbytes, order])
+            found["inverse_order"].append([nbytes, inverse])
+    fits = {k: fit([p[0] for p in v], [p[1] for p in v]) for k, v in found.items()}
+    return fits, found
+
+
+def _gate(x: torch.Tensor, gate_w: torch.Tensor) -> Any:
+    return top_k(torch.nn.functional.linear(x, gate_w), min(2, gate_w.shape[0]))
+
+
+def _subgroups(world: int, nnodes: int, rank: int) -> dict[str, Group]:
+    """This rank's intra-node and inter-node groups (every rank creates every group)."""
+    per_node = world // nnodes
+    mine: dict[str, Group] = {}
+    for node in range(nnodes):
+        ranks = list(range(node * per_node, (node + 1) * per_node))
+        made = dist.new_group(ranks)
+        if rank in ranks:
+            mine["intra"] = made
+    for local in range(per_node):
+        ranks = [node * per_node + local for node in range(nnodes)]
+        made = dist.new_group(ranks)
+        if rank in ranks:
+            mine["inter"] = made
+    return mine
+
+
+def profile_ranks(
+    ctx: ParallelContext,
+    nnodes: int,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    repeats: int = 5,
+    gemm: tuple[Sequence[int], int, int, int] = DEFAULT_GEMM,
+) -> Profile:
+    """Measure this job (every rank calls it): the flat group, with ``nnodes`` > 1 the
+    intra-node and inter-node groups (``world_size // nnodes`` consecutive ranks a node),
+    the expert GEMMs and per-row tasks (slowest rank's)."""
+    world, device = ctx.world_size, ctx.device
+    if nnodes < 1 or world % nnodes:
+        raise ValueError(f"--nnodes {nnodes} must divide the processes ({world})")
+    collectives, points = {}, {}
+    collectives["flat"], points["flat"] = profile_group(None, sizes, repeats, device)
+    if nnodes > 1:
+        for link, group in _subgroups(world, nnodes, ctx.rank).items():
+            collectives[link], points[link] = profile_group(group, sizes, repeats, device)
+    rows, d_model, d_ff, local = gemm
+    gemm_fit, backward_fit, points["gemm"] = time_gemm(rows, d_model, d_ff, local, repeats, device)
+    row_fits, row_points = time_row_tasks(rows, d_model, local * world, repeats, device)
+    points.update(row_points)
+    return Profile(
+        machine=machine_name(device),
+        world_size=world,
+        nnodes=nnodes,
+        backend=ctx.backend,
+        collectives=collectives,
+        gemm=_slowest_fit(gemm_fit, device),
+        gemm_backward=_slowest_fit(backward_fit, device),
+        row_tasks={k: _slowest_fit(v, device) for k, v in row_fits.items()},
+        element_bytes=4,
+        points=points,
+    )
+
+
+def _slowest_fit(line: LinearFit, device: torch.device) -> LinearFit:
+    alpha, beta = _slowest([line.alpha_s, line.beta_s_per_unit], None, device)
+    return LinearFit(alpha, beta)
+
+
+def machine_name(device: torch.device) -> str:
+    """Host name and processor (or GPU) of this process."""
+    if device.type == "cuda":
+        chip = torch.cuda.get_device_name(device)
+    else:
+        chip = platform.processor() or platform.machine()
+    return f"{socket.gethostname()} ({chip})"
+
+
+def _rank_profile(
+    ctx: ParallelContext,
+    nnodes: int,
+    sizes: Sequence[int],
+    repeats: int,
+    gemm: tuple[Sequence[int], int, int, int],
+) -> Profile | None:
+    profile = profile_ranks(ctx, nnodes, sizes, repeats, gemm)
+    return profile if ctx.is_main else None
+
+
+def run_profile(
+    world: int,
+    nnodes: int,
+    out: Path | str,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    repeats: int = 5,
+    gemm: tuple[Sequence[int], int, int, int] = DEFAULT_GEMM,
+    timeout_s: float = 600.0,
+    threads: int = 1,
+) -> Profile:
+    """Profile ``world`` local gloo processes (``threads`` torch threads each) declared as
+    ``nnodes`` nodes; write the profile JSON to ``out`` and return it.
+
+    Raises:
+        ValueError: ``world`` < 2, or ``nnodes`` does not divide it (naming the flag).
+    """
+    if world < 2:
+        raise ValueError(f"--procs must be >= 2 (a collective needs two ranks), got {world}")
+    if nnodes < 1 or world % nnodes:
+        raise ValueError(f"--nnodes {nnodes} must divide --procs {world}")
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"--sizes must be positive byte counts, got {list(sizes)}")
+    results = run_ranks(
+        _rank_profile, world, (nnodes, tuple(sizes), repeats, gemm),
+        timeout_s=timeout_s, collective_timeout_s=min(timeout_s, 120.0), threads=threads,
+    )  # fmt: skip
+    profile = results[0]
+    profile.save(out)
+    return profile
