@@ -121,6 +121,7 @@ def test_help_pages_show_no_bool_type_and_upper_case_arguments() -> None:
 
 #: The commands without --progress, and why: the rest can run for more than a few seconds.
 QUICK_OR_SERVING = {
+    "plan": "simulates a schedule in Python (seconds at most); prints one table",
     "llm route": "routes a few queries with a fitted router (about a second)",
     "llm export-log": "copies a database's decision rows to a file (seconds); prints the count",
     "serve": "a server: it logs requests, it has no end to show progress towards",

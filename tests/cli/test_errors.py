@@ -55,6 +55,8 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "llm report": ([*no_table, "--out", str(tmp / "rep2")], "nope.jsonl"),
         "llm serve": ([nope, "--backend", "a=http://h", "--port", "1"], nope),
         "llm update": ([nope, "--log", str(tmp / "log.jsonl"), "--out", str(tmp / "u")], nope),
+        "plan": (["--layers", "0", "--d-model", "8", "--num-experts", "4"], "--layers"),
+        "profile": (["--procs", "1", "--out", str(tmp / "p.json")], "--procs must be >= 2"),
         "lora library build": (
             [nope, "--config", bad_lora, "--out", str(tmp / "lib")],
             "lora.toml [lora]: unknown key",

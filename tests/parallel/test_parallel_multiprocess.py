@@ -133,3 +133,30 @@ def test_dynroute_train_expert_parallel_once_wired(tmp_path):
     assert state["step"] == 4 and len(state["sampler_rngs"]) == 2
     experts = [v for k, v in state["model"].items() if k.endswith("experts.down")]
     assert experts and all(v.shape[0] == 4 for v in experts)  # gathered: all 4 experts
+
+
+@pytest.mark.slow
+def test_ep_schedule_auto_trains_the_same_losses_as_off(tmp_path):
+    """`dynroute train --expert-parallel 2 --ep-schedule auto|off`: the schedule (chunks,
+    partitioned gradient all-reduce) changes when data moves, not what is computed."""
+    import json
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
+    losses = {}
+    for schedule in ("off", "auto"):
+        out = tmp_path / schedule
+        argv = ["train", "--config", str(config), "--out", str(out), "--steps", "5",
+                "--router", "top_p:p=0.4", "--no-progress", "--expert-parallel", "2",
+                "--ep-schedule", schedule]  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "dynroute.cli", *argv],
+            capture_output=True, text=True, timeout=400, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        losses[schedule] = [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+        if schedule == "auto":
+            assert "--ep-schedule auto: {'chunks': {" in done.stderr
+    assert losses["off"] and len(losses["off"]) == len(losses["auto"])
+    for off, auto in zip(losses["off"], losses["auto"], strict=True):
+        assert auto == pytest.approx(off, rel=1e-4, abs=1e-5)

@@ -34,6 +34,7 @@ from dynroute.dispatch import grouped
 from dynroute.dispatch.combine import combine
 from dynroute.layers.experts import ExpertWeights
 from dynroute.parallel.costmodel import COLLECTIVES, LinearFit, Profile, fit
+from dynroute.parallel.hierarchy import topology
 from dynroute.parallel.moe import local_routing
 from dynroute.parallel.runtime import ParallelContext
 from dynroute.parallel.spawn import run_ranks
@@ -211,23 +212,6 @@ def _gate(x: torch.Tensor, gate_w: torch.Tensor) -> Any:
     return top_k(torch.nn.functional.linear(x, gate_w), min(2, gate_w.shape[0]))
 
 
-def _subgroups(world: int, nnodes: int, rank: int) -> dict[str, Group]:
-    """This rank's intra-node and inter-node groups (every rank creates every group)."""
-    per_node = world // nnodes
-    mine: dict[str, Group] = {}
-    for node in range(nnodes):
-        ranks = list(range(node * per_node, (node + 1) * per_node))
-        made = dist.new_group(ranks)
-        if rank in ranks:
-            mine["intra"] = made
-    for local in range(per_node):
-        ranks = [node * per_node + local for node in range(nnodes)]
-        made = dist.new_group(ranks)
-        if rank in ranks:
-            mine["inter"] = made
-    return mine
-
-
 def profile_ranks(
     ctx: ParallelContext,
     nnodes: int,
@@ -244,7 +228,8 @@ def profile_ranks(
     collectives, points = {}, {}
     collectives["flat"], points["flat"] = profile_group(None, sizes, repeats, device)
     if nnodes > 1:
-        for link, group in _subgroups(world, nnodes, ctx.rank).items():
+        topo = topology(nnodes)  # this rank's node group and its same-local-index group
+        for link, group in (("intra", topo.intra), ("inter", topo.inter)):
             collectives[link], points[link] = profile_group(group, sizes, repeats, device)
     rows, d_model, d_ff, local = gemm
     gemm_fit, backward_fit, points["gemm"] = time_gemm(rows, d_model, d_ff, local, repeats, device)

@@ -10,6 +10,7 @@ them unconditionally.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from dynroute.parallel.autoschedule import schedule_expert_parallel
 from dynroute.parallel.ddp import (
     clip_grad_norm_,
     full_optimizer_state_dict,
@@ -128,12 +130,13 @@ class TrainingRanks:
     def fsdp(self) -> bool:
         return self.ctx is not None and self.parallel == "fsdp"
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, tokens_per_rank: int = 2048) -> nn.Module:
         """Shard the experts and/or dense parameters; return the module to call for training.
 
         Move the model to its device first, and build the optimizer from
         ``model.parameters()`` *after* this call; evaluate with ``model`` itself (every
-        rank, same batches).
+        rank, same batches). ``tokens_per_rank`` (batch_size · seq_len) sizes the
+        ``--ep-schedule auto`` plan.
         """
         if self.ctx is None:
             return model
@@ -146,7 +149,10 @@ class TrainingRanks:
             group = dist.new_group(timeout=timeout_from_env())
             shard_model_experts(model, group)
             if self.ep_schedule == "auto":
-                return schedule_expert_parallel(model, group).wrapped
+                schedule = schedule_expert_parallel(model, group, tokens_per_rank)
+                if self.is_main:
+                    print(f"--ep-schedule auto: {schedule.summary()}", file=sys.stderr)
+                return schedule.wrapped
             return wrap_ddp(model, **ddp_kwargs)
         if self.parallel == "fsdp":
             return shard_dense(model)
