@@ -12,11 +12,15 @@ from torch import Tensor
 
 from dynroute.parallel import (
     TASKS,
+    Exchange,
     FlatExchange,
+    HierarchicalExchange,
     ParallelContext,
+    Topology,
     measure_tasks,
     set_ep_schedule,
     shard_experts,
+    topology,
 )
 from dynroute.parallel.exchange import PendingExchange, Ready
 from dynroute.parallel.selftest import CASES, build_moe
@@ -51,6 +55,8 @@ SCHEDULES = {
     "r4": (4, "flat"),
     "r1_blocking": (1, "blocking"),
     "r3_blocking": (3, "blocking"),
+    "r1_hierarchical": (1, "hierarchical"),  # 2 nodes: 2x1 on 2 ranks, 2x2 on 4
+    "r2_hierarchical": (2, "hierarchical"),
 }
 """Schedules compared: chunks and exchange. r1 (flat) is today's unpipelined path."""
 
@@ -66,11 +72,25 @@ def schedule_checks(ctx: ParallelContext) -> dict[str, Any]:
     return out
 
 
+_TOPOLOGY: list[Topology] = []  # built once per process: new_group is collective
+
+
+def make_exchange(ctx: ParallelContext, kind: str) -> Exchange:
+    """The exchange a schedule names, over this job's group."""
+    if kind == "flat":
+        return FlatExchange(ctx.group)
+    if kind == "blocking":
+        return BlockingExchange(ctx.group)
+    if not _TOPOLOGY:
+        _TOPOLOGY.append(topology(2, ctx.group))
+    return HierarchicalExchange(_TOPOLOGY[0])
+
+
 def _run(ctx: ParallelContext, moe: torch.nn.Module, x: Tensor, c: Tensor, schedule: str) -> dict:
     """One schedule's output and gradients on this rank (router gradient summed over ranks)."""
     chunks, kind = SCHEDULES[schedule]
     ep = shard_experts(copy.deepcopy(moe), ctx.group)
-    exchange = FlatExchange(ctx.group) if kind == "flat" else BlockingExchange(ctx.group)
+    exchange = make_exchange(ctx, kind)
     set_ep_schedule(ep, chunks, exchange)
     x = x.clone().requires_grad_(True)
     y, aux = ep(x)
