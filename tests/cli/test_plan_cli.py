@@ -1,4 +1,5 @@
-"""`dynroute plan` and `dynroute profile` as a user runs them (a subprocess each)."""
+"""`dynroute plan` and `dynroute profile` as a user runs them (subprocesses; the bad-input
+cases in-process)."""
 
 from __future__ import annotations
 
@@ -35,13 +36,17 @@ def test_plan_json_prints_the_layout_and_the_prediction() -> None:
 
 
 def test_plan_search_and_the_paper_table() -> None:
-    result = run("plan", *MODEL, "--nodes", "1", "--gpus-per-node", "8", "--memory-gb", "4",
-                 "--search", "--json")  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    from typer.testing import CliRunner
+
+    from dynroute.cli import app
+
+    result = CliRunner().invoke(app, ["plan", *MODEL, "--nodes", "1", "--gpus-per-node", "8",
+                                      "--memory-gb", "4", "--search", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["searched"] and out["memory_gb"] <= 4
-    table = run("plan", "--paper")
-    assert table.returncode == 0, table.stderr
+    table = CliRunner().invoke(app, ["plan", "--paper"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.stderr
     assert "gpt2-a" in table.stdout and "DeepSpeed-MoE" in table.stdout
 
 
@@ -65,21 +70,23 @@ BAD = {
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str]]:
-    """Every bad case at once (each process imports torch: together they overlap)."""
+    """Every bad case in this process (typer's runner: no torch import per case);
+    ``test_plan_json_...`` and tests/cli/test_errors.py run the command as a subprocess."""
+    from typer.testing import CliRunner
+
+    from dynroute.cli import app
+
     tmp = tmp_path_factory.mktemp("bad")
-    env = {**os.environ, "COLUMNS": "200"}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "dynroute.cli", *args, *(
-                ["--out", str(tmp / "p.json")] if args[0] == "profile" else [])],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp,
-        )
-        for name, (args, _) in BAD.items()
-    }  # fmt: skip
     done = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        done[name] = (proc.returncode, out, err)
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        for name, (args, _) in BAD.items():
+            out = ["--out", str(tmp / "p.json")] if args[0] == "profile" else []
+            result = CliRunner().invoke(app, [*args, *out], env={"COLUMNS": "200"})
+            done[name] = (result.exit_code, result.stdout, result.stderr)
+    finally:
+        os.chdir(cwd)
     return done
 
 
