@@ -1,6 +1,7 @@
 """``dc`` with a fine-tuned encoder vs ``dc`` over a frozen view, on the shipped tables.
 
-Usage: ``python benchmarks/llm_dc_encoder.py [--seeds 0 1 2] [--datasets ...]``. For each
+Usage: ``python benchmarks/llm_dc_encoder.py [--seeds 0 1 2] [--datasets ...]`` (``--merge
+A.json B.json`` joins runs on different datasets into ``--out``). For each
 dataset and split seed it fits four ``dc`` variants on the train split and scores AIQ on
 the test split (the machinery of ``benchmarks/llm_routing.py``: ``load_dataset`` +
 ``evaluate``):
@@ -20,6 +21,7 @@ of its saved folder. Takes about 25 minutes on one CPU core (``--threads 1``, th
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -130,7 +132,18 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, help="join result files of runs on other datasets"
+    )
     args = parser.parse_args()
+    if args.merge:  # e.g. two processes, one per dataset group, joined into --out
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        rows = [r for part in parts for r in part["rows"]]
+        joined = {**parts[0], "summary": summary(rows), "rows": rows}
+        joined["seconds"] = sum(part["seconds"] for part in parts)
+        write_json(args.out, joined, indent=1)
+        print(table(joined["summary"]))
+        return
     # One thread: the fits are small, and on a shared machine more threads only contend.
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
