@@ -234,6 +234,27 @@ class WordLlamaEmbedder:
         z = self.model.embed(list(texts), norm=False, batch_size=self.batch_size)
         return torch.nn.functional.normalize(torch.from_numpy(z).float(), dim=1)
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, as :meth:`encode` pools them (its tokenizer, no special
+        tokens, no truncation, ids clipped to the table as WordLlama does).
+
+        Example:
+            >>> e = make_embedder("wordllama")
+            >>> ids = e.token_ids(["add two numbers"])[0]
+            >>> z = e.table()[ids].mean(0)
+            >>> bool(torch.allclose(e.encode(["add two numbers"])[0], z / z.norm(), atol=1e-6))
+            True
+        """
+        last = self.model.embedding.shape[0] - 1
+        return [
+            [min(max(t, 0), last) for t, m in zip(enc.ids, enc.attention_mask, strict=True) if m]
+            for enc in self.model.tokenize(list(texts))
+        ]
+
+    def table(self) -> Tensor:
+        """The static token embedding ``[vocab, dim]`` (float32, a copy: safe to change)."""
+        return torch.from_numpy(self.model.embedding).float().clone()
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "dim": self.dim, "batch_size": self.batch_size}
 
