@@ -22,6 +22,7 @@ below the zero router's is flagged. Written to
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -271,12 +272,21 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), help="default: all")
     parser.add_argument("--spread", action="store_true", help="AIQ mean ± std over splits")
+    parser.add_argument("--out", type=Path, default=SPREAD_RESULTS, help="--spread's JSON")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, help="--spread: join these JSONs (one per table)"
+    )
     args = parser.parse_args()
     if args.spread:
         t0 = time.perf_counter()
-        spread = seed_spread(args.datasets)
-        total = time.perf_counter() - t0
-        write_json(SPREAD_RESULTS, {"seconds": total, "results": spread}, indent=1)
+        if args.merge:
+            parts = [json.loads(p.read_text()) for p in args.merge]
+            spread = {k: v for p in parts for k, v in p["results"].items()}
+            total = sum(p["seconds"] for p in parts)
+        else:
+            spread = seed_spread(args.datasets)
+            total = time.perf_counter() - t0
+        write_json(args.out, {"seconds": total, "results": spread}, indent=1)
         print(spread_table(spread))
         below = [
             f"{router} on {n}"
@@ -285,7 +295,7 @@ def main() -> None:
             if r["below_zero_router"]
         ]
         print("below the zero router (mean AIQ):", ", ".join(below) or "none")
-        print(f"total {total:.1f} s; wrote {SPREAD_RESULTS}")
+        print(f"total {total:.1f} s; wrote {args.out}")
         return
     if args.embedders:
         t0 = time.perf_counter()

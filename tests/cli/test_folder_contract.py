@@ -51,6 +51,10 @@ ARGS: dict[str, list[str]] = {
     "adaptive report": ["--out", "OUT/report", "--windows", "2", "--no-progress"],
     "llm route": ["what is 2 + 2?"],
     "llm serve": ["--backend", "nobody=http://127.0.0.1:1", "--port", "1"],
+    "llm add-model": [
+        "--table", "llmrouter", "--model", "qwen2.5-7b-instruct", "--labels", "20",
+        "--out", "OUT/added", "--no-progress",
+    ],
 }  # fmt: skip
 
 #: The folders each command works on (every other one: refused in one line). Servers are
@@ -68,6 +72,7 @@ ACCEPTS: dict[str, set[str]] = {
     "adaptive report": {"adaptive run"},
     "llm route": {"fitted query router"},
     "llm serve": {"fitted query router"},
+    "llm add-model": {"fitted query router"},
 }
 SERVERS = {"serve", "llm serve"}
 
