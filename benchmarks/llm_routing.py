@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,45 +193,64 @@ def mean_std(xs: list[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
 
-def seed_spread(datasets: list[str] | None = None) -> dict[str, Any]:
+def seed_spread(
+    datasets: list[str] | None = None,
+    on_split: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Every router (default embedder) on every table over its splits: AIQ mean ± std,
-    paired differences to the zero router and to ``best_single``, and the flags."""
+    paired differences to the zero router and to ``best_single``, and the flags.
+    ``on_split(result so far)`` after each split (the benchmark writes it: a run cut short
+    keeps the splits it finished)."""
     out: dict[str, Any] = {}
     for name in datasets or list(DATASETS):
         table = pooled(name)
-        per_split = []
-        for i, (label, train, test) in enumerate(splits(table)):
+        per_split: list[tuple[str, dict[str, Any]]] = []
+        chosen = splits(table)
+        for i, (label, train, test) in enumerate(chosen):
             print(f"{name}, {label} ({train.num_queries}/{test.num_queries}) ...", flush=True)
             per_split.append((label, evaluate(sorted(QUERY_ROUTERS), train, test, seed=i)))
-        zero = [r["baselines"]["zero_router"]["aiq"] for _, r in per_split]
-        aiq = {
-            router: [
-                next(x["aiq"] for x in r["routers"] if x["router"] == router) for _, r in per_split
-            ]
-            for router in sorted(QUERY_ROUTERS)
-        }
-        rows = {}
-        for router, xs in aiq.items():
-            vs_zero = [a - z for a, z in zip(xs, zero, strict=True)]
-            vs_best = [a - b for a, b in zip(xs, aiq["best_single"], strict=True)]
-            rows[router] = {
-                "aiq": xs,
-                **{f"aiq_{k}": v for k, v in mean_std(xs).items()},
-                **{f"vs_zero_router_{k}": v for k, v in mean_std(vs_zero).items()},
-                **{f"vs_best_single_{k}": v for k, v in mean_std(vs_best).items()},
-                "below_zero_router": float(np.mean(vs_zero)) < 0,
-                "splits_below_zero_router": sum(d < 0 for d in vs_zero),
-            }
-        out[name] = {
-            "queries": table.num_queries,
-            "models": list(table.models),
-            "splits": [label for label, _ in per_split],
-            "embedder": per_split[0][1]["embedder"],
-            "zero_router": {"aiq": zero, **mean_std(zero)},
-            "oracle": mean_std([r["baselines"]["oracle"]["aiq"] for _, r in per_split]),
-            "routers": rows,
-        }
+            out[name] = summarise(table, per_split, len(chosen))
+            if on_split is not None:
+                on_split(out)
     return out
+
+
+def summarise(
+    table: OutcomeTable, per_split: list[tuple[str, dict[str, Any]]], planned: int
+) -> dict[str, Any]:
+    """One table's entry of :func:`seed_spread` from the ``evaluate`` results of its splits."""
+    zero = [r["baselines"]["zero_router"]["aiq"] for _, r in per_split]
+    aiq = {
+        router: [
+            next(x["aiq"] for x in r["routers"] if x["router"] == router) for _, r in per_split
+        ]
+        for router in sorted(QUERY_ROUTERS)
+    }
+    rows = {}
+    for router, xs in aiq.items():
+        vs_zero = [a - z for a, z in zip(xs, zero, strict=True)]
+        vs_best = [a - b for a, b in zip(xs, aiq["best_single"], strict=True)]
+        rows[router] = {
+            "aiq": xs,
+            **{f"aiq_{k}": v for k, v in mean_std(xs).items()},
+            **{f"vs_zero_router_{k}": v for k, v in mean_std(vs_zero).items()},
+            **{f"vs_best_single_{k}": v for k, v in mean_std(vs_best).items()},
+            "below_zero_router": float(np.mean(vs_zero)) < 0,
+            "splits_below_zero_router": sum(d < 0 for d in vs_zero),
+        }
+    return {
+        "queries": table.num_queries,
+        "models": list(table.models),
+        "splits": [label for label, _ in per_split],
+        "planned_splits": planned,
+        "embedder": per_split[0][1]["embedder"],
+        "seconds": sum(
+            r["fit_seconds"] + r["eval_seconds"] for _, res in per_split for r in res["routers"]
+        ),
+        "zero_router": {"aiq": zero, **mean_std(zero)},
+        "oracle": mean_std([r["baselines"]["oracle"]["aiq"] for _, r in per_split]),
+        "routers": rows,
+    }
 
 
 def spread_table(result: dict[str, Any]) -> str:
@@ -260,7 +280,9 @@ def spread_table(result: dict[str, Any]) -> str:
         cells = [f"{result[n][key]['mean']:.4f} ±{result[n][key]['std']:.4f}" for n in names]
         lines.append(f"| **{key.replace('_', ' ')}** | " + " | ".join(cells) + " |")
     splits_line = "; ".join(
-        f"{n}: {len(result[n]['splits'])} × {result[n]['splits'][0].split()[0]}" for n in names
+        f"{n}: {len(result[n]['splits'])} of {result[n].get('planned_splits', '?')} "
+        f"{result[n]['splits'][0].split()[0]}s"
+        for n in names
     )
     return head + "\n".join(lines) + f"\n\nSplits — {splits_line}.\n"
 
@@ -284,7 +306,12 @@ def main() -> None:
             spread = {k: v for p in parts for k, v in p["results"].items()}
             total = sum(p["seconds"] for p in parts)
         else:
-            spread = seed_spread(args.datasets)
+
+            def save(so_far: dict[str, Any]) -> None:
+                elapsed = time.perf_counter() - t0
+                write_json(args.out, {"seconds": elapsed, "results": so_far}, indent=1)
+
+            spread = seed_spread(args.datasets, save)
             total = time.perf_counter() - t0
         write_json(args.out, {"seconds": total, "results": spread}, indent=1)
         print(spread_table(spread))
