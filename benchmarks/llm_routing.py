@@ -266,6 +266,8 @@ def spread_table(result: dict[str, Any]) -> str:
     )
     lines = []
     for router in sorted(QUERY_ROUTERS, key=lambda r: -result[names[0]]["routers"][r]["aiq_mean"]):
+        if router == "oracle":  # its own row below, with the zero router
+            continue
         cells = []
         for n in names:
             r = result[n]["routers"][router]
@@ -280,7 +282,7 @@ def spread_table(result: dict[str, Any]) -> str:
         cells = [f"{result[n][key]['mean']:.4f} ±{result[n][key]['std']:.4f}" for n in names]
         lines.append(f"| **{key.replace('_', ' ')}** | " + " | ".join(cells) + " |")
     splits_line = "; ".join(
-        f"{n}: {len(result[n]['splits'])} of {result[n].get('planned_splits', '?')} "
+        f"{n}: {len(result[n]['splits'])} of {result[n]['planned_splits']} "
         f"{result[n]['splits'][0].split()[0]}s"
         for n in names
     )
@@ -304,6 +306,8 @@ def main() -> None:
         if args.merge:
             parts = [json.loads(p.read_text()) for p in args.merge]
             spread = {k: v for p in parts for k, v in p["results"].items()}
+            for res in spread.values():  # files written before planned_splits was kept
+                res.setdefault("planned_splits", len(res["splits"]))
             total = sum(p["seconds"] for p in parts)
         else:
 
