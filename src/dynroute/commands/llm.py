@@ -649,6 +649,13 @@ def onboard_model(
         int | None,
         typer.Option(min=1, help="Use this many random rows of --table (default: all)."),
     ] = None,
+    strength: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of the prior, the average existing model (higher: trust labels less).",
+        ),
+    ] = 1.0,
     seed: options.Seed = None,
     json_out: options.Json = False,
     progress: options.Progress = True,
@@ -667,7 +674,7 @@ def onboard_model(
         rows = np.random.default_rng(seed or 0).choice(labelled.num_queries, labels, False)
         labelled = labelled.subset(np.sort(rows))
     with options.status(f"adding {model} to {r.name}", progress and not json_out):
-        new = add_model_from_table(r, labelled, model)
+        new = add_model_from_table(r, labelled, model, strength=strength)
     new.save(out)
     if json_out:
         options.print_json({"out": str(out), "router": new.to_dict(), "models": list(new.models),
