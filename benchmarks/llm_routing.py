@@ -16,7 +16,9 @@ again by query — 5 folds where the table is small (under 3,000 queries), else 
 80/20 splits — and each router's AIQ is reported as mean ± std over the splits, with its
 paired difference to the zero router and to ``best_single``; a router whose mean AIQ is
 below the zero router's is flagged. Written to
-``benchmarks/results/llm_routing_spread.json``.
+``benchmarks/results/llm_routing_spread.json`` (after every split, so a run cut short
+keeps what it finished; ``--merge A.json B.json ...`` joins runs of one table each). About
+10 minutes on 2 cores.
 """
 
 from __future__ import annotations
