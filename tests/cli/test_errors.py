@@ -63,6 +63,10 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "lora library eval": ([nope], nope),
         "posthoc": ([nope], nope),
+        "llm add-model": (
+            [nope, "--table", "llmrouter", "--model", "x", "--out", str(tmp / "added")],
+            "config.json",
+        ),
         "llm collect": (
             ["--prompts", nope, "--backend", "a=http://h", "--out", str(tmp / "t.jsonl")],
             nope,

@@ -54,6 +54,10 @@ ARGS: dict[str, list[str]] = {
     "llm update": [
         "--log", str(REPO / "tests" / "llm" / "feedback_log.jsonl"), "--out", "OUT/updated",
     ],
+    "llm add-model": [
+        "--table", "llmrouter", "--model", "qwen2.5-7b-instruct", "--labels", "20",
+        "--out", "OUT/added", "--no-progress",
+    ],
 }  # fmt: skip
 
 #: The folders each command works on (every other one: refused in one line). Servers are
@@ -72,6 +76,7 @@ ACCEPTS: dict[str, set[str]] = {
     "llm route": {"fitted query router"},
     "llm serve": {"fitted query router"},
     "llm update": {"fitted query router"},
+    "llm add-model": {"fitted query router"},
 }
 SERVERS = {"serve", "llm serve"}
 

@@ -691,3 +691,57 @@ def updated(result: dict[str, Any]) -> str:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(llm, name="llm")
+
+
+@llm.command("add-model")
+@options.command
+def onboard_model(
+    router: FittedRouter,
+    table: Annotated[
+        str,
+        typer.Option(
+            help="Outcome table (file, or a shipped dataset name) with the new model's "
+            "column; the router's models' columns, when present, are used too."
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="The new model: a column of --table.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the router with the new model.")],
+    labels: Annotated[
+        int | None,
+        typer.Option(min=1, help="Use this many random rows of --table (default: all)."),
+    ] = None,
+    strength: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of the prior, the average existing model (higher: trust labels less).",
+        ),
+    ] = 1.0,
+    seed: options.Seed = None,
+    json_out: options.Json = False,
+    progress: options.Progress = True,
+) -> None:
+    """Add a model to a fitted router from its outcomes on a few queries (10 to 50
+    suffice), without refitting on every model: see docs/llm-routing.md."""
+    import numpy as np
+
+    from dynroute.llm.data import resolve_tables
+    from dynroute.llm.onboard import add_model_from_table
+    from dynroute.llm.routers import load_router
+
+    r = load_router(router)
+    labelled, _ = resolve_tables(None, table, None)
+    if labels is not None and labels < labelled.num_queries:
+        rows = np.random.default_rng(seed or 0).choice(labelled.num_queries, labels, False)
+        labelled = labelled.subset(np.sort(rows))
+    with options.status(f"adding {model} to {r.name}", progress and not json_out):
+        new = add_model_from_table(r, labelled, model, strength=strength)
+    new.save(out)
+    if json_out:
+        options.print_json({"out": str(out), "router": new.to_dict(), "models": list(new.models),
+                            "labels": labelled.num_queries})  # fmt: skip
+        return
+    print(
+        f"added {model} to {r.name} from {labelled.num_queries} labelled queries; saved "
+        f"{len(new.models)} models to {out}"
+    )
