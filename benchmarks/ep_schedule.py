@@ -143,7 +143,7 @@ def measure(ctx: ParallelContext, tokens: int, steps: int) -> dict[str, Any] | N
     gemm = ((64, 256, tokens * K), D_MODEL, D_FF, local)
     profile = profile_ranks(ctx, nnodes, (1 << 12, 1 << 15, 1 << 18, 1 << 20), 5, gemm)
     base = build(ctx, experts)
-    shape, _ = model_shape(base, tokens)
+    shape, _ = model_shape(base, 1, tokens)  # no attention: seq 1, a batch of tokens
     torch.manual_seed(1 + ctx.rank)
     x = torch.randn(tokens, D_MODEL)
     topo = topology(2) if nnodes > 1 else None

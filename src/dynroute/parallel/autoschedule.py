@@ -99,11 +99,13 @@ def nominal_k(layer: ExpertParallelMoE) -> float:
     return float(min(2, layer.num_experts))
 
 
-def model_shape(model: nn.Module, tokens_per_rank: int) -> tuple[ModelShape, list[str]]:
+def model_shape(model: nn.Module, seq_len: int, batch: int) -> tuple[ModelShape, list[str]]:
     """The planner's view of ``model`` (its expert-parallel layers, in order) and their names.
 
-    d_ff is the SwiGLU width with the experts' parameter count (3·d_model·d_ff per expert);
-    dense parameters are spread evenly over the layers.
+    ``batch`` rows of ``seq_len`` tokens a rank per micro-batch (the planner's attention
+    term grows with ``seq_len``: a model without attention is ``seq_len=1``). d_ff is the
+    SwiGLU width with the experts' parameter count (3·d_model·d_ff per expert); dense
+    parameters are spread evenly over the layers.
     """
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, ExpertParallelMoE)]
     if not layers:
@@ -118,8 +120,8 @@ def model_shape(model: nn.Module, tokens_per_rank: int) -> tuple[ModelShape, lis
         d_ff=max(1, per_expert // (3 * d_model)),
         experts=first.num_experts,
         k_per_layer=tuple(nominal_k(m) for _, m in layers),
-        seq=tokens_per_rank,
-        batch=1,
+        seq=seq_len,
+        batch=batch,
         dense_params_per_layer=max(1, dense // len(layers)),
         element_bytes=first.gate.weight.element_size(),
     )
@@ -137,7 +139,7 @@ def idle_link_gaps(shape: ModelShape, cluster: Cluster, layout: Layout) -> list[
 
 
 def schedule_expert_parallel(
-    model: nn.Module, group: Group = None, tokens_per_rank: int = 2048
+    model: nn.Module, group: Group = None, seq_len: int = 1024, batch: int = 2
 ) -> EPSchedule:
     """Profile, plan and apply ``--ep-schedule auto`` to a model after ``shard_model_experts``.
 
@@ -146,12 +148,12 @@ def schedule_expert_parallel(
     Args:
         model: the sharded model (built identically on every rank).
         group: the expert-parallel group the layers were sharded over.
-        tokens_per_rank: tokens each rank routes per micro-batch (batch_size · seq_len).
+        seq_len, batch: each rank's micro-batch, ``batch`` rows of ``seq_len`` tokens.
     """
     ctx = context_of(dist.get_backend(group), group)
     nnodes = nodes_of_job(ctx.world_size)
-    shape, names = model_shape(model, tokens_per_rank)
-    gemm_rows = (64, 256, max(256, tokens_per_rank))
+    shape, names = model_shape(model, seq_len, batch)
+    gemm_rows = (64, 256, max(256, shape.tokens))
     local = max(1, shape.experts // ctx.world_size)
     profile = profile_ranks(
         ctx, nnodes, STARTUP_SIZES, 3, (gemm_rows, shape.d_model, shape.d_ff, local)

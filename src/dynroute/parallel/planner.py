@@ -484,11 +484,15 @@ def exchange(cluster: Cluster, layout: Layout, nbytes: float, reverse: bool = Fa
         near = intra.cost(per_node - 1, nbytes * (per_node - 1) / ep)
         far = inter.cost(ep - per_node, nbytes * (ep - per_node) / ep)
         return _Exchange((("", max(near, far), ("intra", "inter")),))
-    stages = (
-        ("inter", inter.time("all_to_all", nbytes, nodes), ("inter",)),
-        ("intra", intra.time("all_to_all", nbytes, per_node), ("intra",)),
-    )
-    return _Exchange(stages[::-1] if reverse else stages)
+    # As parallel.hierarchy runs it: a swap of split sizes with the same-local-index ranks,
+    # then the two stages, each followed by a reorder of the rows it received.
+    reorder = cluster.row_time("order", nbytes)
+    counts = inter.time("all_to_all", 8.0 * ep, nodes)
+    far = ("inter", inter.time("all_to_all", nbytes, nodes), ("inter",))
+    near = ("intra", intra.time("all_to_all", nbytes, per_node), ("intra",))
+    first, second = (near, far) if reverse else (far, near)
+    fix = ("reorder", reorder, ("compute",))
+    return _Exchange((("counts", counts, ("inter",)), first, fix, second, fix))
 
 
 def _allreduce_parts(shape: ModelShape, cluster: Cluster, layout: Layout) -> tuple[float, str]:

@@ -130,13 +130,13 @@ class TrainingRanks:
     def fsdp(self) -> bool:
         return self.ctx is not None and self.parallel == "fsdp"
 
-    def wrap(self, model: nn.Module, tokens_per_rank: int = 2048) -> nn.Module:
+    def wrap(self, model: nn.Module, seq_len: int = 1024, batch_size: int = 2) -> nn.Module:
         """Shard the experts and/or dense parameters; return the module to call for training.
 
         Move the model to its device first, and build the optimizer from
         ``model.parameters()`` *after* this call; evaluate with ``model`` itself (every
-        rank, same batches). ``tokens_per_rank`` (batch_size · seq_len) sizes the
-        ``--ep-schedule auto`` plan.
+        rank, same batches). ``seq_len`` and ``batch_size`` (a rank's micro-batch) size
+        the ``--ep-schedule auto`` plan.
         """
         if self.ctx is None:
             return model
@@ -149,7 +149,7 @@ class TrainingRanks:
             group = dist.new_group(timeout=timeout_from_env())
             shard_model_experts(model, group)
             if self.ep_schedule == "auto":
-                schedule = schedule_expert_parallel(model, group, tokens_per_rank)
+                schedule = schedule_expert_parallel(model, group, seq_len, batch_size)
                 if self.is_main:
                     print(f"--ep-schedule auto: {schedule.summary()}", file=sys.stderr)
                 return schedule.wrapped

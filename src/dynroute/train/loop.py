@@ -184,7 +184,7 @@ def _start(cfg: Any, out_dir: Path, hooks: TrainHooks, expert_parallel: int, npr
     if t.compile:
         compile_blocks(model)
     model.to(device)
-    run_model = ranks.wrap(model, t.batch_size * t.seq_len)  # N > 1: experts sharded, DDP/FSDP
+    run_model = ranks.wrap(model, t.seq_len, t.batch_size)  # N > 1: experts sharded, DDP/FSDP
     optimizer = _optimizer(model, t, device)  # after wrap: FSDP replaces the parameters
     # One generator, same on every rank: each draws the step's global batch, takes its rows.
     sampler = torch.Generator().manual_seed(t.seed + 1)
