@@ -18,7 +18,7 @@ from dynroute.commands import options
 RANK = 80
 
 llm = typer.Typer(
-    help="Route queries among LLMs: collect, fit, evaluate, report, route, serve, update, add-model.",
+    help="Route queries among LLMs: collect, fit, eval, report, route, serve, update, add-model.",
     no_args_is_help=True,
     add_completion=False,
 )
