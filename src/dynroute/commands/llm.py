@@ -719,6 +719,7 @@ def onboard_model(
     ] = 1.0,
     seed: options.Seed = None,
     json_out: options.Json = False,
+    threads: options.Threads = None,
     progress: options.Progress = True,
 ) -> None:
     """Add a model to a fitted router from its outcomes on a few queries (10 to 50
@@ -726,9 +727,11 @@ def onboard_model(
     import numpy as np
 
     from dynroute.llm.data import resolve_tables
+    from dynroute.llm.feedback import save_router_atomically
     from dynroute.llm.onboard import add_model_from_table
     from dynroute.llm.routers import load_router
 
+    options.set_threads(threads)
     r = load_router(router)
     labelled, _ = resolve_tables(None, table, None)
     if labels is not None and labels < labelled.num_queries:
@@ -736,7 +739,7 @@ def onboard_model(
         labelled = labelled.subset(np.sort(rows))
     with options.status(f"adding {model} to {r.name}", progress and not json_out):
         new = add_model_from_table(r, labelled, model, strength=strength)
-    new.save(out)
+    save_router_atomically(new, out)
     if json_out:
         options.print_json({"out": str(out), "router": new.to_dict(), "models": list(new.models),
                             "labels": labelled.num_queries})  # fmt: skip
