@@ -116,6 +116,7 @@ def dynroute(folder: Path, *args: str | Path, plugins: str | None = PLUGINS):
     return run_cli(*args, env=env, cwd=folder, timeout=300)
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_router_and_expert_kind_from_a_config_and_from_flags(project: Path) -> None:
     done = dynroute(project, "train", "--config", "run.toml", "--out", "a", "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -139,6 +140,7 @@ def test_router_and_expert_kind_from_a_config_and_from_flags(project: Path) -> N
     assert not (project / "c").exists()
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_query_router_from_the_command_line_and_its_saved_config(project: Path) -> None:
     data = ["--data", "routellm-gsm8k"]
     done = dynroute(project, "llm", "fit", *data, "--query-router", "ext_mean", "--out", "qr")

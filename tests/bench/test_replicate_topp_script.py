@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tiny_runs import FRONTIER_MODEL, FRONTIER_TRAIN, cli_env, tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +28,7 @@ def _run(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_replicate_topp_trains_compares_and_reuses(tmp_path: Path) -> None:
     first = _run(tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]

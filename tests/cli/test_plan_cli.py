@@ -22,6 +22,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_plan_json_prints_the_layout_and_the_prediction() -> None:
     result = run("plan", *MODEL, "--nodes", "2", "--gpus-per-node", "8", "--ep", "16",
                  "--chunks", "4", "--hierarchical", "--partitioned", "--json")  # fmt: skip

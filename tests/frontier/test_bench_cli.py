@@ -15,6 +15,7 @@ from dynroute.cli import app
 from .conftest import dynroute
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_bench_frontier_trains_judges_writes_and_reuses(tiny_config: Path, tmp_path: Path) -> None:
     out, results = tmp_path / "runs", tmp_path / "res" / "frontier.json"
     args = ["bench", "frontier", "--config", str(tiny_config), "--out", str(out)]

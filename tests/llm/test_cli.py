@@ -41,6 +41,7 @@ def tables(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_eval_fit_route_report(tables, tmp_path):
     r = run(
         "eval",

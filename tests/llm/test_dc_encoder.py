@@ -8,7 +8,10 @@ from dynroute.llm import OutcomeTable, load_router, make_embedder, make_query_ro
 from dynroute.llm.routers.dc import TokenBags
 
 # Tiny fits: a second thread only adds barrier waits per op (seconds on a busy box).
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.slow,
+]  # fits over the wordllama table: ~10 s
 
 SPEC = {"name": "dc", "encoder": "finetune", "steps": 40, "clusters": 4, "batch": 32}
 

@@ -72,6 +72,7 @@ def _cli(args: list[str], cwd: Path, plugins: bool = True) -> subprocess.Complet
     return run_cli(*args, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_cli_train_with_the_plugin_router(tmp_path: Path) -> None:
     config = tiny_run(tmp_path, ["textwrap.py"], train=CLI_TRAIN)
     out = tmp_path / "run"

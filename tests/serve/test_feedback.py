@@ -18,6 +18,8 @@ from dynroute.llm.routers import load_router
 from serve_helpers import BIG, SMALL, toy_table
 from serving_procs import start_all, stop_all
 
+pytestmark = pytest.mark.slow  # a proxy over the shared serving stack: ~20 s
+
 KEY = "feedback-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 #: questions the toy table never saw; its router sends them to the cheap model

@@ -134,6 +134,7 @@ def _curve(run: Path) -> list[tuple]:
     return [tuple(r.get(k) for k in keys) for r in read_metrics(run / "metrics.jsonl")]
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, keep_threads: None) -> None:
     config = recipe_run(tmp_path, steps=40)
     cfg = load_config(config)

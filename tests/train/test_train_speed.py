@@ -194,6 +194,7 @@ def _nproc_run(tmp_path: Path, parallel: str) -> None:
         torch.testing.assert_close(m, r, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_nproc_2_ddp_on_gloo_equals_one_process_with_the_doubled_batch(tmp_path: Path) -> None:
     _nproc_run(tmp_path, "ddp")
 
