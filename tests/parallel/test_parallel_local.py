@@ -11,6 +11,7 @@ from torch import nn
 from dynroute.layers import MoE
 from dynroute.parallel import (
     ExpertParallelMoE,
+    HierarchicalExchange,
     expert_parameter_names,
     init_from_env,
     launch_command,
@@ -20,6 +21,7 @@ from dynroute.parallel import (
     set_ep_schedule,
     shard_experts,
     shard_model_experts,
+    topology,
     wrap_ddp,
 )
 from dynroute.parallel.selftest import CASES, build_moe
@@ -117,8 +119,10 @@ def test_deepcopy_shares_the_process_group():
     with local_group():
         group = torch.distributed.new_group()
         ep = shard_experts(MoE(8, 16, 4), group)
+        set_ep_schedule(ep, 2, HierarchicalExchange(topology(1, group)))
         twin = copy.deepcopy(ep)
         assert twin.group is group and twin.experts.down is not ep.experts.down
+        assert twin.exchange is ep.exchange and twin.chunks == 2
         x = torch.randn(3, 8)
         torch.testing.assert_close(twin(x)[0], ep(x)[0])
 

@@ -174,6 +174,8 @@ class ExpertParallelMoE(MoE):
         # tests) share it, everything else is copied as usual.
         if self.group is not None:
             memo[id(self.group)] = self.group
+        # an exchange holds process groups too (a hierarchical one, its subgroups): shared
+        memo[id(self.exchange)] = self.exchange
         cls = type(self)
         clone = cls.__new__(cls)
         memo[id(self)] = clone
