@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import dynroute
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "layer.py"
@@ -26,6 +28,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_layer_script_small_shape(tmp_path):
     result = _run(
         *SMALL, "--out", str(tmp_path / "layer.json"), "--chart", str(tmp_path / "layer.png")

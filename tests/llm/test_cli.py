@@ -193,6 +193,7 @@ class Words(QueryRouter):
 """
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_a_plugin_router_through_fit_and_route(tables, tmp_path):
     (tmp_path / "my_routers.py").write_text(PLUGIN)
     train = tables / "train.jsonl"

@@ -52,6 +52,7 @@ def test_unknown_embedder_names_the_known_ones():
         make_embedder("word2vec")
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_cli_embedder_flag(tmp_path):
     rows = [
         {"query": q, "model": m, "quality": float((i % 4 < 2) == (m == "small")), "cost": c}

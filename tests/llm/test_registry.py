@@ -150,6 +150,7 @@ def run_python(code, env_plugins=None, cwd=None):
     )
 
 
+@pytest.mark.slow  # ~20 s: the fast suite keeps under 15 min on 2 cores
 def test_a_saved_plugin_router_loads_in_a_fresh_process(plugin, tmp_path):
     rows = json.dumps([list(table().queries), [[1, 1]] * 4, [[1, 5]] * 4])
     fit = run_python(
