@@ -26,6 +26,7 @@ from dynroute.common.jsonfile import write_json
 from dynroute.llm import baselines, evaluate_router, load_dataset, make_embedder
 from dynroute.llm.onboard import add_model
 from dynroute.llm.routers import make_query_router
+from llm_routing import markdown_head  # benchmarks/: the script's own folder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm_onboard.json"
 TARGET = 0.01
@@ -102,12 +103,9 @@ def table(result: dict[str, Any]) -> str:
     """Markdown: per router, full-refit AIQ, then mean AIQ − full refit without the model
     and onboarded from each label count (worst model in brackets, models within 0.01)."""
     labels = result["labels"]
-    head = (
-        "| router | full refit AIQ | without the model | "
-        + " | ".join(f"{n} labels" for n in labels)
-        + " |\n|---|---:|---:|"
-        + "---:|" * len(labels)
-        + "\n"
+    head = markdown_head(
+        ["router", "full refit AIQ", "without the model", *(f"{n} labels" for n in labels)],
+        ["---", *["---:"] * (2 + len(labels))],
     )
     lines = []
     for router, res in result["routers"].items():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,21 @@ def run(
     return out
 
 
+def markdown_head(columns: Sequence[str], rules: Sequence[str] | None = None) -> str:
+    """A Markdown table's header and rule lines (``rules``: one ``---``/``---:`` a column).
+
+    Example:
+        >>> markdown_head(["router", "aiq"], ["---", "---:"])
+        '| router | aiq |\\n|---|---:|\\n'
+    """
+    rules = ["---"] * len(columns) if rules is None else rules
+    return "| " + " | ".join(columns) + " |\n|" + "".join(f"{r}|" for r in rules) + "\n"
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: one row per router, one AIQ column per dataset (± vs the zero router)."""
     names = list(results)
-    head = "| router | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    head = markdown_head(["router", *names])
     aiqs = {n: {r["router"]: r for r in results[n]["routers"]} for n in names}
     order = sorted(QUERY_ROUTERS, key=lambda r: -sum(aiqs[n][r]["aiq"] for n in names))
     lines = []
@@ -87,13 +98,7 @@ def table(results: dict[str, Any]) -> str:
 def two_model_table(results: dict[str, Any]) -> str:
     """RouteLLM's metrics on the two-model datasets: APGR, CPT(50%), CPT(80%)."""
     names = [n for n in results if len(results[n]["models"]) == 2]
-    head = (
-        "| router | "
-        + " | ".join(f"{n} APGR / CPT50 / CPT80" for n in names)
-        + " |\n|---|"
-        + "---|" * len(names)
-        + "\n"
-    )
+    head = markdown_head(["router", *(f"{n} APGR / CPT50 / CPT80" for n in names)])
     lines = []
     for router in sorted(QUERY_ROUTERS):
         cells = []
@@ -142,7 +147,7 @@ def embedder_table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     embedders, datasets = result["embedders"], list(dict.fromkeys(r["dataset"] for r in rows))
     cols = [f"{d} {e}" for d in datasets for e in embedders]
-    head = "| router | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols) + "\n"
+    head = markdown_head(["router", *cols], ["---", *["---:"] * len(cols)])
     cell = {(r["router"], r["dataset"], r["embedder"]): r for r in rows}
     lines = []
     for router in sorted(QUERY_ROUTERS):
@@ -259,13 +264,7 @@ def spread_table(result: dict[str, Any]) -> str:
     """Markdown: per router and table, AIQ mean ± std, Δ zero router, Δ best_single; ⚠ marks
     a mean below the zero router."""
     names = list(result)
-    head = (
-        "| router | "
-        + " | ".join(f"{n} AIQ / Δ zero / Δ best_single" for n in names)
-        + " |\n|---|"
-        + "---|" * len(names)
-        + "\n"
-    )
+    head = markdown_head(["router", *(f"{n} AIQ / Δ zero / Δ best_single" for n in names)])
     lines = []
     for router in sorted(QUERY_ROUTERS, key=lambda r: -result[names[0]]["routers"][r]["aiq_mean"]):
         if router == "oracle":  # its own row below, with the zero router
