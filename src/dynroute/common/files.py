@@ -15,13 +15,21 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_folder",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_tree",
+]
 
 
 @contextmanager
@@ -91,3 +99,52 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
+
+
+def fsync_tree(folder: Path | str) -> None:
+    """Flush every entry of ``folder`` and the folder itself to disk (before a rename)."""
+    folder = Path(folder)
+    for path in [*folder.iterdir(), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def atomic_folder(path: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path``.
+
+    The new folder is fsynced and made readable by everyone (``0o755``), the old one (if
+    any) moves aside to ``.<name>.old`` and the new one is renamed in, then the old one is
+    removed: a reader sees the old folder or the complete new one. On an exception the
+    temporary folder is removed and ``path`` is untouched.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "router"
+        >>> with atomic_folder(out) as tmp:
+        ...     _ = (tmp / "config.json").write_text("{}")
+        >>> sorted(p.name for p in out.iterdir())
+        ['config.json']
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; a saved folder is meant to be shared
+        fsync_tree(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        fsync_tree(final.parent)  # the renames themselves
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

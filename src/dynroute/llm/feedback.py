@@ -41,9 +41,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from dynroute.common.files import atomic_folder
 from dynroute.llm.data import OutcomeTable, TableError, load_table
 from dynroute.llm.embed import make_embedder
 from dynroute.llm.routers import QueryRouter, load_router, make_query_router
@@ -231,20 +229,8 @@ def save_router_atomically(router: QueryRouter, out: str | Path) -> Path:
         raise FileExistsError(
             f"--out {final} exists and is not a fitted query router; pick a new folder"
         )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    with atomic_folder(final) as tmp:
         router.save(tmp)
-        if final.exists():  # replaced: the old folder moves aside until the new one is in
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -19,7 +19,6 @@ continue from ``model/`` (:func:`resume_state` with ``from_model=True``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from dynroute.checkpoints import (
     CorruptFileError,
     read_json,
 )
+from dynroute.common.files import atomic_folder
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -66,16 +66,6 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` and the folder itself to disk (before a rename)."""
-    for path in [*folder.iterdir(), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def export_model(
     model: Any, folder: Path | str, extra: Mapping[str, str | bytes] | None = None
 ) -> Path:
@@ -95,26 +85,11 @@ def export_model(
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a killed export
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         for name, content in (extra or {}).items():
             raw = content.encode("utf-8") if isinstance(content, str) else content
             (tmp / name).write_bytes(raw)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
-        _fsync_tree(tmp)
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        _fsync_tree(folder.parent)  # the renames themselves
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
