@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import random
 import statistics
 import time
 from pathlib import Path
@@ -54,13 +55,17 @@ from dynroute.parallel.partition import (
     plan_partitions,
     wrap_partitioned,
 )
-from dynroute.parallel.planner import Cluster, Layout, choose_chunks, simulate
+from dynroute.parallel.planner import Cluster, Layout, Prediction, choose_chunks, simulate
 from dynroute.parallel.profile import machine_name, profile_ranks
 from dynroute.parallel.spawn import run_ranks
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ep_schedule.json"
 CHUNKS = (1, 2, 4)
+WARMUP = 2  # untimed rounds: allocations, gloo connections
+#: bytes a rank sends in the profiled collectives: from the split sizes (64 B) to a chunk's
+#: rows at r = 1 (2 MB) and the dense gradients (1 MB a layer)
+PROFILE_SIZES = (1 << 8, 1 << 12, 1 << 16, 1 << 19, 1 << 21)
 D_MODEL, D_FF, LAYERS, K = 256, 512, 2, 2
 
 
@@ -99,21 +104,40 @@ def slowest(seconds: float) -> float:
     return float(t.item())
 
 
-def time_cell(run: nn.Module, x: Tensor, steps: int) -> float:
-    """Median over ``steps`` of the slowest rank's forward + backward + gradient sync."""
-    times = []
-    for step in range(steps + 2):
-        run.zero_grad(set_to_none=True)
-        dist.barrier()
-        start = time.perf_counter()
-        run(x).backward()
-        finish = getattr(run, "finish", None)
-        if finish is not None:
-            finish()
-        took = slowest(time.perf_counter() - start)
-        if step >= 2:
-            times.append(took)
-    return statistics.median(times)
+def time_step(run: nn.Module, x: Tensor) -> tuple[float, float]:
+    """(forward, forward + backward + gradient sync) seconds of one step, slowest rank's."""
+    run.zero_grad(set_to_none=True)
+    dist.barrier()
+    start = time.perf_counter()
+    loss = run(x)
+    forward = time.perf_counter() - start
+    loss.backward()
+    finish = getattr(run, "finish", None)
+    if finish is not None:
+        finish()
+    took = time.perf_counter() - start
+    t = torch.tensor([forward, took], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0]), float(t[1])
+
+
+def time_cells(runs: list[nn.Module], x: Tensor, steps: int) -> list[tuple[float, float]]:
+    """Median (forward, step) seconds of every run, measured interleaved: each round times
+    one step of every run, in an order shuffled per round (the same on every rank), so a
+    slow spell of this shared machine falls on all cells alike instead of on whichever
+    cell it happened to meet."""
+    times: list[list[tuple[float, float]]] = [[] for _ in runs]
+    order = list(range(len(runs)))
+    for round_ in range(steps + WARMUP):
+        random.Random(round_).shuffle(order)
+        for i in order:
+            step = time_step(runs[i], x)
+            if round_ >= WARMUP:
+                times[i].append(step)
+    return [
+        (statistics.median(f for f, _ in cell), statistics.median(s for _, s in cell))
+        for cell in times
+    ]
 
 
 def build(ctx: ParallelContext, experts: int) -> nn.Module:
@@ -121,33 +145,37 @@ def build(ctx: ParallelContext, experts: int) -> nn.Module:
     return shard_model_experts(Workload(experts), dist.new_group())
 
 
-def predict(profile: Any, shape: Any, procs: int, cell: dict[str, Any]) -> float:
+def predict(
+    profile: Any, shape: Any, procs: int, cell: dict[str, Any], overlap: bool = True
+) -> Prediction:
     layout = Layout(procs, 1, cell["chunks"], cell["hierarchical"], cell["partitioned"])
-    return simulate(shape, cluster_for(profile, cell["hierarchical"]), layout).step_time_s
+    return simulate(shape, cluster_for(profile, cell["hierarchical"], overlap), layout)
 
 
-def cluster_for(profile: Any, hierarchical: bool) -> Cluster:
-    """The 2-node fits for a hierarchical cell, the flat ones (one node) otherwise."""
+def cluster_for(profile: Any, hierarchical: bool, overlap: bool = True) -> Cluster:
+    """The 2-node fits for a hierarchical cell, the flat ones (one node) otherwise;
+    ``overlap=False``: the shared-core model (nothing overlaps), kept for comparison."""
     if hierarchical:
-        return Cluster.from_profile(profile)
+        return Cluster.from_profile(profile, overlap=overlap)
     flat = dataclasses.replace(profile, nnodes=1, collectives={"flat": profile.collectives["flat"]})
-    return Cluster.from_profile(flat)
+    return Cluster.from_profile(flat, overlap=overlap)
 
 
-def measure(ctx: ParallelContext, tokens: int, steps: int) -> dict[str, Any] | None:
+def measure(ctx: ParallelContext, tokens: int, steps: int, repeats: int) -> dict[str, Any] | None:
     """Every rank: the profile, then every cell measured and predicted (rank 0 returns)."""
     procs = ctx.world_size
     experts = 2 * procs
     nnodes = 2 if procs >= 4 else 1
     local = experts // procs
-    gemm = ((64, 256, tokens * K), D_MODEL, D_FF, local)
-    profile = profile_ranks(ctx, nnodes, (1 << 12, 1 << 15, 1 << 18, 1 << 20), 5, gemm)
+    rows = tokens * K  # a rank's expert rows at r = 1 (balanced routing); r = 4 has a quarter
+    gemm = ((rows // 8, rows // 4, rows // 2, rows), D_MODEL, D_FF, local)
+    profile = profile_ranks(ctx, nnodes, PROFILE_SIZES, repeats, gemm)
     base = build(ctx, experts)
     shape, _ = model_shape(base, 1, tokens)  # no attention: seq 1, a batch of tokens
     torch.manual_seed(1 + ctx.rank)
     x = torch.randn(tokens, D_MODEL)
     topo = topology(2) if nnodes > 1 else None
-    cells = []
+    cells, runs = [], []
     for hierarchical in (False, True) if topo else (False,):
         for partitioned in (False, True):
             for chunks in CHUNKS:
@@ -162,14 +190,20 @@ def measure(ctx: ParallelContext, tokens: int, steps: int) -> dict[str, Any] | N
                     sizes = parameter_bytes([p for _, p in dense_parameters(model)])
                     fit = profile.collectives["flat"]["all_reduce"].time
                     plan = plan_partitions(sizes, idle_link_gaps(shape, cluster, layout), fit)
-                    run = wrap_partitioned(model, plan)
+                    runs.append(wrap_partitioned(model, plan))
                     cell["partitions"] = len(plan)
                 else:
-                    run = wrap_ddp(model)
-                cell["measured_s"] = time_cell(run, x, steps)
-                cell["predicted_s"] = predict(profile, shape, procs, cell)
-                cell["error"] = cell["predicted_s"] / cell["measured_s"] - 1
+                    runs.append(wrap_ddp(model))
                 cells.append(cell)
+    for cell, (forward, step) in zip(cells, time_cells(runs, x, steps), strict=True):
+        prediction = predict(profile, shape, procs, cell)
+        cell["measured_s"], cell["predicted_s"] = step, prediction.step_time_s
+        cell["measured_forward_s"] = forward
+        cell["predicted_forward_s"] = prediction.breakdown["forward_s"]
+        cell["error"] = cell["predicted_s"] / cell["measured_s"] - 1
+        shared = predict(profile, shape, procs, cell, overlap=False).step_time_s
+        cell["predicted_shared_cores_s"] = shared
+        cell["error_shared_cores"] = shared / cell["measured_s"] - 1
     flat = Layout(procs, 1, hierarchical=False, partitioned=False)
     chosen = choose_chunks(shape, cluster_for(profile, False), flat)
     if not ctx.is_main:
@@ -180,16 +214,19 @@ def measure(ctx: ParallelContext, tokens: int, steps: int) -> dict[str, Any] | N
 
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| procs | r | hierarchical | gradient sync | measured ms | predicted ms | error |",
-        "|---:|---:|---|---|---:|---:|---:|",
+        "| procs | r | hierarchical | gradient sync | forward ms (measured / predicted) "
+        "| step ms measured | step ms predicted | error | error, shared-core model |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         for c in run["cells"]:
             sync = f"partitioned ({c['partitions']})" if c["partitioned"] else "DDP buckets"
             lines.append(
                 f"| {c['procs']} | {c['chunks']} | {'on' if c['hierarchical'] else 'off'} | "
-                f"{sync} | {1e3 * c['measured_s']:.1f} | {1e3 * c['predicted_s']:.1f} | "
-                f"{100 * c['error']:+.0f}% |"
+                f"{sync} | {1e3 * c['measured_forward_s']:.0f} / "
+                f"{1e3 * c['predicted_forward_s']:.0f} | {1e3 * c['measured_s']:.1f} | "
+                f"{1e3 * c['predicted_s']:.1f} | "
+                f"{100 * c['error']:+.0f}% | {100 * c['error_shared_cores']:+.0f}% |"
             )
     return "\n".join(lines)
 
@@ -211,30 +248,36 @@ def ratios(runs: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def agreement(errors: list[float]) -> dict[str, Any]:
+    """How many cells are within 15%, the median and the largest |error|."""
+    size = [abs(e) for e in errors]
+    return {"cells": len(size), "within_15_percent": sum(e <= 0.15 for e in size),
+            "median_abs_error": statistics.median(size), "max_abs_error": max(size)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", nargs="+", type=int, default=[2, 4])
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per rank per step")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per cell")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per cell")
+    parser.add_argument("--repeats", type=int, default=21, help="repeats per profiled size")
     args = parser.parse_args()
     runs = []
     for procs in args.procs:
         print(f"{procs} processes ...", flush=True)
-        result = run_ranks(measure, procs, (args.tokens, args.steps), timeout_s=1800,
+        result = run_ranks(measure, procs, (args.tokens, args.steps, args.repeats), timeout_s=1800,
                            collective_timeout_s=300, threads=1)[0]  # fmt: skip
         runs.append(result)
-    errors = [abs(c["error"]) for run in runs for c in run["cells"]]
-    summary = {
-        "cells": len(errors),
-        "within_15_percent": sum(e <= 0.15 for e in errors),
-        "median_abs_error": statistics.median(errors),
-        "max_abs_error": max(errors),
-    }
+    models = (("overlap", "error"), ("shared_cores", "error_shared_cores"))
+    summary = {model: agreement([c[key] for run in runs for c in run["cells"]])
+               for model, key in models}  # fmt: skip
     print(table(runs))
     print(ratios(runs))
-    print(f"planner within 15% of measured: {summary['within_15_percent']}/{len(errors)} cells; "
-          f"median |error| {100 * summary['median_abs_error']:.0f}%, "
-          f"max {100 * summary['max_abs_error']:.0f}%")  # fmt: skip
+    for model, found in summary.items():
+        print(f"planner ({model} model) within 15% of measured: "
+              f"{found['within_15_percent']}/{found['cells']} cells; "
+              f"median |error| {100 * found['median_abs_error']:.0f}%, "
+              f"max {100 * found['max_abs_error']:.0f}%")  # fmt: skip
     write_json(RESULTS, {"machine": machine_name(torch.device("cpu")), "backend": "gloo",
                          "threads_per_rank": 1, "summary": summary,
                          "cells": [c for run in runs for c in run["cells"]],

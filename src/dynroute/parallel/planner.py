@@ -205,9 +205,13 @@ class Cluster:
             and inverse order vs bytes); None / empty: from ``tflops`` and ``hbm_gbps``.
         gemm_backward: a profile's backward GEMM fit (seconds vs forward FLOPs); None:
             twice the forward.
-        overlap: communication runs beside computation (GPUs: copy engines and NICs);
-            False where both share the same cores (gloo on a small CPU): then every task
-            holds one resource and nothing overlaps.
+        dense, dense_backward: a profile's fits of the dense part's plain GEMMs (seconds
+            vs forward FLOPs); None: the expert fits (``gemm``, ``gemm_backward``).
+        overlap: communication runs beside computation (GPUs: copy engines and NICs;
+            gloo: its own threads, and a rank waiting for its peers frees its core);
+            False: every task holds one resource and nothing overlaps (measured on 2
+            CPU cores, that over-predicts chunked steps by up to 27%:
+            ``benchmarks/ep_schedule.py`` prints both).
     """
 
     nodes: int
@@ -225,6 +229,8 @@ class Cluster:
     row_tasks: dict[str, LinearFit] = field(default_factory=dict)
     overlap: bool = True
     gemm_backward: LinearFit | None = None
+    dense: LinearFit | None = None
+    dense_backward: LinearFit | None = None
 
     def __post_init__(self) -> None:
         for name in ("nodes", "gpus_per_node", "intra_gbps", "inter_gbps", "tflops"):
@@ -255,6 +261,16 @@ class Cluster:
             return self.gemm_backward.time(forward_flops)
         return 2 * self.gemm_time(forward_flops)
 
+    def dense_time(self, flops: float) -> float:
+        """Seconds of the dense part's forward GEMMs of ``flops`` FLOPs."""
+        return self.dense.time(flops) if self.dense is not None else self.gemm_time(flops)
+
+    def dense_backward_time(self, forward_flops: float) -> float:
+        """Seconds of the dense part's backward (``forward_flops`` forward FLOPs)."""
+        if self.dense_backward is not None:
+            return self.dense_backward.time(forward_flops)
+        return self.gemm_backward_time(forward_flops)
+
     def row_time(self, task: str, size: float) -> float:
         """Seconds of ``gate`` (size: FLOPs) or ``order`` / ``inverse_order`` (bytes)."""
         line = self.row_tasks.get(task)
@@ -271,15 +287,15 @@ class Cluster:
         nodes: int | None = None,
         gpus_per_node: int | None = None,
         memory_gb: float = 80.0,
-        overlap: bool | None = None,
+        overlap: bool = True,
     ) -> Cluster:
         """A cluster whose tasks take the times ``profile`` measured.
 
         ``nodes`` × ``gpus_per_node`` (default: the profile's own) may be larger than the
         machine measured: links keep their per-message latency and bandwidth. A profile
         of one node has no inter-node link: its flat fits stand for both links
-        (ASSUMPTION; measure with ``--nnodes`` > 1, or on the real cluster). ``overlap``
-        default: True for NCCL, False for gloo (CPU ranks share their cores).
+        (ASSUMPTION; measure with ``--nnodes`` > 1, or on the real cluster). ``overlap``:
+        see the class (True for NCCL and gloo alike).
         """
         measured: dict[str, Link] = {}
         for link, fits in profile.collectives.items():
@@ -304,8 +320,10 @@ class Cluster:
             measured=measured,
             gemm=profile.gemm,
             row_tasks=dict(profile.row_tasks),
-            overlap=profile.backend != "gloo" if overlap is None else overlap,
+            overlap=overlap,
             gemm_backward=profile.gemm_backward,
+            dense=profile.dense,
+            dense_backward=profile.dense_backward,
         )
 
 
@@ -570,7 +588,7 @@ def forward_block(shape: ModelShape, cluster: Cluster, layout: Layout, k: float)
     r = layout.chunks
     size = _chunk_sizes(shape, k, r)
     b = _Builder(cluster)
-    dense = b.add("dense", "dense", cluster.gemm_time(_dense_flops(shape)), ("compute",))
+    dense = b.add("dense", "dense", cluster.dense_time(_dense_flops(shape)), ("compute",))
     # the split sizes go first (E int64 counts a rank), then the rows
     counts = exchange(cluster, layout, 8.0 * shape.experts)
     rows = exchange(cluster, layout, size["bytes"])
@@ -670,7 +688,9 @@ def backward_block(
                 c,
             )
         )
-    b.add("dense", "dense", cluster.gemm_backward_time(_dense_flops(shape)), ("compute",), gates, r)
+    b.add(
+        "dense", "dense", cluster.dense_backward_time(_dense_flops(shape)), ("compute",), gates, r
+    )
     return run_schedule(b.tasks)
 
 
@@ -762,7 +782,8 @@ def simulate(shape: ModelShape, cluster: Cluster, layout: Layout) -> Prediction:
         for kind in kinds:
             totals[kind] += fwd.busy(kind) + back.busy(kind)
     ar_seconds, which = _allreduce_parts(shape, cluster, layout)
-    head = 3 * cluster.gemm_time(2.0 * shape.tokens * shape.vocab * shape.d_model)
+    head_flops = 2.0 * shape.tokens * shape.vocab * shape.d_model
+    head = cluster.dense_time(head_flops) + cluster.dense_backward_time(head_flops)
     embed = cluster.link("all_reduce", which).time(
         "all_reduce", shape.vocab * shape.d_model * shape.element_bytes, cluster.world
     )

@@ -1,9 +1,11 @@
 """Online profile of the expert-parallel tasks: collectives, expert GEMMs, per-row tasks.
 
-``profile_group`` times all-to-all, all-reduce and all-gather on a live process group
-(median of ``repeats``, a barrier before each, the slowest rank's median);
+``profile_group`` times all-to-all, all-reduce and all-gather on a live process group;
 ``time_gemm`` times the layer's own grouped dispatch (``dynroute.dispatch.grouped`` over
-SwiGLU ``ExpertWeights``) and ``time_row_tasks`` the gate, order and inverse order;
+SwiGLU ``ExpertWeights``), ``time_dense`` the dense part's plain GEMMs and
+``time_row_tasks`` the gate, order and inverse order. Every time is
+:func:`task_seconds`': from a barrier until the last rank is done, a trimmed mean of
+``repeats`` runs;
 ``run_profile`` does all of it on W local gloo processes and writes a
 :class:`~dynroute.parallel.costmodel.Profile` JSON (``dynroute profile``). Under torchrun
 (NCCL on GPUs) :func:`profile_ranks` measures the launched job the same way: that is how
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -44,12 +45,14 @@ __all__ = [
     "DEFAULT_GEMM",
     "DEFAULT_SIZES",
     "machine_name",
-    "median_seconds",
     "profile_group",
     "profile_ranks",
     "run_profile",
+    "task_seconds",
+    "time_dense",
     "time_gemm",
     "time_row_tasks",
+    "trimmed_mean",
 ]
 
 #: Message sizes in bytes (each rank's buffer): small enough for a 2-core CPU in seconds.
@@ -65,22 +68,59 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(
+def trimmed_mean(values: Sequence[float], cut: float = 0.1) -> float:
+    """Mean of ``values`` without the lowest and highest ``cut`` fraction of them.
+
+    Why a mean: a step is a sum of many tasks, so its typical time is near the sum of the
+    tasks' means, which on a busy machine sit well above their medians (most runs are
+    quick, some wait for a descheduled rank). Why trimmed: one run that met a stall of
+    the whole machine would move a plain mean of a dozen runs by a lot.
+
+    Example:
+        >>> trimmed_mean([1.0, 1.0, 2.0, 2.0, 100.0], cut=0.2)
+        1.6666666666666667
+    """
+    ordered = sorted(values)
+    drop = int(len(ordered) * cut)
+    kept = ordered[drop : len(ordered) - drop] or ordered
+    return sum(kept) / len(kept)
+
+
+def task_seconds(
     fn: Callable[[], Any], repeats: int, device: torch.device, group: Group = None
 ) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up; with a
-    ``group``, every rank of it waits at a barrier before each run."""
-    times = []
+    """Typical wall time of ``fn()``: the :func:`trimmed_mean` of ``repeats`` runs after
+    one warm-up.
+
+    Under ``torch.distributed`` (or with a ``group``) a run is what a synchronous step
+    sees: every rank of the group starts at a barrier and the run lasts until the *last*
+    rank is done (a second barrier), less the typical time of the two barriers alone.
+    (Each rank's own time would miss ranks that start late; where ranks outnumber
+    cores, as 4 gloo ranks on 2 CPU cores, one that starts late runs alone and fast.)
+    """
+    synced = group is not None or dist.is_initialized()
+    times, empty = [], []
     for i in range(repeats + 1):
-        if group is not None or dist.is_initialized():
+        if synced:
             dist.barrier(group=group)
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
+        if synced:
+            dist.barrier(group=group)
         if i:  # the first run warms up (allocations, connections)
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if synced:
+            dist.barrier(group=group)
+            start = time.perf_counter()
+            dist.barrier(group=group)
+            empty.append(time.perf_counter() - start)
+    if not synced:
+        return trimmed_mean(times)
+    # every rank saw nearly the same rounds; take the slowest view of each
+    times = _slowest(times, group, device)
+    return max(trimmed_mean(times) - trimmed_mean(empty), 0.0)
 
 
 def _collective(name: str, nbytes: int, group: Group, device: torch.device) -> Callable[[], Any]:
@@ -120,13 +160,12 @@ def profile_group(
     device = device or torch.device("cpu")
     fits, points = {}, {}
     for name in COLLECTIVES:
-        medians = [
-            median_seconds(_collective(name, n, group, device), repeats, device, group)
+        typical = [
+            task_seconds(_collective(name, n, group, device), repeats, device, group)
             for n in sizes
         ]
-        slowest = _slowest(medians, group, device)
-        fits[name] = fit(sizes, slowest)
-        points[name] = [[float(n), t] for n, t in zip(sizes, slowest, strict=True)]
+        fits[name] = fit(sizes, typical)
+        points[name] = [[float(n), t] for n, t in zip(sizes, typical, strict=True)]
     return fits, points
 
 
@@ -167,11 +206,51 @@ def time_gemm(
         x = torch.randn(n, d_model, device=device)
         routing = local_routing(counts, x)
         with torch.no_grad():
-            forward = median_seconds(partial(grouped, x, routing, weights), repeats, device, None)
-        both = median_seconds(partial(_forward_backward, x, routing, trained), repeats, device)
+            forward = task_seconds(partial(grouped, x, routing, weights), repeats, device, None)
+        both = task_seconds(partial(_forward_backward, x, routing, trained), repeats, device)
         points.append([6.0 * n * d_model * d_ff, forward, max(both - forward, 0.0)])
     flops = [p[0] for p in points]
     return fit(flops, [p[1] for p in points]), fit(flops, [p[2] for p in points]), points
+
+
+def time_dense(
+    rows: Sequence[int], d_model: int, repeats: int, device: torch.device | None = None
+) -> tuple[LinearFit, LinearFit, list[list[float]]]:
+    """Fit the dense part's forward and backward times vs forward FLOPs: an MLP
+    d_model → 2·d_model → d_model (4·d_model² weights, 8·rows·d_model² FLOPs), plain
+    GEMMs, which run at another speed than the experts' grouped ones.
+
+    Returns:
+        (forward fit, backward fit, [[flops, forward s, backward s], ...]).
+
+    Example:
+        >>> forward, backward, points = time_dense([32, 64], 16, repeats=2)
+        >>> [p[0] for p in points]
+        [65536.0, 131072.0]
+    """
+    device = device or torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    up = (torch.randn(2 * d_model, d_model, generator=g) / d_model**0.5).to(device)
+    down = (torch.randn(d_model, 2 * d_model, generator=g) / d_model**0.5).to(device)
+    trained = [w.detach().requires_grad_(True) for w in (up, down)]
+    points = []
+    for n in rows:
+        x = torch.randn(n, d_model, device=device)
+        with torch.no_grad():
+            forward = task_seconds(partial(_mlp, x, up, down), repeats, device)
+        both = task_seconds(partial(_mlp_forward_backward, x, *trained), repeats, device)
+        points.append([8.0 * n * d_model * d_model, forward, max(both - forward, 0.0)])
+    flops = [p[0] for p in points]
+    return fit(flops, [p[1] for p in points]), fit(flops, [p[2] for p in points]), points
+
+
+def _mlp(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    linear = torch.nn.functional.linear
+    return linear(linear(x, up), down)
+
+
+def _mlp_forward_backward(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
+    _mlp(x.detach().requires_grad_(True), up, down).sum().backward()
 
 
 def _forward_backward(x: torch.Tensor, routing: Any, weights: ExpertWeights) -> None:
@@ -197,9 +276,9 @@ def time_row_tasks(
             x = torch.randn(n, d_model, device=device)
             token = torch.randperm(n, device=device)
             weight = torch.rand(n, device=device)
-            gate = median_seconds(partial(_gate, x, gate_w), repeats, device)
-            order = median_seconds(partial(x.index_select, 0, token), repeats, device)
-            inverse = median_seconds(partial(combine, x, token, weight, n), repeats, device)
+            gate = task_seconds(partial(_gate, x, gate_w), repeats, device)
+            order = task_seconds(partial(x.index_select, 0, token), repeats, device)
+            inverse = task_seconds(partial(combine, x, token, weight, n), repeats, device)
             nbytes = float(n * d_model * 4)
             found["gate"].append([2.0 * n * d_model * experts, gate])
             found["order"].append([nbytes, order])
@@ -233,25 +312,23 @@ def profile_ranks(
             collectives[link], points[link] = profile_group(group, sizes, repeats, device)
     rows, d_model, d_ff, local = gemm
     gemm_fit, backward_fit, points["gemm"] = time_gemm(rows, d_model, d_ff, local, repeats, device)
-    row_fits, row_points = time_row_tasks(rows, d_model, local * world, repeats, device)
-    points.update(row_points)
+    dense_fit, dense_backward_fit, points["dense"] = time_dense(rows, d_model, repeats, device)
+    row_fits, points_of_rows = time_row_tasks(rows, d_model, local * world, repeats, device)
+    points.update(points_of_rows)
     return Profile(
         machine=machine_name(device),
         world_size=world,
         nnodes=nnodes,
         backend=ctx.backend,
         collectives=collectives,
-        gemm=_slowest_fit(gemm_fit, device),
-        gemm_backward=_slowest_fit(backward_fit, device),
-        row_tasks={k: _slowest_fit(v, device) for k, v in row_fits.items()},
+        gemm=gemm_fit,  # every rank's: the times are already the slowest rank's per run
+        gemm_backward=backward_fit,
+        row_tasks=row_fits,
         element_bytes=4,
         points=points,
+        dense=dense_fit,
+        dense_backward=dense_backward_fit,
     )
-
-
-def _slowest_fit(line: LinearFit, device: torch.device) -> LinearFit:
-    alpha, beta = _slowest([line.alpha_s, line.beta_s_per_unit], None, device)
-    return LinearFit(alpha, beta)
 
 
 def machine_name(device: torch.device) -> str:
