@@ -110,6 +110,7 @@ def test_profile_two_processes_then_plan_with_it(tmp_path: Path) -> None:
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
     names = {name for name, _, _ in summary["fits"]}
     assert {"all_to_all (flat)", "all_reduce (flat)", "all_gather (flat)", "gemm"} <= names
+    assert {"gemm backward", "dense", "dense backward"} <= names
     plan = run("plan", "--layers", "2", "--d-model", "64", "--num-experts", "4", "--seq", "64",
                "--batch", "2", "--profile", str(out), "--ep", "2", "--chunks", "2",
                "--element-bytes", "4", "--json")  # fmt: skip

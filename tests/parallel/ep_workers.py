@@ -18,6 +18,8 @@ from dynroute.parallel import (
     TrainingRanks,
     shard_experts,
 )
+from dynroute.parallel.autoschedule import same_on_every_rank
+from dynroute.parallel.profile import task_seconds
 from dynroute.parallel.selftest import CASES, compare_ddp, compare_with_single_process
 
 TOKEN_SPLITS = {
@@ -34,6 +36,17 @@ def all_checks(ctx: ParallelContext) -> dict[str, Any]:
         "pipeline": pipeline_workers.schedule_checks(ctx),
         "train_lm": train_lm(ctx),
         "bad_setups": bad_setups(ctx),
+        "agreement": agreement(ctx),
+    }
+
+
+def agreement(ctx: ParallelContext) -> dict[str, Any]:
+    """What every rank must agree on before planning: profiled times and the plan."""
+    busy = torch.randn(64, 64)  # rank 1 works longer: its times differ from rank 0's
+    work = (lambda: busy @ busy @ busy) if ctx.rank else (lambda: busy @ busy)
+    return {
+        "seconds": task_seconds(work, 3, ctx.device),
+        "plan": same_on_every_rank({"chunks": ctx.rank + 1}),
     }
 
 

@@ -85,6 +85,15 @@ def test_bad_setups_fail_clearly_and_in_bounded_time(launched):
     assert 0.9 <= results[0]["seconds"] < 10, results[0]  # the group timeout is 1 s
 
 
+def test_ranks_agree_on_profiled_times_and_on_the_plan(launched):
+    """Ranks that planned from different times could choose different chunks and mismatch
+    their collectives (a crash seen in training): times are the slowest rank's, the same
+    on every rank, and the plan is rank 0's."""
+    first, second = (rank["agreement"] for rank in launched)
+    assert first["seconds"] == second["seconds"] > 0
+    assert first["plan"] == second["plan"] == {"chunks": 1}
+
+
 def test_launch_runs_the_selftest_under_torchrun(capfd):
     rc = launch(2, ["--tokens", "8"], module="dynroute.parallel.selftest", timeout_s=90)
     out = capfd.readouterr().out

@@ -27,7 +27,7 @@ from dynroute.parallel.planner import (
     search,
     simulate,
 )
-from dynroute.parallel.profile import time_gemm, time_row_tasks
+from dynroute.parallel.profile import time_dense, time_gemm, time_row_tasks, trimmed_mean
 
 SHAPE = ModelShape(layers=4, d_model=1024, d_ff=4096, experts=16, k=2.0, seq=1024, batch=4)
 ONE_NODE = Cluster(nodes=1, gpus_per_node=8, intra_gbps=50.0)
@@ -78,6 +78,7 @@ def _profile() -> Profile:
         {"gate": LinearFit(1e-6, 1e-11), "order": LinearFit(1e-6, 1e-10),
          "inverse_order": LinearFit(2e-6, 2e-10)},
         points={"gemm": [[1.0, 2.0, 3.0]]}, gemm_backward=LinearFit(2e-5, 2e-10),
+        dense=LinearFit(3e-6, 5e-11), dense_backward=LinearFit(4e-6, 9e-11),
     )  # fmt: skip
 
 
@@ -113,7 +114,12 @@ def test_a_profiled_cluster_reproduces_the_fits_at_the_measured_size() -> None:
         assert inter == pytest.approx(profile.collective("all_to_all", "inter").time(n))
         assert cluster.gemm_time(n) == profile.gemm.time(n)
         assert cluster.gemm_backward_time(n) == LinearFit(2e-5, 2e-10).time(n)
+        assert cluster.dense_time(n) == LinearFit(3e-6, 5e-11).time(n)  # plain GEMMs
+        assert cluster.dense_backward_time(n) == LinearFit(4e-6, 9e-11).time(n)
     assert Cluster(1, 2).gemm_backward_time(1e12) == 2 * Cluster(1, 2).gemm_time(1e12)
+    without = dataclasses.replace(cluster, dense=None, dense_backward=None)
+    assert without.dense_time(1e6) == cluster.gemm_time(1e6)  # no dense fit: the experts'
+    assert without.dense_backward_time(1e6) == cluster.gemm_backward_time(1e6)
     bigger = Cluster.from_profile(profile, nodes=4, gpus_per_node=8)
     assert bigger.world == 32 and bigger.measured == cluster.measured
 
@@ -124,6 +130,15 @@ def test_in_process_measurements_fit_lines() -> None:
     assert min(forward.alpha_s, forward.beta_s_per_unit, backward.alpha_s) >= 0
     fits, found = time_row_tasks([16, 32], 8, 4, repeats=1)
     assert set(fits) == {"gate", "order", "inverse_order"} and len(found["order"]) == 2
+    forward, backward, points = time_dense([16, 32], 8, repeats=1)
+    assert [p[0] for p in points] == [8.0 * 16 * 64, 8.0 * 32 * 64]  # 8·rows·d² FLOPs
+    assert min(forward.alpha_s, forward.beta_s_per_unit, backward.alpha_s) >= 0
+
+
+def test_trimmed_mean_drops_the_stalls_at_both_ends() -> None:
+    assert trimmed_mean([1.0] * 9 + [50.0], cut=0.1) == 1.0  # one stall in ten: dropped
+    assert trimmed_mean([1.0, 3.0], cut=0.1) == 2.0  # too few to trim: the plain mean
+    assert trimmed_mean([5.0], cut=0.4) == 5.0
 
 
 # --------------------------------------------------------------------- schedule

@@ -102,7 +102,9 @@ def summarize(result: Any, out: Path) -> dict[str, Any]:
         for link, by_name in result.collectives.items()
         for name, f in by_name.items()
     ]
-    fits.append(("gemm", "flops", result.gemm.to_dict()))
+    computed = {"gemm": result.gemm, "gemm backward": result.gemm_backward,
+                "dense": result.dense, "dense backward": result.dense_backward}  # fmt: skip
+    fits += [(name, "flops", f.to_dict()) for name, f in computed.items() if f is not None]
     fits += [(name, "flops" if name == "gate" else "bytes", f.to_dict())
              for name, f in result.row_tasks.items()]  # fmt: skip
     return {"out": str(out), "machine": result.machine, "world_size": result.world_size,

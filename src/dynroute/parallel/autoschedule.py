@@ -138,6 +138,18 @@ def idle_link_gaps(shape: ModelShape, cluster: Cluster, layout: Layout) -> list[
     return gaps
 
 
+def same_on_every_rank(plan: Any, group: Group = None) -> Any:
+    """The first rank's ``plan`` (any picklable value), on every rank of ``group``.
+
+    The profile is the same on every rank, but a plan that differed by one chunk would
+    mismatch the ranks' collectives and hang or crash the job: rank 0 decides.
+    """
+    box = [plan]
+    source = 0 if group is None else dist.get_global_rank(group, 0)
+    dist.broadcast_object_list(box, src=source, group=group)
+    return box[0]
+
+
 def schedule_expert_parallel(
     model: nn.Module, group: Group = None, seq_len: int = 1024, batch: int = 2
 ) -> EPSchedule:
@@ -161,6 +173,7 @@ def schedule_expert_parallel(
     cluster = Cluster.from_profile(profile)
     layout = Layout(ctx.world_size, 1, hierarchical=nnodes > 1, partitioned=True)
     chunks = dict(zip(names, choose_chunks(shape, cluster, layout), strict=True))
+    chunks = same_on_every_rank(chunks, group)
     exchange: Exchange = (
         HierarchicalExchange(topology(nnodes, group)) if nnodes > 1 else FlatExchange(group)
     )
@@ -168,5 +181,6 @@ def schedule_expert_parallel(
     sizes = parameter_bytes([p for _, p in dense_parameters(model)])
     fit = profile.collectives["flat"]["all_reduce"]
     partitions = plan_partitions(sizes, idle_link_gaps(shape, cluster, layout), fit.time)
+    partitions = same_on_every_rank(partitions, group)
     wrapped = wrap_partitioned(model, partitions)
     return EPSchedule(wrapped, chunks, exchange.name, len(partitions), nnodes, profile)

@@ -118,9 +118,11 @@ def task_seconds(
             empty.append(time.perf_counter() - start)
     if not synced:
         return trimmed_mean(times)
-    # every rank saw nearly the same rounds; take the slowest view of each
-    times = _slowest(times, group, device)
-    return max(trimmed_mean(times) - trimmed_mean(empty), 0.0)
+    # every rank saw nearly the same rounds: take the slowest view of each, so that every
+    # rank returns the same time (ranks that planned from different fits would choose
+    # different chunks and mismatch their collectives)
+    both = _slowest(times + empty, group, device)
+    return max(trimmed_mean(both[:repeats]) - trimmed_mean(both[repeats:]), 0.0)
 
 
 def _collective(name: str, nbytes: int, group: Group, device: torch.device) -> Callable[[], Any]:
@@ -161,8 +163,7 @@ def profile_group(
     fits, points = {}, {}
     for name in COLLECTIVES:
         typical = [
-            task_seconds(_collective(name, n, group, device), repeats, device, group)
-            for n in sizes
+            task_seconds(_collective(name, n, group, device), repeats, device, group) for n in sizes
         ]
         fits[name] = fit(sizes, typical)
         points[name] = [[float(n), t] for n, t in zip(sizes, typical, strict=True)]
