@@ -1,25 +1,29 @@
 """Scheduled expert parallelism on this machine: measured step times against the planner's.
 
-    PYTHONPATH=src python benchmarks/ep_schedule.py [--procs 2 4] [--tokens 1024] [--steps 6]
+    PYTHONPATH=src python benchmarks/ep_schedule.py [--procs 2 4] [--tokens 1024]
+        [--steps 12] [--repeats 21]
 
 For each process count (gloo over 127.0.0.1, one thread a rank) one launch:
 
 1. profiles the job as ``dynroute profile`` does (``profile_ranks``: collectives per link,
-   expert GEMMs forward and backward, per-row tasks; with 4 processes also as 2 nodes x 2,
-   for the intra- and inter-node links);
+   expert and dense GEMMs forward and backward, per-row tasks; with 4 processes also as
+   2 nodes x 2, for the intra- and inter-node links);
 2. trains a workload shaped as the planner models a layer — L blocks of a dense MLP
    (4·d² parameters) then an MoE layer (E = 2 experts a rank, SwiGLU, top-2) — one
    forward + backward + gradient sync a step, for every cell: chunks r in {1, 2, 4},
    hierarchical exchange off / on (4 processes: 2 nodes x 2), gradient all-reduce in DDP
-   buckets / partitioned into the modelled backward's idle link time;
-3. predicts every cell with ``planner.simulate`` on ``Cluster.from_profile`` of that
-   profile (flat cells: the flat fits; hierarchical cells: the 2-node fits).
+   buckets / partitioned into the modelled backward's idle link time. The cells are
+   timed interleaved: each round times one step of every cell, in a shuffled order;
+3. profiles again, and predicts every cell with ``planner.simulate`` on
+   ``Cluster.from_profile`` of each profile (their mean; flat cells: the flat fits;
+   hierarchical cells: the 2-node fits), with the default model (communication beside
+   computation) and the shared-core one (``overlap=False``: nothing overlaps).
 
-A cell's time is the median over --steps timed steps (after 2 warm-up steps) of the
-slowest rank's step. Prints measured and predicted side by side, and r = 1 against the
-planner's chosen r. Writes benchmarks/results/ep_schedule.json. On 2 CPU cores compute
-and communication share the cores, so overlap gains little here: the figure that matters
-on this machine is the planner's agreement with measurement.
+A cell's time is the median over --steps rounds (after 2 warm-up rounds) of the slowest
+rank's step. Prints measured and predicted side by side, and r = 1 against the planner's
+chosen r. Writes benchmarks/results/ep_schedule.json. On 2 CPU cores compute and
+communication share the cores, so overlap gains little here: the figure that matters on
+this machine is the planner's agreement with measurement.
 """
 
 from __future__ import annotations
@@ -195,21 +199,28 @@ def measure(ctx: ParallelContext, tokens: int, steps: int, repeats: int) -> dict
                 else:
                     runs.append(wrap_ddp(model))
                 cells.append(cell)
-    for cell, (forward, step) in zip(cells, time_cells(runs, x, steps), strict=True):
-        prediction = predict(profile, shape, procs, cell)
-        cell["measured_s"], cell["predicted_s"] = step, prediction.step_time_s
-        cell["measured_forward_s"] = forward
-        cell["predicted_forward_s"] = prediction.breakdown["forward_s"]
-        cell["error"] = cell["predicted_s"] / cell["measured_s"] - 1
-        shared = predict(profile, shape, procs, cell, overlap=False).step_time_s
-        cell["predicted_shared_cores_s"] = shared
-        cell["error_shared_cores"] = shared / cell["measured_s"] - 1
+    timed = time_cells(runs, x, steps)
+    # this shared machine drifts over the minutes the cells take: profile again after
+    # them and predict from both profiles (their mean), as the cells' medians span both
+    after = profile_ranks(ctx, nnodes, PROFILE_SIZES, repeats, gemm)
+    for cell, (forward, step) in zip(cells, timed, strict=True):
+        cell["measured_s"], cell["measured_forward_s"] = step, forward
+        for key, overlap in (("", True), ("_shared_cores", False)):
+            found = [predict(p, shape, procs, cell, overlap) for p in (profile, after)]
+            cell[f"predicted{key}_s"] = statistics.mean(p.step_time_s for p in found)
+            cell[f"predicted{key}_by_profile_s"] = [p.step_time_s for p in found]
+            cell[f"error{key}"] = cell[f"predicted{key}_s"] / step - 1
+            if overlap:
+                cell["predicted_forward_s"] = statistics.mean(
+                    p.breakdown["forward_s"] for p in found
+                )
     flat = Layout(procs, 1, hierarchical=False, partitioned=False)
     chosen = choose_chunks(shape, cluster_for(profile, False), flat)
     if not ctx.is_main:
         return None
     return {"procs": procs, "tokens_per_rank": tokens, "experts": experts,
-            "chosen_chunks": chosen, "profile": profile.to_dict(), "cells": cells}  # fmt: skip
+            "chosen_chunks": chosen, "profile": profile.to_dict(),
+            "profile_after": after.to_dict(), "cells": cells}  # fmt: skip
 
 
 def table(runs: list[dict[str, Any]]) -> str:
