@@ -58,8 +58,8 @@ Overlap = Annotated[
     bool | None,
     typer.Option(
         "--overlap/--no-overlap",
-        help="Communication runs beside computation (default: yes; --no-overlap: every "
-        "task holds the one resource, nothing overlaps).",
+        help="Communication runs beside computation (default: yes; no for a gloo profile, "
+        "whose ranks share their CPU cores).",
         rich_help_panel=_CLUSTER,
     ),
 ]
@@ -191,9 +191,7 @@ def build_cluster(
                 f"--profile {profile} gives the link and GEMM times; drop {', '.join(given)}"
             )
         measured = Profile.load(profile)
-        return Cluster.from_profile(
-            measured, nodes, gpus_per_node, memory_gb, True if overlap is None else overlap
-        )
+        return Cluster.from_profile(measured, nodes, gpus_per_node, memory_gb, overlap)
     names = {flag: flag[2:].replace("-", "_") for flag in hand}
     return Cluster(nodes or 1, gpus_per_node or 8, memory_gb=memory_gb,
                    overlap=True if overlap is None else overlap,

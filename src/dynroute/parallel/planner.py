@@ -207,11 +207,12 @@ class Cluster:
             twice the forward.
         dense, dense_backward: a profile's fits of the dense part's plain GEMMs (seconds
             vs forward FLOPs); None: the expert fits (``gemm``, ``gemm_backward``).
-        overlap: communication runs beside computation (GPUs: copy engines and NICs;
-            gloo: its own threads, and a rank waiting for its peers frees its core);
-            False: every task holds one resource and nothing overlaps (measured on 2
-            CPU cores, that over-predicts chunked steps by up to 27%:
-            ``benchmarks/ep_schedule.py`` prints both).
+        overlap: communication runs beside computation (GPUs: copy engines and NICs);
+            False where both share the same cores (gloo on a small CPU): then every task
+            holds one resource and nothing overlaps. (On 2 CPU cores the truth lies
+            between: gloo has its own threads and a waiting rank frees its core;
+            ``benchmarks/ep_schedule.py`` prints both models, and neither fits better
+            in every run.)
     """
 
     nodes: int
@@ -287,15 +288,15 @@ class Cluster:
         nodes: int | None = None,
         gpus_per_node: int | None = None,
         memory_gb: float = 80.0,
-        overlap: bool = True,
+        overlap: bool | None = None,
     ) -> Cluster:
         """A cluster whose tasks take the times ``profile`` measured.
 
         ``nodes`` × ``gpus_per_node`` (default: the profile's own) may be larger than the
         machine measured: links keep their per-message latency and bandwidth. A profile
         of one node has no inter-node link: its flat fits stand for both links
-        (ASSUMPTION; measure with ``--nnodes`` > 1, or on the real cluster). ``overlap``:
-        see the class (True for NCCL and gloo alike).
+        (ASSUMPTION; measure with ``--nnodes`` > 1, or on the real cluster). ``overlap``
+        default: True for NCCL, False for gloo (CPU ranks share their cores).
         """
         measured: dict[str, Link] = {}
         for link, fits in profile.collectives.items():
@@ -320,7 +321,7 @@ class Cluster:
             measured=measured,
             gemm=profile.gemm,
             row_tasks=dict(profile.row_tasks),
-            overlap=overlap,
+            overlap=profile.backend != "gloo" if overlap is None else overlap,
             gemm_backward=profile.gemm_backward,
             dense=profile.dense,
             dense_backward=profile.dense_backward,
