@@ -42,7 +42,8 @@ def all_checks(ctx: ParallelContext) -> dict[str, Any]:
 
 def agreement(ctx: ParallelContext) -> dict[str, Any]:
     """What every rank must agree on before planning: profiled times and the plan."""
-    busy = torch.randn(64, 64)  # rank 1 works longer: its times differ from rank 0's
+    busy = torch.randn(384, 384)  # ~ms a product, well above a barrier's noise
+    # rank 1 works longer: its own times differ from rank 0's
     work = (lambda: busy @ busy @ busy) if ctx.rank else (lambda: busy @ busy)
     return {
         "seconds": task_seconds(work, 3, ctx.device),

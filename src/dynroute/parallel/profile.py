@@ -3,8 +3,8 @@
 ``profile_group`` times all-to-all, all-reduce and all-gather on a live process group;
 ``time_gemm`` times the layer's own grouped dispatch (``dynroute.dispatch.grouped`` over
 SwiGLU ``ExpertWeights``), ``time_dense`` the dense part's plain GEMMs and
-``time_row_tasks`` the gate, order and inverse order. Every time is
-:func:`task_seconds`': from a barrier until the last rank is done, a trimmed mean of
+``time_row_tasks`` the gate, order and inverse order. Every time is a
+:func:`task_seconds`: from a barrier until the last rank is done, the trimmed mean of
 ``repeats`` runs;
 ``run_profile`` does all of it on W local gloo processes and writes a
 :class:`~dynroute.parallel.costmodel.Profile` JSON (``dynroute profile``). Under torchrun
@@ -122,7 +122,8 @@ def task_seconds(
     # rank returns the same time (ranks that planned from different fits would choose
     # different chunks and mismatch their collectives)
     both = _slowest(times + empty, group, device)
-    return max(trimmed_mean(both[:repeats]) - trimmed_mean(both[repeats:]), 0.0)
+    runs = len(times)
+    return max(trimmed_mean(both[:runs]) - trimmed_mean(both[runs:]), 0.0)
 
 
 def _collective(name: str, nbytes: int, group: Group, device: torch.device) -> Callable[[], Any]:
