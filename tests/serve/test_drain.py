@@ -60,7 +60,7 @@ def drain_while_streaming(proc: Proc, body: dict) -> tuple[list[list[str]], floa
         assert error["code"] == "server_draining" and error["type"] == "service_unavailable"
         health = httpx.get(proc.url + "/health", timeout=10)
         assert health.status_code == 503 and health.json()["status"] == "draining"
-        results = [f.result(timeout=60) for f in futures]
+        results = [f.result(timeout=180) for f in futures]  # within the server's 120 s drain
     assert proc.popen.wait(timeout=30) == 0
     took = time.monotonic() - signalled
     done = sum(r[-1] == "[DONE]" for r in results)
@@ -88,13 +88,14 @@ def test_the_proxy_drains_its_streams_on_sigterm(router_dir: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_the_model_server_drains_its_streams_on_sigterm(tmp_path: Path) -> None:
     # Wider and longer than the shared tiny models: their 200 tokens can all be generated
-    # before the probe below reaches an idle machine's server, which then has exited.
-    model = write_tiny_model(tmp_path / "slow", d_model=128, max_seq_len=1024)
+    # before the probe below reaches an idle machine's server, which then has exited
+    # (600 tokens still did once in CI: 2,500 leave seconds, not a race).
+    model = write_tiny_model(tmp_path / "slow", d_model=128, max_seq_len=4096)
     args = ["serve", str(model), "--name", SMALL, "--threads", "1",
             "--max-batch", str(STREAMS), "--drain-timeout", "120"]  # fmt: skip
     (server,) = start_all([args], tmp_path)
     try:
-        body = {"model": SMALL, "prompt": "a", "stream": True, "max_tokens": 600,
+        body = {"model": SMALL, "prompt": "a", "stream": True, "max_tokens": 2500,
                 "temperature": 1.0, "stop": []}  # fmt: skip
         results, _ = drain_while_streaming(server, body)
         assert all(r[-1] == "[DONE]" for r in results)
