@@ -103,12 +103,6 @@ class Workload(nn.Module):
         return x.square().mean() + loss
 
 
-def slowest(seconds: float) -> float:
-    t = torch.tensor([seconds], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 def time_step(run: nn.Module, x: Tensor) -> tuple[float, float]:
     """(forward, forward + backward + gradient sync) seconds of one step, slowest rank's."""
     run.zero_grad(set_to_none=True)
