@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from dynroute.common.net import free_port
 from dynroute.layers import MoE
 from dynroute.parallel import (
     ExpertParallelMoE,
@@ -36,6 +40,26 @@ def test_clear_errors_without_a_process_group(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(RuntimeError, match=r"RANK.*torch\.distributed\.run --nproc-per-node"):
         init_from_env()
+
+
+def test_a_group_from_init_from_env_is_destroyed_at_exit():
+    """Left to the interpreter's teardown, a gloo group once aborted a finished rank in CI
+    ("terminate called without an active exception"). atexit hooks run last-in first-out,
+    so a hook registered before init_from_env sees the state after dynroute's own."""
+    code = (
+        "import atexit, torch.distributed as dist\n"
+        "from dynroute.parallel import init_from_env\n"
+        "atexit.register(lambda: print('initialised at exit:', dist.is_initialized()))\n"
+        "ctx = init_from_env()\n"
+        "print('world', ctx.world_size, ctx.backend)\n"
+    )
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["world 1 gloo", "initialised at exit: False"]
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import signal
@@ -87,7 +88,10 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     NCCL when CUDA is available (one GPU per process, cuda:LOCAL_RANK), else gloo.
     Every collective of the group fails after ``timeout_s`` (default 180 s or
     $DYNROUTE_DIST_TIMEOUT) instead of hanging. Calling it again returns the
-    context of the group already running.
+    context of the group already running. The group is destroyed when the program
+    exits: left to the interpreter's teardown, gloo's worker threads were once torn
+    down mid-way and the process aborted ("terminate called without an active
+    exception") after all its work was done.
 
     Returns:
         ParallelContext for this process.
@@ -115,7 +119,18 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=timeout_from_env(timeout_s))
+    atexit.register(destroy_if_initialized)
     return context_of(backend)
+
+
+def destroy_if_initialized() -> None:
+    """Destroy the default process group if one is running (safe to call twice).
+
+    Example:
+        >>> destroy_if_initialized()  # no group: nothing to do
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextmanager
