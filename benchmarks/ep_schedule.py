@@ -120,23 +120,22 @@ def time_step(run: nn.Module, x: Tensor) -> tuple[float, float]:
     return float(t[0]), float(t[1])
 
 
-def time_cells(runs: list[nn.Module], x: Tensor, steps: int) -> list[tuple[float, float]]:
-    """Median (forward, step) seconds of every run, measured interleaved: each round times
-    one step of every run, in an order shuffled per round (the same on every rank), so a
-    slow spell of this shared machine falls on all cells alike instead of on whichever
-    cell it happened to meet."""
+def time_rounds(
+    runs: list[nn.Module], x: Tensor, rounds: int, warmup: int, first_round: int
+) -> list[list[tuple[float, float]]]:
+    """(forward, step) seconds of every run in each of ``rounds`` timed rounds, measured
+    interleaved: a round times one step of every run, in an order shuffled per round (the
+    same on every rank), so a slow spell of this shared machine falls on all cells alike
+    instead of on whichever cell it happened to meet. ``warmup`` untimed rounds first."""
     times: list[list[tuple[float, float]]] = [[] for _ in runs]
     order = list(range(len(runs)))
-    for round_ in range(steps + WARMUP):
-        random.Random(round_).shuffle(order)
+    for round_ in range(warmup + rounds):
+        random.Random(first_round + round_).shuffle(order)
         for i in order:
             step = time_step(runs[i], x)
-            if round_ >= WARMUP:
+            if round_ >= warmup:
                 times[i].append(step)
-    return [
-        (statistics.median(f for f, _ in cell), statistics.median(s for _, s in cell))
-        for cell in times
-    ]
+    return times
 
 
 def build(ctx: ParallelContext, experts: int) -> nn.Module:
@@ -161,7 +160,9 @@ def cluster_for(profile: Any, hierarchical: bool, overlap: bool | None = None) -
     return Cluster.from_profile(flat, overlap=overlap)
 
 
-def measure(ctx: ParallelContext, tokens: int, steps: int, repeats: int) -> dict[str, Any] | None:
+def measure(
+    ctx: ParallelContext, tokens: int, steps: int, repeats: int, profiles: int
+) -> dict[str, Any] | None:
     """Every rank: the profile, then every cell measured and predicted (rank 0 returns)."""
     procs = ctx.world_size
     experts = 2 * procs
@@ -169,7 +170,8 @@ def measure(ctx: ParallelContext, tokens: int, steps: int, repeats: int) -> dict
     local = experts // procs
     rows = tokens * K  # a rank's expert rows at r = 1 (balanced routing); r = 4 has a quarter
     gemm = ((rows // 8, rows // 4, rows // 2, rows), D_MODEL, D_FF, local)
-    profile = profile_ranks(ctx, nnodes, PROFILE_SIZES, repeats, gemm)
+    measured = [profile_ranks(ctx, nnodes, PROFILE_SIZES, repeats, gemm)]
+    profile = measured[0]
     base = build(ctx, experts)
     shape, _ = model_shape(base, 1, tokens)  # no attention: seq 1, a batch of tokens
     torch.manual_seed(1 + ctx.rank)
@@ -195,14 +197,25 @@ def measure(ctx: ParallelContext, tokens: int, steps: int, repeats: int) -> dict
                 else:
                     runs.append(wrap_ddp(model))
                 cells.append(cell)
-    timed = time_cells(runs, x, steps)
-    # this shared machine drifts over the minutes the cells take: profile again after
-    # them and predict from both profiles (their mean), as the cells' medians span both
-    after = profile_ranks(ctx, nnodes, PROFILE_SIZES, repeats, gemm)
-    for cell, (forward, step) in zip(cells, timed, strict=True):
+    # this shared machine drifts over the minutes the cells take: profile between the
+    # cells' rounds too (same minutes, same machine) and predict from every profile (the
+    # mean of the predictions), as the cells' medians span all of them
+    timed: list[list[tuple[float, float]]] = [[] for _ in runs]
+    parts = profiles - 1
+    for part in range(parts):
+        rounds = steps // parts + (part < steps % parts)
+        warmup = WARMUP if part == 0 else 1  # one round after a profile: its buffers are gone
+        found = time_rounds(runs, x, rounds, warmup, 1000 * part)
+        timed = [mine + new for mine, new in zip(timed, found, strict=True)]
+        measured.append(profile_ranks(ctx, nnodes, PROFILE_SIZES, repeats, gemm))
+    medians = [
+        (statistics.median(f for f, _ in cell), statistics.median(s for _, s in cell))
+        for cell in timed
+    ]
+    for cell, (forward, step) in zip(cells, medians, strict=True):
         cell["measured_s"], cell["measured_forward_s"] = step, forward
         for key, overlap in (("", None), ("_overlap", True)):
-            found = [predict(p, shape, procs, cell, overlap) for p in (profile, after)]
+            found = [predict(p, shape, procs, cell, overlap) for p in measured]
             cell[f"predicted{key}_s"] = statistics.mean(p.step_time_s for p in found)
             cell[f"predicted{key}_by_profile_s"] = [p.step_time_s for p in found]
             cell[f"error{key}"] = cell[f"predicted{key}_s"] / step - 1
@@ -216,7 +229,7 @@ def measure(ctx: ParallelContext, tokens: int, steps: int, repeats: int) -> dict
         return None
     return {"procs": procs, "tokens_per_rank": tokens, "experts": experts,
             "chosen_chunks": chosen, "profile": profile.to_dict(),
-            "profile_after": after.to_dict(), "cells": cells}  # fmt: skip
+            "later_profiles": [p.to_dict() for p in measured[1:]], "cells": cells}  # fmt: skip
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -266,14 +279,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", nargs="+", type=int, default=[2, 4])
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per rank per step")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per cell")
-    parser.add_argument("--repeats", type=int, default=21, help="repeats per profiled size")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per cell")
+    parser.add_argument("--repeats", type=int, default=11, help="repeats per profiled size")
+    parser.add_argument("--profiles", type=int, default=4,
+                        help="profiles per launch: one before the cells, the rest spread "
+                        "between their rounds (>= 2)")  # fmt: skip
     args = parser.parse_args()
+    if args.profiles < 2 or args.steps < args.profiles - 1:
+        parser.error("--profiles must be >= 2 and --steps at least --profiles - 1")
     runs = []
     for procs in args.procs:
         print(f"{procs} processes ...", flush=True)
-        result = run_ranks(measure, procs, (args.tokens, args.steps, args.repeats), timeout_s=1800,
-                           collective_timeout_s=300, threads=1)[0]  # fmt: skip
+        work = (args.tokens, args.steps, args.repeats, args.profiles)
+        result = run_ranks(measure, procs, work, timeout_s=1800, collective_timeout_s=300,
+                           threads=1)[0]  # fmt: skip
         runs.append(result)
     models = (("shared_cores", "error"), ("overlap", "error_overlap"))
     summary = {model: agreement([c[key] for run in runs for c in run["cells"]])

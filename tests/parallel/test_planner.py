@@ -6,9 +6,11 @@ import dataclasses
 import json
 import math
 import random
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dynroute.parallel.costmodel import LinearFit, Profile, fit
 from dynroute.parallel.planner import (
@@ -27,7 +29,14 @@ from dynroute.parallel.planner import (
     search,
     simulate,
 )
-from dynroute.parallel.profile import time_dense, time_gemm, time_row_tasks, trimmed_mean
+from dynroute.parallel.profile import (
+    MAX_CALLS,
+    task_seconds,
+    time_dense,
+    time_gemm,
+    time_row_tasks,
+    trimmed_mean,
+)
 
 SHAPE = ModelShape(layers=4, d_model=1024, d_ff=4096, experts=16, k=2.0, seq=1024, batch=4)
 ONE_NODE = Cluster(nodes=1, gpus_per_node=8, intra_gbps=50.0)
@@ -133,6 +142,26 @@ def test_in_process_measurements_fit_lines() -> None:
     forward, backward, points = time_dense([16, 32], 8, repeats=1)
     assert [p[0] for p in points] == [8.0 * 16 * 64, 8.0 * 32 * 64]  # 8·rows·d² FLOPs
     assert min(forward.alpha_s, forward.beta_s_per_unit, backward.alpha_s) >= 0
+
+
+def test_task_seconds_times_short_tasks_back_to_back_and_reports_one_call() -> None:
+    """A 1 ms task in runs of at least 20 ms: about 20 calls a run, one call's time back."""
+    calls = []
+
+    def task() -> None:
+        calls.append(1)
+        time.sleep(0.001)
+
+    seconds = task_seconds(task, repeats=3, device=torch.device("cpu"), min_run_s=0.02)
+    per_run = (len(calls) - 1) / 3  # the first call is the warm-up
+    assert per_run == int(per_run) and 1 <= per_run <= 20, per_run  # sleep overshoots
+    assert 0.001 <= seconds < 0.02 / per_run + 0.002, (seconds, per_run)  # one call's time
+    calls.clear()
+    task_seconds(lambda: calls.append(1), repeats=2, device=torch.device("cpu"), min_run_s=10)
+    assert len(calls) == 1 + 2 * MAX_CALLS  # capped
+    calls.clear()
+    task_seconds(lambda: calls.append(time.sleep(0.03)), 2, torch.device("cpu"), min_run_s=0.02)
+    assert len(calls) == 1 + 2  # already long enough: one call a run
 
 
 def test_trimmed_mean_drops_the_stalls_at_both_ends() -> None:

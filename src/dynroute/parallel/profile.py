@@ -20,6 +20,7 @@ Example (W local processes; seconds)::
 
 from __future__ import annotations
 
+import math
 import platform
 import socket
 import time
@@ -44,6 +45,8 @@ from dynroute.routing import top_k
 __all__ = [
     "DEFAULT_GEMM",
     "DEFAULT_SIZES",
+    "MAX_CALLS",
+    "MIN_RUN_S",
     "machine_name",
     "profile_group",
     "profile_ranks",
@@ -86,44 +89,72 @@ def trimmed_mean(values: Sequence[float], cut: float = 0.1) -> float:
     return sum(kept) / len(kept)
 
 
+#: A timed run lasts at least this long (``fn`` is called back to back as often as that
+#: takes): a barrier's noise, a millisecond or more where ranks outnumber cores, is then
+#: small beside the run instead of beside a 0.1 ms task.
+MIN_RUN_S = 0.02
+#: At most this many calls of ``fn`` in one timed run.
+MAX_CALLS = 64
+
+
 def task_seconds(
-    fn: Callable[[], Any], repeats: int, device: torch.device, group: Group = None
+    fn: Callable[[], Any],
+    repeats: int,
+    device: torch.device,
+    group: Group = None,
+    min_run_s: float = MIN_RUN_S,
 ) -> float:
-    """Typical wall time of ``fn()``: the :func:`trimmed_mean` of ``repeats`` runs after
-    one warm-up.
+    """Typical wall time of one ``fn()``: the :func:`trimmed_mean` of ``repeats`` runs
+    after one warm-up, each run ``calls`` back-to-back calls (as many as last
+    ``min_run_s``, from the warm-up; at most :data:`MAX_CALLS`), divided by ``calls``.
 
     Under ``torch.distributed`` (or with a ``group``) a run is what a synchronous step
     sees: every rank of the group starts at a barrier and the run lasts until the *last*
     rank is done (a second barrier), less the typical time of the two barriers alone.
     (Each rank's own time would miss ranks that start late; where ranks outnumber
     cores, as 4 gloo ranks on 2 CPU cores, one that starts late runs alone and fast.)
+    Calls run back to back as a step's tasks do, and the barriers' noise is shared by
+    ``calls`` of them: a task of a step is paid ``calls`` times per barrier pair.
+
+    Example:
+        >>> task_seconds(lambda: sum(range(1000)), 3, torch.device("cpu")) > 0
+        True
     """
     synced = group is not None or dist.is_initialized()
-    times, empty = [], []
-    for i in range(repeats + 1):
+
+    def timed(calls: int) -> tuple[float, float]:
+        """(seconds of ``calls`` calls, seconds of the two bare barriers) this rank saw."""
         if synced:
             dist.barrier(group=group)
         _sync(device)
         start = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         _sync(device)
         if synced:
             dist.barrier(group=group)
-        if i:  # the first run warms up (allocations, connections)
-            times.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        empty = 0.0
         if synced:
             dist.barrier(group=group)
             start = time.perf_counter()
             dist.barrier(group=group)
-            empty.append(time.perf_counter() - start)
+            empty = time.perf_counter() - start
+        return took, empty
+
+    first, _ = timed(1)  # also warms up (allocations, connections)
+    if synced:  # every rank must call the collectives the same number of times
+        first = _slowest([first], group, device)[0]
+    calls = int(min(MAX_CALLS, max(1, math.ceil(min_run_s / max(first, 1e-9)))))
+    runs = [timed(calls) for _ in range(repeats)]
+    times, empty = [t for t, _ in runs], [e for _, e in runs]
     if not synced:
-        return trimmed_mean(times)
+        return trimmed_mean(times) / calls
     # every rank saw nearly the same rounds: take the slowest view of each, so that every
     # rank returns the same time (ranks that planned from different fits would choose
     # different chunks and mismatch their collectives)
     both = _slowest(times + empty, group, device)
-    runs = len(times)
-    return max(trimmed_mean(both[:runs]) - trimmed_mean(both[runs:]), 0.0)
+    return max(trimmed_mean(both[:repeats]) - trimmed_mean(both[repeats:]), 0.0) / calls
 
 
 def _collective(name: str, nbytes: int, group: Group, device: torch.device) -> Callable[[], Any]:
