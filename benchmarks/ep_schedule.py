@@ -284,31 +284,71 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=4,
                         help="profiles per launch: one before the cells, the rest spread "
                         "between their rounds (>= 2)")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run the whole grid this many times (one launch each per "
+                        "process count); prints a line a run")  # fmt: skip
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
     if args.profiles < 2 or args.steps < args.profiles - 1:
         parser.error("--profiles must be >= 2 and --steps at least --profiles - 1")
-    runs = []
-    for procs in args.procs:
-        print(f"{procs} processes ...", flush=True)
-        work = (args.tokens, args.steps, args.repeats, args.profiles)
-        result = run_ranks(measure, procs, work, timeout_s=1800, collective_timeout_s=300,
-                           threads=1)[0]  # fmt: skip
-        runs.append(result)
-    models = (("shared_cores", "error"), ("overlap", "error_overlap"))
-    summary = {model: agreement([c[key] for run in runs for c in run["cells"]])
-               for model, key in models}  # fmt: skip
-    print(table(runs))
+    launches, per_run = [], []
+    for run in range(1, args.runs + 1):
+        runs = []
+        for procs in args.procs:
+            print(f"run {run} of {args.runs}: {procs} processes ...", flush=True)
+            work = (args.tokens, args.steps, args.repeats, args.profiles)
+            result = run_ranks(measure, procs, work, timeout_s=1800, collective_timeout_s=300,
+                               threads=1)[0]  # fmt: skip
+            for cell in result["cells"]:
+                cell["run"] = run
+            runs.append(result | {"run": run})
+        per_run.append({"run": run} | summarise(runs))
+        print(f"run {run}: " + "; ".join(
+            f"{model} model {found['within_15_percent']}/{found['cells']} within 15%"
+            for model, found in per_run[-1].items() if model != "run"))  # fmt: skip
+        launches += runs
+    print(table(runs))  # the last run's cells
     print(ratios(runs))
+    print(run_table(per_run))
+    summary = summarise(launches)
     for model, found in summary.items():
-        print(f"planner ({model} model) within 15% of measured: "
+        print(f"planner ({model} model) within 15% of measured, all runs: "
               f"{found['within_15_percent']}/{found['cells']} cells; "
               f"median |error| {100 * found['median_abs_error']:.0f}%, "
               f"max {100 * found['max_abs_error']:.0f}%")  # fmt: skip
     write_json(RESULTS, {"machine": machine_name(torch.device("cpu")), "backend": "gloo",
-                         "threads_per_rank": 1, "summary": summary,
-                         "cells": [c for run in runs for c in run["cells"]],
-                         "runs": runs})  # fmt: skip
+                         "threads_per_rank": 1, "summary": summary, "per_run": per_run,
+                         "cells": [c for launch in launches for c in launch["cells"]],
+                         "launches": launches})  # fmt: skip
     print(f"wrote {RESULTS}")
+
+
+MODELS = (("shared_cores", "error"), ("overlap", "error_overlap"))
+"""(name, cell key) of the planner's two models: the default for gloo, and overlap."""
+
+
+def summarise(launches: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`agreement` of every model over the cells of ``launches``."""
+    cells = [c for launch in launches for c in launch["cells"]]
+    return {model: agreement([c[key] for c in cells]) for model, key in MODELS}
+
+
+def run_table(per_run: list[dict[str, Any]]) -> str:
+    """One row a run: cells within 15%, median and max |error|, for both models."""
+    lines = [
+        "| run | default model (shared cores): cells within 15% | median | max "
+        "| overlap model: cells within 15% | median | max |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in per_run:
+        cols = [str(row["run"])]
+        for model, _ in MODELS:
+            f = row[model]
+            cols.append(f"{f['within_15_percent']}/{f['cells']}")
+            cols += [f"{100 * f[key]:.0f}%" for key in ("median_abs_error", "max_abs_error")]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

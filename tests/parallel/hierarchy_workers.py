@@ -12,6 +12,7 @@ from torch import Tensor
 from dynroute.parallel import ParallelContext
 from dynroute.parallel.exchange import FlatExchange
 from dynroute.parallel.hierarchy import HierarchicalExchange, stage_bytes, topology
+from dynroute.parallel.profile import time_hierarchical_exchange
 
 ROW_SHAPES = {"2d": (3,), "1d": (), "3d": (2, 2)}
 TRIALS = 12
@@ -103,4 +104,7 @@ def all_checks(ctx: ParallelContext) -> dict[str, Any]:
     ep_group = dist.new_group(timeout=None)  # like --expert-parallel: same ranks, own group
     results["group/2"] = compare(ctx, 2, ep_group) if ctx.world_size % 2 == 0 else None
     results["errors"] = errors(ctx)
+    nnodes = 2 if ctx.world_size % 2 == 0 else 1
+    fit, points = time_hierarchical_exchange(topology(nnodes), (1024, 65536), repeats=2)
+    results["timed"] = {"fit": fit.to_dict(), "points": points}
     return results

@@ -61,6 +61,16 @@ def check_layouts(results: list[dict], world: int) -> None:
             assert any(res[key]["sent"][1] > 0 for res in results)
 
 
+def check_timed(results: list[dict]) -> None:
+    """The whole exchange timed for the profile: the same times on every rank (the
+    slowest's), at the sizes asked for."""
+    timed = [res["timed"] for res in results]
+    assert all(t == timed[0] for t in timed)
+    (small, t_small), (big, t_big) = timed[0]["points"]
+    assert (small, big) == (1024.0, 65536.0) and min(t_small, t_big) > 0
+    assert timed[0]["fit"]["alpha_s"] >= 0
+
+
 def check_errors(results: list[dict], world: int) -> None:
     for res in results:
         errs = res["errors"]
@@ -74,12 +84,14 @@ def check_errors(results: list[dict], world: int) -> None:
 def test_two_processes_one_and_two_nodes(two):
     check_layouts(two, 2)
     check_errors(two, 2)
+    check_timed(two)
 
 
 @pytest.mark.slow
 def test_four_processes_2x2_1x4_4x1(four):
     check_layouts(four, 4)
     check_errors(four, 4)
+    check_timed(four)
 
 
 def test_one_process_is_the_identity():

@@ -21,6 +21,7 @@ from dynroute.parallel.planner import (
     Task,
     backward_block,
     choose_chunks,
+    exchange,
     forward_block,
     layouts,
     memory_gb,
@@ -131,6 +132,29 @@ def test_a_profiled_cluster_reproduces_the_fits_at_the_measured_size() -> None:
     assert without.dense_backward_time(1e6) == cluster.gemm_backward_time(1e6)
     bigger = Cluster.from_profile(profile, nodes=4, gpus_per_node=8)
     assert bigger.world == 32 and bigger.measured == cluster.measured
+
+
+def test_a_measured_hierarchical_exchange_replaces_its_stages_for_its_span(
+    tmp_path: Path,
+) -> None:
+    """Measured whole, the exchange includes the stages' waits for each other; the sum of
+    the stages stands only for spans the profile did not measure."""
+    whole = LinearFit(5e-3, 4e-9)
+    profile = dataclasses.replace(_profile(), hierarchical_exchange=whole)
+    profile.save(tmp_path / "p.json")
+    assert Profile.load(tmp_path / "p.json") == profile
+    cluster = Cluster.from_profile(profile)
+    assert cluster.hierarchical_exchange == (2, 2, whole)
+    one = exchange(cluster, Layout(4, 1, 1, True), 1e6)
+    assert [(name, seconds) for name, seconds, _ in one.stages] == [("", whole.time(1e6))]
+    staged = exchange(Cluster.from_profile(_profile()), Layout(4, 1, 1, True), 1e6)
+    assert [name for name, _, _ in staged.stages] == [
+        "counts", "inter", "reorder", "intra", "reorder"
+    ]  # fmt: skip
+    bigger = Cluster.from_profile(profile, nodes=4, gpus_per_node=2)  # 4 nodes: not measured
+    assert len(exchange(bigger, Layout(8, 1, 1, True), 1e6).stages) == 5
+    flat = exchange(cluster, Layout(4, 1, 1, False), 1e6)
+    assert flat == exchange(Cluster.from_profile(_profile()), Layout(4, 1, 1, False), 1e6)
 
 
 def test_in_process_measurements_fit_lines() -> None:

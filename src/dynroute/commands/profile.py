@@ -102,6 +102,9 @@ def summarize(result: Any, out: Path) -> dict[str, Any]:
         for link, by_name in result.collectives.items()
         for name, f in by_name.items()
     ]
+    if result.hierarchical_exchange is not None:
+        fits.append(("hierarchical all_to_all (whole)", "bytes",
+                     result.hierarchical_exchange.to_dict()))  # fmt: skip
     computed = {"gemm": result.gemm, "gemm backward": result.gemm_backward,
                 "dense": result.dense, "dense backward": result.dense_backward}  # fmt: skip
     fits += [(name, "flops", f.to_dict()) for name, f in computed.items() if f is not None]

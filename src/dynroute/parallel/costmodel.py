@@ -140,6 +140,10 @@ class Profile:
         row_tasks: ``gate`` (FLOPs), ``order`` and ``inverse_order`` (bytes).
         dense, dense_backward: the dense part's plain GEMMs, forward and backward, seconds
             vs forward FLOPs (None: not measured; the planner then uses the expert fits).
+        hierarchical_exchange: the whole hierarchical all-to-all as
+            ``parallel.hierarchy`` runs it on the ``nnodes`` nodes measured (split sizes,
+            inter-node stage, reorder, intra-node stage, reorder), seconds vs bytes a rank
+            sends (None: not measured, or one node; the planner then adds up the stages).
         element_bytes: bytes per activation element measured (4 for float32).
         points: the raw measurements, for the record.
 
@@ -166,6 +170,7 @@ profile with --nnodes > 1 for intra/inter links
     gemm_backward: LinearFit | None = None
     dense: LinearFit | None = None
     dense_backward: LinearFit | None = None
+    hierarchical_exchange: LinearFit | None = None
 
     def group_size(self, link: str) -> int:
         """Ranks in a group of ``link`` as measured."""
@@ -207,6 +212,7 @@ profile with --nnodes > 1 for intra/inter links
             gemm_backward=_optional_fit(data, "gemm_backward"),
             dense=_optional_fit(data, "dense"),
             dense_backward=_optional_fit(data, "dense_backward"),
+            hierarchical_exchange=_optional_fit(data, "hierarchical_exchange"),
         )
 
     def save(self, path: Path | str) -> None:

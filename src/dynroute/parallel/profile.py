@@ -36,7 +36,7 @@ from dynroute.dispatch import grouped
 from dynroute.dispatch.combine import combine
 from dynroute.layers.experts import ExpertWeights
 from dynroute.parallel.costmodel import COLLECTIVES, LinearFit, Profile, fit
-from dynroute.parallel.hierarchy import topology
+from dynroute.parallel.hierarchy import HierarchicalExchange, Topology, topology
 from dynroute.parallel.moe import local_routing
 from dynroute.parallel.runtime import ParallelContext
 from dynroute.parallel.spawn import run_ranks
@@ -54,6 +54,7 @@ __all__ = [
     "task_seconds",
     "time_dense",
     "time_gemm",
+    "time_hierarchical_exchange",
     "time_row_tasks",
     "trimmed_mean",
 ]
@@ -202,6 +203,36 @@ def profile_group(
     return fits, points
 
 
+def time_hierarchical_exchange(
+    topo: Topology, sizes: Sequence[int], repeats: int, device: torch.device | None = None
+) -> tuple[LinearFit, list[list[float]]]:
+    """Fit the whole hierarchical all-to-all (:class:`HierarchicalExchange`: split sizes,
+    inter-node stage, reorder, intra-node stage, reorder) vs the bytes a rank sends, with
+    even splits of rows of 64 float32 values. Measured whole because its stages run on
+    different groups, which finish at different times and wait for each other: the sum of
+    the stages timed one by one misses that.
+
+    Every rank must call it with the same arguments.
+
+    Returns:
+        (fit in seconds vs bytes, [[bytes, seconds], ...]).
+    """
+    device = device or torch.device("cpu")
+    exchange, world, width = HierarchicalExchange(topo), topo.world_size, 64
+    points = []
+    for nbytes in sizes:
+        rows = max(world, nbytes // (4 * width) // world * world)
+        x = torch.ones(rows, width, device=device)
+        splits = [rows // world] * world
+        seconds = task_seconds(
+            lambda x=x, splits=splits: exchange.start(x, splits, splits).wait(),
+            repeats,
+            device,
+        )
+        points.append([float(rows * width * 4), seconds])
+    return fit([p[0] for p in points], [p[1] for p in points]), points
+
+
 def _weights(local: int, d_model: int, d_ff: int, device: torch.device) -> ExpertWeights:
     g = torch.Generator().manual_seed(0)
     gate_up = torch.randn(local, d_model, 2 * d_ff, generator=g) / d_model**0.5
@@ -339,10 +370,14 @@ def profile_ranks(
         raise ValueError(f"--nnodes {nnodes} must divide the processes ({world})")
     collectives, points = {}, {}
     collectives["flat"], points["flat"] = profile_group(None, sizes, repeats, device)
+    hierarchical = None
     if nnodes > 1:
         topo = topology(nnodes)  # this rank's node group and its same-local-index group
         for link, group in (("intra", topo.intra), ("inter", topo.inter)):
             collectives[link], points[link] = profile_group(group, sizes, repeats, device)
+        hierarchical, points["hierarchical_exchange"] = time_hierarchical_exchange(
+            topo, sizes, repeats, device
+        )
     rows, d_model, d_ff, local = gemm
     gemm_fit, backward_fit, points["gemm"] = time_gemm(rows, d_model, d_ff, local, repeats, device)
     dense_fit, dense_backward_fit, points["dense"] = time_dense(rows, d_model, repeats, device)
@@ -361,6 +396,7 @@ def profile_ranks(
         points=points,
         dense=dense_fit,
         dense_backward=dense_backward_fit,
+        hierarchical_exchange=hierarchical,
     )
 
 
