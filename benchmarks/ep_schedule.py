@@ -1,28 +1,29 @@
 """Scheduled expert parallelism on this machine: measured step times against the planner's.
 
     PYTHONPATH=src python benchmarks/ep_schedule.py [--procs 2 4] [--tokens 1024]
-        [--steps 12] [--repeats 21]
+        [--steps 16] [--repeats 11] [--profiles 4] [--runs 1]
 
 For each process count (gloo over 127.0.0.1, one thread a rank) one launch:
 
 1. profiles the job as ``dynroute profile`` does (``profile_ranks``: collectives per link,
    expert and dense GEMMs forward and backward, per-row tasks; with 4 processes also as
-   2 nodes x 2, for the intra- and inter-node links);
+   2 nodes x 2, for the intra- and inter-node links and the whole hierarchical exchange);
 2. trains a workload shaped as the planner models a layer — L blocks of a dense MLP
    (4·d² parameters) then an MoE layer (E = 2 experts a rank, SwiGLU, top-2) — one
    forward + backward + gradient sync a step, for every cell: chunks r in {1, 2, 4},
    hierarchical exchange off / on (4 processes: 2 nodes x 2), gradient all-reduce in DDP
    buckets / partitioned into the modelled backward's idle link time. The cells are
    timed interleaved: each round times one step of every cell, in a shuffled order;
-3. profiles again, and predicts every cell with ``planner.simulate`` on
-   ``Cluster.from_profile`` of each profile (their mean; flat cells: the flat fits;
-   hierarchical cells: the 2-node fits), with the default model for gloo (shared cores:
-   nothing overlaps) and, for comparison, ``overlap=True`` (communication beside
-   computation, as on GPUs).
+3. profiles again between the cells' rounds and after them (``--profiles`` in all), and
+   predicts every cell with ``planner.simulate`` on ``Cluster.from_profile`` of each
+   profile (the mean of the predictions; flat cells: the flat fits; hierarchical cells:
+   the 2-node fits), with the default model for gloo (shared cores: nothing overlaps)
+   and, for comparison, ``overlap=True`` (communication beside computation, as on GPUs).
 
-A cell's time is the median over --steps rounds (after 2 warm-up rounds) of the slowest
-rank's step. Prints measured and predicted side by side, and r = 1 against the planner's
-chosen r. Writes benchmarks/results/ep_schedule.json. On 2 CPU cores compute and
+A cell's time is the median over --steps rounds (after 2 warm-up rounds, and 1 after each
+profile) of the slowest rank's step. Prints measured and predicted side by side, r = 1
+against the planner's chosen r, and with ``--runs N`` (the whole grid N times) a line a
+run. Writes benchmarks/results/ep_schedule.json. On 2 CPU cores compute and
 communication share the cores, so overlap gains little here: the figure that matters on
 this machine is the planner's agreement with measurement.
 """

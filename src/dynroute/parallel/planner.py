@@ -8,11 +8,15 @@ the network while chunk i's experts run on the GPU. :func:`simulate` places ever
 one layer, forward and backward, on its resources (``compute``, the ``intra``-node link,
 the ``inter``-node link) with a small list scheduler (each task starts as early as its
 inputs and resources allow; ties go to pipeline order), so fill, steady state and drain
-come out of the schedule rather than out of a formula. A hierarchical exchange is two
-tasks, inter-node then intra-node (reversed for combine), one per link, so the stages of
-different chunks overlap too. The data-parallel gradient all-reduce of the previous layer
-either runs first as DDP buckets (FIFO on the one communication stream, before this
-layer's exchanges) or, ``partitioned``, in pieces sized to fit the link's idle gaps.
+come out of the schedule rather than out of a formula. As ``parallel.pipeline`` runs the
+forward, the gate and the split sizes of every chunk (one flat all-to-all) come once per
+layer, and the compute tasks keep the program's order on their one stream. A hierarchical
+exchange is two tasks, inter-node then intra-node (reversed for combine), one per link,
+so the stages of different chunks overlap too; where a profile measured the whole
+exchange on the same span, that one measured task replaces them. The data-parallel
+gradient all-reduce of the previous layer either runs first as DDP buckets (FIFO on the
+one communication stream, before this layer's exchanges) or, ``partitioned``, in pieces
+sized to fit the link's idle gaps.
 
 Task times come from a :class:`Cluster`: link latency and bandwidth, GEMM TFLOP/s and
 memory bandwidth given by hand, or the fits of a measured :class:`Profile`
