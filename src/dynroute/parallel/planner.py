@@ -890,7 +890,7 @@ def choose_chunks(
     Example:
         >>> shape = ModelShape(2, 512, 2048, 4, k=2, seq=512, batch=4)
         >>> choose_chunks(shape, Cluster(1, 4, intra_gbps=20), Layout(4, 1))
-        [2, 2]
+        [4, 4]
     """
     best: dict[float, int] = {}
     for layer in range(shape.layers):
