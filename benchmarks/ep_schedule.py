@@ -233,23 +233,28 @@ def measure(
             "later_profiles": [p.to_dict() for p in measured[1:]], "cells": cells}  # fmt: skip
 
 
+def markdown(header: str, align: str, rows: list[list[str]]) -> str:
+    """A markdown table: ``header`` and ``align`` lines as given, one line a row."""
+    return "\n".join([header, align, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
 def table(runs: list[dict[str, Any]]) -> str:
-    lines = [
-        "| procs | r | hierarchical | gradient sync | forward ms (measured / predicted) "
-        "| step ms measured | step ms predicted | error | error, overlap model |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for run in runs:
         for c in run["cells"]:
             sync = f"partitioned ({c['partitions']})" if c["partitioned"] else "DDP buckets"
-            lines.append(
-                f"| {c['procs']} | {c['chunks']} | {'on' if c['hierarchical'] else 'off'} | "
-                f"{sync} | {1e3 * c['measured_forward_s']:.0f} / "
-                f"{1e3 * c['predicted_forward_s']:.0f} | {1e3 * c['measured_s']:.1f} | "
-                f"{1e3 * c['predicted_s']:.1f} | "
-                f"{100 * c['error']:+.0f}% | {100 * c['error_overlap']:+.0f}% |"
-            )
-    return "\n".join(lines)
+            rows.append([
+                str(c["procs"]), str(c["chunks"]), "on" if c["hierarchical"] else "off", sync,
+                f"{1e3 * c['measured_forward_s']:.0f} / {1e3 * c['predicted_forward_s']:.0f}",
+                f"{1e3 * c['measured_s']:.1f}", f"{1e3 * c['predicted_s']:.1f}",
+                f"{100 * c['error']:+.0f}%", f"{100 * c['error_overlap']:+.0f}%",
+            ])  # fmt: skip
+    return markdown(
+        "| procs | r | hierarchical | gradient sync | forward ms (measured / predicted) "
+        "| step ms measured | step ms predicted | error | error, overlap model |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        rows,
+    )
 
 
 def ratios(runs: list[dict[str, Any]]) -> str:
@@ -337,19 +342,20 @@ def summarise(launches: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_table(per_run: list[dict[str, Any]]) -> str:
     """One row a run: cells within 15%, median and max |error|, for both models."""
-    lines = [
-        "| run | default model (shared cores): cells within 15% | median | max "
-        "| overlap model: cells within 15% | median | max |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for row in per_run:
         cols = [str(row["run"])]
         for model, _ in MODELS:
             f = row[model]
             cols.append(f"{f['within_15_percent']}/{f['cells']}")
             cols += [f"{100 * f[key]:.0f}%" for key in ("median_abs_error", "max_abs_error")]
-        lines.append("| " + " | ".join(cols) + " |")
-    return "\n".join(lines)
+        rows.append(cols)
+    return markdown(
+        "| run | default model (shared cores): cells within 15% | median | max "
+        "| overlap model: cells within 15% | median | max |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        rows,
+    )
 
 
 if __name__ == "__main__":
