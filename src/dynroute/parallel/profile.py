@@ -114,8 +114,8 @@ def task_seconds(
     rank is done (a second barrier), less the typical time of the two barriers alone.
     (Each rank's own time would miss ranks that start late; where ranks outnumber
     cores, as 4 gloo ranks on 2 CPU cores, one that starts late runs alone and fast.)
-    Calls run back to back as a step's tasks do, and the barriers' noise is shared by
-    ``calls`` of them: a task of a step is paid ``calls`` times per barrier pair.
+    Calls run back to back, as a step's tasks do, and the barriers' noise is divided
+    among ``calls`` of them instead of landing whole on one short task.
 
     Example:
         >>> task_seconds(lambda: sum(range(1000)), 3, torch.device("cpu")) > 0
