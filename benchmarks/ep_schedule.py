@@ -310,9 +310,10 @@ def main() -> None:
                 cell["run"] = run
             runs.append(result | {"run": run})
         per_run.append({"run": run} | summarise(runs))
+        found = per_run[-1]
         print(f"run {run}: " + "; ".join(
-            f"{model} model {found['within_15_percent']}/{found['cells']} within 15%"
-            for model, found in per_run[-1].items() if model != "run"))  # fmt: skip
+            f"{model} model {found[model]['within_15_percent']}/{found[model]['cells']} "
+            "within 15%" for model, _ in MODELS))  # fmt: skip
         launches += runs
     print(table(runs))  # the last run's cells
     print(ratios(runs))

@@ -39,7 +39,12 @@ from dynroute.parallel.fsdp import (
 )
 from dynroute.parallel.moe import shard_model_experts
 from dynroute.parallel.partition import PartitionedDataParallel
-from dynroute.parallel.runtime import ParallelContext, init_from_env, timeout_from_env
+from dynroute.parallel.runtime import (
+    ParallelContext,
+    destroy_if_initialized,
+    init_from_env,
+    timeout_from_env,
+)
 
 
 @dataclass
@@ -245,5 +250,5 @@ class TrainingRanks:
 
     def close(self) -> None:
         """Leave the process group (at the end of the run)."""
-        if self.ctx is not None and dist.is_initialized():
-            dist.destroy_process_group()
+        if self.ctx is not None:
+            destroy_if_initialized()
